@@ -1,0 +1,102 @@
+"""Model checkpoints on disk: Orbax-saved parameters with the model config beside them.
+
+Layout of a model checkpoint directory:
+
+    DIR/model_config.json   {"kind": "limu_bert" | "gru_classifier", "config": {...}}
+    DIR/params/             Orbax (StandardCheckpointer) pytree of the Flax parameters
+
+Writes go to a hidden sibling directory that is renamed into place only when complete,
+so an interrupted or failed save never leaves a half-written checkpoint under DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from limubert_jax.classifier import GRUClassifierConfig
+from limubert_jax.errors import LimuBertError
+from limubert_jax.model import LimuBertConfig
+from limubert_jax.state_dict import GRU_CLASSIFIER, LIMU_BERT
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+_CONFIG_CLASSES = {LIMU_BERT: LimuBertConfig, GRU_CLASSIFIER: GRUClassifierConfig}
+
+
+def kind_of(config) -> str:
+    """The checkpoint kind of a model config object."""
+    for kind, cls in _CONFIG_CLASSES.items():
+        if isinstance(config, cls):
+            return kind
+    raise TypeError(f"not a model config: {type(config).__name__}")
+
+
+def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: bool = False) -> Path:
+    """Saves `params` and `config` as a model checkpoint directory, atomically.
+
+    An existing non-empty `directory` is an error unless `overwrite` is set; it is then
+    replaced only after the new checkpoint is complete.
+    """
+    directory = Path(directory).absolute()
+    if directory.exists() and not directory.is_dir():
+        raise LimuBertError(f"{directory}: exists and is not a directory")
+    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
+        raise LimuBertError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(staging / PARAMS_DIR, params)
+        checkpointer.wait_until_finished()
+        record = {"kind": kind_of(config), "config": config.to_dict()}
+        (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model checkpoint directory that `path` names (a directory holding `model_config.json`)."""
+    path = Path(path)
+    if not path.exists():
+        raise LimuBertError(f"{path}: no such checkpoint directory")
+    if (path / CONFIG_FILE).is_file():
+        return path
+    raise LimuBertError(
+        f"{path}: not a model checkpoint (no {CONFIG_FILE}); expected the output of "
+        "'limubert_jax.convert from-torch' or a training checkpoint"
+    )
+
+
+def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
+    """Loads a model checkpoint: returns (kind, config, params as NumPy arrays)."""
+    directory = resolve_model_dir(path)
+    try:
+        record = json.loads((directory / CONFIG_FILE).read_text())
+        kind = record["kind"]
+        config = _CONFIG_CLASSES[kind].from_dict(record["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise LimuBertError(f"{directory / CONFIG_FILE}: not a valid model config ({e})") from None
+    if not (directory / PARAMS_DIR).is_dir():
+        raise LimuBertError(f"{directory}: missing the '{PARAMS_DIR}' Orbax directory")
+    params = ocp.StandardCheckpointer().restore((directory / PARAMS_DIR).absolute())
+    params = _to_plain_dict(params)
+    return kind, config, params
+
+
+def _to_plain_dict(tree):
+    if isinstance(tree, dict):
+        return {k: _to_plain_dict(v) for k, v in tree.items()}
+    return np.asarray(tree)

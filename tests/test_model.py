@@ -1,0 +1,118 @@
+"""Architecture facts of SPEC sections 2, 3 and 8 that need no reference files."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from limubert_jax.classifier import GRUClassifier, GRUClassifierConfig, gru_v2
+from limubert_jax.model import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain, count_params, gelu
+from limubert_jax.state_dict import (
+    gru_classifier_shapes,
+    limu_bert_shapes,
+    params_to_state_dict,
+    state_dict_to_params,
+)
+
+
+def test_base_v1_has_62646_parameters():
+    params = LimuBertModel4Pretrain(MODEL_CONFIGS["base_v1"]).init_params(jax.random.key(0))
+    assert count_params(params) == 62_646
+
+
+@pytest.mark.parametrize("name", ["base_v1", "base_v2"])
+def test_param_tree_matches_reference_key_table(name):
+    cfg = MODEL_CONFIGS[name]
+    params = LimuBertModel4Pretrain(cfg).init_params(jax.random.key(1))
+    shapes = {k: v.shape for k, v in params_to_state_dict(params).items()}
+    assert shapes == limu_bert_shapes(cfg)
+    assert cfg.hidden == 72 and cfg.hidden_ff == 144 and cfg.n_layers == 4 and cfg.n_heads == 4
+    assert cfg.seq_len == 120 and cfg.emb_norm
+
+
+def test_classifier_param_tree_matches_reference_key_table():
+    cfg = gru_v2(num_classes=7)
+    params = GRUClassifier(cfg).init_params(jax.random.key(2))
+    shapes = {k: v.shape for k, v in params_to_state_dict(params).items()}
+    assert shapes == gru_classifier_shapes(cfg)
+    assert shapes["gru0.weight_ih_l1"] == (60, 20) and shapes["lin0.weight"] == (7, 10)
+
+
+def test_state_dict_mapping_is_an_exact_inverse():
+    params = LimuBertModel4Pretrain(MODEL_CONFIGS["base_v2"]).init_params(jax.random.key(3))
+    back = state_dict_to_params(params_to_state_dict(params))
+    flat_a = jax.tree_util.tree_leaves_with_path(params)
+    flat_b = jax.tree_util.tree_leaves_with_path(back)
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (_, a), (_, b) in zip(flat_a, flat_b):
+        assert np.array_equal(np.asarray(a), b)
+
+
+def test_output_shapes_and_masked_gather():
+    cfg = MODEL_CONFIGS["base_v1"]
+    model = LimuBertModel4Pretrain(cfg)
+    params = model.init_params(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 120, 6))
+    full = model.apply({"params": params}, x)
+    assert full.shape == (3, 120, 6)
+    pos = jnp.array([[5, 0, 119], [1, 2, 3], [100, 50, 7]], jnp.int32)
+    masked = model.apply({"params": params}, x, pos)
+    assert masked.shape == (3, 3, 6)
+    # The head is per position, so gathering before or after decoding agrees.
+    np.testing.assert_allclose(masked, jnp.take_along_axis(full, pos[:, :, None], axis=1), atol=1e-5)
+    assert model.apply({"params": params}, x, method=model.encode).shape == (3, 120, 72)
+
+
+def test_shorter_windows_use_the_first_positions_and_longer_ones_fail():
+    cfg = LimuBertConfig(seq_len=20, hidden=16, hidden_ff=32, n_heads=2, n_layers=2)
+    model = LimuBertModel4Pretrain(cfg)
+    params = model.init_params(jax.random.key(0))
+    assert model.apply({"params": params}, jnp.ones((2, 12, 6))).shape == (2, 12, 6)
+    with pytest.raises(ValueError, match="seq_len=20"):
+        model.apply({"params": params}, jnp.ones((2, 21, 6)))
+
+
+def test_layer_count_reuses_one_block():
+    shallow = LimuBertConfig(n_layers=1)
+    deep = LimuBertConfig(n_layers=6)
+    p1 = LimuBertModel4Pretrain(shallow).init_params(jax.random.key(0))
+    p6 = LimuBertModel4Pretrain(deep).init_params(jax.random.key(0))
+    assert count_params(p1) == count_params(p6)
+    x = jax.random.normal(jax.random.key(1), (2, 120, 6))
+    out1 = LimuBertModel4Pretrain(shallow).apply({"params": p1}, x)
+    out6 = LimuBertModel4Pretrain(deep).apply({"params": p1}, x)
+    assert not np.allclose(out1, out6)
+
+
+def test_gelu_is_the_exact_erf_form():
+    x = jnp.linspace(-4, 4, 101)
+    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=1e-6)
+    assert not np.allclose(gelu(x), jax.nn.gelu(x, approximate=True), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [({"hidden": 70, "n_heads": 4}, "divide"), ({"feature_num": 0}, "positive"), ({"seq_len": 1.5}, "positive")],
+)
+def test_bad_model_config_is_rejected(fields, message):
+    with pytest.raises(ValueError, match=message):
+        LimuBertConfig(**fields)
+    with pytest.raises(ValueError, match="unknown"):
+        LimuBertConfig.from_dict({"hiden": 72})
+
+
+def test_classifier_dropout_only_while_training():
+    cfg = gru_v2(num_classes=3)
+    model = GRUClassifier(cfg)
+    params = model.init_params(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (4, 20, 72))
+    eval_a = model.apply({"params": params}, x)
+    eval_b = model.apply({"params": params}, x, train=False)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})
+    assert eval_a.shape == train.shape == (4, 3)
+    assert not np.allclose(eval_a, train)
+    with pytest.raises(ValueError, match="same non-zero length"):
+        GRUClassifierConfig(rnn_hidden=(20,), rnn_layers=(2, 1))
