@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from limubert_jax.model import Linear
+from limubert_jax.model import Linear, dataclass_from_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +61,7 @@ class GRUClassifierConfig:
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> "GRUClassifierConfig":
         """Inverse of `to_dict`; unknown fields are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown GRUClassifierConfig field(s): {', '.join(unknown)}")
-        return cls(**fields)
+        return dataclass_from_dict(cls, fields)
 
     def to_reference_json(self) -> dict[str, Any]:
         """The config in the reference `classifier.json` field names."""

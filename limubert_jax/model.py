@@ -51,11 +51,16 @@ class LimuBertConfig:
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> "LimuBertConfig":
         """Builds a config from reference-style fields; unknown fields are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"unknown LimuBertConfig field(s): {', '.join(unknown)}")
-        return cls(**fields)
+        return dataclass_from_dict(cls, fields)
+
+
+def dataclass_from_dict(cls, fields: dict[str, Any]):
+    """`cls(**fields)` for a config dataclass, naming unknown fields instead of a TypeError."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return cls(**fields)
 
 
 # The reference variants (`base_v1`, `base_v2` in the original `limu_bert.json`).
