@@ -1,6 +1,6 @@
 """Model checkpoints on disk: Orbax-saved parameters with the model config beside them.
 
-Layout of a model checkpoint directory:
+Layout of a model checkpoint directory (what `convert from-torch` writes):
 
     DIR/model_config.json   {"kind": "limu_bert" | "gru_classifier", "config": {...}}
     DIR/params/             Orbax (StandardCheckpointer) pytree of the Flax parameters
@@ -28,6 +28,11 @@ from limubert_jax.state_dict import GRU_CLASSIFIER, LIMU_BERT
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+# A training workdir: `model_config.json` plus an Orbax CheckpointManager directory whose
+# steps hold the train state and a JSON record of the epoch's metrics.
+CHECKPOINTS_DIR = "checkpoints"
+STATE_ITEM = "state"
+META_ITEM = "meta"
 _CONFIG_CLASSES = {LIMU_BERT: LimuBertConfig, GRU_CLASSIFIER: GRUClassifierConfig}
 
 
@@ -67,8 +72,12 @@ def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: 
     return directory
 
 
+def _is_workdir(path: Path) -> bool:
+    return (path / CHECKPOINTS_DIR).is_dir()
+
+
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The model checkpoint directory that `path` names (a directory holding `model_config.json`)."""
+    """The model checkpoint or training workdir that `path` names (it holds `model_config.json`)."""
     path = Path(path)
     if not path.exists():
         raise LimuBertError(f"{path}: no such checkpoint directory")
@@ -76,12 +85,28 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         return path
     raise LimuBertError(
         f"{path}: not a model checkpoint (no {CONFIG_FILE}); expected the output of "
-        "'limubert_jax.convert from-torch' or a training checkpoint"
+        "'limubert_jax.convert from-torch' or a training workdir"
     )
 
 
+def best_step(workdir: str | os.PathLike) -> int:
+    """The step with the lowest validation loss among a training workdir's checkpoints."""
+    manager = ocp.CheckpointManager(
+        (Path(workdir) / CHECKPOINTS_DIR).absolute(),
+        options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["val_loss"], best_mode="min", read_only=True),
+    )
+    step = manager.best_step()
+    manager.close()
+    if step is None:
+        raise LimuBertError(f"{workdir}: the training run has not saved a checkpoint yet")
+    return step
+
+
 def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
-    """Loads a model checkpoint: returns (kind, config, params as NumPy arrays)."""
+    """Loads a model: returns (kind, config, params as NumPy arrays).
+
+    `path` is a checkpoint directory, or a training workdir whose best checkpoint is taken.
+    """
     directory = resolve_model_dir(path)
     try:
         record = json.loads((directory / CONFIG_FILE).read_text())
@@ -89,11 +114,14 @@ def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
         config = _CONFIG_CLASSES[kind].from_dict(record["config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise LimuBertError(f"{directory / CONFIG_FILE}: not a valid model config ({e})") from None
+    if _is_workdir(directory):
+        step_dir = (directory / CHECKPOINTS_DIR / str(best_step(directory)) / STATE_ITEM).absolute()
+        state = ocp.StandardCheckpointer().restore(step_dir)
+        return kind, config, _to_plain_dict(state["params"])
     if not (directory / PARAMS_DIR).is_dir():
         raise LimuBertError(f"{directory}: missing the '{PARAMS_DIR}' Orbax directory")
     params = ocp.StandardCheckpointer().restore((directory / PARAMS_DIR).absolute())
-    params = _to_plain_dict(params)
-    return kind, config, params
+    return kind, config, _to_plain_dict(params)
 
 
 def _to_plain_dict(tree):

@@ -1,0 +1,54 @@
+"""Default pretraining config: the reference's LIMU-BERT `base_v1` setup.
+
+Dataset configs (`configs/<dataset>.py`) start from this and override what differs.
+Any field can be overridden on the command line, e.g. `--config.train.batch_size=64`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.task = "pretrain"  # what the job does; masked-reconstruction pretraining
+    config.seed = 3431  # init, masking and shuffling seed (the reference's)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.feature_num = 6  # F: input channels used (6 = acc + gyro, 9 = + magnetometer)
+    config.model.hidden = 72  # H: representation width
+    config.model.hidden_ff = 144  # FF: feed-forward width
+    config.model.n_layers = 4  # times the shared block is applied
+    config.model.n_heads = 4  # attention heads (hidden must divide by it)
+    config.model.seq_len = 120  # S: window length; must match the dataset version
+    config.model.emb_norm = True  # LayerNorm the input projection before adding positions
+
+    config.mask = ml_collections.ConfigDict()
+    config.mask.mask_ratio = 0.15  # fraction of steps predicted per window (18 of 120)
+    config.mask.max_gram = 10  # longest masked span
+    config.mask.p = 0.2  # geometric parameter of span lengths
+    config.mask.mask_prob = 0.8  # per window: zero the selected steps with this probability
+    config.mask.replace_prob = 0.0  # else replace them with U[0,1) noise with this probability
+    config.mask.exclude_last = True  # reference quirk: never mask the last step; False turns it off
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "synthetic_imu"  # TFDS builder (see limubert_jax.datasets)
+    config.dataset.version = "20_120"  # builder config: <rate Hz>_<window steps>
+    config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS default
+    config.dataset.npy_dir = ml_collections.config_dict.placeholder(str)  # imu_npy only: dir of data_/label_<version>.npy
+    config.dataset.seed = 3431  # seed of the reference's 80/10/10 window shuffle-split
+    config.dataset.train_rate = 0.8  # fraction of windows for training
+    config.dataset.vali_rate = 0.1  # fraction for validation (the rest is test, unused here)
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "bert_adam"  # 'bert_adam' (the seed's) or 'adam' (the public release)
+    config.optimizer.learning_rate = 1e-3  # peak learning rate
+    config.optimizer.warmup = 0.1  # bert_adam: warmup fraction of the run's total steps
+    config.optimizer.decay_grouping = "reference"  # bert_adam: 'reference' decays all; 'no_decay_for_bias_and_norm'
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 128  # global batch (all devices together)
+    config.train.num_epochs = 3200  # passes over the training split
+    config.train.eval_batch_size = 512  # validation batch (padded; any size works)
+    config.train.log_every_steps = 50  # progress-bar refresh of the running loss
+    config.train.checkpoint_every_epochs = 1  # latest-checkpoint interval (resume point)
+    config.train.plot_windows = 4  # validation windows drawn in reconstruction.png
+    return config

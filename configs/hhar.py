@@ -1,0 +1,8 @@
+"""Pretraining on the `hhar` TFDS builder; `--config=configs/hhar.py:10_100` picks the version."""
+
+from limubert_jax import config_lib
+
+
+def get_config(version: str = "20_120"):
+    default = config_lib.sibling_config(__file__, "default")
+    return config_lib.with_dataset(default.get_config(), "hhar", version)

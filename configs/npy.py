@@ -1,0 +1,9 @@
+"""Bring your own arrays: `--config=configs/npy.py --config.dataset.npy_dir=DIR` where DIR holds
+`data_<version>.npy` (N, S, F) and `label_<version>.npy` (N, S, L) in the reference layout."""
+
+from limubert_jax import config_lib
+
+
+def get_config(version: str = "20_120"):
+    default = config_lib.sibling_config(__file__, "default")
+    return config_lib.with_dataset(default.get_config(), "imu_npy", version)

@@ -1,0 +1,18 @@
+"""A tiny CPU config for tests: a small model for a few epochs on a small synthetic set."""
+
+from limubert_jax import config_lib
+
+
+def get_config(version: str = "20_120"):
+    config = config_lib.with_dataset(config_lib.sibling_config(__file__, "default").get_config(), "synthetic_imu", version)
+    config.model.hidden = 24  # small and fast; the architecture is unchanged
+    config.model.hidden_ff = 48
+    config.model.n_layers = 2
+    config.model.n_heads = 2
+    config.optimizer.name = "adam"
+    config.train.batch_size = 32
+    config.train.eval_batch_size = 64
+    config.train.num_epochs = 3
+    config.train.log_every_steps = 1
+    config.train.plot_windows = 2
+    return config

@@ -1,0 +1,188 @@
+"""imu_npy: bring-your-own IMU windows in the reference's .npy layout.
+
+The manual directory holds, for the builder config (version) `V` (`20_120` or `10_100`):
+
+* `data_V.npy`: (N, S, F) real numbers, IMU readings in physical units (acc m/s^2,
+  gyro rad/s, mag as recorded; F = 6 or 9 for the released models);
+* `label_V.npy`: (N, S, L) integer-valued labels (e.g. activity, user, ...), any real dtype.
+
+S must be the version's window length (120 or 100). One example per window, in the row
+order of the files (so the reference split indices apply): `imu` float32 (S, F) and `label`
+int64 (S, L). F and L are read from the files; the feature shapes are (S, None) and the
+metadata records `num_features`, `num_labels`, `feature_names`, the source directory and
+the SHA-256 of both files (the input pipeline uses them to refuse a stale build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from limubert_jax.datasets import common
+
+_DESCRIPTION = __doc__
+_CHECK_ROWS = 4096  # windows validated per chunk (memory stays bounded for large files)
+
+
+def file_names(version: str) -> tuple[str, str]:
+    """(data, label) file names for a version, e.g. ('data_20_120.npy', 'label_20_120.npy')."""
+    return f"data_{version}.npy", f"label_{version}.npy"
+
+
+def sha256(path: os.PathLike | str) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load(path: epath.Path) -> np.ndarray:
+    try:
+        return np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"imu_npy: cannot read {path} as a .npy array: {e}") from e
+
+
+def load_arrays(manual_dir: os.PathLike | str, version: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Opens and validates the manual files (memory-mapped). Raises FileNotFoundError for a
+    missing directory or file, ValueError for bad shapes, dtypes or values."""
+    manual_dir = epath.Path(manual_dir)
+    data_name, label_name = file_names(version)
+    if not manual_dir.is_dir():
+        raise FileNotFoundError(
+            f"imu_npy/{version}: the manual directory {manual_dir} does not exist; it must hold "
+            f"{data_name} and {label_name}"
+        )
+    for name in (data_name, label_name):
+        if not (manual_dir / name).is_file():
+            present = sorted(p.name for p in manual_dir.iterdir() if p.name.endswith(".npy"))
+            raise FileNotFoundError(
+                f"imu_npy/{version}: missing {name} in {manual_dir} (.npy files there: "
+                f"{', '.join(present) or 'none'})"
+            )
+    data, label = _load(manual_dir / data_name), _load(manual_dir / label_name)
+    for name, arr in ((data_name, data), (label_name, label)):
+        if arr.ndim != 3:
+            raise ValueError(f"imu_npy/{version}: {manual_dir / name} must be (N, S, ...) with 3 dims, got shape {arr.shape}")
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"imu_npy/{version}: {manual_dir / name} has dtype {arr.dtype}; expected real numbers")
+    if data.shape[:2] != label.shape[:2]:
+        what = "number of windows N" if data.shape[0] != label.shape[0] else "window length S"
+        raise ValueError(
+            f"imu_npy/{version}: {data_name} {data.shape} and {label_name} {label.shape} in "
+            f"{manual_dir} disagree on the {what}"
+        )
+    if data.shape[0] == 0 or data.shape[2] == 0 or label.shape[2] == 0:
+        raise ValueError(f"imu_npy/{version}: empty arrays in {manual_dir}: {data.shape}, {label.shape}")
+    if data.shape[1] != seq_len:
+        raise ValueError(
+            f"imu_npy/{version}: windows in {manual_dir / data_name} have {data.shape[1]} steps; "
+            f"version {version} needs {seq_len}"
+        )
+    for start in range(0, data.shape[0], _CHECK_ROWS):
+        x = np.asarray(data[start : start + _CHECK_ROWS])
+        bad = ~np.isfinite(x).all(axis=(1, 2))
+        if bad.any():
+            raise ValueError(
+                f"imu_npy/{version}: {manual_dir / data_name} has NaN/Inf in window {start + int(np.argmax(bad))}"
+            )
+        y = np.asarray(label[start : start + _CHECK_ROWS])
+        bad = ~(np.isfinite(y) & (np.rint(y) == y)).all(axis=(1, 2)) if y.dtype.kind == "f" else np.zeros(len(y), bool)
+        if bad.any():
+            raise ValueError(
+                f"imu_npy/{version}: {manual_dir / label_name} has a non-integer label in window "
+                f"{start + int(np.argmax(bad))}"
+            )
+    return data, label
+
+
+def feature_names(num_features: int) -> list[str]:
+    """The reference names for the first 9 columns, `feature_<i>` beyond."""
+    names = list(common.FEATURE_NAMES[:num_features])
+    return names + [f"feature_{i}" for i in range(len(names), num_features)]
+
+
+def feature_units(num_features: int) -> list[str]:
+    units = list(common.FEATURE_UNITS[:num_features])
+    units[6:9] = ["as recorded"] * len(units[6:9])  # magnetometer units are the source's
+    return units + ["unknown"] * (num_features - len(units))
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """DatasetBuilder for imu_npy (see the module docstring)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = common.version_configs("Windows from data_<version>.npy / label_<version>.npy,")
+    # See common.py: pin TFDS's code/metadata paths to this folder.
+    code_path = epath.Path(__file__)
+    pkg_dir_path = code_path.parent
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Put data_<version>.npy, (N, S, F) IMU windows, and label_<version>.npy, (N, S, L)
+    integer labels, in a directory and pass it as the manual directory:
+    `download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=DIR))`
+    (or `config.dataset.npy_dir = DIR` for the training job).
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict(
+                {
+                    "imu": tfds.features.Tensor(
+                        shape=(config.seq_len, None),
+                        dtype=np.float32,
+                        encoding=tfds.features.Encoding.BYTES,
+                        doc="IMU readings (S, F) in physical units",
+                    ),
+                    "label": tfds.features.Tensor(
+                        shape=(config.seq_len, None),
+                        dtype=np.int64,
+                        encoding=tfds.features.Encoding.BYTES,
+                        doc="labels (S, L), as in label_<version>.npy",
+                    ),
+                }
+            ),
+            disable_shuffling=True,  # keep the row order: reference split indices apply
+            metadata=common.imu_metadata(config),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        try:
+            manual_dir = dl_manager.manual_dir
+        except (AssertionError, ValueError) as e:  # TFDS: missing or empty directory
+            where = getattr(dl_manager, "_manual_dir", None)
+            raise FileNotFoundError(
+                f"imu_npy/{config.name}: the manual directory {where} does not exist or is empty; it "
+                f"must hold {' and '.join(file_names(config.name))} (pass it with "
+                "tfds.download.DownloadConfig(manual_dir=...), or config.dataset.npy_dir)"
+            ) from e
+        data, label = load_arrays(manual_dir, config.name, config.seq_len)
+        data_name, label_name = file_names(config.name)
+        num_features, num_labels = int(data.shape[2]), int(label.shape[2])
+        # Recorded in metadata.json with the prepared data.
+        self.info.metadata.update(
+            num_windows=int(data.shape[0]),
+            num_features=num_features,
+            num_labels=num_labels,
+            feature_names=feature_names(num_features),
+            feature_units=feature_units(num_features),
+            source_dir=os.fspath(manual_dir),
+            data_sha256=sha256(manual_dir / data_name),
+            label_sha256=sha256(manual_dir / label_name),
+        )
+        return {"train": self._generate_examples(data, label)}
+
+    def _generate_examples(self, data: np.ndarray, label: np.ndarray):
+        to_int = (lambda y: np.rint(y).astype(np.int64)) if label.dtype.kind == "f" else (lambda y: y.astype(np.int64))
+        for i in range(data.shape[0]):
+            yield i, {"imu": np.asarray(data[i], dtype=np.float32), "label": to_int(np.asarray(label[i]))}

@@ -1,0 +1,374 @@
+"""Input pipeline of the pretraining job: TFDS array_record data read through grain.
+
+* `load_pretrain_data(config.dataset)` prepares the TFDS builder when needed (array_record,
+  no TensorFlow), opens its `train` split with `tfds.data_source` (random access) and cuts it
+  with the reference split (`limubert_jax.splits.pretrain_split`, seed 3431, 80/10/10) into
+  random-access `train` and `vali` views of the raw `imu` windows.
+* `train_batches(data, global_batch_size=..., seed=...)` is the infinite training stream:
+  a grain `MapDataset` over the training windows, reshuffled every epoch from `seed`,
+  batched per epoch with the remainder dropped, so batch k of the stream is global step k
+  and `start_step=k` resumes exactly. Each JAX process gets its own rows of every global
+  batch: a [global_batch_size // process_count, S, F] float32 array.
+* `eval_batches(data, global_batch_size=...)` is one ordered pass over the validation
+  windows: (raw [B_local, S, F] float32, weights [B_local] float32, 0 on padding rows).
+
+Windows stay raw (physical units); normalization and masking happen in the train step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from limubert_jax import splits
+
+SPLIT = "train"  # every builder keeps all windows in one split, in source order
+FEATURE = "imu"
+DEFAULT_VERSION = "20_120"
+# Batches computed ahead by background threads. A batch is read with one batched
+# array_record lookup, so two threads stay far ahead of a ~0.3 s train step.
+NUM_THREADS = 2
+PREFETCH_BATCHES = 4
+
+
+class WindowView(Sequence):
+    """Random access to one feature of selected examples of a data source.
+
+    `view[i]` is feature `feature` of example `indices[i]` of `source`; `view.read(rows)`
+    reads several at once into one stacked float32 array.
+    """
+
+    def __init__(self, source: Sequence, indices: np.ndarray, feature: str = FEATURE):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.feature = feature
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.source[int(self.indices[i])][self.feature], dtype=np.float32)
+
+    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows `rows` of this view, stacked: [len(rows), S, F] float32."""
+        keys = [int(k) for k in self.indices[np.asarray(rows, dtype=np.int64)]]
+        getitems = getattr(self.source, "__getitems__", None)
+        records = getitems(keys) if getitems is not None else [self.source[k] for k in keys]
+        return np.stack([np.asarray(r[self.feature], dtype=np.float32) for r in records])
+
+    def __repr__(self) -> str:
+        return f"WindowView({len(self)} windows, feature={self.feature!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainData:
+    """The pretraining data of one dataset version, split as the reference splits it.
+
+    train / vali: random-access views of the raw `imu` windows of the reference train and
+    validation splits (`train.indices` / `vali.indices` are the original window indices, in
+    split order). info: the TFDS `DatasetInfo` (metadata: sampling rate, feature names, ...).
+    """
+
+    name: str
+    version: str
+    train: WindowView
+    vali: WindowView
+    num_windows: int
+    seq_len: int
+    num_features: int
+    sampling_rate_hz: float | None
+    feature_names: tuple[str, ...] | None
+    info: Any
+    data_dir: str | None = None
+
+    @property
+    def train_index(self) -> np.ndarray:
+        return self.train.indices
+
+    @property
+    def vali_index(self) -> np.ndarray:
+        return self.vali.indices
+
+
+# ---------------------------------------------------------------------------------------
+# Loading.
+
+
+def _field(config: Any, name: str, default: Any = None) -> Any:
+    """config.name for a ConfigDict, dict or attribute object; `default` if absent or None."""
+    if isinstance(config, dict) or hasattr(config, "get"):
+        value = config.get(name, default)
+    else:
+        value = getattr(config, name, default)
+    return default if value is None else value
+
+
+def registered_datasets() -> list[str]:
+    """Names of the IMU dataset builders (`limubert_jax.datasets`), sorted."""
+    import limubert_jax.datasets  # registers the builders with TFDS  # noqa: PLC0415
+
+    return limubert_jax.datasets.registered_names()
+
+
+def _builder(name: str, version: str, data_dir: str | None):
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    import limubert_jax.datasets  # noqa: PLC0415
+
+    builders = limubert_jax.datasets.BUILDERS
+    if name not in builders:
+        raise ValueError(
+            f"unknown dataset {name!r}; registered IMU datasets: {', '.join(sorted(builders))}"
+        )
+    versions = [c.name for c in (builders[name].BUILDER_CONFIGS or [])]
+    if versions and version not in versions:
+        raise ValueError(
+            f"dataset {name!r} has no version {version!r}; versions: {', '.join(versions)}"
+        )
+    return tfds.builder(f"{name}/{version}", data_dir=data_dir, file_format="array_record")
+
+
+def _check_manual_files(builder, npy_dir: str) -> None:
+    """Refuses an imu_npy build made from other files than those in `npy_dir` now."""
+    module = type(builder).__module__
+    if not module.endswith("imu_npy_dataset_builder"):
+        return
+    meta = builder.info.metadata or {}
+    if "data_sha256" not in meta:
+        return
+    from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy  # noqa: PLC0415
+
+    data_name, label_name = imu_npy.file_names(builder.builder_config.name)
+    for file_name, key in ((data_name, "data_sha256"), (label_name, "label_sha256")):
+        path = os.path.join(npy_dir, file_name)
+        if os.path.isfile(path) and imu_npy.sha256(path) != meta[key]:
+            raise ValueError(
+                f"{builder.name}/{builder.builder_config.name} in {builder.data_dir} was built from "
+                f"{meta.get('source_dir')!r}, and {path} differs from the file it was built from; "
+                f"delete {builder.data_dir} to rebuild it, or use another data_dir"
+            )
+
+
+def _prepare(builder, npy_dir: str | None) -> None:
+    """download_and_prepare (array_record) unless already prepared; process 0 goes first."""
+    import jax  # noqa: PLC0415
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    def prepare():
+        if builder.is_prepared():
+            return
+        # Without npy_dir a manual-files builder looks in TFDS's default
+        # <data_dir>/downloads/manual and names what is missing.
+        download_config = tfds.download.DownloadConfig(manual_dir=npy_dir) if npy_dir else None
+        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+
+    if jax.process_count() == 1:
+        prepare()
+        return
+    # With a shared data_dir only process 0 writes; with per-host disks every host must.
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    if jax.process_index() == 0:
+        prepare()
+    multihost_utils.sync_global_devices(f"limubert_jax.input_pipeline.prepare:{builder.name}")
+    if jax.process_index() != 0:
+        prepare()
+
+
+def load_pretrain_data(dataset_config: Any) -> PretrainData:
+    """Prepares (if needed) and opens a dataset version, split as the reference splits it.
+
+    dataset_config (an ml_collections ConfigDict, a dict or any object with attributes):
+    `name` (TFDS builder), `version` ('20_120'), `data_dir` (None: TFDS's default),
+    `npy_dir` (imu_npy's manual directory), `seed` (3431), `train_rate` (0.8),
+    `vali_rate` (0.1). Raises ValueError for an unknown dataset or version, an unprepared
+    imu_npy without `npy_dir`, a stale imu_npy build, or too few windows to split.
+    """
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    name = _field(dataset_config, "name")
+    if not name:
+        raise ValueError(f"config.dataset.name is not set; registered IMU datasets: {registered_datasets()}")
+    version = str(_field(dataset_config, "version", DEFAULT_VERSION))
+    data_dir = _field(dataset_config, "data_dir")
+    data_dir = os.fspath(data_dir) if data_dir is not None else None
+    npy_dir = _field(dataset_config, "npy_dir")
+    npy_dir = os.fspath(npy_dir) if npy_dir is not None else None
+    seed = int(_field(dataset_config, "seed", splits.REFERENCE_SEED))
+    train_rate = float(_field(dataset_config, "train_rate", splits.TRAIN_RATE))
+    vali_rate = float(_field(dataset_config, "vali_rate", splits.VALI_RATE))
+
+    builder = _builder(name, version, data_dir)
+    if npy_dir is not None and builder.is_prepared():
+        _check_manual_files(builder, npy_dir)
+    _prepare(builder, npy_dir)
+    file_format = getattr(builder.info, "file_format", None)
+    if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
+        raise ValueError(
+            f"{name}/{version} in {builder.data_dir} was prepared as {file_format}, not array_record; "
+            "delete it to rebuild it, or use another data_dir"
+        )
+    source = tfds.data_source(f"{name}/{version}", split=SPLIT, data_dir=data_dir, download=False)
+    info = getattr(source, "dataset_info", builder.info)
+    num_windows = len(source)
+    train_index, vali_index, _ = splits.pretrain_split(num_windows, seed, train_rate, vali_rate)
+    train = WindowView(source, train_index)
+    first = train[0]
+    if first.ndim != 2:
+        raise ValueError(f"{name}/{version}: `{FEATURE}` must be (S, F) per window, got {first.shape}")
+    meta = dict(info.metadata or {})
+    rate = meta.get("sampling_rate_hz", getattr(builder.builder_config, "sampling_rate", None))
+    names = meta.get("feature_names")
+    return PretrainData(
+        name=name,
+        version=version,
+        train=train,
+        vali=WindowView(source, vali_index),
+        num_windows=num_windows,
+        seq_len=int(first.shape[0]),
+        num_features=int(first.shape[1]),
+        sampling_rate_hz=None if rate is None else float(rate),
+        feature_names=None if names is None else tuple(names),
+        info=info,
+        data_dir=data_dir,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Batches.
+
+
+def _read_options(num_threads: int, prefetch: int):
+    read_options = getattr(grain, "ReadOptions", None)
+    if read_options is None:  # older grain (0.2.6) exports it from grain.python only
+        read_options = importlib.import_module("grain.python").ReadOptions
+    return read_options(num_threads=num_threads, prefetch_buffer_size=prefetch)
+
+
+def _iterate(ds, num_threads: int, prefetch: int) -> Iterator:
+    """Elements of a MapDataset in order, computed ahead by `num_threads` threads
+    (0: in the caller's thread, nothing ahead)."""
+    if num_threads <= 0 or prefetch <= 0:
+        return (ds[i] for i in range(len(ds)))
+    return iter(ds.to_iter_dataset(_read_options(num_threads, prefetch)))
+
+
+def _shard(shard_options) -> tuple[int, int]:
+    """(shard_index, shard_count); default: this JAX process among all of them."""
+    if shard_options is None:
+        shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    index, count = int(shard_options.shard_index), int(shard_options.shard_count)
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} out of range for {count} shards")
+    return index, count
+
+
+def _local_batch_size(global_batch_size: int, shard_count: int) -> int:
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+    if global_batch_size % shard_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by the {shard_count} JAX processes"
+        )
+    return global_batch_size // shard_count
+
+
+def steps_per_epoch(data: PretrainData, global_batch_size: int) -> int:
+    """Full global batches in one pass over the training windows (the remainder is dropped)."""
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+    steps = len(data.train) // global_batch_size
+    if steps == 0:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is larger than the training split of "
+            f"{data.name}/{data.version} ({len(data.train)} windows)"
+        )
+    return steps
+
+
+def train_batches(
+    data: PretrainData,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    shard_options: Any = None,
+    num_threads: int = NUM_THREADS,
+    prefetch: int = PREFETCH_BATCHES,
+) -> Iterator[np.ndarray]:
+    """The infinite training stream; batch k is global step k.
+
+    Epoch e is a permutation of the training windows drawn from (seed, e) (grain's
+    `shuffle`, seed + e per epoch), cut into `steps_per_epoch` global batches; the last
+    `len(train) % global_batch_size` windows of each epoch's order are dropped. Starting at
+    `start_step` yields exactly the batches a run from step 0 yields from there on.
+
+    This process gets rows [i * B_local, (i + 1) * B_local) of every global batch, with
+    i / n its shard (default `grain.sharding.ShardByJaxProcess`: the JAX process index and
+    count) and B_local = global_batch_size // n: arrays [B_local, S, F] float32.
+
+    `num_threads` background threads keep `prefetch` batches ready (0: read in the caller's
+    thread); neither changes the stream.
+    """
+    shard_index, shard_count = _shard(shard_options)
+    local = _local_batch_size(global_batch_size, shard_count)
+    steps_per_epoch(data, global_batch_size)  # raises if the batch is larger than the split
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    lo, view = shard_index * local, data.train
+
+    ds = grain.MapDataset.range(len(view)).shuffle(seed=int(seed))  # epoch e: seed + e
+    ds = ds.batch(global_batch_size, drop_remainder=True)  # batched within each epoch
+    ds = ds.repeat()  # infinite: index k = step k (epoch k // steps_per_epoch)
+    if start_step:
+        ds = ds.slice(slice(int(start_step), None))
+    ds = ds.map(lambda rows: view.read(rows[lo : lo + local]))
+    return _iterate(ds, num_threads, prefetch)
+
+
+def num_eval_batches(data: PretrainData, global_batch_size: int) -> int:
+    """Batches in one pass of `eval_batches` (the last one padded)."""
+    if global_batch_size < 1:
+        raise ValueError(f"global_batch_size must be >= 1, got {global_batch_size}")
+    return math.ceil(len(data.vali) / global_batch_size)
+
+
+def eval_batches(
+    data: PretrainData,
+    *,
+    global_batch_size: int,
+    shard_options: Any = None,
+    num_threads: int = NUM_THREADS,
+    prefetch: int = PREFETCH_BATCHES,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One pass over the validation windows in split order.
+
+    Yields (raw [B_local, S, F] float32, weights [B_local] float32): global batch b holds
+    validation windows b * B .. b * B + B - 1, this process its rows [i * B_local,
+    (i + 1) * B_local); rows past the end of the split are zeros with weight 0. Every
+    process yields the same number of batches, `num_eval_batches(data, global_batch_size)`.
+    """
+    shard_index, shard_count = _shard(shard_options)
+    local = _local_batch_size(global_batch_size, shard_count)
+    view, n = data.vali, len(data.vali)
+    shape = (local, data.seq_len, data.num_features)
+
+    def batch(b: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = b * global_batch_size + shard_index * local + np.arange(local)
+        valid = rows < n
+        raw = np.zeros(shape, np.float32)
+        if valid.any():
+            raw[valid] = view.read(rows[valid])
+        return raw, valid.astype(np.float32)
+
+    ds = grain.MapDataset.range(num_eval_batches(data, global_batch_size)).map(batch)
+    return _iterate(ds, num_threads, prefetch)

@@ -1,0 +1,47 @@
+"""The device mesh: parameters replicated, batches split along a `data` axis."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over `devices` (default: every device of every process) named `data`."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array (parameters, optimizer state, scalars)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    """The leading (batch) axis is split across the `data` axis."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+    """Raises ValueError unless the global batch splits evenly over the mesh's devices."""
+    devices = mesh.devices.size
+    if global_batch_size % devices:
+        raise ValueError(
+            f"global batch size {global_batch_size} does not divide by the {devices} devices of "
+            f"the mesh; choose a multiple of {devices} (e.g. --config.train.batch_size="
+            f"{max(devices, global_batch_size // devices * devices)})"
+        )
+
+
+def global_batch(local_batch, mesh: Mesh):
+    """Turns this process's slice of a batch (a pytree of NumPy arrays) into global arrays
+    sharded on `data`; with one process the local batch is the global batch."""
+    sharding = batch_sharded(mesh)
+    leaves = jax.tree_util.tree_leaves(local_batch)
+    check_batch_size(leaves[0].shape[0] * jax.process_count(), mesh)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )

@@ -1,0 +1,216 @@
+"""Data splits of the reference (SPEC sections 5 and 7), reproduced index for index.
+
+NumPy only. The reference draws every split from NumPy's legacy *global* generator
+(`np.random.seed(seed)` followed by `np.random.shuffle`). A fresh
+`np.random.RandomState(seed)` runs the same Mersenne Twister from the same state, so the
+functions here draw identical permutations without reading or changing the global state.
+
+Pinned-down semantics of the classifier protocol (checked against
+`golden/splits_uci.npz` and the original `prepare_classifier_dataset`):
+
+* Windows are split once, 80/10/10 as in `pretrain_split`; the windows are then cut into
+  `S // merge` sub-windows and **all three** splits keep only constant-label sub-windows.
+* The generator is re-seeded to `seed` after the window shuffle; the labelled draw is the
+  only draw from the re-seeded generator.
+* `n_train` is the number of training **sub-windows after filtering**; the number of
+  classes is the number of distinct labels among them.
+* Quirk kept for exactness: the labelled subset's labels are additionally shifted by the
+  minimum training label (the reference subtracts `min(labels)` a second time there). This
+  is a no-op unless the training split lacks the dataset's smallest class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+REFERENCE_SEED = 3431
+TRAIN_RATE = 0.8
+VALI_RATE = 0.1
+MERGE = 20
+
+
+def _split_sizes(num_windows: int, train_rate: float, vali_rate: float) -> tuple[int, int]:
+    # Same float expressions as the reference, so rounding at the boundaries agrees.
+    return int(num_windows * train_rate), int(num_windows * vali_rate)
+
+
+def _check_rates(train_rate: float, vali_rate: float) -> None:
+    if not 0.0 < train_rate < 1.0:
+        raise ValueError(f"train_rate must be in (0, 1), got {train_rate}")
+    if not 0.0 < vali_rate < 1.0:
+        raise ValueError(f"vali_rate must be in (0, 1), got {vali_rate}")
+    if train_rate + vali_rate > 1.0:
+        raise ValueError(f"train_rate + vali_rate must be <= 1, got {train_rate} + {vali_rate}")
+
+
+def pretrain_split(
+    num_windows: int,
+    seed: int = REFERENCE_SEED,
+    train_rate: float = TRAIN_RATE,
+    vali_rate: float = VALI_RATE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffles window indices and cuts them into train / validation / test.
+
+    Equivalent to the reference's `np.random.seed(seed); arr = np.arange(N);
+    np.random.shuffle(arr)` followed by `arr[:int(N*train_rate)]`,
+    `arr[int(N*train_rate):int(N*train_rate)+int(N*vali_rate)]` and the rest, but leaves
+    NumPy's global generator untouched.
+
+    Returns three int64 arrays of original window indices, in split order, with sizes
+    (int(N*train_rate),), (int(N*vali_rate),) and the remainder (which may be empty).
+    Raises ValueError when a rate is out of range or N is too small to give a non-empty
+    training and validation split.
+    """
+    num_windows = int(num_windows)
+    _check_rates(train_rate, vali_rate)
+    n_train, n_vali = _split_sizes(num_windows, train_rate, vali_rate)
+    if n_train < 1 or n_vali < 1:
+        raise ValueError(
+            f"num_windows={num_windows} is too small: train {n_train}, vali {n_vali} windows"
+        )
+    order = np.arange(num_windows)
+    np.random.RandomState(seed).shuffle(order)
+    return order[:n_train], order[n_train : n_train + n_vali], order[n_train + n_vali :]
+
+
+@dataclass(frozen=True)
+class SubwindowSplit:
+    """One split of the classifier protocol (all arrays have the same length M).
+
+    index:  (M,) int64, rows of `subwindows(x, merge)` (i.e. `sample * (S // merge) + j`).
+    ids:    (M,) int64, reference ids `sample * S + j * merge` of each sub-window's first step.
+    labels: (M,) int64, class labels (task label minus the dataset's minimum label).
+    """
+
+    index: np.ndarray
+    ids: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+@dataclass(frozen=True)
+class ClassifierSplit:
+    """Labelled training subset, validation and test splits of the classifier protocol."""
+
+    train: SubwindowSplit
+    vali: SubwindowSplit
+    test: SubwindowSplit
+    merge: int
+
+
+def subwindows(x: np.ndarray, merge: int = MERGE) -> np.ndarray:
+    """Re-cuts windows (N, S, ...) into sub-windows (N * S // merge, merge, ...).
+
+    Sub-window `sample * (S // merge) + j` covers steps `j*merge : (j+1)*merge` of window
+    `sample`; `SubwindowSplit.index` indexes this array.
+    """
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"expected (N, S, ...) windows, got shape {x.shape}")
+    if merge < 1 or x.shape[1] % merge:
+        raise ValueError(f"merge={merge} must be >= 1 and divide the window length {x.shape[1]}")
+    return x.reshape(x.shape[0] * (x.shape[1] // merge), merge, *x.shape[2:])
+
+
+def _to_class_labels(values: np.ndarray) -> np.ndarray:
+    rounded = np.rint(values)
+    if not np.array_equal(rounded, values):
+        raise ValueError("task labels must be integer-valued")
+    return rounded.astype(np.int64)
+
+
+def _constant_subwindows(
+    windows: np.ndarray, task: np.ndarray, merge: int
+) -> SubwindowSplit:
+    """Sub-windows of `windows` (original indices, in split order) whose label is constant."""
+    per_window = task.shape[1] // merge
+    cut = task[windows].reshape(len(windows), per_window, merge)
+    constant = np.all(cut == cut[..., :1], axis=-1)
+    sample, j = np.nonzero(constant)  # row-major: split order, then step order, as the reference
+    sample = windows[sample]
+    return SubwindowSplit(
+        index=(sample * per_window + j).astype(np.int64),
+        ids=(sample * task.shape[1] + j * merge).astype(np.int64),
+        labels=task[sample, j * merge],
+    )
+
+
+def _take(split: SubwindowSplit, rows: np.ndarray, label_shift: int) -> SubwindowSplit:
+    return SubwindowSplit(split.index[rows], split.ids[rows], split.labels[rows] - label_shift)
+
+
+def classifier_split(
+    labels: np.ndarray,
+    label_index: int,
+    *,
+    label_rate: float = 0.01,
+    seed: int = REFERENCE_SEED,
+    merge: int = MERGE,
+    balance: bool = True,
+    train_rate: float = TRAIN_RATE,
+    vali_rate: float = VALI_RATE,
+) -> ClassifierSplit:
+    """The classifier data protocol of SPEC section 7 (the reference's
+    `prepare_classifier_dataset` with `merge_mode='all'`).
+
+    labels: (N, S, L) label array; column `label_index` is the task.
+    Windows are split as in `pretrain_split` (same seed), each split is cut into
+    `S // merge` sub-windows of `merge` steps and only constant-label sub-windows are kept;
+    the labelled training subset is then drawn from the training sub-windows by a generator
+    re-seeded to `seed`:
+
+    * balance=True: k = min(smallest class count, int(n_train * label_rate / n_classes))
+      per class; each class's ascending row list is shuffled in ascending class order and
+      its first k rows kept; the kept rows stay in training-split order.
+    * balance=False: the first int(n_train * label_rate) rows of one shuffle, in shuffled order.
+
+    Returns a ClassifierSplit; slice sub-window data with `subwindows(x, merge)[split.index]`
+    (or embeddings (N, S, H) the same way). Raises ValueError for a bad `label_index`,
+    `label_rate` outside (0, 1], a `merge` that does not divide S, non-integer labels, or data
+    too small to give a non-empty labelled subset, validation and test split.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must have shape (N, S, L), got {labels.shape}")
+    num_windows, seq_len, num_tasks = labels.shape
+    if not 0 <= label_index < num_tasks:
+        raise ValueError(f"label_index={label_index} out of range for {num_tasks} label columns")
+    if not 0.0 < label_rate <= 1.0:
+        raise ValueError(f"label_rate must be in (0, 1], got {label_rate}")
+    if merge < 1 or seq_len % merge:
+        raise ValueError(f"merge={merge} must be >= 1 and divide the window length {seq_len}")
+
+    train_w, vali_w, test_w = pretrain_split(num_windows, seed, train_rate, vali_rate)
+    task = labels[..., label_index]
+    # The offset uses the whole dataset, not one split, so classes line up across splits.
+    task = _to_class_labels(task - task.min())
+    train, vali, test = (_constant_subwindows(w, task, merge) for w in (train_w, vali_w, test_w))
+    for name, split in (("train", train), ("vali", vali), ("test", test)):
+        if len(split) == 0:
+            raise ValueError(f"no constant-label sub-windows in the {name} split; too few windows")
+
+    rng = np.random.RandomState(seed)  # the reference re-seeds before the labelled draw
+    n_train = len(train)
+    if balance:
+        classes, counts = np.unique(train.labels, return_counts=True)
+        k = min(int(counts.min()), int(n_train * label_rate / len(classes)))
+        keep = np.zeros(n_train, dtype=bool)
+        for c in classes:
+            rows = np.flatnonzero(train.labels == c)
+            rng.shuffle(rows)
+            keep[rows[:k]] = True
+        rows = np.flatnonzero(keep)
+    else:
+        order = np.arange(n_train)
+        rng.shuffle(order)
+        rows = order[: int(n_train * label_rate)]
+    if rows.size == 0:
+        raise ValueError(
+            f"label_rate={label_rate} selects no labelled sub-windows out of {n_train}"
+        )
+    labelled = _take(train, rows, int(train.labels.min()))
+    return ClassifierSplit(train=labelled, vali=vali, test=test, merge=merge)

@@ -1,0 +1,238 @@
+"""The pretraining job: `train_and_evaluate(config, workdir)`.
+
+Epochs of sharded masked-reconstruction steps, validation after each epoch with fixed
+masks, Orbax checkpoints under `workdir/checkpoints` (the latest for resuming, the best
+validation step for export), metrics to `metrics.jsonl` and TensorBoard, and a PNG of
+reconstructed masked spans at the end. Rerunning the same command resumes exactly: the
+data position is the step, and every random draw derives from (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers
+from tensorboardX import SummaryWriter
+from tqdm.auto import tqdm
+
+from limubert_jax import input_pipeline, optim, plots
+from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM
+from limubert_jax.errors import LimuBertError
+from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.normalization import normalize
+from limubert_jax.pretrain import MaskConfig, TrainState, jit_eval_step, jit_train_step, mask_batch
+from limubert_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
+
+
+class NonFiniteLossError(LimuBertError):
+    """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> LimuBertConfig:
+    """The frozen model config from the `model` section, with a clear error for bad values."""
+    try:
+        return LimuBertConfig.from_dict(dict(config.model))
+    except (TypeError, ValueError) as e:
+        raise LimuBertError(f"config.model: {e}") from None
+
+
+def mask_config_from(config: ml_collections.ConfigDict) -> MaskConfig:
+    """The frozen masking config from the `mask` section."""
+    try:
+        return MaskConfig(**dict(config.mask))
+    except TypeError as e:
+        raise LimuBertError(f"config.mask: {e}") from None
+
+
+def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskConfig, mesh) -> None:
+    train = config.train
+    for name in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "checkpoint_every_epochs"):
+        if not isinstance(train[name], int) or train[name] < 1:
+            raise LimuBertError(f"config.train.{name} must be a positive integer, got {train[name]!r}")
+    if config.task != "pretrain":
+        raise LimuBertError(f"config.task {config.task!r} is not available; this job runs 'pretrain'")
+    if data.seq_len != model_config.seq_len:
+        raise LimuBertError(
+            f"config.model.seq_len={model_config.seq_len} but dataset {config.dataset.name}/"
+            f"{config.dataset.version} has windows of {data.seq_len} steps"
+        )
+    if data.num_features < model_config.feature_num:
+        raise LimuBertError(
+            f"config.model.feature_num={model_config.feature_num} but dataset {config.dataset.name} "
+            f"has only {data.num_features} features"
+        )
+    try:
+        check_batch_size(train.batch_size, mesh)
+        check_batch_size(train.eval_batch_size, mesh)
+    except ValueError as e:
+        raise LimuBertError(f"config.train: {e}") from None
+    try:  # traces the masking once, so bad mask parameters fail here rather than mid-run
+        raw = jax.ShapeDtypeStruct((1, data.seq_len, data.num_features), jnp.float32)
+        jax.eval_shape(lambda key, x: mask_batch(key, x, model_config, mask_config), jax.random.key(0), raw)
+    except ValueError as e:
+        raise LimuBertError(f"config.mask: {e}") from None
+
+
+def _checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(1),  # the resume point
+        checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),  # lowest val loss
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, best_fn=lambda m: m["val_loss"], best_mode="min",
+    )
+    return ocp.CheckpointManager((workdir / CHECKPOINTS_DIR).absolute(), options=options)
+
+
+class _MetricsWriter:
+    """Appends one JSON line per epoch to `metrics.jsonl` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, workdir: Path):
+        self._jsonl = open(workdir / "metrics.jsonl", "a")
+        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in record.items():
+            if key not in ("step", "epoch"):
+                self._tb.add_scalar(key, value, record["step"])
+        self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._tb.close()
+
+
+def _evaluate(eval_step, params, data, config, mesh, key) -> float:
+    """Mean masked squared error over the validation split, masks fixed by `key`."""
+    total, count = 0.0, 0.0
+    for raw, weights in input_pipeline.eval_batches(data, global_batch_size=config.train.eval_batch_size):
+        sse, n = eval_step(params, global_batch(raw, mesh), global_batch(weights, mesh), key)
+        total, count = total + float(sse), count + float(n)
+    return total / count
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Pretrains LIMU-BERT as `config` says, resuming from `workdir` if it holds a run.
+
+    Returns the summary also written to `workdir/summary.json`.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_config, mask_config = model_config_from(config), mask_config_from(config)
+    mesh = make_mesh()
+    data = input_pipeline.load_pretrain_data(config.dataset)
+    _check_config(config, data, model_config, mask_config, mesh)
+
+    steps_per_epoch = input_pipeline.steps_per_epoch(data, config.train.batch_size)
+    total_steps = steps_per_epoch * config.train.num_epochs
+    try:
+        tx = optim.pretrain_optimizer(
+            config.optimizer.name, learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
+            warmup=config.optimizer.warmup, decay_grouping=config.optimizer.decay_grouping,
+        )
+    except ValueError as e:
+        raise LimuBertError(f"config.optimizer: {e}") from None
+    learning_rate = (
+        optim.warmup_linear_schedule(config.optimizer.learning_rate, warmup=config.optimizer.warmup,
+                                     total_steps=total_steps)
+        if config.optimizer.name == "bert_adam" else (lambda step: config.optimizer.learning_rate)
+    )
+
+    init_key, mask_key, val_key = jax.random.split(jax.random.key(config.seed), 3)
+    params = LimuBertModel4Pretrain(model_config).init_params(init_key)
+    state = jax.device_put(TrainState.create(params, tx), replicated(mesh))
+
+    (workdir / "model_config.json").write_text(
+        json.dumps({"kind": "limu_bert", "config": model_config.to_dict()}, indent=2) + "\n"
+    )
+    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+    manager = _checkpoint_manager(workdir)
+    start_step = manager.latest_step() or 0
+    if start_step:
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+        restored = manager.restore(start_step, args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardRestore(abstract)}))
+        state = restored[STATE_ITEM]
+        logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
+
+    train_step = jit_train_step(mesh, model_config=model_config, mask_config=mask_config, tx=tx)
+    eval_step = jit_eval_step(mesh, model_config=model_config, mask_config=mask_config)
+    batches = input_pipeline.train_batches(
+        data, global_batch_size=config.train.batch_size, seed=config.seed, start_step=start_step
+    )
+    writer = _MetricsWriter(workdir) if jax.process_index() == 0 else None
+    progress = tqdm(total=total_steps, initial=start_step, unit="step", desc="pretrain",
+                    disable=jax.process_index() != 0, dynamic_ncols=True)
+    epoch_losses: list[jax.Array] = []
+    epoch_start = time.perf_counter()
+    step = start_step
+    try:
+        while step < total_steps:
+            state, metrics = train_step(state, global_batch(next(batches), mesh), mask_key)
+            epoch_losses.append(metrics["loss"])
+            step += 1
+            if step % config.train.log_every_steps == 0:
+                progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+            progress.update(1)
+            if step % steps_per_epoch and step != total_steps:
+                continue
+            losses = np.asarray(jnp.stack(epoch_losses))
+            if not np.isfinite(losses).all():
+                first = int(np.argmin(np.isfinite(losses)))
+                bad_step = step - len(losses) + first
+                raise NonFiniteLossError(
+                    f"loss became {losses[first]} at step {bad_step} (epoch {bad_step // steps_per_epoch}); "
+                    f"stopped, the last good checkpoint in {workdir / CHECKPOINTS_DIR} is kept"
+                )
+            val_loss = _evaluate(eval_step, state.params, data, config, mesh, val_key)
+            epoch = step // steps_per_epoch
+            seconds = time.perf_counter() - epoch_start
+            record = {
+                "step": step, "epoch": epoch, "train_loss": float(losses.mean()), "val_loss": val_loss,
+                "learning_rate": float(learning_rate(step - 1)),
+                "samples_per_second": len(losses) * config.train.batch_size / seconds,
+            }
+            if writer is not None:
+                writer.write(record)
+            progress.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
+            if epoch % config.train.checkpoint_every_epochs == 0 or step == total_steps:
+                manager.save(step, args=ocp.args.Composite(**{
+                    STATE_ITEM: ocp.args.StandardSave(state),
+                    META_ITEM: ocp.args.JsonSave(record),
+                }), metrics={"val_loss": val_loss})
+            epoch_losses, epoch_start = [], time.perf_counter()
+    finally:
+        progress.close()
+        manager.wait_until_finished()
+        if writer is not None:
+            writer.close()
+
+    best_step = manager.best_step()
+    best = manager.restore(best_step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
+    summary = {"steps": total_steps, "best_step": best_step, "best_val_loss": best["val_loss"],
+               "checkpoints": str(workdir / CHECKPOINTS_DIR)}
+    if jax.process_index() == 0:
+        best_params = manager.restore(best_step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state))
+        }))[STATE_ITEM].params
+        raw, _ = next(iter(input_pipeline.eval_batches(data, global_batch_size=config.train.plot_windows)))
+        masked, positions, targets = mask_batch(val_key, jnp.asarray(raw), model_config, mask_config)
+        predictions = LimuBertModel4Pretrain(model_config).apply({"params": best_params}, masked, positions)
+        summary["plot"] = str(plots.reconstruction_png(
+            workdir / "reconstruction.png", normalize(np.asarray(raw), model_config.feature_num),
+            np.asarray(positions), np.asarray(predictions), title=f"best step {best_step}",
+        ))
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    manager.close()
+    return summary

@@ -1,0 +1,244 @@
+"""limubert_jax.input_pipeline: the reference split, the training stream (epochs, shuffling,
+determinism, resume, process sharding) and the padded validation pass.
+
+The data is an imu_npy dataset whose window i carries i in imu[:, 0, 0], so every batch
+can be traced back to the original window indices."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import grain
+import ml_collections
+import numpy as np
+import pytest
+
+from limubert_jax import input_pipeline as ip
+from limubert_jax.splits import pretrain_split
+
+N, S, F = 203, 120, 6  # 162 train windows, 20 vali
+BATCH = 16  # 10 steps per epoch, 2 train windows dropped per epoch
+
+
+def _config(data_dir: Path, npy_dir: Path | None, **overrides) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict(
+        dict(name="imu_npy", version="20_120", data_dir=str(data_dir), npy_dir=None if npy_dir is None else str(npy_dir),
+             seed=3431, train_rate=0.8, vali_rate=0.1)
+    )  # fmt: skip
+    config.update(overrides)
+    return config
+
+
+def _write_npy(directory: Path, n: int = N, seed: int = 0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    data = rng.normal(0.0, 3.0, (n, S, F)).astype(np.float32)
+    data[:, 0, 0] = np.arange(n)
+    label = np.zeros((n, S, 2))
+    np.save(directory / "data_20_120.npy", data)
+    np.save(directory / "label_20_120.npy", label)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    return root / "tfds", _write_npy(root / "npy")
+
+
+@pytest.fixture(scope="module")
+def data(dirs):
+    return ip.load_pretrain_data(_config(*dirs))
+
+
+def _ids(batch: np.ndarray) -> np.ndarray:
+    return batch[:, 0, 0].astype(np.int64)
+
+
+def _take(iterator, k: int) -> list[np.ndarray]:
+    return list(itertools.islice(iterator, k))
+
+
+def test_split_is_the_reference_split(data):
+    train, vali, _ = pretrain_split(N, 3431, 0.8, 0.1)
+    np.testing.assert_array_equal(data.train_index, train)
+    np.testing.assert_array_equal(data.vali_index, vali)
+    assert (data.num_windows, data.seq_len, data.num_features) == (N, S, F)
+    assert data.sampling_rate_hz == 20.0
+    assert data.feature_names == ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
+    # The views read the original windows.
+    assert data.train[5][0, 0] == train[5] and data.train[5].dtype == np.float32
+    np.testing.assert_array_equal(_ids(data.vali.read(np.arange(len(vali)))), vali)
+
+
+def test_split_follows_config(dirs):
+    other = ip.load_pretrain_data(_config(*dirs, seed=7, train_rate=0.5, vali_rate=0.25))
+    train, vali, _ = pretrain_split(N, 7, 0.5, 0.25)
+    np.testing.assert_array_equal(other.train_index, train)
+    np.testing.assert_array_equal(other.vali_index, vali)
+
+
+def test_epochs_cover_train_once_in_new_orders(data):
+    steps = ip.steps_per_epoch(data, BATCH)
+    assert steps == len(data.train) // BATCH == 10
+    batches = _take(ip.train_batches(data, global_batch_size=BATCH, seed=0), 3 * steps)
+    assert all(b.shape == (BATCH, S, F) and b.dtype == np.float32 for b in batches)
+    train = set(data.train_index.tolist())
+    orders = []
+    for epoch in range(3):
+        ids = np.concatenate([_ids(b) for b in batches[epoch * steps : (epoch + 1) * steps]])
+        assert len(ids) == steps * BATCH and len(set(ids.tolist())) == len(ids)  # no repeats
+        assert set(ids.tolist()) <= train
+        orders.append(ids)
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    # The rows are the stored windows, not just their ids.
+    np.testing.assert_array_equal(batches[0][3], data.train[int(np.flatnonzero(data.train_index == _ids(batches[0])[3])[0])])
+
+
+def test_deterministic_and_seeded(data):
+    a = _take(ip.train_batches(data, global_batch_size=BATCH, seed=5), 12)
+    b = _take(ip.train_batches(data, global_batch_size=BATCH, seed=5, num_threads=0), 12)
+    c = _take(ip.train_batches(data, global_batch_size=BATCH, seed=6), 12)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize("start", [1, 9, 10, 23])
+def test_resume_at_start_step(data, start):
+    stream = _take(ip.train_batches(data, global_batch_size=BATCH, seed=1), start + 4)
+    resumed = _take(ip.train_batches(data, global_batch_size=BATCH, seed=1, start_step=start), 4)
+    for x, y in zip(stream[start:], resumed):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_process_shards_partition_each_global_batch(data, count):
+    whole = _take(ip.train_batches(data, global_batch_size=BATCH, seed=2), 12)
+    shards = [
+        _take(
+            ip.train_batches(
+                data, global_batch_size=BATCH, seed=2, start_step=0,
+                shard_options=grain.sharding.ShardOptions(shard_index=i, shard_count=count),
+            ),
+            12,
+        )
+        for i in range(count)
+    ]  # fmt: skip
+    for step, batch in enumerate(whole):
+        parts = [shard[step] for shard in shards]
+        assert all(p.shape == (BATCH // count, S, F) for p in parts)
+        np.testing.assert_array_equal(np.concatenate(parts), batch)
+
+
+def test_default_sharding_is_this_process(data):
+    import jax
+
+    assert jax.process_count() == 1
+    default = _take(ip.train_batches(data, global_batch_size=BATCH, seed=3), 3)
+    explicit = _take(
+        ip.train_batches(data, global_batch_size=BATCH, seed=3, shard_options=grain.sharding.NoSharding()), 3
+    )
+    for x, y in zip(default, explicit):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("batch,count", [(8, 1), (7, 1), (64, 1), (8, 2), (8, 4)])
+def test_eval_batches_pad_and_weight(data, batch, count):
+    vali = data.vali_index
+    expected_batches = -(-len(vali) // batch)
+    assert ip.num_eval_batches(data, batch) == expected_batches
+    per_shard = [
+        list(
+            ip.eval_batches(
+                data, global_batch_size=batch,
+                shard_options=grain.sharding.ShardOptions(shard_index=i, shard_count=count),
+            )
+        )
+        for i in range(count)
+    ]  # fmt: skip
+    raws, weights = [], []
+    for b in range(expected_batches):
+        for shard in per_shard:
+            raw, weight = shard[b]
+            assert raw.shape == (batch // count, S, F) and raw.dtype == np.float32
+            assert weight.shape == (batch // count,) and weight.dtype == np.float32
+            raws.append(raw)
+            weights.append(weight)
+    assert all(len(shard) == expected_batches for shard in per_shard)
+    raw, weight = np.concatenate(raws), np.concatenate(weights)
+    assert raw.shape[0] == expected_batches * batch
+    np.testing.assert_array_equal(weight, (np.arange(len(weight)) < len(vali)).astype(np.float32))
+    np.testing.assert_array_equal(_ids(raw[: len(vali)]), vali)  # in split order
+    assert not raw[len(vali) :].any()  # padding is zeros
+    # A fresh pass each call.
+    assert len(list(ip.eval_batches(data, global_batch_size=batch))) == expected_batches
+
+
+def test_batch_errors(data):
+    with pytest.raises(ValueError, match=r"larger than the training split .*162 windows"):
+        ip.train_batches(data, global_batch_size=163, seed=0)
+    with pytest.raises(ValueError, match="larger than the training split"):
+        ip.steps_per_epoch(data, 1000)
+    with pytest.raises(ValueError, match="not divisible by the 3 JAX processes"):
+        ip.train_batches(
+            data, global_batch_size=BATCH, seed=0,
+            shard_options=grain.sharding.ShardOptions(shard_index=0, shard_count=3),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="not divisible"):
+        ip.eval_batches(
+            data, global_batch_size=BATCH, shard_options=grain.sharding.ShardOptions(shard_index=0, shard_count=3)
+        )
+    with pytest.raises(ValueError, match=">= 1"):
+        ip.train_batches(data, global_batch_size=0, seed=0)
+    with pytest.raises(ValueError, match="seed"):
+        ip.train_batches(data, global_batch_size=BATCH, seed=-1)
+    with pytest.raises(ValueError, match="start_step"):
+        ip.train_batches(data, global_batch_size=BATCH, seed=0, start_step=-1)
+
+
+def test_load_errors(tmp_path, dirs):
+    data_dir, npy_dir = dirs
+    with pytest.raises(ValueError, match=r"unknown dataset 'hhar_typo'; registered IMU datasets: .*imu_npy.*synthetic_imu"):
+        ip.load_pretrain_data(_config(data_dir, npy_dir, name="hhar_typo"))
+    with pytest.raises(ValueError, match=r"no version '50_120'; versions: 20_120, 10_100"):
+        ip.load_pretrain_data(_config(data_dir, npy_dir, version="50_120"))
+    # imu_npy not yet built and no npy_dir: the error names the files and where it looked.
+    with pytest.raises(FileNotFoundError, match=r"downloads/manual .*data_20_120\.npy and label_20_120\.npy"):
+        ip.load_pretrain_data(_config(tmp_path / "fresh", None))
+    # Too few windows for the reference split.
+    with pytest.raises(ValueError, match="too small"):
+        ip.load_pretrain_data(_config(tmp_path / "tiny_tfds", _write_npy(tmp_path / "tiny", n=5)))
+
+
+def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data):
+    data_dir, npy_dir = dirs
+    # Already built: loads without npy_dir.
+    again = ip.load_pretrain_data(_config(data_dir, None))
+    np.testing.assert_array_equal(again.train_index, data.train_index)
+    # Other files than those it was built from: refused, naming both and the fix.
+    changed = _write_npy(tmp_path / "changed", seed=1)
+    with pytest.raises(ValueError, match=r"was built from .*npy.*differs.*delete .* or use another data_dir"):
+        ip.load_pretrain_data(_config(data_dir, changed))
+
+
+def test_config_as_dict_and_defaults(dirs):
+    data_dir, _ = dirs
+    loaded = ip.load_pretrain_data({"name": "imu_npy", "data_dir": str(data_dir)})  # version, seed, rates default
+    np.testing.assert_array_equal(loaded.train_index, pretrain_split(N)[0])
+
+
+def test_synthetic_imu_end_to_end(tmp_path, monkeypatch):
+    from limubert_jax.datasets.synthetic_imu import synthetic_imu_dataset_builder as synthetic
+
+    monkeypatch.setattr(synthetic.Builder, "WINDOWS_PER_RECORDING", 3)  # 180 windows
+    loaded = ip.load_pretrain_data(
+        ml_collections.ConfigDict(dict(name="synthetic_imu", version="20_120", data_dir=str(tmp_path), npy_dir=None,
+                                       seed=3431, train_rate=0.8, vali_rate=0.1))
+    )  # fmt: skip
+    assert (loaded.num_windows, loaded.seq_len, loaded.num_features) == (180, 120, 9)
+    assert loaded.sampling_rate_hz == 20.0 and loaded.feature_names[-1] == "mag_z"
+    np.testing.assert_array_equal(loaded.train_index, pretrain_split(180)[0])
+    batch = next(ip.train_batches(loaded, global_batch_size=32, seed=0))
+    assert batch.shape == (32, 120, 9) and np.isfinite(batch).all()

@@ -1,0 +1,67 @@
+"""The jitted pretraining step: it learns, and its results do not depend on the device count."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+# Runs in a fresh interpreter: the CPU device count is fixed when JAX's backend starts.
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
+    import numpy as np, optax
+    from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
+    from limubert_jax.pretrain import MaskConfig, TrainState, jit_eval_step, jit_train_step
+    from limubert_jax.sharding import global_batch, make_mesh
+
+    cfg = LimuBertConfig(hidden=24, hidden_ff=48, n_layers=2, n_heads=2, seq_len=40)
+    mesh = make_mesh()
+    tx = optax.adam(1e-3)
+    state = TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx)
+    step = jit_train_step(mesh, model_config=cfg, mask_config=MaskConfig(), tx=tx)
+    evaluate = jit_eval_step(mesh, model_config=cfg, mask_config=MaskConfig())
+    data = np.random.default_rng(0).normal(size=(5, 16, 40, 6)).astype(np.float32) * 5
+    rng = jax.random.key(1)
+    losses = []
+    for raw in data:
+        state, metrics = step(state, global_batch(raw, mesh), rng)
+        losses.append(float(metrics["loss"]))
+    weights = np.ones(16, np.float32)
+    sse, count = evaluate(state.params, global_batch(data[0], mesh), global_batch(weights, mesh), jax.random.key(2))
+    try:
+        global_batch(np.zeros((len(jax.devices()) + 1, 40, 6), np.float32), mesh)
+        error = None
+    except ValueError as e:
+        error = str(e)
+    print(json.dumps({"devices": len(jax.devices()), "losses": losses, "val": float(sse / count),
+                      "step": int(state.step), "error": error}))
+    """
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _run(devices: int) -> dict:
+    result = subprocess.run([sys.executable, "-c", _SCRIPT, str(devices)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_same_losses_on_one_and_eight_devices():
+    one, eight = _run(1), _run(8)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    assert one["step"] == eight["step"] == 5
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(eight["val"], one["val"], rtol=1e-5)
+    assert one["losses"][-1] < one["losses"][0]  # it trains
+
+
+def test_batch_that_does_not_divide_the_devices_is_rejected():
+    eight = _run(8)
+    assert "global batch size 9 does not divide by the 8 devices" in eight["error"]

@@ -1,0 +1,168 @@
+"""The main job end to end: outputs, export of the best checkpoint, exact resume after a real
+kill, the non-finite guard and config errors. Uses the tiny `configs/test.py`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from limubert_jax import checkpoint, config_lib, convert, embed, train
+from limubert_jax.errors import LimuBertError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(data_dir, **overrides):
+    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config.dataset.data_dir = str(data_dir)
+    for dotted, value in overrides.items():
+        section, field = dotted.split(".")
+        config[section][field] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir shared by the tests; the synthetic dataset is built on first use."""
+    return tmp_path_factory.mktemp("tfds")
+
+
+def _main_command(workdir, data_dir, *extra):
+    return [sys.executable, "-m", "limubert_jax.main", f"--config={ROOT / 'configs' / 'test.py'}",
+            f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", *extra]
+
+
+def _final_params(workdir, step):
+    state = checkpoint.ocp.StandardCheckpointer().restore((Path(workdir) / "checkpoints" / str(step) / "state").absolute())
+    return state["params"], int(state["step"])
+
+
+def _leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_main_job_outputs_and_exports(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    result = subprocess.run(_main_command(workdir, data_dir, "--config.train.num_epochs=2"),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert set(record) == {"step", "epoch", "train_loss", "val_loss", "learning_rate", "samples_per_second"}
+        assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
+    assert any((workdir / "tensorboard").iterdir())
+    assert (workdir / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in records)
+
+    # The workdir exports like a checkpoint directory, taking the best step.
+    pytest.importorskip("torch")
+    assert convert.main(["to-torch", str(workdir), str(tmp_path / "model.pt")]) == 0
+    _, _, best = checkpoint.load_model(workdir)
+    params, step = _final_params(workdir, summary["best_step"])
+    assert step == summary["best_step"]
+    for a, b in zip(_leaves(best), _leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    windows = np.random.default_rng(0).normal(size=(3, 120, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", windows)
+    assert embed.main(["--checkpoint", str(workdir), "--input", str(tmp_path / "x.npy"),
+                       "--output", str(tmp_path / "e.npy")]) == 0
+    assert np.load(tmp_path / "e.npy").shape == (3, 120, 24)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
+    epochs = 4
+    args = (f"--config.train.num_epochs={epochs}",)
+    uninterrupted = tmp_path / "uninterrupted"
+    done = subprocess.run(_main_command(uninterrupted, data_dir, *args), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    total = json.loads((uninterrupted / "summary.json").read_text())["steps"]
+    per_epoch = total // epochs
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_main_command(killed, data_dir, *args), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_checkpoint = killed / "checkpoints" / str(per_epoch)
+    deadline = time.time() + 300
+    while not first_checkpoint.is_dir() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    still_running = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert still_running, "the run finished before it could be killed"
+    assert not (killed / "summary.json").exists()
+    steps_saved = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps_saved and max(steps_saved) < total
+
+    resumed = subprocess.run(_main_command(killed, data_dir, *args), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, step_a = _final_params(uninterrupted, total)
+    got, step_b = _final_params(killed, total)
+    assert step_a == step_b == total
+    for a, b in zip(_leaves(expected), _leaves(got)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+    epochs_logged = [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert epochs_logged[-1] == epochs and sorted(set(epochs_logged)) == list(range(1, epochs + 1))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    real = train.jit_train_step
+
+    def poisoned(*args, **kwargs):
+        step_fn = real(*args, **kwargs)
+
+        def step(state, batch, rng):
+            state, metrics = step_fn(state, batch, rng)
+            if int(state.step) >= poison_from:
+                metrics = {"loss": metrics["loss"] * np.nan}
+            return state, metrics
+
+        return step
+
+    config = _config(data_dir)
+    config.train.num_epochs = 3
+    data = train.input_pipeline.load_pretrain_data(config.dataset)
+    per_epoch = train.input_pipeline.steps_per_epoch(data, config.train.batch_size)
+    poison_from = per_epoch + 5  # in the second epoch
+    monkeypatch.setattr(train, "jit_train_step", poisoned)
+    with pytest.raises(train.NonFiniteLossError, match=f"at step {poison_from - 1} \\(epoch 1\\)"):
+        train.train_and_evaluate(config, tmp_path)
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [per_epoch]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.seq_len": 100}, "seq_len=100 but dataset synthetic_imu/20_120 has windows of 120"),
+        ({"model.feature_num": 12}, "feature_num=12 but dataset synthetic_imu has only 9"),
+        ({"model.hidden": 25}, "must divide by n_heads"),
+        ({"optimizer.name": "sgd"}, "unknown optimizer 'sgd'"),
+        ({"train.num_epochs": 0}, "num_epochs must be a positive integer"),
+        ({"mask.mask_ratio": 2.0}, "mask"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path, data_dir, overrides, message):
+    with pytest.raises((LimuBertError, ValueError), match=message):
+        train.train_and_evaluate(_config(data_dir, **overrides), tmp_path)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_bad_config_from_the_command_line_exits_2(tmp_path, data_dir):
+    result = subprocess.run(_main_command(tmp_path / "w", data_dir, "--config.optimizer.name=sgd"),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error: config.optimizer: unknown optimizer 'sgd'" in result.stderr
