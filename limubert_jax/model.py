@@ -6,11 +6,20 @@ conversion is a per-tensor transpose, not a renaming table.
 
 Shapes: B batch, S sequence length, F input features, H hidden, FF feed-forward,
 NH heads, M masked positions per window.
+
+Performance (the parameters and outputs are those of the plain formulation; see
+`encode`): the encoder is written as pure functions of the parameter tree; the Flax modules
+only declare the parameters. On CPU the encoder runs over chunks of ENCODER_CHUNK windows in
+a loop, recomputing each chunk's activations in the backward pass (`jax.checkpoint`), so
+that its intermediates stay in cache instead of streaming [B, NH, S, S] attention tensors
+through memory; the three attention projections run as one matmul; and when only the
+masked positions are decoded, the last layer computes only those rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -95,12 +104,61 @@ class Linear(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        fan_in = x.shape[-1]
-        # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's kaiming_uniform(a=sqrt(5)).
-        kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-        kernel = self.param("kernel", kernel_init, (fan_in, self.features))
-        bias = self.param("bias", _torch_linear_bias_init(fan_in), (self.features,))
-        return jnp.dot(x, kernel) + bias
+        kernel, bias = _linear_params(self, x.shape[-1], self.features)
+        return linear({"kernel": kernel, "bias": bias}, x)
+
+
+def _linear_params(module: nn.Module, fan_in: int, features: int) -> tuple[jax.Array, jax.Array]:
+    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's kaiming_uniform(a=sqrt(5)).
+    kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+    kernel = module.param("kernel", kernel_init, (fan_in, features))
+    bias = module.param("bias", _torch_linear_bias_init(fan_in), (features,))
+    return kernel, bias
+
+
+def linear(p, x: jax.Array) -> jax.Array:
+    """`Linear` as a function of its parameters {kernel, bias}."""
+    return jnp.dot(x, p["kernel"]) + p["bias"]
+
+
+def layer_norm(p, x: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
+    """`LayerNorm` as a function of its parameters {gamma, beta}: x [..., H] -> [..., H]."""
+    return _layer_norm(x, p["gamma"], p["beta"], eps)
+
+
+def layer_norm_reference(x: jax.Array, gamma: jax.Array, beta: jax.Array,
+                         eps: float = LAYER_NORM_EPS) -> jax.Array:
+    """The reference LayerNorm (eps inside the square root) as plain jnp for autodiff."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return gamma * (x - mean) / jnp.sqrt(var + eps) + beta
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _layer_norm(x, gamma, beta, eps):
+    """`layer_norm_reference` with a hand-written backward pass (same values): autodiff
+    keeps and re-reads the mean and variance broadcasts; this keeps x_hat and 1/std."""
+    return layer_norm_reference(x, gamma, beta, eps)
+
+
+def _layer_norm_fwd(x, gamma, beta, eps):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centered = x - mean
+    std = jnp.sqrt(jnp.mean(jnp.square(centered), axis=-1, keepdims=True) + eps)
+    x_hat = centered / std
+    return gamma * x_hat + beta, (x_hat, std, gamma)
+
+
+def _layer_norm_bwd(eps, residuals, dy):
+    x_hat, std, gamma = residuals
+    g = dy * gamma
+    dx = (g - jnp.mean(g, axis=-1, keepdims=True)
+          - x_hat * jnp.mean(g * x_hat, axis=-1, keepdims=True)) / std
+    rows = tuple(range(dy.ndim - 1))
+    return dx, jnp.sum(dy * x_hat, axis=rows), jnp.sum(dy, axis=rows)
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(nn.Module):
@@ -113,93 +171,243 @@ class LayerNorm(nn.Module):
         width = x.shape[-1]
         gamma = self.param("gamma", nn.initializers.ones, (width,))
         beta = self.param("beta", nn.initializers.zeros, (width,))
-        mean = jnp.mean(x, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-        return gamma * (x - mean) / jnp.sqrt(var + self.eps) + beta
+        return layer_norm({"gamma": gamma, "beta": beta}, x, self.eps)
+
+
+# ---------------------------------------------------------------------------------------
+# Parameter declarations: the encoder's parameters under the reference's names, with the
+# initialisation of a module-per-layer port. `encode` computes with them.
+
+
+class _LinearParams(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, fan_in: int) -> None:
+        _linear_params(self, fan_in, self.features)
+
+
+class _LayerNormParams(nn.Module):
+    @nn.compact
+    def __call__(self, width: int) -> None:
+        self.param("gamma", nn.initializers.ones, (width,))
+        self.param("beta", nn.initializers.zeros, (width,))
 
 
 class Embeddings(nn.Module):
-    """Input projection plus learned positions, with the reference's shared LayerNorm."""
+    """Parameters of the input projection `lin`, its LayerNorm `norm` and the learned
+    positions `pos_embed` [seq_len, H]."""
 
     config: LimuBertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, S, F] normalized windows -> [B, S, H]."""
+    def __call__(self, feature_num: int) -> None:
+        cfg = self.config
+        _LinearParams(cfg.hidden, name="lin")(feature_num)
+        _LayerNormParams(name="norm")(cfg.hidden)
+        self.param("pos_embed", nn.initializers.normal(stddev=1.0), (cfg.seq_len, cfg.hidden))
+
+
+class MultiHeadedSelfAttention(nn.Module):
+    """Parameters of the q, k, v projections `proj_q`, `proj_k`, `proj_v` (each H -> H)."""
+
+    config: LimuBertConfig
+
+    @nn.compact
+    def __call__(self) -> None:
+        for name in ("proj_q", "proj_k", "proj_v"):
+            _LinearParams(self.config.hidden, name=name)(self.config.hidden)
+
+
+class PositionWiseFeedForward(nn.Module):
+    """Parameters of `fc1` (H -> FF) and `fc2` (FF -> H)."""
+
+    config: LimuBertConfig
+
+    @nn.compact
+    def __call__(self) -> None:
+        _LinearParams(self.config.hidden_ff, name="fc1")(self.config.hidden)
+        _LinearParams(self.config.hidden, name="fc2")(self.config.hidden_ff)
+
+
+# ---------------------------------------------------------------------------------------
+# The encoder as functions of its parameter tree (`params["transformer"]`).
+
+
+def embed(p, x: jax.Array, cfg: LimuBertConfig) -> jax.Array:
+    """SPEC 2 embedding: x [B, S, F] -> [B, S, H]."""
+    e = linear(p["lin"], x)
+    if cfg.emb_norm:
+        e = layer_norm(p["norm"], e)
+    e = e + p["pos_embed"][: x.shape[1]]
+    # Quirk: the same LayerNorm parameters normalize twice (SPEC 2, step 4).
+    return layer_norm(p["norm"], e)
+
+
+def attention_qkv(p, h: jax.Array, cfg: LimuBertConfig) -> jax.Array:
+    """The q, k, v projections as one [H, 3H] matmul (the kernels are concatenated, the
+    parameters stay separate): h [B, S, H] -> [B, S, 3H], 1/sqrt(D) folded into q."""
+    scale = 1.0 / math.sqrt(cfg.hidden // cfg.n_heads)
+    kernel = jnp.concatenate([p["proj_q"]["kernel"] * scale, p["proj_k"]["kernel"], p["proj_v"]["kernel"]], axis=1)
+    bias = jnp.concatenate([p["proj_q"]["bias"] * scale, p["proj_k"]["bias"], p["proj_v"]["bias"]])
+    return jnp.dot(h, kernel) + bias
+
+
+def attention(qkv: jax.Array, n_heads: int, positions: jax.Array | None = None) -> jax.Array:
+    """Unmasked softmax attention of fused projections qkv [B, S, 3H] (q pre-scaled) ->
+    [B, S, H]; with `positions` [B, M], only those query rows: -> [B, M, H]."""
+    batch, _, width = qkv.shape
+    head_dim = width // (3 * n_heads)
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    if positions is not None:
+        q = jnp.take_along_axis(q, positions[:, :, None], axis=1)
+    # Head-major [B, NH, T, D] operands: XLA:CPU's batched matmuls want the batch dims
+    # leading (PERFORMANCE_NOTES: a seq-major einsum is ~2.5x slower).
+    q, k, v = (t.reshape(batch, t.shape[1], n_heads, head_dim).transpose(0, 2, 1, 3) for t in (q, k, v))
+    out = softmax_attention(q, k, v)
+    return out.transpose(0, 2, 1, 3).reshape(batch, -1, width // 3)
+
+
+def softmax_attention_reference(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """softmax(q k^T) v over head-major q [..., T, D], k, v [..., S, D] -> [..., T, D]
+    (q pre-scaled), as plain jnp for autodiff."""
+    weights = jax.nn.softmax(jnp.einsum("...qd,...kd->...qk", q, k), axis=-1)
+    return jnp.einsum("...qk,...kd->...qd", weights, v)
+
+
+@jax.custom_vjp
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """`softmax_attention_reference` with a hand-written backward pass (same values).
+
+    jax.grad of the plain formulation materializes broadcasts of the softmax statistics and
+    computes dk = ds^T q and dv = p^T do as dots that contract the leading dimension of
+    their left operand, which XLA:CPU runs through a slow fallback. Here they are computed
+    transposed (dk^T = q^T ds, dv^T = do^T p) from explicitly transposed operands.
+    """
+    return softmax_attention_reference(q, k, v)
+
+
+def _softmax_attention_fwd(q, k, v):
+    scores = jnp.einsum("...qd,...kd->...qk", q, k)
+    e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    weights = e / jnp.sum(e, axis=-1, keepdims=True)
+    out = jnp.einsum("...qk,...kd->...qd", weights, v)
+    return out, (q, k, v, weights, out)
+
+
+def _softmax_attention_bwd(residuals, d_out):
+    q, k, v, weights, out = residuals
+    d_weights = jnp.einsum("...qd,...kd->...qk", d_out, v)
+    # Softmax backward: sum_k w dw = sum_d out d_out (a [T, D] instead of a [T, S] reduction).
+    row = jnp.sum(d_out * out, axis=-1, keepdims=True)
+    d_scores = weights * (d_weights - row)
+    dq = jnp.einsum("...qk,...kd->...qd", d_scores, k)
+    # The barriers keep XLA from folding the transposes back into the dots.
+    q_t, d_out_t = jax.lax.optimization_barrier((jnp.swapaxes(q, -1, -2), jnp.swapaxes(d_out, -1, -2)))
+    dk = jnp.swapaxes(jnp.einsum("...dq,...qk->...dk", q_t, d_scores), -1, -2)
+    dv = jnp.swapaxes(jnp.einsum("...dq,...qk->...dk", d_out_t, weights), -1, -2)
+    return dq, dk, dv
+
+
+softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+
+
+def block(p, h: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = None) -> jax.Array:
+    """One application of the shared block (SPEC 2): [B, S, H] -> [B, S, H], or the rows at
+    `positions` [B, M] -> [B, M, H] (every step after the attention is per position)."""
+    # Quirk: the attention output replaces h; the residual starts after it.
+    h = attention(attention_qkv(p["attn"], h, cfg), cfg.n_heads, positions)
+    h = layer_norm(p["norm1"], h + linear(p["proj"], h))
+    ff = linear(p["pwff"]["fc2"], gelu(linear(p["pwff"]["fc1"], h)))
+    return layer_norm(p["norm2"], h + ff)
+
+
+def encode_plain(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = None) -> jax.Array:
+    """The encoder on the whole batch at once: x [B, S, F] -> [B, S, H], or the rows at
+    `positions` [B, M] -> [B, M, H] (the last layer then computes only those rows)."""
+    h = embed(p["embed"], x, cfg)
+    for layer in range(cfg.n_layers):
+        h = block(p, h, cfg, positions if layer == cfg.n_layers - 1 else None)
+    return h
+
+
+# The CPU encoder's work split (see `encode`), measured on 2 cores with base_v1 and batch
+# 128: 16 windows per chunk in 2 streams trains ~1.4x faster than the whole batch at once;
+# chunks of 8, 24 or 32 and 1 or 4 streams are 5 to 17% slower than this.
+ENCODER_CHUNK = 16
+ENCODER_STREAMS = 2
+
+
+def default_chunk() -> int:
+    """ENCODER_CHUNK on the CPU backend, 0 (whole batch) elsewhere."""
+    return ENCODER_CHUNK if jax.default_backend() == "cpu" else 0
+
+
+def encode(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = None,
+           chunk: int | None = None, streams: int = ENCODER_STREAMS) -> jax.Array:
+    """`encode_plain` computed over chunks of `chunk` windows (None: `default_chunk()`;
+    0: the whole batch at once); same shapes and values.
+
+    On XLA:CPU the whole-batch encoder is bound by memory traffic, not FLOPs: every layer
+    writes and re-reads [B, NH, S, S] attention tensors (29 MB each for B = 128) and
+    [B, S, FF] activations. Here the chunks run in a loop (`lax.map`) and `jax.checkpoint`
+    keeps only each chunk's input for the backward pass, which recomputes the chunk's
+    activations and uses them while they are in cache; the parameter gradients are summed
+    over the chunks. Each chunk is split into `streams` interleaved sub-batches that are
+    independent in the graph, so the runtime can put them on different cores instead of
+    splitting every small op between threads. The batch is zero-padded to a multiple of
+    `chunk` and the padding dropped.
+    """
+    chunk = default_chunk() if chunk is None else chunk
+    batch = x.shape[0]
+    if chunk <= 0 or batch <= chunk:
+        return encode_plain(p, x, cfg, positions)
+    if chunk % streams:
+        raise ValueError(f"encode: chunk ({chunk}) must divide by streams ({streams})")
+    n = -(-batch // chunk)
+    pad = n * chunk - batch
+
+    def split(a):
+        if pad:
+            a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(n, chunk, *a.shape[1:])
+
+    @jax.checkpoint
+    def run_chunk(chunk_inputs):
+        xc, pc = chunk_inputs
+        parts = [encode_plain(p, xc[i::streams], cfg, None if pc is None else pc[i::streams])
+                 for i in range(streams)]
+        out = jnp.stack(parts, axis=1)  # [chunk / streams, streams, T, H]: rows back in order
+        return out.reshape(chunk, *out.shape[2:])
+
+    out = jax.lax.map(run_chunk, (split(x), None if positions is None else split(positions)))
+    return out.reshape(n * chunk, *out.shape[2:])[:batch]
+
+
+class Transformer(nn.Module):
+    """The LIMU-BERT encoder: embeddings, then one shared block applied `n_layers` times.
+
+    It holds the parameters under the reference's names; `encode` computes.
+    """
+
+    config: LimuBertConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """x: [B, S, F] normalized windows -> representations [B, S, H], or the rows at
+        `positions` [B, M] -> [B, M, H]."""
         cfg = self.config
         seq = x.shape[1]
         if seq > cfg.seq_len:
             raise ValueError(f"input has {seq} time steps, the model at most seq_len={cfg.seq_len}")
-        norm = LayerNorm(name="norm")
-        e = Linear(cfg.hidden, name="lin")(x)
-        if cfg.emb_norm:
-            e = norm(e)
-        pos_table = self.param(
-            "pos_embed", nn.initializers.normal(stddev=1.0), (cfg.seq_len, cfg.hidden)
-        )
-        e = e + pos_table[:seq]
-        # Quirk: the same LayerNorm parameters normalize twice (SPEC 2, step 4).
-        return norm(e)
-
-
-class MultiHeadedSelfAttention(nn.Module):
-    """Unmasked scaled dot-product self-attention without dropout."""
-
-    config: LimuBertConfig
-
-    @nn.compact
-    def __call__(self, h: jax.Array) -> jax.Array:
-        """h: [B, S, H] -> [B, S, H]."""
-        cfg = self.config
-        batch, seq, _ = h.shape
-        head_dim = cfg.hidden // cfg.n_heads
-
-        def heads(name):
-            # [B, S, H] -> [B, NH, S, D]: head-major operands keep XLA:CPU's batched
-            # matmuls contiguous (PERFORMANCE_NOTES: seq-major einsum is ~2.5x slower).
-            y = Linear(cfg.hidden, name=name)(h).reshape(batch, seq, cfg.n_heads, head_dim)
-            return y.transpose(0, 2, 1, 3)
-
-        q, k, v = heads("proj_q"), heads("proj_k"), heads("proj_v")
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(head_dim)
-        weights = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-        return out.transpose(0, 2, 1, 3).reshape(batch, seq, cfg.hidden)
-
-
-class PositionWiseFeedForward(nn.Module):
-    """fc2(gelu(fc1(x)))."""
-
-    config: LimuBertConfig
-
-    @nn.compact
-    def __call__(self, h: jax.Array) -> jax.Array:
-        """h: [B, S, H] -> [B, S, H]."""
-        h = gelu(Linear(self.config.hidden_ff, name="fc1")(h))
-        return Linear(self.config.hidden, name="fc2")(h)
-
-
-class Transformer(nn.Module):
-    """The LIMU-BERT encoder: embeddings, then one shared block applied `n_layers` times."""
-
-    config: LimuBertConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, S, F] normalized windows -> representations [B, S, H]."""
-        cfg = self.config
-        h = Embeddings(cfg, name="embed")(x)
-        attn = MultiHeadedSelfAttention(cfg, name="attn")
-        proj = Linear(cfg.hidden, name="proj")
-        norm1 = LayerNorm(name="norm1")
-        pwff = PositionWiseFeedForward(cfg, name="pwff")
-        norm2 = LayerNorm(name="norm2")
-        for _ in range(cfg.n_layers):
-            # Quirk: the attention output replaces h; the residual starts after it.
-            h = attn(h)
-            h = norm1(h + proj(h))
-            h = norm2(h + pwff(h))
-        return h
+        if self.is_initializing():
+            Embeddings(cfg, name="embed")(x.shape[-1])
+            MultiHeadedSelfAttention(cfg, name="attn")()
+            _LinearParams(cfg.hidden, name="proj")(cfg.hidden)
+            _LayerNormParams(name="norm1")(cfg.hidden)
+            PositionWiseFeedForward(cfg, name="pwff")()
+            _LayerNormParams(name="norm2")(cfg.hidden)
+        return encode(self.variables["params"], x, cfg, positions)
 
 
 class LimuBertModel4Pretrain(nn.Module):
@@ -223,10 +431,9 @@ class LimuBertModel4Pretrain(nn.Module):
         x: [B, S, F] (masked) normalized windows; masked_pos: optional int [B, M].
         Returns [B, M, F] at the masked positions, or [B, S, F] when `masked_pos` is None.
         """
-        h = self.transformer(x)
-        if masked_pos is not None:
-            h = jnp.take_along_axis(h, masked_pos[:, :, None], axis=1)
-        return self.decode(h)
+        # The encoder returns only the rows at masked_pos (= take_along_axis of its full
+        # output, computed without the other rows of the last layer).
+        return self.decode(self.transformer(x, masked_pos))
 
     def encode(self, x: jax.Array) -> jax.Array:
         """x: [B, S, F] normalized windows -> embeddings [B, S, H]."""

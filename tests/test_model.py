@@ -116,3 +116,71 @@ def test_classifier_dropout_only_while_training():
     assert not np.allclose(eval_a, train)
     with pytest.raises(ValueError, match="same non-zero length"):
         GRUClassifierConfig(rnn_hidden=(20,), rnn_layers=(2, 1))
+
+
+# The CPU encoder (chunks in a rematerialised loop, streams, hand-written VJPs) must compute
+# the plain formulation's values and gradients. Float32 sums in another order: 1e-5.
+def _small_model(seed=0):
+    import dataclasses
+
+    cfg = dataclasses.replace(MODEL_CONFIGS["base_v1"], n_layers=2, seq_len=20)
+    params = LimuBertModel4Pretrain(cfg).init_params(jax.random.key(seed))
+    x = jax.random.normal(jax.random.key(seed + 1), (11, 20, 6))
+    positions = jnp.stack([jax.random.permutation(jax.random.key(seed + 2 + i), 20)[:5] for i in range(11)])
+    return cfg, params["transformer"], x, positions
+
+
+@pytest.mark.parametrize("chunk,streams,with_positions", [(4, 2, False), (4, 2, True), (3, 1, True)])
+def test_chunked_encoder_equals_whole_batch_values_and_gradients(with_positions, chunk, streams):
+    from limubert_jax.model import encode, encode_plain
+
+    cfg, p, x, positions = _small_model()
+    pos = positions if with_positions else None
+
+    def loss(fn, p, x):
+        return jnp.sum(jnp.sin(fn(p, x)))
+
+    chunked = jax.jit(lambda p, x: encode(p, x, cfg, pos, chunk=chunk, streams=streams))
+    plain = jax.jit(lambda p, x: encode_plain(p, x, cfg, pos))
+    np.testing.assert_allclose(chunked(p, x), plain(p, x), atol=1e-5, rtol=0)
+    g_chunked = jax.jit(jax.grad(lambda p, x: loss(chunked, p, x), argnums=(0, 1)))(p, x)
+    g_plain = jax.jit(jax.grad(lambda p, x: loss(plain, p, x), argnums=(0, 1)))(p, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_chunked), jax.tree_util.tree_leaves(g_plain)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_chunk_must_divide_by_streams():
+    from limubert_jax.model import encode
+
+    cfg, p, x, _ = _small_model()
+    with pytest.raises(ValueError, match="chunk \\(6\\) must divide by streams \\(4\\)"):
+        encode(p, x, cfg, chunk=6, streams=4)
+
+
+def test_hand_written_attention_and_layer_norm_gradients_match_autodiff():
+    from limubert_jax.model import (
+        _layer_norm,
+        layer_norm_reference,
+        softmax_attention,
+        softmax_attention_reference,
+    )
+
+    keys = jax.random.split(jax.random.key(3), 6)
+    q, k, v = (jax.random.normal(kk, (2, 3, 7, 5)) for kk in keys[:3])
+    q_rows = q[:, :, :4]  # fewer query rows than keys, as in the last layer
+    cot = jax.random.normal(keys[3], (2, 3, 4, 5))
+    for fn in (softmax_attention, softmax_attention_reference):
+        np.testing.assert_allclose(fn(q_rows, k, v), softmax_attention_reference(q_rows, k, v), atol=1e-6)
+    custom = jax.jit(lambda *a: jax.vjp(softmax_attention, *a)[1](cot))(q_rows, k, v)
+    auto = jax.jit(lambda *a: jax.vjp(softmax_attention_reference, *a)[1](cot))(q_rows, k, v)
+    for a, b in zip(custom, auto):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+    x = 3.0 * jax.random.normal(keys[4], (4, 6, 9)) + 1.0
+    gamma, beta = jax.random.normal(keys[5], (2, 9))
+    cot = jax.random.normal(keys[0], x.shape)
+    np.testing.assert_allclose(_layer_norm(x, gamma, beta, 1e-12), layer_norm_reference(x, gamma, beta), atol=1e-6)
+    custom = jax.jit(lambda *a: jax.vjp(lambda *b: _layer_norm(*b, 1e-12), *a)[1](cot))(x, gamma, beta)
+    auto = jax.jit(lambda *a: jax.vjp(layer_norm_reference, *a)[1](cot))(x, gamma, beta)
+    for a, b in zip(custom, auto):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
