@@ -6,17 +6,28 @@ of the source, so that the reference split indices (`limubert_jax.splits`) apply
 builder configs are the reference versions: `20_120` (20 Hz, 120-step windows) and
 `10_100` (10 Hz, 100-step windows).
 
-Each builder class also sets `code_path = epath.Path(__file__)` and
-`pkg_dir_path = code_path.parent`: TFDS infers them through `importlib_resources`, which it
-no longer installs on Python >= 3.9 (tensorflow/datasets#11212), and from the package path,
-which is wrong for this folder once an editable install maps it to `limubert_jax.datasets`.
+Builders of recorded datasets subclass `ImuBuilder` (below): it declares the features from
+class attributes, finds the raw files (manual directory, archive or download) and turns
+`windows()` into examples. Every builder class pins `code_path` / `pkg_dir_path` to its own
+folder (`ImuBuilder` does it for its subclasses): TFDS infers them through
+`importlib_resources`, which it no longer installs on Python >= 3.9
+(tensorflow/datasets#11212), and from the package path, which is wrong for this folder once
+an editable install maps it to `limubert_jax.datasets`.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+import inspect
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 # The reference's feature layout (SPEC section 1): acc 0-2, gyro 3-5, mag 6-8.
 FEATURE_NAMES = (
@@ -51,16 +62,271 @@ def version_configs(description: str) -> list[ImuConfig]:
     ]
 
 
-def imu_metadata(config: ImuConfig, **extra) -> tfds.core.MetadataDict:
+def imu_metadata(config: ImuConfig, num_features: int = 9, **extra) -> tfds.core.MetadataDict:
     """The metadata every IMU builder records (read back by the input pipeline).
 
     Stored in `metadata.json` beside the prepared data and restored with the dataset info:
-    `sampling_rate_hz`, `seq_len`, `feature_names`, `feature_units`, plus `extra`.
+    `sampling_rate_hz`, `seq_len`, `feature_names`, `feature_units` (of the first
+    `num_features` reference channels), plus `extra`.
     """
     return tfds.core.MetadataDict(
         sampling_rate_hz=config.sampling_rate,
         seq_len=config.seq_len,
-        feature_names=list(FEATURE_NAMES),
-        feature_units=list(FEATURE_UNITS),
+        feature_names=list(FEATURE_NAMES[:num_features]),
+        feature_units=list(FEATURE_UNITS[:num_features]),
         **extra,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# The reference preprocessing shared by several datasets (DATASETS.md), as plain NumPy.
+
+
+def downsample(x: np.ndarray, raw_rate: float, target_rate: float, *, include_last: bool = False) -> np.ndarray:
+    """The reference's block-averaging down-sampler: x [L, F] at `raw_rate` -> [L', F].
+
+    With r = raw_rate / target_rate, output samples are means of consecutive blocks of
+    floor(r) or floor(r) + 1 raw samples: a running remainder grows by r - floor(r) per
+    block and, when it reaches 1, loses 1 and makes that block one sample longer (50 -> 20
+    Hz: blocks 2, 3, 2, 3, ...). The reference stops when the next block would reach past
+    the end: while `i + floor(r) + 1 < L` (UCI, MotionSense) or, with `include_last`,
+    `<= L` (Shoaib). An integer r gives blocks of exactly r samples under the same stop rule.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"downsample: expected [samples, features], got shape {x.shape}")
+    ratio = raw_rate / target_rate
+    if ratio < 1:
+        raise ValueError(f"downsample: cannot go up from {raw_rate} Hz to {target_rate} Hz")
+    base = math.floor(ratio)
+    fraction = ratio - base
+    length = x.shape[0]
+    out, i, remainder = [], 0, 0.0
+    while (i + base + 1 <= length) if include_last else (i + base + 1 < length):
+        size = base
+        if fraction:
+            remainder += fraction
+            if remainder >= 1:
+                remainder -= 1
+                size = base + 1
+        out.append(x[i : i + size].mean(axis=0))
+        i += size
+    if not out:
+        return np.zeros((0, x.shape[1]), dtype=np.float64)
+    return np.stack(out)
+
+
+def cut_windows(x: np.ndarray, seq_len: int) -> np.ndarray:
+    """Non-overlapping windows: x [L, F] -> [floor(L / seq_len), seq_len, F]; the tail is dropped."""
+    x = np.asarray(x)
+    n = x.shape[0] // seq_len
+    return x[: n * seq_len].reshape(n, seq_len, *x.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------
+# Raw files: manual directory (extracted layout or archives), else download.
+
+
+def find_layout(root: epath.Path, required: Sequence[str], max_depth: int = 3) -> epath.Path | None:
+    """The directory at or below `root` (breadth first, `max_depth` levels) holding every
+    path in `required` (relative paths), or None. Archives often add a top folder or two."""
+    level = [epath.Path(root)]
+    for _ in range(max_depth + 1):
+        next_level = []
+        for directory in level:
+            if all((directory / rel).exists() for rel in required):
+                return directory
+            next_level.extend(sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        level = next_level
+    return None
+
+
+def _missing(root: epath.Path, required: Sequence[str]) -> list[str]:
+    return [rel for rel in required if not (epath.Path(root) / rel).exists()]
+
+
+class ImuBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the recorded-dataset builders: one `train` split of windows in source order.
+
+    A subclass sets the class attributes below, `BUILDER_CONFIGS` (`version_configs`),
+    `MANUAL_DOWNLOAD_INSTRUCTIONS`, and implements `windows(raw_dir)`; README.md and
+    CITATIONS.bib beside it give the description and citation.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    NUM_FEATURES: int = 6  # channels of `imu`, the first of FEATURE_NAMES
+    TASKS: dict[str, tuple[str, ...]] = {}  # task -> class names; a label is the index of its name
+    SUPERVISED_TASK: str = "activity"  # the (imu, label) pair of `as_supervised`
+    HOMEPAGE: str | None = None
+    REQUIRED_FILES: tuple[str, ...] = ()  # paths the raw layout must hold, relative to its root
+    ARCHIVES: tuple[str, ...] = ()  # archive names accepted in the manual directory
+    URLS: tuple[str, ...] = ()  # official download URLs (checksums.tsv); empty: manual only
+    EXTRA_METADATA: dict[str, Any] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        # Before TFDS registers the class: its files live beside its module (see module doc).
+        cls.code_path = epath.Path(inspect.getfile(cls))
+        cls.pkg_dir_path = cls.code_path.parent
+        super().__init_subclass__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        units = ", ".join(f"{n} ({u})" for n, u in zip(FEATURE_NAMES, FEATURE_UNITS[: self.NUM_FEATURES]))
+        features = {
+            "imu": tfds.features.Tensor(
+                shape=(config.seq_len, self.NUM_FEATURES), dtype=np.float32,
+                encoding=tfds.features.Encoding.BYTES, doc=units,
+            )
+        }
+        features.update({task: tfds.features.ClassLabel(names=list(names)) for task, names in self.TASKS.items()})
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("imu", self.SUPERVISED_TASK),
+            homepage=self.HOMEPAGE,
+            disable_shuffling=True,  # keep the source order: the reference split indices apply
+            metadata=imu_metadata(
+                config, self.NUM_FEATURES, tasks={t: list(n) for t, n in self.TASKS.items()}, **self.EXTRA_METADATA
+            ),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        return {"train": self._generate_examples(self.raw_dir(dl_manager))}
+
+    def _generate_examples(self, raw_dir: epath.Path):
+        config = self.builder_config
+        for key, (imu, labels) in enumerate(self.windows(raw_dir)):
+            if imu.shape != (config.seq_len, self.NUM_FEATURES):
+                raise ValueError(f"{self.name}/{config.name}: window {key} has shape {imu.shape}")
+            yield key, {"imu": np.asarray(imu, np.float32), **{t: int(labels[t]) for t in self.TASKS}}
+
+    @abc.abstractmethod
+    def windows(self, raw_dir: epath.Path) -> Iterator[tuple[np.ndarray, dict[str, int]]]:
+        """(imu [S, F] in physical units, {task: label index}) per window, in reference order."""
+
+    def raw_dir(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
+        """The root of the raw layout (the directory holding every REQUIRED_FILES path).
+
+        Looked for in the manual directory (extracted, possibly a few folders down, or as
+        one of ARCHIVES there, nested archives included); without one, downloaded from
+        URLS. A manual directory given explicitly is never replaced by a download. Raises
+        FileNotFoundError naming what is missing.
+        """
+        manual = manual_dir_or_none(dl_manager)
+        if manual is not None:
+            found = find_layout(manual, self.REQUIRED_FILES)
+            if found is not None:
+                return found
+            archives = [manual / a for a in self.ARCHIVES if (manual / a).is_file()]
+            if archives:
+                return self._from_archives(dl_manager, archives, f"the archive {archives[0]}")
+            partial = _best_partial(manual, self.REQUIRED_FILES)
+            # TFDS's default manual dir (<download_dir>/manual) is shared by all datasets: only
+            # there may an unrelated content fall through to the download.
+            default = manual == epath.Path(dl_manager.download_dir) / "manual"
+            if partial is not None or not self.URLS or not default:
+                root = partial or manual
+                raise FileNotFoundError(
+                    f"{self.name}: the manual directory {manual} is incomplete: missing "
+                    f"{root / _missing(root, self.REQUIRED_FILES)[0]} (the raw layout needs "
+                    f"{', '.join(self.REQUIRED_FILES)}"
+                    + (f"; or put one of the archives {', '.join(self.ARCHIVES)} there" if self.ARCHIVES else "")
+                    + f"). {_one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
+                )
+        configured = getattr(dl_manager, "_manual_dir", None)
+        explicit = configured is not None and epath.Path(configured) != epath.Path(dl_manager.download_dir) / "manual"
+        if not self.URLS or explicit:
+            raise FileNotFoundError(
+                f"{self.name}: the manual directory {configured} does not "
+                f"exist or is empty (pass --config.dataset.manual_dir=DIR). "
+                f"{_one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
+            )
+        downloaded = dl_manager.download(list(self.URLS))
+        return self._from_archives(dl_manager, [epath.Path(p) for p in downloaded], "the download")
+
+    def _from_archives(self, dl_manager, archives: list[epath.Path], what: str) -> epath.Path:
+        roots = extract_archives(dl_manager, archives)
+        for _ in range(3):  # archives inside archives (HHAR ships a zip in its zip)
+            for root in roots:
+                found = find_layout(root, self.REQUIRED_FILES)
+                if found is not None:
+                    return found
+            inner = [p for root in roots for p in _archives_below(root)]
+            if not inner:
+                break
+            roots = roots + extract_archives(dl_manager, inner)
+        raise FileNotFoundError(
+            f"{self.name}: {what} does not hold the expected layout: missing "
+            f"{_missing(roots[0], self.REQUIRED_FILES)[0]} under {roots[0]}"
+        )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def manual_dir_or_none(dl_manager) -> epath.Path | None:
+    """The manual directory if it exists and is not empty, else None."""
+    try:
+        return epath.Path(dl_manager.manual_dir)
+    except AssertionError:  # TFDS: missing or empty
+        return None
+
+
+def _best_partial(manual: epath.Path, required: Sequence[str]) -> epath.Path | None:
+    """The directory at or below `manual` holding the most (at least one) of `required`."""
+    best, best_count, level = None, 0, [manual]
+    for _ in range(4):
+        next_level = []
+        for directory in level:
+            count = len(required) - len(_missing(directory, required))
+            if count > best_count:
+                best, best_count = directory, count
+            next_level.extend(p for p in sorted(directory.iterdir()) if p.is_dir())
+        level = next_level
+    return best
+
+
+def extract_archives(dl_manager, archives: Sequence[os.PathLike | str]) -> list[epath.Path]:
+    """Extracts zip/tar archives into `<download_dir>/extracted/`, one folder per archive.
+
+    With the standard library: TFDS's own `dl_manager.extract` needs TensorFlow, which this
+    project does not install. An extraction is staged and renamed into place, so an
+    interrupted one is redone, and a finished one is reused.
+    """
+    root = epath.Path(dl_manager.download_dir) / "extracted"
+    return [extract_archive(epath.Path(a), root) for a in archives]
+
+
+def extract_archive(archive: epath.Path, dest_root: epath.Path) -> epath.Path:
+    """`archive` (.zip, .tar, .tar.gz, .tgz) extracted to `dest_root/<archive name>.d`."""
+    import shutil  # noqa: PLC0415
+    import tarfile  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    archive = epath.Path(archive)
+    dest = epath.Path(dest_root) / f"{archive.name}.d"
+    if dest.is_dir():
+        return dest
+    staging = epath.Path(dest_root) / f"{archive.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:  # extractall drops absolute and '..' parts
+            z.extractall(staging)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as t:
+            t.extractall(staging, filter="data")  # no links or paths out of staging
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"{archive} is not a zip or tar archive (a RAR must be extracted by hand)")
+    staging.rename(dest)
+    return dest
+
+
+def _archives_below(root: epath.Path) -> list[epath.Path]:
+    suffixes = (".zip", ".tar", ".tar.gz", ".tgz")
+    found = []
+    for directory, _, files in sorted(os.walk(os.fspath(root))):
+        found.extend(epath.Path(directory) / f for f in sorted(files) if f.endswith(suffixes))
+    return found

@@ -135,11 +135,9 @@ def _builder(name: str, version: str, data_dir: str | None):
     return tfds.builder(f"{name}/{version}", data_dir=data_dir, file_format="array_record")
 
 
-def _check_manual_files(builder, npy_dir: str) -> None:
-    """Refuses an imu_npy build made from other files than those in `npy_dir` now."""
-    module = type(builder).__module__
-    if not module.endswith("imu_npy_dataset_builder"):
-        return
+def _check_manual_files(builder, manual_dir: str) -> None:
+    """Refuses an npy-layout build (imu_npy, eleme, huawei: the builds that record the
+    files' SHA-256) made from other files than those in `manual_dir` now."""
     meta = builder.info.metadata or {}
     if "data_sha256" not in meta:
         return
@@ -147,7 +145,7 @@ def _check_manual_files(builder, npy_dir: str) -> None:
 
     data_name, label_name = imu_npy.file_names(builder.builder_config.name)
     for file_name, key in ((data_name, "data_sha256"), (label_name, "label_sha256")):
-        path = os.path.join(npy_dir, file_name)
+        path = os.path.join(manual_dir, file_name)
         if os.path.isfile(path) and imu_npy.sha256(path) != meta[key]:
             raise ValueError(
                 f"{builder.name}/{builder.builder_config.name} in {builder.data_dir} was built from "
@@ -156,7 +154,7 @@ def _check_manual_files(builder, npy_dir: str) -> None:
             )
 
 
-def _prepare(builder, npy_dir: str | None) -> None:
+def _prepare(builder, manual_dir: str | None) -> None:
     """download_and_prepare (array_record) unless already prepared; process 0 goes first."""
     import jax  # noqa: PLC0415
     import tensorflow_datasets as tfds  # noqa: PLC0415
@@ -164,9 +162,9 @@ def _prepare(builder, npy_dir: str | None) -> None:
     def prepare():
         if builder.is_prepared():
             return
-        # Without npy_dir a manual-files builder looks in TFDS's default
+        # Without manual_dir a manual-files builder looks in TFDS's default
         # <data_dir>/downloads/manual and names what is missing.
-        download_config = tfds.download.DownloadConfig(manual_dir=npy_dir) if npy_dir else None
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
         builder.download_and_prepare(file_format="array_record", download_config=download_config)
 
     if jax.process_count() == 1:
@@ -187,9 +185,9 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
 
     dataset_config (an ml_collections ConfigDict, a dict or any object with attributes):
     `name` (TFDS builder), `version` ('20_120'), `data_dir` (None: TFDS's default),
-    `npy_dir` (imu_npy's manual directory), `seed` (3431), `train_rate` (0.8),
-    `vali_rate` (0.1). Raises ValueError for an unknown dataset or version, an unprepared
-    imu_npy without `npy_dir`, a stale imu_npy build, or too few windows to split.
+    `manual_dir` (TFDS manual directory: raw files or archives; `npy_dir` is the same for
+    imu_npy), `seed` (3431), `train_rate` (0.8), `vali_rate` (0.1). Raises ValueError for an unknown dataset or version, an unprepared
+    imu_npy without `manual_dir`, a stale imu_npy build, or too few windows to split.
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
@@ -199,16 +197,17 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
     version = str(_field(dataset_config, "version", DEFAULT_VERSION))
     data_dir = _field(dataset_config, "data_dir")
     data_dir = os.fspath(data_dir) if data_dir is not None else None
-    npy_dir = _field(dataset_config, "npy_dir")
-    npy_dir = os.fspath(npy_dir) if npy_dir is not None else None
+    # npy_dir is imu_npy's older name for its manual directory.
+    manual_dir = _field(dataset_config, "manual_dir") or _field(dataset_config, "npy_dir")
+    manual_dir = os.fspath(manual_dir) if manual_dir is not None else None
     seed = int(_field(dataset_config, "seed", splits.REFERENCE_SEED))
     train_rate = float(_field(dataset_config, "train_rate", splits.TRAIN_RATE))
     vali_rate = float(_field(dataset_config, "vali_rate", splits.VALI_RATE))
 
     builder = _builder(name, version, data_dir)
-    if npy_dir is not None and builder.is_prepared():
-        _check_manual_files(builder, npy_dir)
-    _prepare(builder, npy_dir)
+    if manual_dir is not None and builder.is_prepared():
+        _check_manual_files(builder, manual_dir)
+    _prepare(builder, manual_dir)
     file_format = getattr(builder.info, "file_format", None)
     if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
         raise ValueError(

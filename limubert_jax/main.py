@@ -4,32 +4,24 @@ Rerunning the same command resumes the run in DIR. Override any config field wit
 `--config.<section>.<field>=VALUE`, e.g. `--config.train.batch_size=64`.
 """
 
-import logging as py_logging
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from limubert_jax import train
 from limubert_jax.errors import LimuBertError
+from limubert_jax.log_filters import quiet_libraries
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:version]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(py_logging.Filter):
-    """Drops the per-save INFO chatter of Orbax and friends; their warnings still show."""
-
-    def filter(self, record: py_logging.LogRecord) -> bool:
-        noisy = any(part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/", "/grain/"))
-        return record.levelno >= py_logging.WARNING or not noisy
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    quiet_libraries()
     try:
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except LimuBertError as e:

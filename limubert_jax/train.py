@@ -122,6 +122,15 @@ def _evaluate(eval_step, params, data, config, mesh, key) -> float:
     return total / count
 
 
+def load_data(config: ml_collections.ConfigDict) -> input_pipeline.PretrainData:
+    """The dataset of `config.dataset`, prepared on first use; a missing or bad dataset is a
+    LimuBertError naming the dataset and what is wrong."""
+    try:
+        return input_pipeline.load_pretrain_data(config.dataset)
+    except (ValueError, FileNotFoundError) as e:
+        raise LimuBertError(f"config.dataset ({config.dataset.name}/{config.dataset.version}): {e}") from None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Pretrains LIMU-BERT as `config` says, resuming from `workdir` if it holds a run.
 
@@ -131,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir.mkdir(parents=True, exist_ok=True)
     model_config, mask_config = model_config_from(config), mask_config_from(config)
     mesh = make_mesh()
-    data = input_pipeline.load_pretrain_data(config.dataset)
+    data = load_data(config)
     _check_config(config, data, model_config, mask_config, mesh)
 
     steps_per_epoch = input_pipeline.steps_per_epoch(data, config.train.batch_size)

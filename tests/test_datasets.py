@@ -220,3 +220,61 @@ def test_imu_npy_value_errors(tmp_path):
     label[4, 0, 0] = 0.5
     with pytest.raises(ValueError, match="non-integer label in window 4"):
         _prepare_error(tmp_path, _write(tmp_path / "b", "20_120", np.zeros((5, 120, 6)), label))
+
+
+# ---------------------------------------------------------------------------------------
+# common: the shared preprocessing and raw-file handling.
+
+
+def test_downsample_alternates_blocks_of_2_and_3_and_stops_like_the_reference():
+    x = np.arange(20, dtype=np.float64)[:, None]
+    # Blocks [0,1] [2,3,4] [5,6] [7,8,9] ... ; the remainder reaches 1 on every second block.
+    assert common.downsample(x, 50, 20)[:, 0].tolist() == [0.5, 3.0, 5.5, 8.0, 10.5, 13.0, 15.5]
+    # UCI/MotionSense stop while i + 3 < L (17 + 3 = 20 is not < 20); Shoaib while <= L.
+    assert common.downsample(x, 50, 20, include_last=True)[:, 0].tolist()[-1] == 18.0
+    assert common.downsample(x, 50, 10)[:, 0].tolist() == [2.0, 7.0, 12.0]  # r = 5
+    assert common.downsample(x[:2], 50, 20).shape == (0, 1)
+    with pytest.raises(ValueError, match="cannot go up"):
+        common.downsample(x, 10, 20)
+
+
+def test_cut_windows_drops_the_tail():
+    x = np.arange(25 * 2).reshape(25, 2)
+    windows = common.cut_windows(x, 8)
+    assert windows.shape == (3, 8, 2) and windows[2, -1].tolist() == x[23].tolist()
+
+
+def test_nested_archives_are_extracted_with_the_standard_library(tmp_path):
+    import types
+    import zipfile
+
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("Deep/Raw/data.txt", "1 2 3\n")
+    outer = tmp_path / "outer.zip"
+    with zipfile.ZipFile(outer, "w") as z:
+        z.write(inner, "top/inner.zip")
+        z.writestr("../escape.txt", "x")  # a hostile member stays inside the target
+    dl = types.SimpleNamespace(download_dir=tmp_path / "dl")
+    (root,) = common.extract_archives(dl, [outer])
+    assert (root / "top" / "inner.zip").is_file() and not (tmp_path / "dl" / "escape.txt").exists()
+    nested = common.extract_archives(dl, common._archives_below(root))
+    assert common.find_layout(nested[0], ("Raw/data.txt",)) == nested[0] / "Deep"
+    assert common.extract_archives(dl, [outer]) == [root]  # reused, not redone
+    with pytest.raises(ValueError, match="not a zip or tar archive"):
+        (tmp_path / "x.rar").write_bytes(b"Rar!")
+        common.extract_archive(tmp_path / "x.rar", tmp_path / "dl")
+
+
+def test_an_explicit_manual_dir_is_never_replaced_by_a_download(tmp_path):
+    """uci_hapt can download, but a given manual dir that is empty or unrelated is an error."""
+    from limubert_jax.datasets import testing
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty.*does not exist or is empty"):
+        testing.build("uci_hapt", "20_120", tmp_path / "tfds", tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("unrelated")
+    with pytest.raises(FileNotFoundError, match=r"incomplete: missing .*RawData"):
+        testing.build("uci_hapt", "20_120", tmp_path / "tfds", tmp_path / "other")
+    assert not list((tmp_path / "tfds").rglob("*.array_record*"))

@@ -1,0 +1,1 @@
+"""eleme: see eleme_dataset_builder.py."""

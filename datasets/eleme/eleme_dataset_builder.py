@@ -1,0 +1,143 @@
+"""eleme: the proprietary Eleme courier IMU data of LIMU-BERT, from the reference .npy arrays.
+
+There is no public download. The manual directory holds the reference layout for version
+`V` (`20_120` or `10_100`): `data_V.npy`, (N, S, F) IMU windows in physical units, and
+`label_V.npy`, (N, S, L) integer-valued labels. They are read and validated with the
+`imu_npy` functions (`load_arrays`): one example per window in row order, `imu` float32
+(S, F) and `label` int64 (S, L), F and L taken from the files.
+
+The reference does not document the label columns. An optional `label_columns.json` in the
+manual directory, a JSON list of L strings, names them (recorded in the metadata as
+`label_columns`); without it they are `label_0`, ..., `label_<L-1>`.
+
+`ReferenceNpyBuilder` (a mixin over `imu_npy.Builder`) is shared with the `huawei` builder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from limubert_jax.datasets import common
+from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
+
+LABEL_COLUMNS_FILE = "label_columns.json"
+
+
+def label_columns(manual_dir: os.PathLike | str, num_labels: int) -> list[str]:
+    """Names of the L label columns: from `label_columns.json` in `manual_dir` if present
+    (a JSON list of `num_labels` non-empty, distinct strings), else `label_<i>`."""
+    path = epath.Path(manual_dir) / LABEL_COLUMNS_FILE
+    if not path.is_file():
+        return [f"label_{i}" for i in range(num_labels)]
+    try:
+        names = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) and n.strip() for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError(f"{path} must be a JSON list of distinct, non-empty strings (one name per label column)")
+    if len(names) != num_labels:
+        raise ValueError(f"{path} names {len(names)} label columns, but the label file has {num_labels}")
+    return names
+
+
+class ReferenceNpyBuilder:
+    """Mixin for `imu_npy.Builder` subclasses that serve one named dataset in the reference
+    .npy layout: README.md / CITATIONS.bib of the subclass's folder as description and
+    citation, error messages under the dataset's name, label column names in the metadata.
+
+    A subclass sets `code_path` / `pkg_dir_path` to its own folder (imu_npy pins its own),
+    `BUILDER_CONFIGS`, `MANUAL_DOWNLOAD_INSTRUCTIONS` and `HOMEPAGE`.
+    """
+
+    HOMEPAGE: str | None = None
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "imu": tfds.features.Tensor(
+                        shape=(config.seq_len, None),
+                        dtype=np.float32,
+                        encoding=tfds.features.Encoding.BYTES,
+                        doc="IMU readings (S, F) in physical units, as in data_<version>.npy",
+                    ),
+                    "label": tfds.features.Tensor(
+                        shape=(config.seq_len, None),
+                        dtype=np.int64,
+                        encoding=tfds.features.Encoding.BYTES,
+                        doc="labels (S, L), as in label_<version>.npy (columns: metadata label_columns)",
+                    ),
+                }
+            ),
+            homepage=self.HOMEPAGE,
+            disable_shuffling=True,  # keep the row order: reference split indices apply
+            metadata=common.imu_metadata(config),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        try:
+            generators = super()._split_generators(dl_manager)  # imu_npy: load_arrays, metadata
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{self._rename(e)} {self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}") from e
+        except ValueError as e:
+            raise ValueError(self._rename(e)) from e
+        self.info.metadata["label_columns"] = label_columns(dl_manager.manual_dir, self.info.metadata["num_labels"])
+        return generators
+
+    def _rename(self, error: Exception) -> str:
+        """imu_npy's message under this dataset's name ('imu_npy/20_120: ...' -> 'eleme/20_120: ...')."""
+        message = str(error)
+        return self.name + message[len("imu_npy") :] if message.startswith("imu_npy/") else f"{self.name}: {message}"
+
+
+class Builder(ReferenceNpyBuilder, imu_npy.Builder):
+    """DatasetBuilder for eleme (see the module docstring)."""
+
+    BUILDER_CONFIGS = common.version_configs("Eleme courier IMU windows (reference data_/label_<version>.npy),")
+    code_path = epath.Path(__file__)  # see common.py; imu_npy pins its own folder
+    pkg_dir_path = code_path.parent
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    The Eleme data are proprietary (not publicly released); they can only be built from the
+    reference arrays if you have them. Put data_<version>.npy, (N, S, F) IMU windows in
+    physical units, and label_<version>.npy, (N, S, L) integer labels (version 20_120:
+    S = 120; 10_100: S = 100), in a directory and pass it as --config.dataset.manual_dir=DIR
+    (TFDS: DownloadConfig(manual_dir=DIR)). The label columns are not documented by the
+    reference: to record what they are, add label_columns.json there, a JSON list of L
+    names, e.g. ["activity", "user"].
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Dummy arrays (python -m limubert_jax.datasets.make_dummy_data eleme): random, not real data.
+
+
+def write_npy_dummy_data(root: pathlib.Path, seed: int, num_features: int, num_labels: int,
+                         num_windows: dict[str, int]) -> None:
+    """Deterministic random data_/label_<version>.npy (float64, as the reference saves them)."""
+    root = pathlib.Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i, (version, (_, seq_len)) in enumerate(sorted(common.VERSIONS.items())):
+        rng = np.random.default_rng([seed, i])
+        n = num_windows[version]
+        data = rng.normal(0.0, 1.0, (n, seq_len, num_features))
+        data[:, :, :3] += rng.normal(0.0, 1.0, (n, 1, 3)) * 5.0  # a per-window gravity-like offset
+        data = np.round(data, 4)
+        label = np.repeat(rng.integers(0, 4, (n, 1, num_labels)), seq_len, axis=1).astype(np.float64)
+        data_name, label_name = imu_npy.file_names(version)
+        np.save(root / data_name, data, allow_pickle=False)
+        np.save(root / label_name, label, allow_pickle=False)
+
+
+def write_dummy_data(root: pathlib.Path) -> None:
+    write_npy_dummy_data(root, seed=1851, num_features=9, num_labels=2, num_windows={"20_120": 24, "10_100": 10})

@@ -1,0 +1,1 @@
+"""hhar: see hhar_dataset_builder.py."""

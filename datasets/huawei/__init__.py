@@ -1,0 +1,1 @@
+"""huawei: see huawei_dataset_builder.py."""

@@ -1,0 +1,1 @@
+"""motionsense: see motionsense_dataset_builder.py."""

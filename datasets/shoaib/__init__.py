@@ -1,0 +1,1 @@
+"""shoaib: see shoaib_dataset_builder.py."""

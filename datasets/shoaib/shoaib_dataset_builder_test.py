@@ -1,0 +1,196 @@
+"""shoaib: the reference preprocessing on tiny hand-made files, the builder on dummy_data, errors."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from limubert_jax.datasets import make_dummy_data, testing
+from limubert_jax.datasets.shoaib import shoaib_dataset_builder as shoaib
+
+DUMMY = pathlib.Path(testing.dummy_data_dir("shoaib"))
+TIME, LINEAR = "5555", "-777"  # values of the columns that must not be read
+
+
+def csv_row(activity: str, base: float) -> str:
+    """One data row: position p, feature j (acc xyz, gyro xyz, mag xyz) holds base + 10 p + j."""
+    fields = []
+    for p in range(5):
+        v = [float(base + 10 * p + j) for j in range(9)]
+        fields += [TIME] + [repr(x) for x in v[:3]] + [LINEAR] * 3 + [repr(x) for x in v[3:]] + [""]
+    return ",".join(fields + [activity])
+
+
+def write_participant(folder, k: int, runs) -> None:
+    """runs: [(activity name, row bases)], written in order after two header rows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["Left_pocket" + "," * 70, "Time_Stamp,Ax,Ay,Az" + "," * 67 + "Activity_Label"]
+    lines += [csv_row(name, b) for name, bases in runs for b in bases]
+    (folder / f"Participant_{k}.csv").write_text("\n".join(lines) + "\n")
+
+
+def expected(bases, p: int) -> np.ndarray:
+    """[len(bases), 9]: the values csv_row wrote for position p."""
+    return np.asarray(bases, np.float64)[:, None] + 10 * p + np.arange(9)
+
+
+# ---------------------------------------------------------------------------------------
+# Plain functions.
+
+
+def test_read_participant_selects_acc_gyro_mag_and_maps_the_typo(tmp_path):
+    write_participant(tmp_path, 1, [("walking", [0, 100]), ("upsatirs", [200]), (" Upstairs ", [300]),
+                                    ("downstairs", [400])])
+    sensors, activity = shoaib.read_participant(tmp_path / "Participant_1.csv")
+    assert sensors.dtype == np.float32 and sensors.shape == (5, 5, 9)
+    for p in range(5):
+        np.testing.assert_array_equal(sensors[:, p], expected([0, 100, 200, 300, 400], p))
+    np.testing.assert_array_equal(activity, [0, 0, 5, 5, 6])
+    assert shoaib.sensor_columns(0) == [1, 2, 3, 7, 8, 9, 10, 11, 12]
+    assert shoaib.sensor_columns(4) == [57, 58, 59, 63, 64, 65, 66, 67, 68]
+
+
+def test_downsampling_stops_when_the_next_block_passes_the_last_row(tmp_path):
+    # 50 -> 20 Hz, blocks 2, 3, 2, ...: 8 rows give rows {0,1}, {2,3,4}, {5,6} (the third block
+    # starts at 5 and 5 + 3 <= 8); 7 rows give only two samples, so no 3-step window.
+    write_participant(tmp_path / "a", 1, [("sitting", list(range(8)))])
+    write_participant(tmp_path / "b", 1, [("sitting", list(range(7)))])
+    windows = list(shoaib.shoaib_windows(tmp_path / "a", 20, 3))
+    assert [labels for _, labels in windows] == [{"activity": 1, "position": p, "user": 0} for p in range(5)]
+    for p, (window, _) in enumerate(windows):
+        np.testing.assert_allclose(window, expected([0.5, 3.0, 5.5], p), rtol=1e-6)
+    assert list(shoaib.shoaib_windows(tmp_path / "b", 20, 3)) == []
+    # 50 -> 10 Hz: blocks of 5; 11 rows give rows 0-4 and 5-9.
+    write_participant(tmp_path / "c", 1, [("biking", list(range(11)))])
+    windows = list(shoaib.shoaib_windows(tmp_path / "c", 10, 2))
+    assert len(windows) == 5 and windows[0][1] == {"activity": 4, "position": 0, "user": 0}
+    np.testing.assert_allclose(windows[3][0], expected([2.0, 7.0], 3), rtol=1e-6)
+
+
+def test_window_order_labels_and_concatenated_activity_rows(tmp_path):
+    # Written in the order 10, 2, 1; read in numeric order 1, 2, 10 (user k - 1).
+    write_participant(tmp_path, 10, [("downstairs", [900, 901, 902, 903, 904, 905, 906, 907])])
+    write_participant(tmp_path, 2, [("upsatirs", [500, 501, 502, 503]), ("upstairs", [600, 601, 602, 603])])
+    # Sitting comes first in the file, walking is split into two runs of 4 rows.
+    write_participant(tmp_path, 1, [("sitting", [50, 51, 52, 53, 54, 55, 56, 57]), ("walking", [0, 1, 2, 3]),
+                                    ("standing", [70, 71]), ("walking", [10, 11, 12, 13])])
+    windows = list(shoaib.shoaib_windows(tmp_path, 20, 3))
+    labels = [(w["activity"], w["position"], w["user"]) for _, w in windows]
+    assert labels == (
+        [(0, p, 0) for p in range(5)] + [(1, p, 0) for p in range(5)]
+        + [(5, p, 1) for p in range(5)] + [(6, p, 9) for p in range(5)]
+    )
+    # Walking = rows 0, 1, 2, 3, 10, 11, 12, 13 concatenated: the second block (2, 3, 10) spans both
+    # runs (as separate runs of 4 rows neither would give a 3-step window).
+    np.testing.assert_allclose(windows[0][0], expected([0.5, 5.0, 11.5], 0), rtol=1e-6)
+    np.testing.assert_allclose(windows[4][0], expected([0.5, 5.0, 11.5], 4), rtol=1e-6)
+    np.testing.assert_allclose(windows[7][0], expected([50.5, 53.0, 55.5], 2), rtol=1e-6)
+    # Upstairs = the upsatirs rows then the upstairs rows: (502 + 503 + 600) / 3 = 535.
+    np.testing.assert_allclose(windows[10][0], expected([500.5, 535.0, 601.5], 0), rtol=1e-6)
+    np.testing.assert_allclose(windows[19][0], expected([900.5, 903.0, 905.5], 4), rtol=1e-6)
+    assert all(w.dtype == np.float32 and w.shape == (3, 9) for w, _ in windows)
+
+
+@pytest.mark.parametrize(
+    "row, match",
+    [
+        (lambda: csv_row("walking", 0) + ",", None),  # a trailing empty field is fine
+        (lambda: csv_row("walking", 0)[: -len(",walking")], r"row 4: 70 columns, expected 71"),
+        (lambda: csv_row("flying", 0), r"row 4: unknown activity 'flying'"),
+        (lambda: csv_row("walking", 0).replace("5.0", "x5", 1), r"row 4, column 10: 'x5' is not a finite number"),
+        (lambda: csv_row("walking", 0).replace("12.0", "", 1), r"row 4, column 18: '' is not a finite number"),
+        (lambda: csv_row("walking", 0).replace("1.0", "nan", 1), r"row 4, column 3: 'nan' is not a finite number"),
+    ],
+)
+def test_malformed_rows_name_the_file_and_row(tmp_path, row, match):
+    write_participant(tmp_path, 3, [("walking", [0])])
+    path = tmp_path / "Participant_3.csv"
+    path.write_text(path.read_text() + row() + "\n")
+    if match is None:
+        assert shoaib.read_participant(path)[0].shape == (2, 5, 9)
+        return
+    with pytest.raises(ValueError, match=rf"Participant_3\.csv, {match}"):
+        shoaib.read_participant(path)
+
+
+def test_participant_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no Participant_<k>.csv"):
+        shoaib.participant_files(tmp_path)
+    write_participant(tmp_path, 11, [("walking", [0])])
+    with pytest.raises(ValueError, match="participant 11 is outside 1..10"):
+        shoaib.participant_files(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# The builder on dummy_data.
+
+
+@pytest.fixture(scope="module", params=["20_120", "10_100"])
+def built(request, tmp_path_factory):
+    builder, source = testing.build("shoaib", request.param, tmp_path_factory.mktemp("tfds"))
+    return request.param, builder, source
+
+
+def test_builds_the_reference_windows_from_dummy_data(built):
+    version, builder, source = built
+    rate, steps = {"20_120": (20, 120), "10_100": (10, 100)}[version]
+    data = testing.read_all(source)
+    want = list(shoaib.shoaib_windows(DUMMY / "DataSet", rate, steps))
+    assert len(source) == len(want) == {"20_120": 25, "10_100": 10}[version]
+    assert data["imu"].shape == (len(want), steps, 9) and data["imu"].dtype == np.float32
+    np.testing.assert_array_equal(data["imu"], np.stack([w for w, _ in want]))
+    for task in ("activity", "position", "user"):
+        np.testing.assert_array_equal(data[task], [labels[task] for _, labels in want])
+    if version == "20_120":  # participant 10; upstairs made of the upsatirs and upstairs rows
+        assert set(data["user"]) == {0, 1, 9} and set(data["activity"]) == {0, 1, 3, 5, 6}
+    else:  # only walking (510 rows) and jogging (510) are long enough for 100 steps at 10 Hz
+        assert set(data["user"]) == {0, 1} and set(data["activity"]) == {0, 3}
+
+    features = builder.info.features
+    assert features["activity"].names == list(shoaib.ACTIVITIES) and features["activity"].num_classes == 7
+    assert features["position"].names == list(shoaib.POSITIONS) and features["position"].num_classes == 5
+    assert features["user"].num_classes == 10 and features["user"].names[9] == "participant_10"
+    assert builder.info.supervised_keys == ("imu", "activity")
+    meta = source.dataset_info.metadata
+    assert (meta["sampling_rate_hz"], meta["seq_len"], meta["raw_sampling_rate_hz"]) == (rate, steps, 50)
+    assert meta["feature_names"][6:] == ["mag_x", "mag_y", "mag_z"] and meta["feature_units"][3] == "rad/s"
+    assert meta["tasks"]["position"] == list(shoaib.POSITIONS)
+    assert "Shoaib" in builder.info.citation and "upsatirs" in builder.info.description
+
+
+# ---------------------------------------------------------------------------------------
+# Errors through the builder.
+
+
+def test_missing_or_incomplete_manual_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist or is empty"):
+        testing.build("shoaib", "20_120", tmp_path / "tfds", manual_dir=tmp_path / "nowhere")
+    write_participant(tmp_path / "raw" / "DataSet", 2, [("walking", [0])])
+    with pytest.raises(FileNotFoundError, match=r"missing .*DataSet/Participant_1\.csv"):
+        testing.build("shoaib", "20_120", tmp_path / "tfds", manual_dir=tmp_path / "raw")
+
+
+def test_rar_without_a_tool_says_how_to_extract(tmp_path, monkeypatch):
+    monkeypatch.setattr(shoaib, "find_rar_tool", lambda: None)
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / shoaib.ARCHIVE).write_bytes(b"Rar!\x1a\x07\x00")
+    with pytest.raises(FileNotFoundError, match=r"RAR archive.*none of unrar, rar, 7z, 7za, bsdtar is on PATH"):
+        testing.build("shoaib", "20_120", tmp_path / "tfds", manual_dir=tmp_path / "raw")
+
+
+def test_malformed_csv_through_the_builder(tmp_path):
+    write_participant(tmp_path / "raw" / "DataSet", 1, [("walking", [0, 1])])
+    path = tmp_path / "raw" / "DataSet" / "Participant_1.csv"
+    path.write_text(path.read_text() + csv_row("swimming", 2) + "\n")
+    with pytest.raises(ValueError, match=r"Participant_1\.csv, row 5: unknown activity 'swimming'"):
+        testing.build("shoaib", "20_120", tmp_path / "tfds", manual_dir=tmp_path / "raw")
+
+
+def test_dummy_data_is_what_write_dummy_data_writes(tmp_path):
+    shoaib.write_dummy_data(tmp_path)
+    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    kept = {p.relative_to(DUMMY): p.read_bytes() for p in DUMMY.rglob("*") if p.is_file()}
+    assert fresh.keys() == kept.keys() and all(fresh[k] == kept[k] for k in fresh)
+    assert make_dummy_data.folder_bytes(DUMMY) < make_dummy_data.MAX_BYTES

@@ -1,0 +1,51 @@
+"""Helpers for builder tests: build from raw files into a temporary data_dir, read back.
+
+Builder tests (`<name>/<name>_dataset_builder_test.py`) build from the committed
+`<name>/dummy_data/` (written by `make_dummy_data.py`, never downloaded) or from raw files the
+test writes itself, with TFDS's manual directory pointing at them; no TensorFlow needed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+import limubert_jax.datasets  # noqa: F401  (registers the builders)
+
+_HERE = epath.Path(__file__).parent
+
+
+def dummy_data_dir(name: str) -> epath.Path:
+    """The committed dummy raw files of builder `name`."""
+    return _HERE / name / "dummy_data"
+
+
+def build(name: str, version: str, data_dir: os.PathLike | str, manual_dir: os.PathLike | str | None = None):
+    """Prepares `name/version` (array_record) from `manual_dir` (default: its dummy_data)
+    into `data_dir` and returns `(builder, tfds.data_source of the train split)`."""
+    manual_dir = dummy_data_dir(name) if manual_dir is None else manual_dir
+    builder = tfds.builder(f"{name}/{version}", data_dir=os.fspath(data_dir), file_format="array_record")
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)),
+    )
+    return builder, tfds.data_source(f"{name}/{version}", split="train", data_dir=os.fspath(data_dir), download=False)
+
+
+def read_all(source) -> dict[str, np.ndarray]:
+    """Every example of a data source stacked per feature, in order."""
+    examples = [source[i] for i in range(len(source))]
+    return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in examples[0]} if examples else {}
+
+
+def build_versions(name: str, tmp_path_factory) -> dict[str, tuple]:
+    """Both reference versions of `name` built from its dummy_data into pytest temp dirs:
+    {version: (builder, read_all(source))}."""
+    out = {}
+    for version in ("20_120", "10_100"):
+        builder, source = build(name, version, tmp_path_factory.mktemp(f"{name}_{version}"))
+        out[version] = (builder, read_all(source))
+    return out

@@ -1,0 +1,1 @@
+"""uci_hapt: see uci_hapt_dataset_builder.py."""

@@ -1,0 +1,1 @@
+"""wisdm: see wisdm_dataset_builder.py."""

@@ -1,0 +1,102 @@
+"""Every IMU builder in `datasets/`: complete TFDS folder layout, and the main job pretraining
+on the builder's dummy raw files through the config overrides a user would pass
+(`--config.dataset.name/version/manual_dir`). Per-dataset preprocessing and builder tests
+live beside each builder (`datasets/<name>/<name>_dataset_builder_test.py`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import limubert_jax.datasets
+from limubert_jax import config_lib, train
+from limubert_jax.datasets import make_dummy_data
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORDED = ("hhar", "motionsense", "uci_hapt", "shoaib", "wisdm", "eleme", "huawei")
+# Builders made from raw files (dummy_data/ and a generator script); synthetic_imu generates
+# its data and imu_npy reads the files the user names.
+WITH_DUMMY_DATA = RECORDED
+
+
+def test_every_dataset_config_names_a_registered_builder():
+    registered = set(limubert_jax.datasets.registered_names())
+    assert set(RECORDED) | {"synthetic_imu", "imu_npy"} <= registered
+    for config_file in ("hhar", "motion", "uci", "shoaib", "wisdm", "eleme", "huawei", "quickstart", "npy"):
+        for version in ("20_120", "10_100"):
+            config = config_lib.sibling_config(str(ROOT / "configs" / f"{config_file}.py"), config_file).get_config(version)
+            assert config.dataset.name in registered, config_file
+            assert config.dataset.version == version
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_builder_folder_has_the_tfds_layout(name):
+    folder = ROOT / "datasets" / name
+    for file_name in (f"{name}_dataset_builder.py", f"{name}_dataset_builder_test.py", "checksums.tsv",
+                      "README.md", "CITATIONS.bib", "__init__.py"):
+        assert (folder / file_name).is_file(), f"{folder / file_name} is missing"
+    assert (folder / "dummy_data").is_dir()
+    assert make_dummy_data.folder_bytes(folder / "dummy_data") < make_dummy_data.MAX_BYTES
+    builder = limubert_jax.datasets.BUILDERS[name]
+    assert Path(builder.pkg_dir_path) == folder
+    assert builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+    assert {c.name for c in builder.BUILDER_CONFIGS} == {"20_120", "10_100"}
+
+
+def test_dummy_data_is_what_the_script_writes(tmp_path):
+    """The committed dummy_data/ folders are the generator's output, byte for byte."""
+    writers = make_dummy_data.writers()
+    assert set(WITH_DUMMY_DATA) <= set(writers)
+    for name in WITH_DUMMY_DATA:
+        make_dummy_data.write(name, tmp_path / name)
+        committed = ROOT / "datasets" / name / "dummy_data"
+        fresh = {p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file()}
+        kept = {p.relative_to(committed): p.read_bytes() for p in committed.rglob("*") if p.is_file()}
+        assert fresh.keys() == kept.keys(), name
+        assert all(fresh[k] == kept[k] for k in fresh), f"{name}: rerun python -m limubert_jax.datasets.make_dummy_data {name}"
+
+
+@pytest.mark.parametrize("name", WITH_DUMMY_DATA)
+def test_main_job_pretrains_on_the_dummy_data(name, tmp_path):
+    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.with_dataset(config, name, "20_120")
+    config.dataset.manual_dir = str(ROOT / "datasets" / name / "dummy_data")
+    config.dataset.data_dir = str(tmp_path / "tfds")
+    config.train.batch_size = 8
+    config.train.eval_batch_size = 8
+    config.train.num_epochs = 1
+    summary = train.train_and_evaluate(config, tmp_path / "work")
+    assert summary["steps"] >= 1
+    records = [json.loads(line) for line in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(np.isfinite([r["train_loss"], r["val_loss"]]).all() for r in records)
+
+
+def test_prepare_command_builds_and_describes_a_dataset(tmp_path):
+    """`python -m limubert_jax.prepare_data` with the main job's config and overrides."""
+    result = subprocess.run(
+        [sys.executable, "-m", "limubert_jax.prepare_data", f"--config={ROOT / 'configs' / 'uci.py'}",
+         f"--config.dataset.manual_dir={ROOT / 'datasets' / 'uci_hapt' / 'dummy_data'}",
+         f"--config.dataset.data_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "uci_hapt/20_120:" in result.stdout and "activity (6 classes)" in result.stdout
+    assert (tmp_path / "uci_hapt" / "20_120").is_dir()
+
+
+def test_prepare_command_names_the_missing_raw_file(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "B_Accelerometer_data").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "limubert_jax.prepare_data", f"--config={ROOT / 'configs' / 'motion.py'}",
+         f"--config.dataset.manual_dir={tmp_path / 'raw'}", f"--config.dataset.data_dir={tmp_path / 'tfds'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "C_Gyroscope_data" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "tfds").rglob("*.array_record*"))
