@@ -9,7 +9,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.task = "pretrain"  # what the job does; masked-reconstruction pretraining
+    config.task = "pretrain"  # pretrain, embed, classify, finetune, baseline, report; 'a+b' runs a then b
     config.seed = 3431  # init, masking and shuffling seed (the reference's)
 
     config.model = ml_collections.ConfigDict()
@@ -52,4 +52,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.log_every_steps = 50  # progress-bar refresh of the running loss
     config.train.checkpoint_every_epochs = 1  # latest-checkpoint interval (resume point)
     config.train.plot_windows = 4  # validation windows drawn in reconstruction.png
+
+    config.downstream = ml_collections.ConfigDict()
+    config.downstream.label = "activity"  # the task's label, by name: activity, user, position, device_model
+    config.downstream.label_rate = 0.01  # fraction of the training sub-windows that are labelled
+    config.downstream.balance = True  # draw the same number of labelled sub-windows per class
+    config.downstream.merge = 20  # classifier sub-window length (steps); must divide seq_len
+    config.downstream.classifier = "gru_v2"  # head for classify/finetune: gru_v1, gru_v2, lstm_v1, cnn1_v1, cnn2_v1, attn_v1
+    config.downstream.baseline = "rgru"  # model for the baseline task: dcnn, deepsense, rgru
+    config.downstream.methods = "limu_gru_v2,dcnn,deepsense,rgru"  # report task: limu_<head>, finetune_<head>, baselines
+    config.downstream.encoder = ml_collections.config_dict.placeholder(str)  # pretrained checkpoint or workdir; None: --workdir
+    config.downstream.freeze_encoder = False  # finetune: train the head only
+    config.downstream.num_epochs = 700  # classifier epochs (the reference's)
+    config.downstream.batch_size = 128  # classifier batch
+    config.downstream.learning_rate = 1e-3  # classifier Adam learning rate
+    config.downstream.tsne_points = 2000  # test sub-windows drawn in tsne.png
     return config

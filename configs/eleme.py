@@ -1,8 +1,11 @@
-"""Pretraining on the `eleme` TFDS builder; `--config=configs/eleme.py:10_100` picks the version."""
+"""The `eleme` TFDS builder: pretraining, or a downstream task.
+
+`--config=configs/eleme.py:10_100` picks the version; `:classify` (or `:10_100,classify`) the task.
+"""
 
 from limubert_jax import config_lib
 
 
-def get_config(version: str = "20_120"):
+def get_config(arg: str = "20_120"):
     default = config_lib.sibling_config(__file__, "default")
-    return config_lib.with_dataset(default.get_config(), "eleme", version)
+    return config_lib.with_dataset(default.get_config(), "eleme", arg)

@@ -4,6 +4,6 @@
 from limubert_jax import config_lib
 
 
-def get_config(version: str = "20_120"):
+def get_config(arg: str = "20_120"):
     default = config_lib.sibling_config(__file__, "default")
-    return config_lib.with_dataset(default.get_config(), "imu_npy", version)
+    return config_lib.with_dataset(default.get_config(), "imu_npy", arg)

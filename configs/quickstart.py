@@ -9,9 +9,13 @@ slowly: 0.80 after 30 epochs).
 from limubert_jax import config_lib
 
 
-def get_config(version: str = "20_120"):
-    config = config_lib.with_dataset(config_lib.sibling_config(__file__, "default").get_config(), "synthetic_imu", version)
+def get_config(arg: str = "20_120"):
+    config = config_lib.with_dataset(config_lib.sibling_config(__file__, "default").get_config(), "synthetic_imu", arg)
     config.optimizer.name = "adam"  # the public release's optimizer; learns fastest in a short run
     config.train.num_epochs = 10  # 1,920 training windows -> 15 steps per epoch
     config.train.log_every_steps = 5  # refresh the progress bar often in a short run
+    # `:report` afterwards: LIMU-GRU (a GRU on the pretrained embeddings, 1% labels) against
+    # R-GRU (the same kind of GRU on raw windows), as a Table 3-style report.md.
+    config.downstream.methods = "limu_gru_v2,rgru"
+    config.downstream.tsne_points = 600  # keeps the two t-SNE plots to seconds
     return config

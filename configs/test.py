@@ -3,8 +3,8 @@
 from limubert_jax import config_lib
 
 
-def get_config(version: str = "20_120"):
-    config = config_lib.with_dataset(config_lib.sibling_config(__file__, "default").get_config(), "synthetic_imu", version)
+def get_config(arg: str = "20_120"):
+    config = config_lib.with_dataset(config_lib.sibling_config(__file__, "default").get_config(), "synthetic_imu", arg)
     config.model.hidden = 24  # small and fast; the architecture is unchanged
     config.model.hidden_ff = 48
     config.model.n_layers = 2

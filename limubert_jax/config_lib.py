@@ -31,10 +31,28 @@ def parse_version(version: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def with_dataset(config: ml_collections.ConfigDict, name: str, version: str) -> ml_collections.ConfigDict:
-    """Points `config` at a dataset version; the model's window length follows the version."""
+def parse_config_arg(arg: str) -> tuple[str | None, str | None]:
+    """A config argument such as '10_100', 'classify' or '10_100,classify' -> (version, task)."""
+    version = task = None
+    for token in filter(None, (t.strip() for t in str(arg).split(","))):
+        if re.fullmatch(r"\d+_\d+", token):
+            version = token
+        elif task is None:
+            task = token
+        else:
+            raise ValueError(f"config argument {arg!r}: two tasks ({task!r}, {token!r}); join tasks with '+'")
+    return version, task
+
+
+def with_dataset(config: ml_collections.ConfigDict, name: str, arg: str) -> ml_collections.ConfigDict:
+    """Points `config` at a dataset version and task from a config argument ('20_120',
+    'classify', '10_100,report', ...); the model's window length follows the version."""
+    version, task = parse_config_arg(arg)
+    version = version or config.dataset.version
     _, seq_len = parse_version(version)
     config.dataset.name = name
     config.dataset.version = version
     config.model.seq_len = seq_len
+    if task is not None:
+        config.task = task
     return config

@@ -63,3 +63,79 @@ def reconstruction_png(path, windows: np.ndarray, positions: np.ndarray, predict
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(path, matrix, class_names, title: str = "") -> Path:
+    """Confusion matrix [C, C] (rows true, columns predicted) as a heat map.
+
+    Colours are fractions of each true class (rows normalised; a row without examples stays
+    0). With C <= 12 each cell also shows its count and row percentage.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    matrix = np.asarray(matrix, dtype=np.int64)
+    c = matrix.shape[0]
+    if matrix.shape != (c, c) or len(class_names) != c:
+        raise ValueError(
+            f"confusion_png: need a square [C, C] matrix and C class names, got {matrix.shape} "
+            f"and {len(class_names)} names"
+        )
+    totals = matrix.sum(axis=1, keepdims=True)
+    fractions = np.divide(matrix, totals, out=np.zeros(matrix.shape, np.float64), where=totals > 0)
+    size = max(3.5, 0.55 * c + 2.0)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    if c <= 12:
+        for i in range(c):
+            for j in range(c):
+                ax.text(j, i, f"{matrix[i, j]}\n{100 * fractions[i, j]:.0f}%", ha="center", va="center",
+                        fontsize=7, color="white" if fractions[i, j] > 0.5 else "black")
+    ax.set_xticks(range(c), [str(name) for name in class_names], rotation=45, ha="right")
+    ax.set_yticks(range(c), [str(name) for name in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "Confusion matrix")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def tsne_png(path, points: np.ndarray, labels: np.ndarray, class_names, title: str = "") -> Path:
+    """2-D embedding [N, 2] scattered, coloured by integer label [N], with a legend."""
+    plt = _pyplot()
+    path = Path(path)
+    points = np.asarray(points)
+    labels = np.asarray(labels).astype(np.int64)
+    if points.ndim != 2 or points.shape[1] != 2 or labels.shape != (points.shape[0],):
+        raise ValueError(f"tsne_png: need points [N, 2] and labels [N], got {points.shape} and {labels.shape}")
+    c = len(class_names)
+    if labels.size and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"tsne_png: labels must be in [0, {c}) for {c} class names")
+    cmap = plt.get_cmap("tab10" if c <= 10 else "tab20")
+    marker_size = float(np.clip(2000.0 / max(len(points), 1), 2.0, 25.0))
+    fig, ax = plt.subplots(figsize=(7.0, 6.0))
+    for k in range(c):
+        chosen = labels == k
+        if np.any(chosen):
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=marker_size, color=cmap(k % cmap.N),
+                       label=f"{class_names[k]} ({int(chosen.sum())})", alpha=0.8, linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, markerscale=max(1.0, 30.0 / marker_size) ** 0.5,
+              frameon=False)
+    ax.set_title(title or "t-SNE of embeddings")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

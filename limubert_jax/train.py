@@ -24,7 +24,7 @@ from orbax.checkpoint import checkpoint_managers
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from limubert_jax import input_pipeline, optim, plots
+from limubert_jax import downstream, input_pipeline, optim, plots
 from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM
 from limubert_jax.errors import LimuBertError
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
@@ -58,8 +58,6 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
     for name in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "checkpoint_every_epochs"):
         if not isinstance(train[name], int) or train[name] < 1:
             raise LimuBertError(f"config.train.{name} must be a positive integer, got {train[name]!r}")
-    if config.task != "pretrain":
-        raise LimuBertError(f"config.task {config.task!r} is not available; this job runs 'pretrain'")
     if data.seq_len != model_config.seq_len:
         raise LimuBertError(
             f"config.model.seq_len={model_config.seq_len} but dataset {config.dataset.name}/"
@@ -131,7 +129,23 @@ def load_data(config: ml_collections.ConfigDict) -> input_pipeline.PretrainData:
         raise LimuBertError(f"config.dataset ({config.dataset.name}/{config.dataset.version}): {e}") from None
 
 
+TASKS = ("pretrain",) + downstream.DOWNSTREAM_TASKS
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Runs `config.task` in `workdir`: 'pretrain', a downstream task (see `downstream`), or
+    several joined by '+' (e.g. 'pretrain+report'), in order. Returns the last task's summary."""
+    tasks = [t.strip() for t in str(config.task).split("+")]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise LimuBertError(f"config.task {config.task!r}: unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
+    summary: dict[str, Any] = {}
+    for task in tasks:
+        summary = pretrain(config, workdir) if task == "pretrain" else downstream.TASK_RUNNERS[task](config, Path(workdir))
+    return summary
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Pretrains LIMU-BERT as `config` says, resuming from `workdir` if it holds a run.
 
     Returns the summary also written to `workdir/summary.json`.

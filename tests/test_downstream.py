@@ -1,0 +1,125 @@
+"""Downstream tasks (SPEC 7): labels by task name, the protocol split, compiled whole-epoch
+training with best-validation selection, and each task end to end on the synthetic dataset
+with the tiny test config (a short pretraining first)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from limubert_jax import config_lib, downstream, train
+from limubert_jax.errors import LimuBertError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(data_dir, task="pretrain", **downstream_overrides):
+    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config.dataset.data_dir = str(data_dir)
+    config.task = task
+    config.train.num_epochs = 1
+    config.downstream.num_epochs = 6
+    config.downstream.label_rate = 0.1
+    config.downstream.tsne_points = 120
+    for key, value in downstream_overrides.items():
+        config.downstream[key] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A workdir holding a (briefly) pretrained tiny model, and the TFDS data_dir."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    workdir = tmp_path_factory.mktemp("work")
+    train.train_and_evaluate(_config(data_dir), workdir)
+    return workdir, data_dir
+
+
+def test_config_argument_picks_version_and_task():
+    config = config_lib.sibling_config(str(ROOT / "configs" / "motion.py"), "motion").get_config("10_100,classify")
+    assert (config.dataset.version, config.task, config.model.seq_len) == ("10_100", "classify", 100)
+    config = config_lib.sibling_config(str(ROOT / "configs" / "motion.py"), "motion").get_config("report")
+    assert (config.dataset.version, config.task) == ("20_120", "report")
+
+
+def test_labels_are_chosen_by_task_name(pretrained):
+    _, data_dir = pretrained
+    data = downstream.load_labelled(_config(data_dir))
+    assert data.labels.task == "activity" and data.labels.names[0] == "sit"
+    user = downstream.load_labelled(_config(data_dir, label="user"))
+    assert len(user.labels.names) == 10 and user.labels.per_step.shape == data.labels.per_step.shape
+    proto = downstream.protocol_split(data, _config(data_dir))
+    # Class ids index the names; every class of the synthetic set is labelled (balanced draw).
+    assert set(proto.labels("train")) == set(range(len(data.labels.names)))
+    counts = np.bincount(proto.labels("train"))
+    assert counts.min() == counts.max()
+
+
+def test_a_task_the_dataset_lacks_is_a_clear_error(pretrained, tmp_path):
+    workdir, data_dir = pretrained
+    with pytest.raises(LimuBertError, match=r"has no task 'position'; its tasks: activity, user"):
+        train.train_and_evaluate(_config(data_dir, "classify", label="position"), workdir)
+    with pytest.raises(LimuBertError, match=r"unknown task 'clasify'"):
+        train.train_and_evaluate(_config(data_dir, "clasify"), workdir)
+    with pytest.raises(LimuBertError, match=r"unknown method 'svm'"):
+        train.train_and_evaluate(_config(data_dir, "report", methods="svm"), workdir)
+    with pytest.raises(LimuBertError, match="no pretrained LIMU-BERT"):
+        train.train_and_evaluate(_config(data_dir, "classify"), tmp_path / "empty")
+
+
+def test_fit_keeps_the_best_validation_epoch_and_respects_frozen_parameters():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    params = {"w": jnp.zeros((4, 2)), "frozen": jnp.ones((2,))}
+
+    def apply_fn(p, xb, train, key):
+        return xb @ p["w"] + p["frozen"]
+
+    result = downstream.fit(apply_fn, params, x[:200], y[:200], jnp.asarray(x[200:]), y[200:], num_epochs=10,
+                            batch_size=32, learning_rate=0.05, seed=0,
+                            trainable={"w": True, "frozen": False})
+    accuracies = result.history["vali_accuracy"]
+    assert len(accuracies) == 10 and len(result.history["train_loss"]) == 10
+    assert result.best_vali_accuracy == max(accuracies) > 0.9
+    assert result.best_epoch == 1 + int(np.argmax(accuracies))
+    np.testing.assert_array_equal(result.params["frozen"], np.ones(2))
+    predicted = np.argmax(x[200:] @ np.asarray(result.params["w"]) + 1.0, -1)
+    assert np.mean(predicted == y[200:]) == pytest.approx(result.best_vali_accuracy)
+
+
+@pytest.mark.parametrize("task, method", [("classify", "limu_gru_v2"), ("baseline", "rgru"),
+                                          ("finetune", "finetune_gru_v2")])
+def test_task_end_to_end_writes_metrics_and_plots(pretrained, task, method):
+    workdir, data_dir = pretrained
+    if task == "finetune":
+        config = _config(data_dir, task, num_epochs=2)
+    else:
+        config = _config(data_dir, task)
+    metrics = train.train_and_evaluate(config, workdir)
+    out = downstream.run_dir(workdir, task, method, config)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["accuracy"] == metrics["accuracy"] and 0.0 <= saved["accuracy"] <= 1.0
+    assert saved["method"] == method and saved["label"] == "activity" and saved["num_labelled"] > 0
+    assert np.asarray(saved["confusion_matrix"]).sum() == saved["num_test"]
+    for png in ("confusion.png", "tsne.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["vali_accuracy"]) == config.downstream.num_epochs
+
+
+def test_embed_and_report(pretrained):
+    workdir, data_dir = pretrained
+    summary = train.train_and_evaluate(_config(data_dir, "embed"), workdir)
+    embeddings = np.load(summary["embeddings"])
+    assert embeddings.shape == (2400, 120, 24) and np.isfinite(embeddings).all()
+    assert np.load(Path(workdir) / "embed" / "labels_activity.npy").shape == (2400,)
+    summary = train.train_and_evaluate(_config(data_dir, "report", methods="limu_gru_v2,rgru", num_epochs=2), workdir)
+    table = Path(summary["report"]).read_text()
+    assert "LIMU-GRU" in table and "R-GRU" in table
+    assert set(summary["results"]) == {"limu_gru_v2", "rgru"}
