@@ -342,6 +342,22 @@ def embed(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return summary
 
 
+def _train_on_features(config, workdir: Path, *, task: str, method: str, model: str, windows: np.ndarray,
+                       data: LabelledData, proto: ProtocolData, start: float) -> dict:
+    """Trains `model` on the labelled sub-windows of per-window features `windows` (N, S, D)
+    (embeddings or normalized readings), evaluates on the test split, writes the outputs."""
+    sub = splits.subwindows(windows, config.downstream.merge)
+    part = {k: sub[getattr(proto.split, k).index] for k in ("train", "vali", "test")}
+    apply_fn, params = _head(model, proto, windows.shape[-1], config)
+    result = fit(apply_fn, params, part["train"], proto.labels("train"), jnp.asarray(part["vali"]),
+                 proto.labels("vali"), desc=method, **_fit_kwargs(config))
+    predictions = _predict(apply_fn, result.params, part["test"])
+    return _write_outputs(run_dir(workdir, task, method, config), method=method, task=task, config=config,
+                          data=data, proto=proto, predictions=predictions,
+                          tsne_features=part["test"].mean(axis=1), result=result,
+                          seconds=time.perf_counter() - start)
+
+
 def classify(config: ml_collections.ConfigDict, workdir: Path, head: str | None = None) -> dict:
     """A head on frozen embeddings of the labelled sub-windows (LIMU-<head>)."""
     head = head or config.downstream.classifier
@@ -351,17 +367,9 @@ def classify(config: ml_collections.ConfigDict, workdir: Path, head: str | None 
     model_config, params = _encoder(config, workdir)
     _check_windows(data, model_config)
     # SPEC 7: the encoder sees whole windows; the classifier their 20-step pieces.
-    sub = splits.subwindows(embed_windows(params, model_config, data.windows), config.downstream.merge)
-    part = {k: sub[getattr(proto.split, k).index] for k in ("train", "vali", "test")}
-    apply_fn, head_params = _head(head, proto, model_config.hidden, config)
-    method = f"limu_{head}"
-    result = fit(apply_fn, head_params, part["train"], proto.labels("train"), jnp.asarray(part["vali"]),
-                 proto.labels("vali"), desc=method, **_fit_kwargs(config))
-    predictions = _predict(apply_fn, result.params, part["test"])
-    return _write_outputs(run_dir(workdir, "classify", method, config), method=method, task="classify",
-                          config=config, data=data, proto=proto, predictions=predictions,
-                          tsne_features=part["test"].mean(axis=1), result=result,
-                          seconds=time.perf_counter() - start)
+    embeddings = embed_windows(params, model_config, data.windows)
+    return _train_on_features(config, workdir, task="classify", method=f"limu_{head}", model=head,
+                              windows=embeddings, data=data, proto=proto, start=start)
 
 
 def baseline(config: ml_collections.ConfigDict, workdir: Path, name: str | None = None) -> dict:
@@ -370,17 +378,9 @@ def baseline(config: ml_collections.ConfigDict, workdir: Path, name: str | None 
     start = time.perf_counter()
     data = load_labelled(config)
     proto = protocol_split(data, config)
-    feature_num = config.model.feature_num
-    sub = splits.subwindows(normalize(data.windows, feature_num).astype(np.float32), config.downstream.merge)
-    part = {k: sub[getattr(proto.split, k).index] for k in ("train", "vali", "test")}
-    apply_fn, params = _head(name, proto, feature_num, config)
-    result = fit(apply_fn, params, part["train"], proto.labels("train"), jnp.asarray(part["vali"]),
-                 proto.labels("vali"), desc=name, **_fit_kwargs(config))
-    predictions = _predict(apply_fn, result.params, part["test"])
-    return _write_outputs(run_dir(workdir, "baseline", name, config), method=name, task="baseline",
-                          config=config, data=data, proto=proto, predictions=predictions,
-                          tsne_features=part["test"].mean(axis=1), result=result,
-                          seconds=time.perf_counter() - start)
+    normalized = normalize(data.windows, config.model.feature_num).astype(np.float32)
+    return _train_on_features(config, workdir, task="baseline", method=name, model=name,
+                              windows=normalized, data=data, proto=proto, start=start)
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None = None) -> dict:
