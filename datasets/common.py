@@ -145,6 +145,13 @@ def _missing(root: epath.Path, required: Sequence[str]) -> list[str]:
     return [rel for rel in required if not (epath.Path(root) / rel).exists()]
 
 
+def pin_to_own_folder(cls) -> None:
+    """Points a builder class's `code_path` / `pkg_dir_path` at the file defining it (see
+    the module doc): TFDS then reads that folder's README.md, CITATIONS.bib, checksums.tsv."""
+    cls.code_path = epath.Path(inspect.getfile(cls))
+    cls.pkg_dir_path = cls.code_path.parent
+
+
 class ImuBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the recorded-dataset builders: one `train` split of windows in source order.
 
@@ -165,9 +172,7 @@ class ImuBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     EXTRA_METADATA: dict[str, Any] = {}
 
     def __init_subclass__(cls, **kwargs):
-        # Before TFDS registers the class: its files live beside its module (see module doc).
-        cls.code_path = epath.Path(inspect.getfile(cls))
-        cls.pkg_dir_path = cls.code_path.parent
+        pin_to_own_folder(cls)  # before TFDS registers the class
         super().__init_subclass__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:

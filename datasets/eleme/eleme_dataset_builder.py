@@ -55,11 +55,15 @@ class ReferenceNpyBuilder:
     .npy layout: README.md / CITATIONS.bib of the subclass's folder as description and
     citation, error messages under the dataset's name, label column names in the metadata.
 
-    A subclass sets `code_path` / `pkg_dir_path` to its own folder (imu_npy pins its own),
-    `BUILDER_CONFIGS`, `MANUAL_DOWNLOAD_INSTRUCTIONS` and `HOMEPAGE`.
+    A subclass sets `BUILDER_CONFIGS`, `MANUAL_DOWNLOAD_INSTRUCTIONS` and `HOMEPAGE`; its
+    `code_path` / `pkg_dir_path` are pinned to its own folder (imu_npy pins its own).
     """
 
     HOMEPAGE: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        common.pin_to_own_folder(cls)  # before TFDS registers the class
+        super().__init_subclass__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
@@ -105,8 +109,6 @@ class Builder(ReferenceNpyBuilder, imu_npy.Builder):
     """DatasetBuilder for eleme (see the module docstring)."""
 
     BUILDER_CONFIGS = common.version_configs("Eleme courier IMU windows (reference data_/label_<version>.npy),")
-    code_path = epath.Path(__file__)  # see common.py; imu_npy pins its own folder
-    pkg_dir_path = code_path.parent
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     The Eleme data are proprietary (not publicly released); they can only be built from the
     reference arrays if you have them. Put data_<version>.npy, (N, S, F) IMU windows in

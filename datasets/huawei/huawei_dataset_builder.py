@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pathlib
 
-from etils import epath
 
 from limubert_jax.datasets import common
 from limubert_jax.datasets.eleme import eleme_dataset_builder as eleme
@@ -27,8 +26,6 @@ class Builder(eleme.ReferenceNpyBuilder, imu_npy.Builder):
     """DatasetBuilder for huawei (see the module docstring)."""
 
     BUILDER_CONFIGS = common.version_configs("Huawei IMU windows (reference data_/label_<version>.npy),")
-    code_path = epath.Path(__file__)  # see common.py; imu_npy pins its own folder
-    pkg_dir_path = code_path.parent
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     The Huawei data are proprietary (not publicly released); they can only be built from the
     reference arrays if you have them. Put data_<version>.npy, (N, S, F) IMU windows in
