@@ -15,10 +15,11 @@ the `ClassifierGRU`, `ClassifierLSTM`, `ClassifierCNN1D`, `ClassifierCNN2D`, `Cl
 baselines). Where this module departs from it, the class docstring says so. Departures shared
 by all of them:
 
-- BatchNorm is left out. The registry's modules carry parameters only (no running
-  statistics), and in evaluation a BatchNorm is a per-channel affine map that the following
-  unpadded convolution or linear layer absorbs exactly, so no evaluation-time function is
-  lost; only BatchNorm's conditioning during training is.
+- BatchNorm is left out (CNN2D, DCNN, DeepSense). The registry's modules carry parameters
+  only, with no running statistics, and in evaluation a BatchNorm is a per-channel affine
+  map that the next unpadded convolution or linear layer absorbs exactly (all but DeepSense's
+  per-sensor output, whose per-filter scales its merge convolution absorbs only in part).
+  What is lost is mostly BatchNorm's conditioning during training.
 - `F.dropout` in the reference uses p = 0.5; so does every dropout here, active only with
   `train=True` (it then needs a `dropout` rng).
 - Linear and convolution layers are initialised like PyTorch's defaults (uniform with bound
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from typing import Callable
 
 import flax.linen as nn
@@ -198,7 +200,7 @@ class CNN1DConfig:
     ReLU -> Linear(12 -> C) -> ReLU.
 
     The reference's `activ: true` puts that last ReLU on the logits, so they are non-negative
-    and a class whose logit goes negative for every window gets no gradient again; on a toy
+    and a class whose logit goes negative for every window gets no gradient from then on; on a toy
     problem this killed a class at Adam lr 1e-2 but not at the reference's 1e-3. Kept for
     fidelity; `relu_logits=False` drops it.
     """
@@ -411,9 +413,11 @@ class AttnClassifier(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """x: [B, T, D] -> logits [B, C]; `train=True` enables dropout (needs a `dropout` rng)."""
         cfg = self.config
+        if x.shape[1] != cfg.seq_len:
+            raise ValueError(f"AttnClassifier: windows of {x.shape[1]} steps, built for {cfg.seq_len}")
         # nn.Embedding(T, D) of the reference: initialised N(0, 1).
         pos = self.param("pos_embed", nn.initializers.normal(1.0), (cfg.seq_len, x.shape[-1]))
-        h = x + pos[: x.shape[1]]
+        h = x + pos
         q = Linear(cfg.hidden, name="proj_q")(h)
         k = Linear(cfg.hidden, name="proj_k")(h)
         v = Linear(cfg.hidden, name="proj_v")(h)
@@ -669,13 +673,22 @@ def make_classifier(name: str, *, num_classes: int, input_dim: int, seq_len: int
             f"unknown classifier {name!r}; available: heads {', '.join(HEADS)}; "
             f"baselines {', '.join(BASELINES)}"
         )
-    for field, value in (("num_classes", num_classes), ("input_dim", input_dim), ("seq_len", seq_len)):
-        if not isinstance(value, int) or value < 1:
+    sizes = {"num_classes": num_classes, "input_dim": input_dim, "seq_len": seq_len}
+    for field, value in sizes.items():
+        try:
+            sizes[field] = operator.index(value)  # ints, NumPy ints; not floats or bools
+        except TypeError:
+            sizes[field] = 0
+        if isinstance(value, bool) or sizes[field] < 1:
             raise ValueError(f"make_classifier({name!r}): {field} must be a positive int, got {value!r}")
-    return _BUILDERS[name](num_classes, input_dim, seq_len)
+    return _BUILDERS[name](sizes["num_classes"], sizes["input_dim"], sizes["seq_len"])
 
 
 def init_classifier(module: nn.Module, rng: jax.Array, *, seq_len: int, input_dim: int) -> dict:
-    """Initial parameters of `module` (from `make_classifier`) as a plain pytree."""
+    """Initial parameters of `module` (from `make_classifier`) as a plain pytree.
+
+    Initialisation traces the model once on a dummy window [1, seq_len, input_dim]; under
+    `jax.jit` that is one compile instead of many small eager ones.
+    """
     dummy = jnp.zeros((1, seq_len, input_dim), jnp.float32)
     return module.init(rng, dummy, train=False)["params"]
