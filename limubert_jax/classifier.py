@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from limubert_jax.model import Linear, dataclass_from_dict
+from limubert_jax.xla_options import compile_once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,78 +86,157 @@ def gru_v2(num_classes: int, input_dim: int = 72) -> GRUClassifierConfig:
     return GRUClassifierConfig(input_dim=input_dim, linear_dims=(num_classes,))
 
 
-def gru_layer(x, kernel_ih, kernel_hh, bias_ih, bias_hh):
+def over_time(step, carry, xs, *, unroll: bool = False):
+    """`step(carry, x_t) -> (carry, y_t)` over the leading (time) axis of `xs`; returns the
+    stacked y [T, ...].
+
+    `unroll=True` traces every step instead of a `lax.scan`. On XLA:CPU a while loop's body
+    runs these small recurrent steps about 2x slower than the same ops unrolled, so inference
+    unrolls; training keeps the loop, whose unrolled gradient compiles for tens of seconds.
+    """
+    if not unroll:
+        return jax.lax.scan(step, carry, xs)[1]
+    ys = []
+    for t in range(xs.shape[0]):
+        carry, y = step(carry, xs[t])
+        ys.append(y)
+    return jnp.stack(ys)
+
+
+def _gru_cell(h, gx, kernel_hh, bias_hh):
+    """PyTorch's GRU cell; gx = W_i x + b_i [B, 3G], gates packed (r, z, n)."""
+    g = kernel_hh.shape[0]
+    gh = jnp.dot(h, kernel_hh) + bias_hh
+    r = jax.nn.sigmoid(gx[:, :g] + gh[:, :g])
+    z = jax.nn.sigmoid(gx[:, g : 2 * g] + gh[:, g : 2 * g])
+    n = jnp.tanh(gx[:, 2 * g :] + r * gh[:, 2 * g :])
+    h = (1.0 - z) * n + z * h
+    return h, h
+
+
+def _lstm_cell(carry, gx, kernel_hh, bias_hh):
+    """PyTorch's LSTM cell; gx = W_i x + b_i [B, 4G], gates packed (i, f, g, o):
+    c' = f * c + i * g, h' = o * tanh(c')."""
+    h, c = carry
+    g = kernel_hh.shape[0]
+    gates = gx + (jnp.dot(h, kernel_hh) + bias_hh)
+    i = jax.nn.sigmoid(gates[:, :g])
+    f = jax.nn.sigmoid(gates[:, g : 2 * g])
+    cand = jnp.tanh(gates[:, 2 * g : 3 * g])
+    o = jax.nn.sigmoid(gates[:, 3 * g :])
+    c = f * c + i * cand
+    h = o * jnp.tanh(c)
+    return (h, c), h
+
+
+# cell name -> (gates per unit, cell function, initial state of [B, G] zeros).
+CELLS = {
+    "gru": (3, _gru_cell, lambda zeros: zeros),
+    "lstm": (4, _lstm_cell, lambda zeros: (zeros, zeros)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentLayer:
+    """One PyTorch GRU/LSTM layer's tensors (kernels transposed: [in, gates * G], [G, gates * G])
+    and whether a ReLU follows it."""
+
+    kernel_ih: jax.Array
+    kernel_hh: jax.Array
+    bias_ih: jax.Array
+    bias_hh: jax.Array
+    relu: bool = False
+
+
+def stacked_rnn(x: jax.Array, layers: list[RecurrentLayer], cell: str, *, unroll: bool = False) -> jax.Array:
+    """Stacked PyTorch GRU or LSTM layers over time from zero states.
+
+    x: [B, T, I] -> hidden states of the top layer [B, T, G] (after its ReLU, if any).
+    Layer by layer: each layer's input projection has no recurrence and runs for all steps as
+    one matmul (running all layers inside one time loop instead measured no faster).
+    `unroll`: see `over_time`.
+    """
+    _, cell_fn, initial = CELLS[cell]
+    h = x
+    for layer in layers:
+        gates_x = jnp.dot(h, layer.kernel_ih) + layer.bias_ih  # [B, T, gates * G]
+
+        def step(state, gx, layer=layer):
+            return cell_fn(state, gx, layer.kernel_hh, layer.bias_hh)
+
+        zeros = jnp.zeros((x.shape[0], layer.kernel_hh.shape[0]), gates_x.dtype)
+        h = jnp.swapaxes(over_time(step, initial(zeros), jnp.swapaxes(gates_x, 0, 1), unroll=unroll), 0, 1)
+        if layer.relu:
+            h = jax.nn.relu(h)
+    return h
+
+
+def gru_layer(x, kernel_ih, kernel_hh, bias_ih, bias_hh, *, unroll: bool = False):
     """One PyTorch GRU layer over time from h0 = 0.
 
     x: [B, T, I]; kernel_ih: [I, 3G]; kernel_hh: [G, 3G]; biases: [3G], gates packed (r, z, n).
-    Returns all hidden states [B, T, G].
+    Returns all hidden states [B, T, G]; `unroll`: see `over_time`.
     """
-    g = kernel_hh.shape[0]
-    # The input projection has no recurrence: all time steps in one matmul.
-    gates_x = jnp.dot(x, kernel_ih) + bias_ih  # [B, T, 3G]
-
-    def step(h, gx):
-        gh = jnp.dot(h, kernel_hh) + bias_hh
-        r = jax.nn.sigmoid(gx[:, :g] + gh[:, :g])
-        z = jax.nn.sigmoid(gx[:, g : 2 * g] + gh[:, g : 2 * g])
-        n = jnp.tanh(gx[:, 2 * g :] + r * gh[:, 2 * g :])
-        h = (1.0 - z) * n + z * h
-        return h, h
-
-    h0 = jnp.zeros((x.shape[0], g), gates_x.dtype)
-    _, hs = jax.lax.scan(step, h0, jnp.swapaxes(gates_x, 0, 1))
-    return jnp.swapaxes(hs, 0, 1)
+    return stacked_rnn(x, [RecurrentLayer(kernel_ih, kernel_hh, bias_ih, bias_hh)], "gru", unroll=unroll)
 
 
-class GRU(nn.Module):
-    """Stacked GRU layers, equivalent to PyTorch `nn.GRU(I, G, num_layers, batch_first=True)`.
+class RecurrentWeights(nn.Module):
+    """The tensors of PyTorch `nn.GRU` / `nn.LSTM(I, G, num_layers)`, declared, not run.
 
-    Parameters per layer k: kernel_ih_l<k> [I or G, 3G], kernel_hh_l<k> [G, 3G],
-    bias_ih_l<k> [3G], bias_hh_l<k> [3G] (PyTorch's names with `weight` -> `kernel`).
+    Parameters per layer k (PyTorch's names with `weight` -> `kernel`, transposed):
+    kernel_ih_l<k> [I or G, gates * G], kernel_hh_l<k> [G, gates * G], bias_ih_l<k> and
+    bias_hh_l<k> [gates * G], all initialised U(-1/sqrt(G), 1/sqrt(G)) as PyTorch does.
+    A classifier collects the layers of all its modules and runs them with `stacked_rnn`.
     """
 
     hidden: int
     num_layers: int = 1
+    gates: int = 3
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, T, I] -> hidden states of the top layer [B, T, G]."""
-        g = self.hidden
+    def __call__(self, input_dim: int, relu: bool = False) -> list[RecurrentLayer]:
+        """The layers, bottom first; `relu` marks the last one (a ReLU after the module)."""
+        g, n = self.hidden, self.gates * self.hidden
         bound = 1.0 / math.sqrt(g)
 
         def init(key, shape, dtype=jnp.float32):
-            # PyTorch initialises every GRU tensor U(-1/sqrt(G), 1/sqrt(G)).
             return jax.random.uniform(key, shape, dtype, -bound, bound)
 
+        layers = []
         for k in range(self.num_layers):
-            x = gru_layer(
-                x,
-                self.param(f"kernel_ih_l{k}", init, (x.shape[-1], 3 * g)),
-                self.param(f"kernel_hh_l{k}", init, (g, 3 * g)),
-                self.param(f"bias_ih_l{k}", init, (3 * g,)),
-                self.param(f"bias_hh_l{k}", init, (3 * g,)),
-            )
-        return x
+            layers.append(RecurrentLayer(
+                self.param(f"kernel_ih_l{k}", init, (input_dim if k == 0 else g, n)),
+                self.param(f"kernel_hh_l{k}", init, (g, n)),
+                self.param(f"bias_ih_l{k}", init, (n,)),
+                self.param(f"bias_hh_l{k}", init, (n,)),
+                relu=relu and k == self.num_layers - 1,
+            ))
+        return layers
 
 
-class GRUClassifier(nn.Module):
-    """The reference `ClassifierGRU`: GRUs, last time step, dropout, linear layers."""
+class RecurrentClassifier(nn.Module):
+    """Stacked recurrent modules, the last time step, dropout, linear layers: the reference
+    `ClassifierGRU` (cell "gru", modules `gru<i>`) and `ClassifierLSTM` (cell "lstm",
+    modules `lstm<i>`), sharing one config schema."""
 
     config: GRUClassifierConfig
+    cell: str = "gru"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """x: [B, T, I] embeddings -> logits [B, C].
 
-        With `train=True` dropout is active and needs a `dropout` rng.
+        With `train=True` dropout is active and needs a `dropout` rng. Inference unrolls the
+        time loop (see `over_time`).
         """
         cfg = self.config
-        h = x
-        for i, (hidden, layers) in enumerate(zip(cfg.rnn_hidden, cfg.rnn_layers)):
-            h = GRU(hidden, layers, name=f"gru{i}")(h)
-            if cfg.activation:
-                h = jax.nn.relu(h)
-        h = h[:, -1, :]
+        gates = CELLS[self.cell][0]
+        layers, width = [], x.shape[-1]
+        for i, (hidden, num_layers) in enumerate(zip(cfg.rnn_hidden, cfg.rnn_layers)):
+            module = RecurrentWeights(hidden, num_layers, gates, name=f"{self.cell}{i}")
+            layers += module(width, relu=cfg.activation)
+            width = hidden
+        h = stacked_rnn(x, layers, self.cell, unroll=not train)[:, -1, :]
         if cfg.dropout:
             h = nn.Dropout(cfg.dropout, deterministic=not train)(h)
         for i, width in enumerate(cfg.linear_dims):
@@ -166,6 +246,16 @@ class GRUClassifier(nn.Module):
         return h
 
     def init_params(self, rng: jax.Array) -> dict:
-        """Initial parameters as a plain pytree."""
-        dummy = jnp.zeros((1, self.config.seq_len, self.config.input_dim), jnp.float32)
-        return self.init(rng, dummy)["params"]
+        """Initial parameters as a plain pytree, compiled as one program (see `heads.init_classifier`)."""
+        cfg = self.config
+
+        def init(key):
+            return self.init(key, jnp.zeros((1, cfg.seq_len, cfg.input_dim), jnp.float32))["params"]
+
+        return compile_once(init)(rng)
+
+
+class GRUClassifier(RecurrentClassifier):
+    """The reference `ClassifierGRU`; `GRUClassifier(gru_v2(C))` is the released classifier."""
+
+    cell: str = "gru"

@@ -325,15 +325,42 @@ def _fit_kwargs(config) -> dict:
     return dict(num_epochs=d.num_epochs, batch_size=d.batch_size, learning_rate=d.learning_rate, seed=config.seed)
 
 
-def embed(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+class Inputs:
+    """What the methods of one config read, each loaded on first use and then shared (a
+    report's methods load the dataset and embed its windows once): `data`, `proto`,
+    `encoder` (model config, parameters) and `embeddings` (N, S, H)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
+        self.config, self.workdir = config, Path(workdir)
+
+    @functools.cached_property
+    def data(self) -> LabelledData:
+        return load_labelled(self.config)
+
+    @functools.cached_property
+    def proto(self) -> ProtocolData:
+        return protocol_split(self.data, self.config)
+
+    @functools.cached_property
+    def encoder(self) -> tuple[LimuBertConfig, dict]:
+        model_config, params = _encoder(self.config, self.workdir)
+        _check_windows(self.data, model_config)
+        return model_config, params
+
+    @functools.cached_property
+    def embeddings(self) -> np.ndarray:
+        # SPEC 7: the encoder sees whole windows; the classifier their 20-step pieces.
+        model_config, params = self.encoder
+        return embed_windows(params, model_config, self.data.windows, progress=True)
+
+
+def embed(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | None = None) -> dict:
     """The encoder over every window: workdir/embed/embeddings.npy (N, S, H) and the labels
     of every task the dataset has, labels_<task>.npy (N,) (the label of each window's first step)."""
-    data = load_labelled(config)
-    model_config, params = _encoder(config, workdir)
-    _check_windows(data, model_config)
+    inputs = inputs or Inputs(config, workdir)
+    data, embeddings = inputs.data, inputs.embeddings
     out = Path(workdir) / "embed"
     out.mkdir(parents=True, exist_ok=True)
-    embeddings = embed_windows(params, model_config, data.windows, progress=True)
     np.save(out / "embeddings.npy", embeddings)
     np.save(out / f"labels_{data.labels.task}.npy", data.labels.per_step[:, 0])
     summary = {"embeddings": str(out / "embeddings.npy"), "shape": list(embeddings.shape),
@@ -358,40 +385,36 @@ def _train_on_features(config, workdir: Path, *, task: str, method: str, model: 
                           seconds=time.perf_counter() - start)
 
 
-def classify(config: ml_collections.ConfigDict, workdir: Path, head: str | None = None) -> dict:
+def classify(config: ml_collections.ConfigDict, workdir: Path, head: str | None = None,
+             inputs: Inputs | None = None) -> dict:
     """A head on frozen embeddings of the labelled sub-windows (LIMU-<head>)."""
     head = head or config.downstream.classifier
     start = time.perf_counter()
-    data = load_labelled(config)
-    proto = protocol_split(data, config)
-    model_config, params = _encoder(config, workdir)
-    _check_windows(data, model_config)
-    # SPEC 7: the encoder sees whole windows; the classifier their 20-step pieces.
-    embeddings = embed_windows(params, model_config, data.windows)
+    inputs = inputs or Inputs(config, workdir)
     return _train_on_features(config, workdir, task="classify", method=f"limu_{head}", model=head,
-                              windows=embeddings, data=data, proto=proto, start=start)
+                              windows=inputs.embeddings, data=inputs.data, proto=inputs.proto, start=start)
 
 
-def baseline(config: ml_collections.ConfigDict, workdir: Path, name: str | None = None) -> dict:
+def baseline(config: ml_collections.ConfigDict, workdir: Path, name: str | None = None,
+             inputs: Inputs | None = None) -> dict:
     """A model on raw normalized sub-windows (DCNN, DeepSense, R-GRU): no pretraining."""
     name = name or config.downstream.baseline
     start = time.perf_counter()
-    data = load_labelled(config)
-    proto = protocol_split(data, config)
-    normalized = normalize(data.windows, config.model.feature_num).astype(np.float32)
+    inputs = inputs or Inputs(config, workdir)
+    normalized = normalize(inputs.data.windows, config.model.feature_num).astype(np.float32)
     return _train_on_features(config, workdir, task="baseline", method=name, model=name,
-                              windows=normalized, data=data, proto=proto, start=start)
+                              windows=normalized, data=inputs.data, proto=inputs.proto, start=start)
 
 
-def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None = None) -> dict:
+def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None = None,
+             inputs: Inputs | None = None) -> dict:
     """Encoder + head trained together on the labelled sub-windows (the encoder sees each
     sub-window's whole window, as in `classify`); `freeze_encoder` trains the head only."""
     head = head or config.downstream.classifier
     start = time.perf_counter()
-    data = load_labelled(config)
-    proto = protocol_split(data, config)
-    model_config, enc_params = _encoder(config, workdir)
-    _check_windows(data, model_config)
+    inputs = inputs or Inputs(config, workdir)
+    data, proto = inputs.data, inputs.proto
+    model_config, enc_params = inputs.encoder
     merge = config.downstream.merge
     per_window = model_config.seq_len // merge
     windows = jnp.asarray(normalize(data.windows, model_config.feature_num).astype(np.float32))
@@ -438,24 +461,25 @@ def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None 
                           tsne_features=features.mean(axis=1), result=result, seconds=time.perf_counter() - start)
 
 
-def run_method(config: ml_collections.ConfigDict, workdir: Path, method: str) -> dict:
+def run_method(config: ml_collections.ConfigDict, workdir: Path, method: str, inputs: Inputs | None = None) -> dict:
     """One report method: `limu_<head>` (classify), `finetune_<head>`, or a baseline name."""
     if method.startswith("limu_"):
-        return classify(config, workdir, method.removeprefix("limu_"))
+        return classify(config, workdir, method.removeprefix("limu_"), inputs)
     if method.startswith("finetune_"):
-        return finetune(config, workdir, method.removeprefix("finetune_"))
+        return finetune(config, workdir, method.removeprefix("finetune_"), inputs)
     if method in heads.BASELINES:
-        return baseline(config, workdir, method)
+        return baseline(config, workdir, method, inputs)
     raise LimuBertError(
         f"config.downstream.methods: unknown method {method!r}; use limu_<head> or finetune_<head> "
         f"(heads: {', '.join(heads.HEADS)}) or a baseline ({', '.join(heads.BASELINES)})"
     )
 
 
-def run_report(config: ml_collections.ConfigDict, workdir: Path) -> dict:
+def run_report(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | None = None) -> dict:
     """Every method of `config.downstream.methods` on one dataset -> workdir/report.md."""
     methods = [m.strip() for m in config.downstream.methods.split(",") if m.strip()]
-    results = {m: run_method(config, workdir, m) for m in methods}
+    inputs = inputs or Inputs(config, workdir)
+    results = {m: run_method(config, workdir, m, inputs) for m in methods}
     dataset = f"{config.dataset.name}/{config.dataset.version}"
     path = Path(workdir) / "report.md"
     d = config.downstream

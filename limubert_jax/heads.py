@@ -39,8 +39,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from limubert_jax.classifier import GRUClassifier, GRUClassifierConfig, gru_v2
+from limubert_jax.classifier import (
+    GRUClassifier,
+    GRUClassifierConfig,
+    RecurrentClassifier,
+    RecurrentLayer,
+    gru_v2,
+    stacked_rnn,
+)
 from limubert_jax.model import Linear
+from limubert_jax.xla_options import compile_once
 
 HEADS = ("gru_v1", "gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1")  # over LIMU-BERT embeddings
 BASELINES = ("dcnn", "deepsense", "rgru")  # over raw normalized IMU windows
@@ -103,62 +111,19 @@ def _check_dropout(cls_name: str, rate: float) -> None:
 # ----------------------------------------------------------------------------- LSTM head
 
 
-def lstm_layer(x, kernel_ih, kernel_hh, bias_ih, bias_hh):
+def lstm_layer(x, kernel_ih, kernel_hh, bias_ih, bias_hh, *, unroll: bool = False):
     """One PyTorch LSTM layer over time from h0 = c0 = 0.
 
     x: [B, T, I]; kernel_ih: [I, 4G]; kernel_hh: [G, 4G]; biases: [4G], gates packed in
     PyTorch's order (i, f, g, o):
     i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(...), g = tanh(...), o = σ(...),
     c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c').
-    Returns all hidden states [B, T, G].
+    Returns all hidden states [B, T, G]; `unroll`: see `classifier.over_time`.
     """
-    g = kernel_hh.shape[0]
-    # Neither bias depends on h: fold both into the one input projection over all steps.
-    gates_x = jnp.dot(x, kernel_ih) + (bias_ih + bias_hh)  # [B, T, 4G]
-
-    def step(carry, gx):
-        h, c = carry
-        gates = gx + jnp.dot(h, kernel_hh)
-        i = jax.nn.sigmoid(gates[:, :g])
-        f = jax.nn.sigmoid(gates[:, g : 2 * g])
-        cand = jnp.tanh(gates[:, 2 * g : 3 * g])
-        o = jax.nn.sigmoid(gates[:, 3 * g :])
-        c = f * c + i * cand
-        h = o * jnp.tanh(c)
-        return (h, c), h
-
-    zeros = jnp.zeros((x.shape[0], g), gates_x.dtype)
-    _, hs = jax.lax.scan(step, (zeros, zeros), jnp.swapaxes(gates_x, 0, 1))
-    return jnp.swapaxes(hs, 0, 1)
+    return stacked_rnn(x, [RecurrentLayer(kernel_ih, kernel_hh, bias_ih, bias_hh)], "lstm", unroll=unroll)
 
 
-class LSTM(nn.Module):
-    """Stacked LSTM layers, equivalent to PyTorch `nn.LSTM(I, G, num_layers, batch_first=True)`.
-
-    Parameters per layer k (PyTorch's names with `weight` -> `kernel`, transposed):
-    kernel_ih_l<k> [I or G, 4G], kernel_hh_l<k> [G, 4G], bias_ih_l<k> [4G], bias_hh_l<k> [4G].
-    """
-
-    hidden: int
-    num_layers: int = 1
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [B, T, I] -> hidden states of the top layer [B, T, G]."""
-        g = self.hidden
-        init = _torch_uniform(g)  # PyTorch initialises every LSTM tensor U(-1/sqrt(G), 1/sqrt(G)).
-        for k in range(self.num_layers):
-            x = lstm_layer(
-                x,
-                self.param(f"kernel_ih_l{k}", init, (x.shape[-1], 4 * g)),
-                self.param(f"kernel_hh_l{k}", init, (g, 4 * g)),
-                self.param(f"bias_ih_l{k}", init, (4 * g,)),
-                self.param(f"bias_hh_l{k}", init, (4 * g,)),
-            )
-        return x
-
-
-class LSTMClassifier(nn.Module):
+class LSTMClassifier(RecurrentClassifier):
     """The reference `ClassifierLSTM` (`lstm_v1`): LSTMs, last time step, dropout, linear layers.
 
     `lstm_v1`: LSTM(D -> 20, 2 stacked layers) -> LSTM(20 -> 10) -> last step -> dropout 0.5
@@ -167,25 +132,7 @@ class LSTMClassifier(nn.Module):
     reference state dict (the reference also builds `bn<i>` layers it never uses; left out).
     """
 
-    config: GRUClassifierConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """x: [B, T, D] -> logits [B, C]; `train=True` enables dropout (needs a `dropout` rng)."""
-        cfg = self.config
-        h = x
-        for i, (hidden, layers) in enumerate(zip(cfg.rnn_hidden, cfg.rnn_layers)):
-            h = LSTM(hidden, layers, name=f"lstm{i}")(h)
-            if cfg.activation:
-                h = jax.nn.relu(h)
-        h = h[:, -1, :]
-        if cfg.dropout:
-            h = nn.Dropout(cfg.dropout, deterministic=not train)(h)
-        for i, width in enumerate(cfg.linear_dims):
-            h = Linear(width, name=f"lin{i}")(h)
-            if cfg.activation:
-                h = jax.nn.relu(h)
-        return h
+    cell: str = "lstm"
 
 
 # ----------------------------------------------------------------------------- CNN heads
@@ -687,8 +634,13 @@ def make_classifier(name: str, *, num_classes: int, input_dim: int, seq_len: int
 def init_classifier(module: nn.Module, rng: jax.Array, *, seq_len: int, input_dim: int) -> dict:
     """Initial parameters of `module` (from `make_classifier`) as a plain pytree.
 
-    Initialisation traces the model once on a dummy window [1, seq_len, input_dim]; under
-    `jax.jit` that is one compile instead of many small eager ones.
+    Initialisation traces the model once on a dummy window [1, seq_len, input_dim], compiled
+    as one program: run eagerly, each parameter's random draws compile separately (seconds).
+    The program runs once on a few thousand numbers, so it is compiled without LLVM's
+    optimisations (a third of the compile time).
     """
-    dummy = jnp.zeros((1, seq_len, input_dim), jnp.float32)
-    return module.init(rng, dummy, train=False)["params"]
+
+    def init(key):
+        return module.init(key, jnp.zeros((1, seq_len, input_dim), jnp.float32), train=False)["params"]
+
+    return compile_once(init)(rng)

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from limubert_jax.xla_options import compile_once
+
 # TF-style LayerNorm epsilon of the reference, applied inside the square root.
 LAYER_NORM_EPS = 1e-12
 
@@ -445,11 +447,17 @@ class LimuBertModel4Pretrain(nn.Module):
         return self.decoder(h)
 
     def init_params(self, rng: jax.Array) -> dict:
-        """Initial parameters (the unused `fc` included), as a plain pytree."""
+        """Initial parameters (the unused `fc` included), as a plain pytree.
+
+        Compiled as one program (eagerly, every parameter's draw compiles on its own: seconds).
+        """
         cfg = self.config
-        dummy = jnp.zeros((1, cfg.seq_len, cfg.feature_num), jnp.float32)
-        variables = self.init(rng, dummy, method=_init_all)
-        return variables["params"]
+
+        def init(key):
+            dummy = jnp.zeros((1, cfg.seq_len, cfg.feature_num), jnp.float32)
+            return self.init(key, dummy, method=_init_all)["params"]
+
+        return compile_once(init)(rng)
 
 
 def _init_all(module: LimuBertModel4Pretrain, x: jax.Array) -> jax.Array:

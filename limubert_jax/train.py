@@ -31,6 +31,7 @@ from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.normalization import normalize
 from limubert_jax.pretrain import MaskConfig, TrainState, jit_eval_step, jit_train_step, mask_batch
 from limubert_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
+from limubert_jax.xla_options import compile_once
 
 
 class NonFiniteLossError(LimuBertError):
@@ -140,8 +141,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if unknown or not tasks:
         raise LimuBertError(f"config.task {config.task!r}: unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
     summary: dict[str, Any] = {}
+    inputs = None  # downstream tasks after the last pretraining share their loaded data
     for task in tasks:
-        summary = pretrain(config, workdir) if task == "pretrain" else downstream.TASK_RUNNERS[task](config, Path(workdir))
+        if task == "pretrain":
+            summary, inputs = pretrain(config, workdir), None
+        else:
+            inputs = inputs or downstream.Inputs(config, Path(workdir))
+            summary = downstream.TASK_RUNNERS[task](config, Path(workdir), inputs=inputs)
     return summary
 
 
@@ -250,8 +256,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
             STATE_ITEM: ocp.args.StandardRestore(jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state))
         }))[STATE_ITEM].params
         raw, _ = next(iter(input_pipeline.eval_batches(data, global_batch_size=config.train.plot_windows)))
-        masked, positions, targets = mask_batch(val_key, jnp.asarray(raw), model_config, mask_config)
-        predictions = LimuBertModel4Pretrain(model_config).apply({"params": best_params}, masked, positions)
+
+        def reconstruct(params, raw):
+            masked, positions, _ = mask_batch(val_key, raw, model_config, mask_config)
+            return positions, LimuBertModel4Pretrain(model_config).apply({"params": params}, masked, positions)
+
+        positions, predictions = compile_once(reconstruct)(best_params, jnp.asarray(raw))
         summary["plot"] = str(plots.reconstruction_png(
             workdir / "reconstruction.png", normalize(np.asarray(raw), model_config.feature_num),
             np.asarray(positions), np.asarray(predictions), title=f"best step {best_step}",

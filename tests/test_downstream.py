@@ -113,13 +113,24 @@ def test_task_end_to_end_writes_metrics_and_plots(pretrained, task, method):
     assert len(history["vali_accuracy"]) == config.downstream.num_epochs
 
 
-def test_embed_and_report(pretrained):
+def test_embed_and_report_load_the_data_and_embed_once(pretrained, monkeypatch):
     workdir, data_dir = pretrained
-    summary = train.train_and_evaluate(_config(data_dir, "embed"), workdir)
-    embeddings = np.load(summary["embeddings"])
+    calls = {"load_labelled": 0, "embed_windows": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(downstream, name, counted(name, getattr(downstream, name)))
+    config = _config(data_dir, "embed+report", methods="limu_gru_v2,rgru,limu_gru_v1", num_epochs=2)
+    summary = train.train_and_evaluate(config, workdir)
+    assert calls == {"load_labelled": 1, "embed_windows": 1}
+    embeddings = np.load(Path(workdir) / "embed" / "embeddings.npy")
     assert embeddings.shape == (2400, 120, 24) and np.isfinite(embeddings).all()
     assert np.load(Path(workdir) / "embed" / "labels_activity.npy").shape == (2400,)
-    summary = train.train_and_evaluate(_config(data_dir, "report", methods="limu_gru_v2,rgru", num_epochs=2), workdir)
     table = Path(summary["report"]).read_text()
     assert "LIMU-GRU" in table and "R-GRU" in table
-    assert set(summary["results"]) == {"limu_gru_v2", "rgru"}
+    assert set(summary["results"]) == {"limu_gru_v2", "rgru", "limu_gru_v1"}

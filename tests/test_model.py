@@ -118,6 +118,24 @@ def test_classifier_dropout_only_while_training():
         GRUClassifierConfig(rnn_hidden=(20,), rnn_layers=(2, 1))
 
 
+@pytest.mark.parametrize("layer", ["gru", "lstm"])
+def test_recurrent_layers_unrolled_equal_the_loop(layer):
+    # Inference unrolls the time loop (faster on XLA:CPU); it must compute what the loop does.
+    from limubert_jax.classifier import gru_layer
+    from limubert_jax.heads import lstm_layer
+
+    fn, gates = (gru_layer, 3) if layer == "gru" else (lstm_layer, 4)
+    keys = jax.random.split(jax.random.key(3), 5)
+    x = jax.random.normal(keys[0], (5, 7, 6))
+    weights = [0.4 * jax.random.normal(k, shape) for k, shape in
+               zip(keys[1:], [(6, gates * 4), (4, gates * 4), (gates * 4,), (gates * 4,)])]
+    looped = jax.jit(lambda x, *w: fn(x, *w))(x, *weights)
+    unrolled = jax.jit(lambda x, *w: fn(x, *w, unroll=True))(x, *weights)
+    assert looped.shape == (5, 7, 4)
+    np.testing.assert_allclose(unrolled, looped, rtol=1e-6, atol=1e-6)
+    assert np.abs(np.asarray(looped[:, -1]) - np.asarray(looped[:, 0])).max() > 0.1  # not a constant
+
+
 # The CPU encoder (chunks in a rematerialised loop, streams, hand-written VJPs) must compute
 # the plain formulation's values and gradients. Float32 sums in another order: 1e-5.
 def _small_model(seed=0):
