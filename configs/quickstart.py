@@ -1,9 +1,11 @@
-"""The embedded default: pretraining on the generated `synthetic_imu` data, no download.
+"""The embedded default: pretraining on the generated `synthetic_imu` data (no download),
+then a report of LIMU-GRU against R-GRU with 1% labels.
 
-10 epochs of the ~1,900 training windows (150 steps of batch 128), about 2.5 minutes on
-2 CPU cores including the dataset build and compilation; the validation masked MSE falls
-from 0.911 after the first epoch to 0.819 after the tenth (a longer run keeps falling
-slowly: 0.80 after 30 epochs).
+Pretraining: 10 epochs of the 1,920 training windows (150 steps of batch 128); the
+validation masked MSE falls from 0.911 after the first epoch to 0.819 after the tenth (a
+longer run keeps falling slowly: 0.80 after 30 epochs). Report: measured test accuracy 77.5%
+(LIMU-GRU) vs 63.0% (R-GRU). The whole run takes about 2 min 50 s on 2 CPU cores, dataset
+build and compilation included.
 """
 
 from limubert_jax import config_lib
