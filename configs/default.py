@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.log_every_steps = 50  # progress-bar refresh of the running loss
     config.train.checkpoint_every_epochs = 1  # latest-checkpoint interval (resume point)
     config.train.plot_windows = 4  # validation windows drawn in reconstruction.png
+    config.train.steps_per_dispatch = 1  # train steps per compiled call (a lax.scan over a stack of host batches)
+    config.train.compute_dtype = "float32"  # 'bfloat16': bf16 compute, float32 parameters and optimizer state
+    config.train.device_resident = False  # training windows on device; each epoch (shuffle, masking) one call
 
     config.downstream = ml_collections.ConfigDict()
     config.downstream.label = "activity"  # the task's label, by name: activity, user, position, device_model

@@ -130,10 +130,12 @@ def layer_norm(p, x: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
 
 def layer_norm_reference(x: jax.Array, gamma: jax.Array, beta: jax.Array,
                          eps: float = LAYER_NORM_EPS) -> jax.Array:
-    """The reference LayerNorm (eps inside the square root) as plain jnp for autodiff."""
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return gamma * (x - mean) / jnp.sqrt(var + eps) + beta
+    """The reference LayerNorm (eps inside the square root) as plain jnp for autodiff.
+    Statistics in float32 whatever x's dtype (bfloat16 compute); the result has x's dtype."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return (gamma * (x32 - mean) / jnp.sqrt(var + eps) + beta).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -144,20 +146,23 @@ def _layer_norm(x, gamma, beta, eps):
 
 
 def _layer_norm_fwd(x, gamma, beta, eps):
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    centered = x - mean
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    centered = x32 - mean
     std = jnp.sqrt(jnp.mean(jnp.square(centered), axis=-1, keepdims=True) + eps)
     x_hat = centered / std
-    return gamma * x_hat + beta, (x_hat, std, gamma)
+    return (gamma * x_hat + beta).astype(x.dtype), (x_hat, std, gamma, jnp.zeros((), x.dtype))
 
 
 def _layer_norm_bwd(eps, residuals, dy):
-    x_hat, std, gamma = residuals
+    x_hat, std, gamma, x_dtype = residuals
+    dy = dy.astype(jnp.float32)
     g = dy * gamma
     dx = (g - jnp.mean(g, axis=-1, keepdims=True)
           - x_hat * jnp.mean(g * x_hat, axis=-1, keepdims=True)) / std
     rows = tuple(range(dy.ndim - 1))
-    return dx, jnp.sum(dy * x_hat, axis=rows), jnp.sum(dy, axis=rows)
+    return (dx.astype(x_dtype.dtype), jnp.sum(dy * x_hat, axis=rows).astype(gamma.dtype),
+            jnp.sum(dy, axis=rows).astype(gamma.dtype))
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
@@ -273,7 +278,8 @@ def attention(qkv: jax.Array, n_heads: int, positions: jax.Array | None = None) 
 def softmax_attention_reference(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """softmax(q k^T) v over head-major q [..., T, D], k, v [..., S, D] -> [..., T, D]
     (q pre-scaled), as plain jnp for autodiff."""
-    weights = jax.nn.softmax(jnp.einsum("...qd,...kd->...qk", q, k), axis=-1)
+    scores = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("...qk,...kd->...qd", weights, v)
 
 
@@ -290,19 +296,21 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def _softmax_attention_fwd(q, k, v):
-    scores = jnp.einsum("...qd,...kd->...qk", q, k)
+    # Softmax statistics in float32 whatever the operands' dtype (bfloat16 compute).
+    scores = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
     e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-    weights = e / jnp.sum(e, axis=-1, keepdims=True)
+    weights = (e / jnp.sum(e, axis=-1, keepdims=True)).astype(v.dtype)
     out = jnp.einsum("...qk,...kd->...qd", weights, v)
     return out, (q, k, v, weights, out)
 
 
 def _softmax_attention_bwd(residuals, d_out):
     q, k, v, weights, out = residuals
-    d_weights = jnp.einsum("...qd,...kd->...qk", d_out, v)
+    f32 = jnp.float32
+    d_weights = jnp.einsum("...qd,...kd->...qk", d_out, v).astype(f32)
     # Softmax backward: sum_k w dw = sum_d out d_out (a [T, D] instead of a [T, S] reduction).
-    row = jnp.sum(d_out * out, axis=-1, keepdims=True)
-    d_scores = weights * (d_weights - row)
+    row = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
+    d_scores = (weights.astype(f32) * (d_weights - row)).astype(q.dtype)
     dq = jnp.einsum("...qk,...kd->...qd", d_scores, k)
     # The barriers keep XLA from folding the transposes back into the dots.
     q_t, d_out_t = jax.lax.optimization_barrier((jnp.swapaxes(q, -1, -2), jnp.swapaxes(d_out, -1, -2)))

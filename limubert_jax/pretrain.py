@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from limubert_jax import masking
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.normalization import normalize
-from limubert_jax.sharding import batch_sharded, replicated
+from limubert_jax.sharding import batch_sharded, replicated, stacked_batch_sharded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,27 +66,88 @@ def mask_batch(key: jax.Array, raw: jax.Array, model_config: LimuBertConfig, mas
     return masked, positions, targets
 
 
-def squared_errors(params, model_config: LimuBertConfig, masked, positions, targets) -> jax.Array:
-    """Per-window sum of squared reconstruction errors over the masked positions: [B]."""
-    predictions = LimuBertModel4Pretrain(model_config).apply({"params": params}, masked, positions)
-    return jnp.sum(jnp.square(predictions - targets), axis=(1, 2))
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype_of(name: str):
+    """The jnp dtype of `config.train.compute_dtype`; unknown names are a ValueError."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype {name!r}: use one of {', '.join(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[name]
+
+
+def cast_floats(tree, dtype):
+    """Every float32 leaf of `tree` as `dtype` (the identity for float32)."""
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if x.dtype == jnp.float32 else x, tree)
+
+
+def squared_errors(params, model_config: LimuBertConfig, masked, positions, targets,
+                   compute_dtype=jnp.float32) -> jax.Array:
+    """Per-window sum of squared reconstruction errors over the masked positions: [B].
+
+    `compute_dtype` bfloat16 runs the model on bfloat16 copies of the parameters and inputs
+    (LayerNorm and softmax statistics stay float32); the gradient of the cast returns float32
+    gradients to the float32 parameters, and the error is summed in float32.
+    """
+    predictions = LimuBertModel4Pretrain(model_config).apply(
+        {"params": cast_floats(params, compute_dtype)}, masked.astype(compute_dtype), positions)
+    return jnp.sum(jnp.square(predictions.astype(jnp.float32) - targets), axis=(1, 2))
 
 
 def train_step(state: TrainState, raw: jax.Array, rng: jax.Array, *, model_config: LimuBertConfig,
-               mask_config: MaskConfig, tx: optax.GradientTransformation):
+               mask_config: MaskConfig, tx: optax.GradientTransformation, compute_dtype=jnp.float32):
     """One optimizer step on the mean squared error over all masked (B, M, F) targets.
 
     raw: [B, S, F_raw] raw windows. Returns (new state, {"loss": loss before the update}).
+    Parameters and optimizer state stay float32 whatever `compute_dtype` (see `squared_errors`).
     """
     masked, positions, targets = mask_batch(jax.random.fold_in(rng, state.step), raw, model_config, mask_config)
 
     def loss_fn(params):
-        return jnp.sum(squared_errors(params, model_config, masked, positions, targets)) / targets.size
+        errors = squared_errors(params, model_config, masked, positions, targets, compute_dtype)
+        return jnp.sum(errors) / targets.size
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {"loss": loss}
+
+
+def train_steps(state: TrainState, raws: jax.Array, rng: jax.Array, **step_kwargs):
+    """`train_step` over a stack of batches raws [K, B, S, F_raw] as one `lax.scan`: the same
+    K updates as K calls, one dispatch. Returns (new state, {"loss": [K]})."""
+
+    def one(state, raw):
+        state, metrics = train_step(state, raw, rng, **step_kwargs)
+        return state, metrics["loss"]
+
+    state, losses = jax.lax.scan(one, state, raws)
+    return state, {"loss": losses}
+
+
+def epoch_order(key: jax.Array, num_windows: int, steps: int, batch_size: int) -> jax.Array:
+    """The windows of one device-resident epoch: a permutation of `num_windows` under `key`,
+    cut into `steps` batches [steps, batch_size] (the remainder dropped, as the host pipeline does)."""
+    return jax.random.permutation(key, num_windows)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def resident_epoch(state: TrainState, windows: jax.Array, epoch_key: jax.Array, rng: jax.Array, *,
+                   steps: int, batch_size: int, batch_sharding=None, **step_kwargs):
+    """One epoch on training windows held on device, windows [N, S, F_raw], as one program:
+    the shuffle (`epoch_order(epoch_key, ...)`), the batch gathers, masking and `steps`
+    train steps. Returns (new state, {"loss": [steps]}). `batch_sharding` lays each gathered
+    batch out over the mesh's `data` axis."""
+    order = epoch_order(epoch_key, windows.shape[0], steps, batch_size)
+
+    def one(state, rows):
+        raw = windows[rows]
+        if batch_sharding is not None:
+            raw = jax.lax.with_sharding_constraint(raw, batch_sharding)
+        state, metrics = train_step(state, raw, rng, **step_kwargs)
+        return state, metrics["loss"]
+
+    state, losses = jax.lax.scan(one, state, order)
+    return state, {"loss": losses}
 
 
 def eval_step(params, raw: jax.Array, weights: jax.Array, key: jax.Array, *, model_config: LimuBertConfig,
@@ -103,13 +164,36 @@ def eval_step(params, raw: jax.Array, weights: jax.Array, key: jax.Array, *, mod
 
 
 def jit_train_step(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: MaskConfig,
-                   tx: optax.GradientTransformation):
+                   tx: optax.GradientTransformation, compute_dtype=jnp.float32):
     """`train_step(state, raw, rng)` compiled for `mesh`: state replicated (and donated),
     batch split on `data`."""
-    step = functools.partial(train_step, model_config=model_config, mask_config=mask_config, tx=tx)
+    step = functools.partial(train_step, model_config=model_config, mask_config=mask_config, tx=tx,
+                             compute_dtype=compute_dtype)
     rep = replicated(mesh)
     return jax.jit(step, in_shardings=(rep, batch_sharded(mesh), rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))
+
+
+def jit_train_steps(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: MaskConfig,
+                    tx: optax.GradientTransformation, compute_dtype=jnp.float32):
+    """`train_steps(state, raws, rng)` compiled for `mesh`: raws [K, B, ...] split on `data`
+    along B; one compile per distinct K."""
+    steps = functools.partial(train_steps, model_config=model_config, mask_config=mask_config, tx=tx,
+                              compute_dtype=compute_dtype)
+    rep = replicated(mesh)
+    return jax.jit(steps, in_shardings=(rep, stacked_batch_sharded(mesh), rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
+
+
+def jit_resident_epoch(mesh: Mesh, *, steps: int, batch_size: int, model_config: LimuBertConfig,
+                       mask_config: MaskConfig, tx: optax.GradientTransformation, compute_dtype=jnp.float32):
+    """`resident_epoch(state, windows, epoch_key, rng)` compiled for `mesh`: the windows
+    replicated on every device (IMU datasets are tens of MB), each batch split on `data`."""
+    epoch = functools.partial(resident_epoch, steps=steps, batch_size=batch_size,
+                              batch_sharding=batch_sharded(mesh), model_config=model_config,
+                              mask_config=mask_config, tx=tx, compute_dtype=compute_dtype)
+    rep = replicated(mesh)
+    return jax.jit(epoch, in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 def jit_eval_step(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: MaskConfig):

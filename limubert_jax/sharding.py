@@ -25,6 +25,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """A stack of batches [K, B, ...]: every device holds all K, split along B on `data`."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
     """Raises ValueError unless the global batch splits evenly over the mesh's devices."""
     devices = mesh.devices.size
@@ -36,12 +41,13 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
         )
 
 
-def global_batch(local_batch, mesh: Mesh):
+def global_batch(local_batch, mesh: Mesh, stacked: bool = False):
     """Turns this process's slice of a batch (a pytree of NumPy arrays) into global arrays
-    sharded on `data`; with one process the local batch is the global batch."""
-    sharding = batch_sharded(mesh)
+    sharded on `data`; with one process the local batch is the global batch. `stacked`: the
+    arrays are stacks of batches [K, B_local, ...], split along their second axis."""
+    sharding = stacked_batch_sharded(mesh) if stacked else batch_sharded(mesh)
     leaves = jax.tree_util.tree_leaves(local_batch)
-    check_batch_size(leaves[0].shape[0] * jax.process_count(), mesh)
+    check_batch_size(leaves[0].shape[int(stacked)] * jax.process_count(), mesh)
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,7 +30,16 @@ from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM
 from limubert_jax.errors import LimuBertError
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.normalization import normalize
-from limubert_jax.pretrain import MaskConfig, TrainState, jit_eval_step, jit_train_step, mask_batch
+from limubert_jax.pretrain import (
+    MaskConfig,
+    TrainState,
+    compute_dtype_of,
+    jit_eval_step,
+    jit_resident_epoch,
+    jit_train_step,
+    jit_train_steps,
+    mask_batch,
+)
 from limubert_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
 from limubert_jax.xla_options import compile_once
 
@@ -56,7 +66,8 @@ def mask_config_from(config: ml_collections.ConfigDict) -> MaskConfig:
 
 def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskConfig, mesh) -> None:
     train = config.train
-    for name in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "checkpoint_every_epochs"):
+    for name in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "checkpoint_every_epochs",
+                 "steps_per_dispatch"):
         if not isinstance(train[name], int) or train[name] < 1:
             raise LimuBertError(f"config.train.{name} must be a positive integer, got {train[name]!r}")
     if data.seq_len != model_config.seq_len:
@@ -69,6 +80,10 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
             f"config.model.feature_num={model_config.feature_num} but dataset {config.dataset.name} "
             f"has only {data.num_features} features"
         )
+    try:
+        compute_dtype_of(train.compute_dtype)
+    except ValueError as e:
+        raise LimuBertError(f"config.train: {e}") from None
     try:
         check_batch_size(train.batch_size, mesh)
         check_batch_size(train.eval_batch_size, mesh)
@@ -119,6 +134,60 @@ def _evaluate(eval_step, params, data, config, mesh, key) -> float:
         sse, n = eval_step(params, global_batch(raw, mesh), global_batch(weights, mesh), key)
         total, count = total + float(sse), count + float(n)
     return total / count
+
+
+# The device-resident shuffle's random stream: fold_in(key(seed), this), then the epoch.
+RESIDENT_SHUFFLE_STREAM = 0x5F
+
+# An epoch runner trains one epoch: (state, epoch, progress) -> (state, losses [steps_per_epoch]).
+EpochRunner = Callable[[TrainState, int, Any], tuple[TrainState, jax.Array]]
+
+
+def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int, start_step: int) -> EpochRunner:
+    """Epochs fed by the host input pipeline, `config.train.steps_per_dispatch` steps per
+    compiled call (a `lax.scan` over a stack of batches; 1: the plain step)."""
+    per_call = config.train.steps_per_dispatch
+    batches = input_pipeline.train_batches(data, global_batch_size=config.train.batch_size, seed=config.seed,
+                                           start_step=start_step)
+    one_step = jit_train_step(mesh, **step_kwargs)
+    many_steps = jit_train_steps(mesh, **step_kwargs)
+    log_every = config.train.log_every_steps
+
+    def run(state, epoch, progress):
+        losses, done = [], 0
+        while done < steps_per_epoch:
+            n = min(per_call, steps_per_epoch - done)  # the epoch's last call may be shorter
+            if per_call == 1:
+                state, metrics = one_step(state, global_batch(next(batches), mesh), rng)
+                losses.append(metrics["loss"][None])
+            else:
+                stack = np.stack([next(batches) for _ in range(n)])
+                state, metrics = many_steps(state, global_batch(stack, mesh, stacked=True), rng)
+                losses.append(metrics["loss"])
+            step = epoch * steps_per_epoch + done
+            done += n
+            if (step + n) // log_every > step // log_every:
+                progress.set_postfix(loss=f"{float(losses[-1][-1]):.4f}")
+            progress.update(n)
+        return state, jnp.concatenate(losses)
+
+    return run
+
+
+def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int) -> EpochRunner:
+    """Epochs on training windows held on every device: each epoch, its shuffle and masking
+    included, is one compiled call (`pretrain.resident_epoch`)."""
+    windows = data.train.read(np.arange(len(data.train)))  # [N, S, F] float32
+    resident = jax.make_array_from_callback(windows.shape, replicated(mesh), lambda index: windows[index])
+    shuffle_key = jax.random.fold_in(jax.random.key(config.seed), RESIDENT_SHUFFLE_STREAM)
+    run_epoch = jit_resident_epoch(mesh, steps=steps_per_epoch, batch_size=config.train.batch_size, **step_kwargs)
+
+    def run(state, epoch, progress):
+        state, metrics = run_epoch(state, resident, jax.random.fold_in(shuffle_key, epoch), rng)
+        progress.update(steps_per_epoch)
+        return state, metrics["loss"]
+
+    return run
 
 
 def load_data(config: ml_collections.ConfigDict) -> input_pipeline.PretrainData:
@@ -195,28 +264,23 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         state = restored[STATE_ITEM]
         logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
 
-    train_step = jit_train_step(mesh, model_config=model_config, mask_config=mask_config, tx=tx)
+    step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
+                       compute_dtype=compute_dtype_of(config.train.compute_dtype))
+    if config.train.device_resident:
+        run_epoch = _resident_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch)
+    else:
+        run_epoch = _host_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, start_step)
     eval_step = jit_eval_step(mesh, model_config=model_config, mask_config=mask_config)
-    batches = input_pipeline.train_batches(
-        data, global_batch_size=config.train.batch_size, seed=config.seed, start_step=start_step
-    )
     writer = _MetricsWriter(workdir) if jax.process_index() == 0 else None
     progress = tqdm(total=total_steps, initial=start_step, unit="step", desc="pretrain",
                     disable=jax.process_index() != 0, dynamic_ncols=True)
-    epoch_losses: list[jax.Array] = []
-    epoch_start = time.perf_counter()
-    step = start_step
+    step = start_step  # checkpoints are written at epoch ends, so a run resumes at one
     try:
         while step < total_steps:
-            state, metrics = train_step(state, global_batch(next(batches), mesh), mask_key)
-            epoch_losses.append(metrics["loss"])
-            step += 1
-            if step % config.train.log_every_steps == 0:
-                progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-            progress.update(1)
-            if step % steps_per_epoch and step != total_steps:
-                continue
-            losses = np.asarray(jnp.stack(epoch_losses))
+            epoch_start = time.perf_counter()
+            state, epoch_losses = run_epoch(state, step // steps_per_epoch, progress)
+            step += steps_per_epoch
+            losses = np.asarray(epoch_losses)
             if not np.isfinite(losses).all():
                 first = int(np.argmin(np.isfinite(losses)))
                 bad_step = step - len(losses) + first
@@ -240,7 +304,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
                     STATE_ITEM: ocp.args.StandardSave(state),
                     META_ITEM: ocp.args.JsonSave(record),
                 }), metrics={"val_loss": val_loss})
-            epoch_losses, epoch_start = [], time.perf_counter()
     finally:
         progress.close()
         manager.wait_until_finished()

@@ -33,6 +33,15 @@ _SCRIPT = textwrap.dedent(
     for raw in data:
         state, metrics = step(state, global_batch(raw, mesh), rng)
         losses.append(float(metrics["loss"]))
+    # The efficiency options on this mesh: 5 steps as one call, and a device-resident epoch.
+    from limubert_jax.pretrain import jit_resident_epoch, jit_train_steps
+    state0 = TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx)
+    _, stacked = jit_train_steps(mesh, model_config=cfg, mask_config=MaskConfig(), tx=tx)(
+        state0, global_batch(data, mesh, stacked=True), rng)
+    windows = data.reshape(-1, 40, 6)
+    state0 = TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx)
+    _, resident = jit_resident_epoch(mesh, steps=4, batch_size=16, model_config=cfg, mask_config=MaskConfig(),
+                                     tx=tx)(state0, windows, jax.random.key(5), rng)
     weights = np.ones(16, np.float32)
     sse, count = evaluate(state.params, global_batch(data[0], mesh), global_batch(weights, mesh), jax.random.key(2))
     try:
@@ -41,6 +50,7 @@ _SCRIPT = textwrap.dedent(
     except ValueError as e:
         error = str(e)
     print(json.dumps({"devices": len(jax.devices()), "losses": losses, "val": float(sse / count),
+                      "stacked": np.asarray(stacked["loss"]).tolist(), "resident": np.asarray(resident["loss"]).tolist(),
                       "step": int(state.step), "error": error}))
     """
 )
@@ -60,6 +70,11 @@ def test_same_losses_on_one_and_eight_devices():
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(eight["val"], one["val"], rtol=1e-5)
     assert one["losses"][-1] < one["losses"][0]  # it trains
+    # Several steps per call: the same losses as one call per step, on either mesh.
+    np.testing.assert_allclose(one["stacked"], one["losses"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(eight["stacked"], one["losses"], rtol=1e-5, atol=1e-6)
+    # A device-resident epoch does not depend on the device count either.
+    np.testing.assert_allclose(eight["resident"], one["resident"], rtol=1e-5, atol=1e-6)
 
 
 def test_batch_that_does_not_divide_the_devices_is_rejected():

@@ -1,0 +1,131 @@
+"""The accelerator-efficiency options give the results of the plain loop: several steps per
+compiled call, a device-resident epoch (same batches, same losses), bfloat16 compute (within
+bf16 tolerance, parameters and optimizer state staying float32), and the main job under each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from limubert_jax import checkpoint, config_lib, train
+from limubert_jax.errors import LimuBertError
+from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.pretrain import MaskConfig, TrainState, epoch_order, resident_epoch, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = LimuBertConfig(hidden=24, hidden_ff=48, n_layers=2, n_heads=2, seq_len=40)
+TX = optax.adam(1e-3)
+
+
+def _state(seed=0):
+    return TrainState.create(LimuBertModel4Pretrain(CFG).init_params(jax.random.key(seed)), TX)
+
+
+def _windows(n=50, seed=0):
+    return (np.random.default_rng(seed).normal(size=(n, 40, 6)) * 5).astype(np.float32)
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
+
+
+def test_resident_epoch_is_the_same_batches_stepped_one_by_one():
+    windows, key, rng = _windows(), jax.random.key(7), jax.random.key(1)
+    kwargs = dict(model_config=CFG, mask_config=MaskConfig(), tx=TX)
+    resident_state, metrics = jax.jit(lambda s, w: resident_epoch(s, w, key, rng, steps=3, batch_size=16, **kwargs))(
+        _state(), windows)
+    order = np.asarray(epoch_order(key, len(windows), 3, 16))
+    assert sorted(order.ravel().tolist()) == sorted(set(order.ravel().tolist()))  # no window twice
+    step = jax.jit(lambda s, raw: train_step(s, raw, rng, **kwargs))
+    state, losses = _state(), []
+    for rows in order:
+        state, m = step(state, windows[rows])
+        losses.append(float(m["loss"]))
+    np.testing.assert_allclose(np.asarray(metrics["loss"]), losses, rtol=1e-6, atol=1e-7)
+    for a, b in zip(_leaves(resident_state.params), _leaves(state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_tracks_float32_and_keeps_float32_state():
+    windows, rng = _windows(), jax.random.key(1)
+    runs = {}
+    for name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
+        step = jax.jit(lambda s, raw, dtype=dtype: train_step(s, raw, rng, model_config=CFG, mask_config=MaskConfig(),
+                                                            tx=TX, compute_dtype=dtype))
+        state, losses = _state(), []
+        for i in range(6):
+            state, m = step(state, windows[i * 8 : i * 8 + 8])
+            losses.append(float(m["loss"]))
+        runs[name] = (state, np.array(losses))
+    (state32, loss32), (state16, loss16) = runs["float32"], runs["bfloat16"]
+    assert {x.dtype for x in jax.tree_util.tree_leaves((state16.params, state16.opt_state)) if x.ndim} == {np.dtype("float32")}
+    # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-8 = 0.4%); a masked MSE of
+    # ~1 summed in float32 lands within a few of those.
+    np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
+    assert np.abs(loss16 - loss32).max() > 0  # it did compute in bfloat16
+    drift = max(np.abs(a - b).max() for a, b in zip(_leaves(state16.params), _leaves(state32.params)))
+    assert drift < 2 * 6 * 1e-3  # each run moves a parameter by about lr = 1e-3 per step
+
+
+def _config(data_dir, **train_overrides):
+    """The tiny test model on 320 windows of the user-array dataset (8 steps of 32 per epoch)."""
+    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config.dataset.name = "imu_npy"
+    config.dataset.data_dir = str(data_dir / "tfds")
+    config.dataset.manual_dir = str(data_dir / "arrays")
+    config.train.num_epochs = 1
+    for key, value in train_overrides.items():
+        config.train[key] = value
+    return config
+
+
+def _run(workdir, config):
+    summary = train.train_and_evaluate(config, workdir)
+    records = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    params = checkpoint.ocp.StandardCheckpointer().restore(
+        (Path(workdir) / "checkpoints" / str(records[-1]["step"]) / "state").absolute())["params"]
+    return summary, records, params
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("efficiency")
+    (root / "arrays").mkdir()
+    rng = np.random.default_rng(0)
+    np.save(root / "arrays" / "data_20_120.npy", (rng.normal(size=(320, 120, 6)) * 5).astype(np.float32))
+    np.save(root / "arrays" / "label_20_120.npy", np.zeros((320, 120, 1), np.int64))
+    return root
+
+
+def test_main_job_with_several_steps_per_dispatch_is_the_same_run(tmp_path, data_dir):
+    # 8 steps per epoch in calls of 3: two calls of 3 and a last one of 2.
+    _, plain, plain_params = _run(tmp_path / "plain", _config(data_dir, num_epochs=2))
+    _, stacked, stacked_params = _run(tmp_path / "stacked", _config(data_dir, num_epochs=2, steps_per_dispatch=3))
+    assert [r["epoch"] for r in stacked] == [1, 2]
+    for a, b in zip(plain, stacked):
+        assert a["step"] == b["step"]
+        np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-5)
+        np.testing.assert_allclose(b["val_loss"], a["val_loss"], rtol=1e-5)
+    for a, b in zip(_leaves(plain_params), _leaves(stacked_params)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_main_job_device_resident_resumes_to_the_same_run(tmp_path, data_dir):
+    _, straight, straight_params = _run(tmp_path / "straight", _config(data_dir, device_resident=True, num_epochs=2))
+    _run(tmp_path / "resumed", _config(data_dir, device_resident=True, num_epochs=1))
+    _, resumed, resumed_params = _run(tmp_path / "resumed", _config(data_dir, device_resident=True, num_epochs=2))
+    assert [r["epoch"] for r in resumed] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in resumed)
+    np.testing.assert_allclose([r["train_loss"] for r in resumed], [r["train_loss"] for r in straight], rtol=1e-5)
+    for a, b in zip(_leaves(straight_params), _leaves(resumed_params)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_compute_dtype_is_a_clear_error(tmp_path, data_dir):
+    with pytest.raises(LimuBertError, match="compute_dtype 'float16': use one of float32, bfloat16"):
+        train.train_and_evaluate(_config(data_dir, compute_dtype="float16"), tmp_path)
