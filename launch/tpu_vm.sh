@@ -40,7 +40,7 @@ Options (each also read from the environment variable in brackets; flags win):
                                        not ignored, files are copied
   --python=VERSION      [TPU_PYTHON]   Python for the workers' venv, via uv ($PYTHON_DEFAULT)
   --pip=PACKAGES        [TPU_PIP]      extra packages installed with the checkout
-                                       ("$PIP_DEFAULT")
+                                       ("$PIP_DEFAULT": the TPU build of JAX, gs:// access)
   --prepare-workers=W   [TPU_PREPARE_WORKERS] workers that build the dataset before the run:
                                        all (each into its own disk; default), 0 (one build
                                        into a shared --config.dataset.data_dir=gs://...), none
@@ -69,7 +69,7 @@ readonly NAME_DEFAULT="limubert-${USER_SLUG//[^a-z0-9]/-}"  # TPU names: lowerca
 readonly ZONE_DEFAULT="us-west4-a"
 readonly TYPE_DEFAULT="v5litepod-8"
 readonly PYTHON_DEFAULT="3.12"
-readonly PIP_DEFAULT="jax[tpu]"
+readonly PIP_DEFAULT="jax[tpu] gcsfs"  # gcsfs: gs:// workdirs and TFDS data_dirs
 readonly WAIT_MINUTES_DEFAULT="120"
 
 die() {
@@ -201,14 +201,21 @@ on_workers_logged() {
 
 # Waits until `gcloud ... describe` reports the wanted state; fails on states that never turn ready.
 wait_for_state() {
-  local what="$1" want="$2" format="$3" state deadline
+  local what="$1" want="$2" format="$3" state deadline failures
   if ((DRY_RUN)); then
     show gcloud compute tpus "$what" describe "$NAME" "${GCLOUD_FLAGS[@]}" --format="$format"
     return
   fi
   deadline=$((SECONDS + WAIT_MINUTES * 60))
+  failures=0
   while true; do
-    state="$(gcloud compute tpus "$what" describe "$NAME" "${GCLOUD_FLAGS[@]}" --format="$format")"
+    # A failed query is retried: giving up would delete a queued request and its place in line.
+    if state="$(gcloud compute tpus "$what" describe "$NAME" "${GCLOUD_FLAGS[@]}" --format="$format")"; then
+      failures=0
+    else
+      state="" failures=$((failures + 1))
+      ((failures < 5)) || die "could not describe $what $NAME 5 times in a row"
+    fi
     echo "tpu_vm.sh: $what $NAME: ${state:-unknown}"
     case "$state" in
       "$want") return ;;
@@ -237,7 +244,9 @@ teardown() {
   else
     echo "tpu_vm.sh: deleting $NAME" >&2
     if ((QUEUED)); then
-      run gcloud compute tpus queued-resources delete "$NAME" "${GCLOUD_FLAGS[@]}" --force || status=1
+      # A reused slice may have been created directly, without a queued resource.
+      run gcloud compute tpus queued-resources delete "$NAME" "${GCLOUD_FLAGS[@]}" --force ||
+        run gcloud compute tpus tpu-vm delete "$NAME" "${GCLOUD_FLAGS[@]}" || status=1
     else
       run gcloud compute tpus tpu-vm delete "$NAME" "${GCLOUD_FLAGS[@]}" || status=1
     fi
@@ -313,7 +322,8 @@ on_workers_logged all "$INSTALL"
 # Building needs no accelerator; on CPU it leaves the TPU free and starts faster.
 PREPARE=(env JAX_PLATFORMS=cpu python -m limubert_jax.prepare_data --config="$CONFIG" ${MAIN_ARGS[@]+"${MAIN_ARGS[@]}"})
 MAIN=(python -m limubert_jax.main --config="$CONFIG" --workdir="$WORKDIR" ${MAIN_ARGS[@]+"${MAIN_ARGS[@]}"})
-ON_WORKER="set -euo pipefail; cd ~/$REMOTE_SRC && . ~/$REMOTE_VENV/bin/activate && export PYTHONUNBUFFERED=1"
+# A progress bar redrawn once a minute, not several times a second, keeps the streamed log short.
+ON_WORKER="set -euo pipefail; cd ~/$REMOTE_SRC && . ~/$REMOTE_VENV/bin/activate && export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=60"
 if [[ "$PREPARE_WORKERS" != none ]]; then
   on_workers_logged "$PREPARE_WORKERS" "$ON_WORKER; $(quote "${PREPARE[@]}")"
 fi

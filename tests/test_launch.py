@@ -99,7 +99,7 @@ def test_slurm_script_parses():
     assert result.returncode == 0, result.stderr
 
 
-def test_tpu_help_documents_every_option():
+def test_tpu_help_and_readme_document_every_option():
     result = subprocess.run([str(TPU_VM), "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Usage: launch/tpu_vm.sh")
@@ -108,6 +108,8 @@ def test_tpu_help_documents_every_option():
     assert [o for o in sorted(parsed) if o not in result.stdout] == []
     env_names = set(re.findall(r"\$\{(TPU_[A-Z_]+):", TPU_VM.read_text()))
     assert [n for n in sorted(env_names) if n not in result.stdout] == []
+    readme = (LAUNCH / "README.md").read_text()
+    assert [name for name in sorted((parsed | env_names) - {"--help"}) if f"`{name}" not in readme] == []
 
 
 @pytest.fixture
