@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -72,6 +73,20 @@ def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: 
     return directory
 
 
+def restore_on_one_device(path: str | os.PathLike) -> Any:
+    """The pytree of an Orbax StandardCheckpointer directory, on this process's first device.
+
+    Orbax otherwise restores arrays with the shardings they were saved with, which exist only
+    on the device topology of the run that saved them (a run on several devices or processes).
+    """
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(path)
+    tree = getattr(metadata, "item_metadata", metadata)  # older Orbax returns the tree itself
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), tree)
+    return checkpointer.restore(path, target)
+
+
 def _is_workdir(path: Path) -> bool:
     return (path / CHECKPOINTS_DIR).is_dir()
 
@@ -116,11 +131,11 @@ def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
         raise LimuBertError(f"{directory / CONFIG_FILE}: not a valid model config ({e})") from None
     if _is_workdir(directory):
         step_dir = (directory / CHECKPOINTS_DIR / str(best_step(directory)) / STATE_ITEM).absolute()
-        state = ocp.StandardCheckpointer().restore(step_dir)
+        state = restore_on_one_device(step_dir)
         return kind, config, _to_plain_dict(state["params"])
     if not (directory / PARAMS_DIR).is_dir():
         raise LimuBertError(f"{directory}: missing the '{PARAMS_DIR}' Orbax directory")
-    params = ocp.StandardCheckpointer().restore((directory / PARAMS_DIR).absolute())
+    params = restore_on_one_device((directory / PARAMS_DIR).absolute())
     return kind, config, _to_plain_dict(params)
 
 

@@ -2,6 +2,10 @@
 
 Rerunning the same command resumes the run in DIR. Override any config field with
 `--config.<section>.<field>=VALUE`, e.g. `--config.train.batch_size=64`.
+
+Multi-process runs: every process runs the same command, plus `--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I` where the cluster is not detected (see
+`limubert_jax.distributed`).
 """
 
 import sys
@@ -9,12 +13,17 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from limubert_jax import train
+from limubert_jax import distributed, train
 from limubert_jax.errors import LimuBertError
 from limubert_jax.log_filters import quiet_libraries
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:version]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory (or gs://bucket/dir) for checkpoints, metrics and plots; shared by all processes.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process runs: host:port of process 0's coordinator, the same on every process.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's id, 0 .. num_processes - 1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,6 +32,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_libraries()
     try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except LimuBertError as e:
         print(f"error: {e}", file=sys.stderr)

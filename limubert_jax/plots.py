@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from etils import epath
+
+from limubert_jax import storage
 
 CHANNEL_NAMES = ("acc x", "acc y", "acc z", "gyro x", "gyro y", "gyro z", "mag x", "mag y", "mag z")
 
 
-def _save(fig, path: Path) -> Path:
-    """Writes the figure beside `path` and renames it into place (no half-written PNGs)."""
+def _save(fig, path: Path | epath.Path) -> Path | epath.Path:
+    """Writes the figure beside `path` and renames it into place (no half-written PNGs); in
+    an object store, where a written object appears whole, writes it directly."""
+    if not storage.is_local(path):
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+        path.write_bytes(png.getvalue())
+        return path
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
@@ -25,8 +35,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def reconstruction_png(path, windows: np.ndarray, positions: np.ndarray, predictions: np.ndarray,
-                       *, channels: int = 3, title: str = "") -> Path:
-    """Original vs reconstructed masked spans.
+                       *, channels: int = 3, title: str = "") -> epath.Path:
+    """Original vs reconstructed masked spans (`path` local or a bucket path).
 
     windows: [N, S, F] normalized originals; positions: [N, M] masked steps;
     predictions: [N, M, F] the model's reconstructions there. One row per window, one
@@ -37,7 +47,7 @@ def reconstruction_png(path, windows: np.ndarray, positions: np.ndarray, predict
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
+    path = storage.as_path(path)
     n, seq, features = windows.shape
     channels = min(channels, features)
     fig, axes = plt.subplots(n, channels, figsize=(4.2 * channels, 2.0 * n), squeeze=False, sharex=True)

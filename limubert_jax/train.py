@@ -5,6 +5,18 @@ masks, Orbax checkpoints under `workdir/checkpoints` (the latest for resuming, t
 validation step for export), metrics to `metrics.jsonl` and TensorBoard, and a PNG of
 reconstructed masked spans at the end. Rerunning the same command resumes exactly: the
 data position is the step, and every random draw derives from (seed, step).
+
+Multi-process runs (`limubert_jax.distributed`): every process runs `pretrain` alike, reads
+its own rows of each global batch, and saves and restores checkpoints through the same
+Orbax CheckpointManager (process 0 writes what is replicated; the workdir must be shared by
+all processes). Only process 0 writes metrics.jsonl, TensorBoard, the plot, summary.json,
+config.json and model_config.json, and shows progress.
+
+The workdir may be a bucket path (`gs://bucket/dir`, see `limubert_jax.storage`): Orbax
+writes checkpoints there itself, metrics.jsonl is rewritten whole each epoch (objects do
+not append), and TensorBoard goes through tensorboardX's own `gs://` / `s3://` writers
+(they need google-cloud-storage / boto3; without them the run logs a warning and writes no
+TensorBoard events).
 """
 
 from __future__ import annotations
@@ -15,17 +27,19 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from limubert_jax import downstream, input_pipeline, optim, plots
+from limubert_jax import downstream, input_pipeline, optim, plots, storage
 from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM
 from limubert_jax.errors import LimuBertError
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
@@ -96,7 +110,9 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
         raise LimuBertError(f"config.mask: {e}") from None
 
 
-def _checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
+def _checkpoint_manager(workdir: epath.Path) -> ocp.CheckpointManager:
+    """The run's checkpoints; every process must create it and call save/restore alike
+    (Orbax's default multiprocessing options: process 0 is the primary host, all take part)."""
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(1),  # the resume point
         checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),  # lowest val loss
@@ -104,27 +120,48 @@ def _checkpoint_manager(workdir: Path) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, best_fn=lambda m: m["val_loss"], best_mode="min",
     )
-    return ocp.CheckpointManager((workdir / CHECKPOINTS_DIR).absolute(), options=options)
+    return ocp.CheckpointManager(storage.absolute(workdir / CHECKPOINTS_DIR), options=options)
 
 
 class _MetricsWriter:
-    """Appends one JSON line per epoch to `metrics.jsonl` and mirrors scalars to TensorBoard."""
+    """Appends one JSON line per epoch to `metrics.jsonl` and mirrors scalars to TensorBoard.
 
-    def __init__(self, workdir: Path):
-        self._jsonl = open(workdir / "metrics.jsonl", "a")
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+    In an object store (no appends) the file is rewritten whole after each epoch instead.
+    """
+
+    def __init__(self, workdir: epath.Path):
+        self._path = workdir / "metrics.jsonl"
+        self._append = storage.is_local(workdir)
+        if self._append:
+            self._jsonl = open(self._path, "a")
+        else:
+            self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+        try:
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        except ImportError as e:  # tensorboardX's gs:// and s3:// writers need their client library
+            logging.warning("no TensorBoard events in %s: %s", workdir, e)
+            self._tb = None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        line = json.dumps(record) + "\n"
+        if self._append:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        else:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
+        if self._tb is None:
+            return
         for key, value in record.items():
             if key not in ("step", "epoch"):
                 self._tb.add_scalar(key, value, record["step"])
         self._tb.flush()
 
     def close(self) -> None:
-        self._jsonl.close()
-        self._tb.close()
+        if self._append:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 def _evaluate(eval_step, params, data, config, mesh, key) -> float:
@@ -209,6 +246,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise LimuBertError(f"config.task {config.task!r}: unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
+    if jax.process_count() > 1 and tasks != ["pretrain"]:
+        raise LimuBertError(f"config.task {config.task!r}: a run of {jax.process_count()} processes "
+                            "pretrains only; run downstream tasks in one process")
     summary: dict[str, Any] = {}
     inputs = None  # downstream tasks after the last pretraining share their loaded data
     for task in tasks:
@@ -223,9 +263,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
     """Pretrains LIMU-BERT as `config` says, resuming from `workdir` if it holds a run.
 
-    Returns the summary also written to `workdir/summary.json`.
+    `workdir` is a local directory or a bucket path (`gs://...`). Returns the summary also
+    written to `workdir/summary.json` (by process 0).
     """
-    workdir = Path(workdir)
+    workdir = storage.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     model_config, mask_config = model_config_from(config), mask_config_from(config)
     mesh = make_mesh()
@@ -251,10 +292,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     params = LimuBertModel4Pretrain(model_config).init_params(init_key)
     state = jax.device_put(TrainState.create(params, tx), replicated(mesh))
 
-    (workdir / "model_config.json").write_text(
-        json.dumps({"kind": "limu_bert", "config": model_config.to_dict()}, indent=2) + "\n"
-    )
-    (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+    if jax.process_index() == 0:
+        (workdir / "model_config.json").write_text(
+            json.dumps({"kind": "limu_bert", "config": model_config.to_dict()}, indent=2) + "\n"
+        )
+        (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
     manager = _checkpoint_manager(workdir)
     start_step = manager.latest_step() or 0
     if start_step:
@@ -314,11 +356,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
     best = manager.restore(best_step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
     summary = {"steps": total_steps, "best_step": best_step, "best_val_loss": best["val_loss"],
                "checkpoints": str(workdir / CHECKPOINTS_DIR)}
+    # Every process takes part in the restore (Orbax); process 0 plots from its host copy
+    # of the replicated parameters, on its own devices only.
+    best_params = manager.restore(best_step, args=ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardRestore(jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state))
+    }))[STATE_ITEM].params
     if jax.process_index() == 0:
-        best_params = manager.restore(best_step, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardRestore(jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state))
-        }))[STATE_ITEM].params
-        raw, _ = next(iter(input_pipeline.eval_batches(data, global_batch_size=config.train.plot_windows)))
+        best_params = jax.tree_util.tree_map(np.asarray, best_params)
+        raw, _ = next(iter(input_pipeline.eval_batches(
+            data, global_batch_size=config.train.plot_windows, shard_options=grain.sharding.NoSharding())))
 
         def reconstruct(params, raw):
             masked, positions, _ = mask_batch(val_key, raw, model_config, mask_config)
