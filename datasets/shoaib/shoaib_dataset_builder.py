@@ -1,9 +1,13 @@
 """shoaib: smartphones at five body positions (Shoaib et al., Sensors 2014), reference windows.
 
 Raw layout (the extracted RAR archive): `DataSet/Participant_<k>.csv`, k = 1..10, 50 Hz. Each
-file has two header rows, then one row per time step: for each of 5 body positions (left
-pocket, right pocket, wrist, upper arm, belt) 14 columns (time stamp, acc xyz, linear acc
-xyz, gyro xyz, mag xyz, an empty separator) and the activity name in the last (71st) column.
+file has two header rows, then one row per time step of 70 columns: for each of 5 body
+positions (left pocket, right pocket, wrist, upper arm, belt) a block of 13 columns (time
+stamp, acc xyz, linear acc xyz, gyro xyz, mag xyz) starting at column index 14 * i (0-based);
+an empty separator column follows each of the first four blocks only. The belt block ends at
+index 68 and is followed directly by the activity name at index 69, the last column (the
+reference reads it as `iloc[:, -1]`). Trailing empty fields after it (a 71st column, or
+more) are tolerated and ignored, but not required.
 
 Reference preprocessing (DATASETS.md), per participant file:
 
@@ -48,9 +52,15 @@ NUM_PARTICIPANTS = 10
 USERS = tuple(f"participant_{k}" for k in range(1, NUM_PARTICIPANTS + 1))
 
 HEADER_ROWS = 2
-COLUMNS_PER_POSITION = 14  # time, acc xyz, linear acc xyz, gyro xyz, mag xyz, separator
+COLUMNS_PER_POSITION = 13  # one position block: time, acc xyz, linear acc xyz, gyro xyz, mag xyz
+POSITION_STRIDE = COLUMNS_PER_POSITION + 1  # block i starts at column index 14 * i (13 + a separator)
+NUM_SEPARATORS = len(POSITIONS) - 1  # empty columns between blocks (none after the belt block)
 SENSOR_OFFSETS = (1, 2, 3, 7, 8, 9, 10, 11, 12)  # acc xyz, gyro xyz, mag xyz within a position block
-NUM_COLUMNS = len(POSITIONS) * COLUMNS_PER_POSITION + 1  # + the activity name
+ACTIVITY_COLUMN = len(POSITIONS) * COLUMNS_PER_POSITION + NUM_SEPARATORS  # 0-based: 69, right after the belt block
+NUM_COLUMNS = ACTIVITY_COLUMN + 1  # 70; only empty fields may follow
+_LAYOUT = (
+    f"{len(POSITIONS)} position blocks of {COLUMNS_PER_POSITION}, {NUM_SEPARATORS} separators, activity"
+)
 
 DATASET_DIR = "DataSet"
 ARCHIVE = "sensors-activity-recognition-dataset-shoaib.rar"
@@ -62,7 +72,7 @@ _ACTIVITY_INDEX.update({typo: _ACTIVITY_INDEX[name] for typo, name in ACTIVITY_T
 
 def sensor_columns(position: int) -> list[int]:
     """0-based CSV columns of acc xyz, gyro xyz, mag xyz of a position (0..4)."""
-    return [position * COLUMNS_PER_POSITION + offset for offset in SENSOR_OFFSETS]
+    return [position * POSITION_STRIDE + offset for offset in SENSOR_OFFSETS]
 
 
 _ALL_SENSOR_COLUMNS = [c for p in range(len(POSITIONS)) for c in sensor_columns(p)]
@@ -97,9 +107,11 @@ def activity_index(name: str) -> int | None:
 def read_participant(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
     """One participant file -> (sensors float32 [R, 5, 9], activity int64 [R]), rows in file order.
 
-    sensors[r, p] holds acc xyz, gyro xyz, mag xyz of position p. Raises ValueError naming
-    the file and row (1-based line number) for a row with the wrong number of columns, an
-    unknown activity or a value that is not a finite number.
+    sensors[r, p] holds acc xyz, gyro xyz, mag xyz of position p; the activity is column
+    ACTIVITY_COLUMN (0-based 69, the 70th). Empty fields after it are ignored. Raises ValueError
+    naming the file and row (1-based line number) for a row with fewer than NUM_COLUMNS columns
+    or a non-empty field after the activity, and also the (1-based) column for an unknown
+    activity or a value that is not a finite number.
     """
     path = epath.Path(path)
     values, activities, lines = [], [], []
@@ -108,18 +120,25 @@ def read_participant(path: os.PathLike | str) -> tuple[np.ndarray, np.ndarray]:
         for row in reader:
             if reader.line_num <= HEADER_ROWS or not any(field.strip() for field in row):
                 continue
-            if len(row) > NUM_COLUMNS and not any(field.strip() for field in row[NUM_COLUMNS:]):
-                row = row[:NUM_COLUMNS]  # trailing empty fields
-            if len(row) != NUM_COLUMNS:
+            if len(row) < NUM_COLUMNS:
                 raise ValueError(
-                    f"shoaib: {path}, row {reader.line_num}: {len(row)} columns, expected {NUM_COLUMNS} "
-                    f"(5 positions x {COLUMNS_PER_POSITION} + activity)"
+                    f"shoaib: {path}, row {reader.line_num}: {len(row)} columns, "
+                    f"{NUM_COLUMNS} expected ({_LAYOUT})"
                 )
-            activity = activity_index(row[-1])
+            extra = [(c, field) for c, field in enumerate(row[NUM_COLUMNS:], NUM_COLUMNS) if field.strip()]
+            if extra:
+                column, field = extra[0]
+                raise ValueError(
+                    f"shoaib: {path}, row {reader.line_num}: {len(row)} columns, "
+                    f"{NUM_COLUMNS} expected ({_LAYOUT}); only empty fields may follow the activity, "
+                    f"but column {column + 1} holds {field!r}"
+                )
+            name = row[ACTIVITY_COLUMN]
+            activity = activity_index(name)
             if activity is None:
                 raise ValueError(
-                    f"shoaib: {path}, row {reader.line_num}: unknown activity {row[-1]!r} "
-                    f"(known: {', '.join(ACTIVITIES)}, and the typo {', '.join(ACTIVITY_TYPOS)})"
+                    f"shoaib: {path}, row {reader.line_num}, column {ACTIVITY_COLUMN + 1}: unknown activity "
+                    f"{name!r} (known: {', '.join(ACTIVITIES)}, and the typo {', '.join(ACTIVITY_TYPOS)})"
                 )
             values.append([row[c] for c in _ALL_SENSOR_COLUMNS])
             activities.append(activity)
@@ -296,10 +315,17 @@ _DUMMY_RECORDINGS = (
 
 
 def _dummy_header() -> list[str]:
+    """The two header rows in the real layout: position names at column indices 14 * i (the
+    rest empty); the column names with an empty separator between blocks only, then
+    `Activity_Label` at index 69. NUM_COLUMNS (70) fields each."""
     first, second = [], []
-    for position in ("Left_pocket", "Right_pocket", "Wrist", "Upper_arm", "Belt"):
+    for i, position in enumerate(("Left_pocket", "Right_pocket", "Wrist", "Upper_arm", "Belt")):
+        if i:
+            first.append("")
+            second.append("")  # separator
         first += [position] + [""] * (COLUMNS_PER_POSITION - 1)
-        second += ["Time_Stamp", "Ax", "Ay", "Az", "Lx", "Ly", "Lz", "Gx", "Gy", "Gz", "Mx", "My", "Mz", ""]
+        second += ["Time_Stamp", "Ax", "Ay", "Az", "Lx", "Ly", "Lz", "Gx", "Gy", "Gz", "Mx", "My", "Mz"]
+    assert len(first) == len(second) == ACTIVITY_COLUMN
     return [",".join(first + [""]), ",".join(second + ["Activity_Label"])]
 
 
@@ -325,10 +351,12 @@ def write_dummy_data(root: pathlib.Path) -> None:
                 blocks.append((gravity + linear, linear, gyro, mag))
             for i in range(count):
                 fields = []
-                for acc, linear, gyro, mag in blocks:
+                for p, (acc, linear, gyro, mag) in enumerate(blocks):
+                    if p:
+                        fields.append("")  # the separator between blocks (none after the belt block)
                     fields.append(f"{20 * (step + i)}")  # ms
                     fields += [f"{v:.2f}" for v in acc[i]] + [f"{v:.1f}" for v in linear[i]]
-                    fields += [f"{v:.2f}" for v in gyro[i]] + [f"{v:.1f}" for v in mag[i]] + [""]
-                lines.append(",".join(fields + [name]))
+                    fields += [f"{v:.2f}" for v in gyro[i]] + [f"{v:.1f}" for v in mag[i]]
+                lines.append(",".join(fields + [name]))  # the activity at index 69
             step += count
         (folder / f"Participant_{k}.csv").write_text("\n".join(lines) + "\n", encoding="ascii", newline="\n")
