@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Callable, Sequence
 
+from limubert_jax.log_filters import quiet_libraries
+
 
 class LimuBertError(Exception):
     """Bad input (a file, a key, a shape, a value) explained in one line for the user."""
@@ -12,6 +14,7 @@ class LimuBertError(Exception):
 
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
     """Runs a command-line `main`, turning a `LimuBertError` into one stderr line and exit code 2."""
+    quiet_libraries()
     try:
         main(argv)
     except LimuBertError as e:

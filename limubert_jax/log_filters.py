@@ -6,15 +6,33 @@ import logging as py_logging
 
 from absl import logging
 
+_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/grain/")
+
+# Warnings (and JAX's backend probe) that describe a library's internals, not anything a
+# user of these commands did or can act on.
+MEANINGLESS = (
+    "Unable to initialize backend",  # JAX probing for accelerators this machine does not have
+    "has no dataset_info.json",  # TFDS about a dataset it is about to build
+    "Given directory is read only",  # Orbax opening a workdir's checkpoints for reading
+    "CheckpointManagerOptions.read_only=True",  # ... and adjusting its own options for that
+    "Metadata file does not exist",  # Orbax restoring one item of a checkpoint step
+)
+
 
 class _QuietLibraries(py_logging.Filter):
-    """Drops the INFO chatter of Orbax, TFDS and grain; their warnings still show."""
+    """Drops the INFO chatter of Orbax, TFDS and grain (their warnings still show) and the
+    MEANINGLESS messages of any library."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        noisy = any(part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/", "/grain/"))
+        message = record.getMessage()
+        if any(text in message for text in MEANINGLESS):
+            return False
+        noisy = any(part in record.pathname for part in _LIBRARIES)
         return record.levelno >= py_logging.WARNING or not noisy
 
 
 def quiet_libraries() -> None:
-    """Installs the filter on absl's handler (call from an absl `main`)."""
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    """Installs the filter on absl's handler (once; call from a command's entry point)."""
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+        handler.addFilter(_QuietLibraries())
