@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from limubert_jax import checkpoint, config_lib, distributed, input_pipeline, plots, storage, train, xla_options
+from limubert_jax import checkpoint, config_lib, distributed, plots, storage, train, xla_options
 from limubert_jax.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,13 +54,9 @@ def _test_config():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """The synthetic dataset, built here once so that concurrent runs only read it."""
-    path = tmp_path_factory.mktemp("tfds")
-    config = _test_config()
-    config.dataset.data_dir = str(path)
-    input_pipeline.load_pretrain_data(config.dataset)
-    return path
+def data_dir(synthetic_data_dir):
+    """The synthetic dataset, built before the concurrent runs so that they only read it."""
+    return synthetic_data_dir
 
 
 def _env(devices: int) -> dict[str, str]:

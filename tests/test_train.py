@@ -4,7 +4,6 @@ kill, the non-finite guard and config errors. Uses the tiny `configs/test.py`.""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,9 +29,8 @@ def _config(data_dir, **overrides):
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A TFDS data_dir shared by the tests; the synthetic dataset is built on first use."""
-    return tmp_path_factory.mktemp("tfds")
+def data_dir(synthetic_data_dir):
+    return synthetic_data_dir
 
 
 def _main_command(workdir, data_dir, *extra):
