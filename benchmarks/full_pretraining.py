@@ -13,6 +13,9 @@ Modes, each from fresh parameters on the same `demo.synthetic_windows` (no valid
 * resident: the windows live on the device; each epoch, shuffle and masking included, is one
   call (`jit_resident_epoch`, config `train.device_resident`).
 * resident_bf16: the same with bfloat16 compute (config `train.compute_dtype`).
+
+Every JAX mode's train step computes its matmuls at `--matmul-precision` (config
+`train.matmul_precision`; the README's H200 table was measured at `default`, TF32).
 * torch: the reference PyTorch loop on the same device (`torch_reference`, a DataLoader that
   normalizes and masks each window with NumPy, num_workers 0), when torch is importable.
 
@@ -65,7 +68,7 @@ def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
     tx = optim.pretrain_optimizer("bert_adam", learning_rate=1e-3, total_steps=steps * PAPER_EPOCHS, warmup=0.1)
     state = jax.device_put(TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx),
                            sharding.replicated(mesh))
-    kwargs = dict(model_config=cfg, mask_config=MaskConfig(), tx=tx,
+    kwargs = dict(model_config=cfg, mask_config=MaskConfig(), tx=tx, matmul_precision=args.matmul_precision,
                   compute_dtype=jnp.bfloat16 if mode.endswith("bf16") else jnp.float32)
     rng, shuffle = jax.random.key(1), np.random.default_rng(0)
     holder = {"state": state}
@@ -217,6 +220,8 @@ def parse_args(argv=None):
     parser.add_argument("--full-run", default="", help="a JAX mode (or 'fastest') to continue to --full-epochs epochs")
     parser.add_argument("--full-epochs", type=int, default=PAPER_EPOCHS)
     parser.add_argument("--max-full-seconds", type=float, default=300.0, help="skip a full run projected longer")
+    parser.add_argument("--matmul-precision", default="highest",
+                        help="the JAX modes' config.train.matmul_precision: highest (the job's default), high, default")
     return parser.parse_args(argv)
 
 

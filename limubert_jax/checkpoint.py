@@ -117,26 +117,39 @@ def best_step(workdir: str | os.PathLike) -> int:
     return step
 
 
+def read_model_config(path: str | os.PathLike) -> tuple[str, Any]:
+    """(kind, config) of a checkpoint directory or training workdir, without its parameters."""
+    directory = resolve_model_dir(path)
+    try:
+        record = json.loads((directory / CONFIG_FILE).read_text())
+        kind = record["kind"]
+        return kind, _CONFIG_CLASSES[kind].from_dict(record["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise LimuBertError(f"{directory / CONFIG_FILE}: not a valid model config ({e})") from None
+
+
 def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
     """Loads a model: returns (kind, config, params as NumPy arrays).
 
     `path` is a checkpoint directory, or a training workdir whose best checkpoint is taken.
     """
     directory = resolve_model_dir(path)
-    try:
-        record = json.loads((directory / CONFIG_FILE).read_text())
-        kind = record["kind"]
-        config = _CONFIG_CLASSES[kind].from_dict(record["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise LimuBertError(f"{directory / CONFIG_FILE}: not a valid model config ({e})") from None
+    kind, config = read_model_config(directory)
+    params_dir = check_saved(directory)
     if _is_workdir(directory):
-        step_dir = (directory / CHECKPOINTS_DIR / str(best_step(directory)) / STATE_ITEM).absolute()
-        state = restore_on_one_device(step_dir)
-        return kind, config, _to_plain_dict(state["params"])
+        return kind, config, _to_plain_dict(restore_on_one_device(params_dir)["params"])
+    return kind, config, _to_plain_dict(restore_on_one_device(params_dir))
+
+
+def check_saved(directory: str | os.PathLike) -> Path:
+    """The Orbax directory holding the parameters of a model checkpoint (its `params/`) or of
+    a training workdir (its best step's train state); an error if there is none."""
+    directory = Path(directory)
+    if _is_workdir(directory):
+        return (directory / CHECKPOINTS_DIR / str(best_step(directory)) / STATE_ITEM).absolute()
     if not (directory / PARAMS_DIR).is_dir():
         raise LimuBertError(f"{directory}: missing the '{PARAMS_DIR}' Orbax directory")
-    params = restore_on_one_device((directory / PARAMS_DIR).absolute())
-    return kind, config, _to_plain_dict(params)
+    return (directory / PARAMS_DIR).absolute()
 
 
 def _to_plain_dict(tree):

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from limubert_jax.model import Linear, dataclass_from_dict
+from limubert_jax.precision import dot
 from limubert_jax.xla_options import compile_once
 
 
@@ -106,7 +107,7 @@ def over_time(step, carry, xs, *, unroll: bool = False):
 def _gru_cell(h, gx, kernel_hh, bias_hh):
     """PyTorch's GRU cell; gx = W_i x + b_i [B, 3G], gates packed (r, z, n)."""
     g = kernel_hh.shape[0]
-    gh = jnp.dot(h, kernel_hh) + bias_hh
+    gh = dot(h, kernel_hh) + bias_hh
     r = jax.nn.sigmoid(gx[:, :g] + gh[:, :g])
     z = jax.nn.sigmoid(gx[:, g : 2 * g] + gh[:, g : 2 * g])
     n = jnp.tanh(gx[:, 2 * g :] + r * gh[:, 2 * g :])
@@ -119,7 +120,7 @@ def _lstm_cell(carry, gx, kernel_hh, bias_hh):
     c' = f * c + i * g, h' = o * tanh(c')."""
     h, c = carry
     g = kernel_hh.shape[0]
-    gates = gx + (jnp.dot(h, kernel_hh) + bias_hh)
+    gates = gx + (dot(h, kernel_hh) + bias_hh)
     i = jax.nn.sigmoid(gates[:, :g])
     f = jax.nn.sigmoid(gates[:, g : 2 * g])
     cand = jnp.tanh(gates[:, 2 * g : 3 * g])
@@ -159,7 +160,7 @@ def stacked_rnn(x: jax.Array, layers: list[RecurrentLayer], cell: str, *, unroll
     _, cell_fn, initial = CELLS[cell]
     h = x
     for layer in layers:
-        gates_x = jnp.dot(h, layer.kernel_ih) + layer.bias_ih  # [B, T, gates * G]
+        gates_x = dot(h, layer.kernel_ih) + layer.bias_ih  # [B, T, gates * G]
 
         def step(state, gx, layer=layer):
             return cell_fn(state, gx, layer.kernel_hh, layer.bias_hh)

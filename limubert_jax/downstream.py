@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,19 +91,28 @@ def available_tasks(info) -> dict[str, tuple[str, ...] | None]:
     return tasks
 
 
-def load_labelled(config: ml_collections.ConfigDict) -> LabelledData:
-    """All windows of `config.dataset` and the labels of `config.downstream.label`; a task
-    the dataset lacks is an error listing the tasks it has."""
-    from limubert_jax import train  # noqa: PLC0415  (train imports this module)
-
-    data = train.load_data(config)
-    task = config.downstream.label
+def _check_label(config: ml_collections.ConfigDict, data) -> dict[str, tuple[str, ...] | None]:
+    """The dataset's tasks (`available_tasks`); one lacking `config.downstream.label` is an
+    error listing the tasks it has."""
     tasks = available_tasks(data.info)
-    if task not in tasks:
+    if config.downstream.label not in tasks:
         raise LimuBertError(
-            f"config.downstream.label: dataset {data.name} has no task {task!r}; its tasks: "
+            f"config.downstream.label: dataset {data.name} has no task {config.downstream.label!r}; its tasks: "
             f"{', '.join(tasks) or 'none'}"
         )
+    return tasks
+
+
+def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
+    """All windows of `config.dataset` (or of `data`, the `train.load_data(config)` already
+    loaded) and the labels of `config.downstream.label`; a task the dataset lacks is an error
+    listing the tasks it has."""
+    if data is None:
+        from limubert_jax import train  # noqa: PLC0415  (train imports this module)
+
+        data = train.load_data(config)
+    task = config.downstream.label
+    tasks = _check_label(config, data)
     source = data.train.source
     rows = [source[i] for i in range(len(source))]
     windows = np.stack([np.asarray(r[input_pipeline.FEATURE], np.float32) for r in rows])
@@ -244,27 +252,33 @@ def fit(apply_fn: ApplyFn, params, train_x, train_y, vali_inputs, vali_y, *, num
 # The tasks.
 
 
-def _encoder(config: ml_collections.ConfigDict, workdir: Path) -> tuple[LimuBertConfig, dict]:
-    """The pretrained model: `config.downstream.encoder` (a checkpoint or a pretraining
-    workdir, whose best step is taken), by default this workdir."""
+def _encoder_path(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+    """Where the pretrained model is: `config.downstream.encoder` (a checkpoint or a
+    pretraining workdir, whose best step is taken), by default this workdir; an error
+    unless it holds a LIMU-BERT."""
     path = Path(config.downstream.encoder or workdir)
-    if not (path / "model_config.json").is_file():
+    if not (path / checkpoint.CONFIG_FILE).is_file():
         raise LimuBertError(
-            f"no pretrained LIMU-BERT in {path} (no model_config.json): pretrain there first "
+            f"no pretrained LIMU-BERT in {path} (no {checkpoint.CONFIG_FILE}): pretrain there first "
             f"(config.task='pretrain'), or point config.downstream.encoder at a checkpoint or workdir"
         )
-    kind, model_config, params = checkpoint.load_model(path)
+    kind, _ = checkpoint.read_model_config(path)
     if kind != "limu_bert":
         raise LimuBertError(f"{path} holds a {kind} model, not a pretrained LIMU-BERT")
+    return path
+
+
+def _encoder(config: ml_collections.ConfigDict, workdir: Path) -> tuple[LimuBertConfig, dict]:
+    """The pretrained model's config and parameters (see `_encoder_path`)."""
+    _, model_config, params = checkpoint.load_model(_encoder_path(config, workdir))
     return model_config, params
 
 
-def _check_windows(data: LabelledData, model_config: LimuBertConfig) -> None:
-    _, seq, features = data.windows.shape
+def _check_windows(name: str, seq: int, features: int, model_config: LimuBertConfig) -> None:
     if seq != model_config.seq_len or features < model_config.feature_num:
         raise LimuBertError(
             f"the encoder takes windows of {model_config.seq_len} steps x {model_config.feature_num} features; "
-            f"dataset {data.name}/{data.version} has {seq} x {features}"
+            f"dataset {name} has {seq} x {features}"
         )
 
 
@@ -330,12 +344,13 @@ class Inputs:
     report's methods load the dataset and embed its windows once): `data`, `proto`,
     `encoder` (model config, parameters) and `embeddings` (N, S, H)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: Path):
-        self.config, self.workdir = config, Path(workdir)
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, dataset=None):
+        """`dataset`: the `train.load_data(config)` already loaded, if any."""
+        self.config, self.workdir, self._dataset = config, Path(workdir), dataset
 
     @functools.cached_property
     def data(self) -> LabelledData:
-        return load_labelled(self.config)
+        return load_labelled(self.config, self._dataset)
 
     @functools.cached_property
     def proto(self) -> ProtocolData:
@@ -344,7 +359,8 @@ class Inputs:
     @functools.cached_property
     def encoder(self) -> tuple[LimuBertConfig, dict]:
         model_config, params = _encoder(self.config, self.workdir)
-        _check_windows(self.data, model_config)
+        _, seq, features = self.data.windows.shape
+        _check_windows(f"{self.data.name}/{self.data.version}", seq, features, model_config)
         return model_config, params
 
     @functools.cached_property
@@ -461,23 +477,34 @@ def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None 
                           tsne_features=features.mean(axis=1), result=result, seconds=time.perf_counter() - start)
 
 
-def run_method(config: ml_collections.ConfigDict, workdir: Path, method: str, inputs: Inputs | None = None) -> dict:
-    """One report method: `limu_<head>` (classify), `finetune_<head>`, or a baseline name."""
-    if method.startswith("limu_"):
-        return classify(config, workdir, method.removeprefix("limu_"), inputs)
-    if method.startswith("finetune_"):
-        return finetune(config, workdir, method.removeprefix("finetune_"), inputs)
+def method_task(method: str) -> tuple[str, str]:
+    """(task, model) of a report method: `limu_<head>` -> classify, `finetune_<head>` ->
+    finetune, a baseline name -> baseline; an unknown method is an error naming the field."""
+    for prefix, task, names in (("limu_", "classify", heads.HEADS), ("finetune_", "finetune", heads.HEADS)):
+        if method.startswith(prefix) and method.removeprefix(prefix) in names:
+            return task, method.removeprefix(prefix)
     if method in heads.BASELINES:
-        return baseline(config, workdir, method, inputs)
+        return "baseline", method
     raise LimuBertError(
         f"config.downstream.methods: unknown method {method!r}; use limu_<head> or finetune_<head> "
         f"(heads: {', '.join(heads.HEADS)}) or a baseline ({', '.join(heads.BASELINES)})"
     )
 
 
+def report_methods(config: ml_collections.ConfigDict) -> list[str]:
+    """The methods of `config.downstream.methods`, in order."""
+    return [m.strip() for m in config.downstream.methods.split(",") if m.strip()]
+
+
+def run_method(config: ml_collections.ConfigDict, workdir: Path, method: str, inputs: Inputs | None = None) -> dict:
+    """One report method: `limu_<head>` (classify), `finetune_<head>`, or a baseline name."""
+    task, model = method_task(method)
+    return TASK_RUNNERS[task](config, workdir, model, inputs)
+
+
 def run_report(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | None = None) -> dict:
     """Every method of `config.downstream.methods` on one dataset -> workdir/report.md."""
-    methods = [m.strip() for m in config.downstream.methods.split(",") if m.strip()]
+    methods = report_methods(config)
     inputs = inputs or Inputs(config, workdir)
     results = {m: run_method(config, workdir, m, inputs) for m in methods}
     dataset = f"{config.dataset.name}/{config.dataset.version}"
@@ -493,6 +520,71 @@ def run_report(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs 
     table = report.table3_markdown({dataset: results})
     print(table)
     return {"report": str(path), "results": {m: {k: r[k] for k in ("accuracy", "macro_f1")} for m, r in results.items()}}
+
+
+def _stage_methods(task: str, config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+    """(config field, task, model) of each model a downstream task trains."""
+    d = config.downstream
+    if task == "report":
+        methods = report_methods(config)
+        if not methods:
+            raise LimuBertError("config.downstream.methods is empty; name at least one method")
+        return [("methods", *method_task(m)) for m in methods]
+    if task in ("classify", "finetune"):
+        if d.classifier not in heads.HEADS:
+            raise LimuBertError(f"config.downstream.classifier: unknown head {d.classifier!r}; heads: "
+                                f"{', '.join(heads.HEADS)}")
+        return [("classifier", task, d.classifier)]
+    if task == "baseline":
+        if d.baseline not in heads.BASELINES:
+            raise LimuBertError(f"config.downstream.baseline: unknown baseline {d.baseline!r}; baselines: "
+                                f"{', '.join(heads.BASELINES)}")
+        return [("baseline", task, d.baseline)]
+    return []  # embed trains nothing
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: Path, tasks: list[str], dataset,
+                 pretrained_config: LimuBertConfig | None = None) -> None:
+    """Checks every downstream stage of `tasks` before any stage of the chain runs, so that a
+    chain fails in seconds, not after its pretraining: the label exists in `dataset` (the
+    loaded `train.load_data(config)`), numbers are in range, `merge` divides the windows,
+    methods and heads are known and fit their inputs, and an encoder will exist and takes
+    the dataset's windows. `pretrained_config`: the model that an earlier stage of the chain
+    pretrains in `workdir`. Raises `LimuBertError` naming the field."""
+    stages = [t for t in tasks if t in DOWNSTREAM_TASKS]
+    if not stages:
+        return
+    d = config.downstream
+    label_tasks = _check_label(config, dataset)
+    for field in ("num_epochs", "batch_size", "merge", "tsne_points"):
+        value = d[field]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LimuBertError(f"config.downstream.{field} must be a positive integer, got {value!r}")
+    if not 0.0 < d.label_rate <= 1.0:
+        raise LimuBertError(f"config.downstream.label_rate must be in (0, 1], got {d.label_rate!r}")
+    if not d.learning_rate > 0:
+        raise LimuBertError(f"config.downstream.learning_rate must be positive, got {d.learning_rate!r}")
+    if dataset.seq_len % d.merge:
+        raise LimuBertError(f"config.downstream.merge={d.merge} must divide the {dataset.seq_len}-step windows "
+                            f"of {dataset.name}/{dataset.version}")
+    models = [m for t in stages for m in _stage_methods(t, config)]
+    encoder = None
+    if "embed" in stages or any(task != "baseline" for _, task, _ in models):
+        if d.encoder or pretrained_config is None:
+            path = _encoder_path(config, workdir)
+            _, encoder = checkpoint.read_model_config(path)
+            checkpoint.check_saved(path)
+        else:
+            encoder = pretrained_config
+        _check_windows(f"{dataset.name}/{dataset.version}", dataset.seq_len, dataset.num_features, encoder)
+    num_classes = max(2, len(label_tasks[d.label] or ()))  # sizes only; npy classes are counted later
+    for field, task, model in models:
+        input_dim = config.model.feature_num if task == "baseline" else encoder.hidden
+        try:
+            heads.make_classifier(model, num_classes=num_classes, input_dim=input_dim, seq_len=d.merge)
+        except ValueError as e:
+            raise LimuBertError(f"config.downstream.{field}: {model} on {d.merge}-step sub-windows of "
+                                f"{input_dim} features: {e}") from None
 
 
 TASK_RUNNERS = {"embed": embed, "classify": classify, "finetune": finetune, "baseline": baseline, "report": run_report}

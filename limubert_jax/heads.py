@@ -48,6 +48,7 @@ from limubert_jax.classifier import (
     stacked_rnn,
 )
 from limubert_jax.model import Linear
+from limubert_jax.precision import dot, dot_precision, einsum
 from limubert_jax.xla_options import compile_once
 
 HEADS = ("gru_v1", "gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1")  # over LIMU-BERT embeddings
@@ -76,6 +77,7 @@ def _conv(x: jax.Array, features: int, kernel: tuple[int, ...], name: str) -> ja
         features,
         kernel,
         padding="VALID",
+        precision=dot_precision(),
         kernel_init=_torch_uniform(fan_in),
         bias_init=_torch_uniform(fan_in),
         name=name,
@@ -335,12 +337,12 @@ class MultiheadAttention(nn.Module):
         head = e // self.num_heads
 
         def split(x, i):  # [B, T, E] -> [B, heads, T, head]
-            y = jnp.dot(x, w[:, i * e : (i + 1) * e]) + bias[i * e : (i + 1) * e]
+            y = dot(x, w[:, i * e : (i + 1) * e]) + bias[i * e : (i + 1) * e]
             return y.reshape(b, t, self.num_heads, head).transpose(0, 2, 1, 3)
 
         qh, kh, vh = split(q, 0), split(k, 1), split(v, 2)
-        scores = jnp.einsum("bhqd,bhkd->bhqk", qh, kh) / math.sqrt(head)
-        out = jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(scores, axis=-1), vh)
+        scores = einsum("bhqd,bhkd->bhqk", qh, kh) / math.sqrt(head)
+        out = einsum("bhqk,bhkd->bhqd", jax.nn.softmax(scores, axis=-1), vh)
         out = out.transpose(0, 2, 1, 3).reshape(b, t, e)
         return Linear(e, name="out_proj")(out)
 

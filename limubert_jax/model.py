@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from limubert_jax.precision import dot, einsum
 from limubert_jax.xla_options import compile_once
 
 # TF-style LayerNorm epsilon of the reference, applied inside the square root.
@@ -120,7 +121,7 @@ def _linear_params(module: nn.Module, fan_in: int, features: int) -> tuple[jax.A
 
 def linear(p, x: jax.Array) -> jax.Array:
     """`Linear` as a function of its parameters {kernel, bias}."""
-    return jnp.dot(x, p["kernel"]) + p["bias"]
+    return dot(x, p["kernel"]) + p["bias"]
 
 
 def layer_norm(p, x: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
@@ -257,7 +258,7 @@ def attention_qkv(p, h: jax.Array, cfg: LimuBertConfig) -> jax.Array:
     scale = 1.0 / math.sqrt(cfg.hidden // cfg.n_heads)
     kernel = jnp.concatenate([p["proj_q"]["kernel"] * scale, p["proj_k"]["kernel"], p["proj_v"]["kernel"]], axis=1)
     bias = jnp.concatenate([p["proj_q"]["bias"] * scale, p["proj_k"]["bias"], p["proj_v"]["bias"]])
-    return jnp.dot(h, kernel) + bias
+    return dot(h, kernel) + bias
 
 
 def attention(qkv: jax.Array, n_heads: int, positions: jax.Array | None = None) -> jax.Array:
@@ -278,9 +279,9 @@ def attention(qkv: jax.Array, n_heads: int, positions: jax.Array | None = None) 
 def softmax_attention_reference(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """softmax(q k^T) v over head-major q [..., T, D], k, v [..., S, D] -> [..., T, D]
     (q pre-scaled), as plain jnp for autodiff."""
-    scores = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
+    scores = einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("...qk,...kd->...qd", weights, v)
+    return einsum("...qk,...kd->...qd", weights, v)
 
 
 @jax.custom_vjp
@@ -297,25 +298,25 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 def _softmax_attention_fwd(q, k, v):
     # Softmax statistics in float32 whatever the operands' dtype (bfloat16 compute).
-    scores = jnp.einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
+    scores = einsum("...qd,...kd->...qk", q, k).astype(jnp.float32)
     e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
     weights = (e / jnp.sum(e, axis=-1, keepdims=True)).astype(v.dtype)
-    out = jnp.einsum("...qk,...kd->...qd", weights, v)
+    out = einsum("...qk,...kd->...qd", weights, v)
     return out, (q, k, v, weights, out)
 
 
 def _softmax_attention_bwd(residuals, d_out):
     q, k, v, weights, out = residuals
     f32 = jnp.float32
-    d_weights = jnp.einsum("...qd,...kd->...qk", d_out, v).astype(f32)
+    d_weights = einsum("...qd,...kd->...qk", d_out, v).astype(f32)
     # Softmax backward: sum_k w dw = sum_d out d_out (a [T, D] instead of a [T, S] reduction).
     row = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1, keepdims=True)
     d_scores = (weights.astype(f32) * (d_weights - row)).astype(q.dtype)
-    dq = jnp.einsum("...qk,...kd->...qd", d_scores, k)
+    dq = einsum("...qk,...kd->...qd", d_scores, k)
     # The barriers keep XLA from folding the transposes back into the dots.
     q_t, d_out_t = jax.lax.optimization_barrier((jnp.swapaxes(q, -1, -2), jnp.swapaxes(d_out, -1, -2)))
-    dk = jnp.swapaxes(jnp.einsum("...dq,...qk->...dk", q_t, d_scores), -1, -2)
-    dv = jnp.swapaxes(jnp.einsum("...dq,...qk->...dk", d_out_t, weights), -1, -2)
+    dk = jnp.swapaxes(einsum("...dq,...qk->...dk", q_t, d_scores), -1, -2)
+    dv = jnp.swapaxes(einsum("...dq,...qk->...dk", d_out_t, weights), -1, -2)
     return dq, dk, dv
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from limubert_jax import masking
+from limubert_jax import masking, precision
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.normalization import normalize
 from limubert_jax.sharding import batch_sharded, replicated, stacked_batch_sharded
@@ -95,11 +95,13 @@ def squared_errors(params, model_config: LimuBertConfig, masked, positions, targ
 
 
 def train_step(state: TrainState, raw: jax.Array, rng: jax.Array, *, model_config: LimuBertConfig,
-               mask_config: MaskConfig, tx: optax.GradientTransformation, compute_dtype=jnp.float32):
+               mask_config: MaskConfig, tx: optax.GradientTransformation, compute_dtype=jnp.float32,
+               matmul_precision: str = "highest"):
     """One optimizer step on the mean squared error over all masked (B, M, F) targets.
 
     raw: [B, S, F_raw] raw windows. Returns (new state, {"loss": loss before the update}).
     Parameters and optimizer state stay float32 whatever `compute_dtype` (see `squared_errors`).
+    The forward and backward matmuls run at `matmul_precision` (see `limubert_jax.precision`).
     """
     masked, positions, targets = mask_batch(jax.random.fold_in(rng, state.step), raw, model_config, mask_config)
 
@@ -107,7 +109,8 @@ def train_step(state: TrainState, raw: jax.Array, rng: jax.Array, *, model_confi
         errors = squared_errors(params, model_config, masked, positions, targets, compute_dtype)
         return jnp.sum(errors) / targets.size
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    with precision.matmul_precision(matmul_precision):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {"loss": loss}
@@ -163,35 +166,30 @@ def eval_step(params, raw: jax.Array, weights: jax.Array, key: jax.Array, *, mod
     return jnp.sum(errors * weights), jnp.sum(weights) * per_window
 
 
-def jit_train_step(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: MaskConfig,
-                   tx: optax.GradientTransformation, compute_dtype=jnp.float32):
-    """`train_step(state, raw, rng)` compiled for `mesh`: state replicated (and donated),
-    batch split on `data`."""
-    step = functools.partial(train_step, model_config=model_config, mask_config=mask_config, tx=tx,
-                             compute_dtype=compute_dtype)
+def jit_train_step(mesh: Mesh, **step_kwargs):
+    """`train_step(state, raw, rng, **step_kwargs)` compiled for `mesh`: state replicated
+    (and donated), batch split on `data`."""
+    step = functools.partial(train_step, **step_kwargs)
     rep = replicated(mesh)
     return jax.jit(step, in_shardings=(rep, batch_sharded(mesh), rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))
 
 
-def jit_train_steps(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: MaskConfig,
-                    tx: optax.GradientTransformation, compute_dtype=jnp.float32):
-    """`train_steps(state, raws, rng)` compiled for `mesh`: raws [K, B, ...] split on `data`
-    along B; one compile per distinct K."""
-    steps = functools.partial(train_steps, model_config=model_config, mask_config=mask_config, tx=tx,
-                              compute_dtype=compute_dtype)
+def jit_train_steps(mesh: Mesh, **step_kwargs):
+    """`train_steps(state, raws, rng, **step_kwargs)` compiled for `mesh`: raws [K, B, ...]
+    split on `data` along B; one compile per distinct K."""
+    steps = functools.partial(train_steps, **step_kwargs)
     rep = replicated(mesh)
     return jax.jit(steps, in_shardings=(rep, stacked_batch_sharded(mesh), rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))
 
 
-def jit_resident_epoch(mesh: Mesh, *, steps: int, batch_size: int, model_config: LimuBertConfig,
-                       mask_config: MaskConfig, tx: optax.GradientTransformation, compute_dtype=jnp.float32):
-    """`resident_epoch(state, windows, epoch_key, rng)` compiled for `mesh`: the windows
-    replicated on every device (IMU datasets are tens of MB), each batch split on `data`."""
+def jit_resident_epoch(mesh: Mesh, *, steps: int, batch_size: int, **step_kwargs):
+    """`resident_epoch(state, windows, epoch_key, rng)` compiled for `mesh` (`step_kwargs`:
+    `train_step`'s): the windows replicated on every device (IMU datasets are tens of MB),
+    each batch split on `data`."""
     epoch = functools.partial(resident_epoch, steps=steps, batch_size=batch_size,
-                              batch_sharding=batch_sharded(mesh), model_config=model_config,
-                              mask_config=mask_config, tx=tx, compute_dtype=compute_dtype)
+                              batch_sharding=batch_sharded(mesh), **step_kwargs)
     rep = replicated(mesh)
     return jax.jit(epoch, in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 

@@ -39,7 +39,7 @@ from orbax.checkpoint import checkpoint_managers
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from limubert_jax import downstream, input_pipeline, optim, plots, storage
+from limubert_jax import downstream, input_pipeline, optim, plots, precision, storage
 from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM
 from limubert_jax.errors import LimuBertError
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
@@ -96,6 +96,7 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
         )
     try:
         compute_dtype_of(train.compute_dtype)
+        precision.check_matmul_precision(train.matmul_precision)
     except ValueError as e:
         raise LimuBertError(f"config.train: {e}") from None
     try:
@@ -249,29 +250,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if jax.process_count() > 1 and tasks != ["pretrain"]:
         raise LimuBertError(f"config.task {config.task!r}: a run of {jax.process_count()} processes "
                             "pretrains only; run downstream tasks in one process")
+    # Every stage is checked before the first one runs: a bad downstream field fails in
+    # seconds, not after the pretraining before it.
+    data = load_data(config)
+    model_config = check_pretrain_config(config, data)[0] if "pretrain" in tasks else None
+    first_downstream = next((i for i, task in enumerate(tasks) if task != "pretrain"), len(tasks))
+    downstream.check_config(config, Path(workdir), tasks, data,
+                            pretrained_config=model_config if "pretrain" in tasks[:first_downstream] else None)
     summary: dict[str, Any] = {}
     inputs = None  # downstream tasks after the last pretraining share their loaded data
     for task in tasks:
         if task == "pretrain":
-            summary, inputs = pretrain(config, workdir), None
+            summary, inputs = pretrain(config, workdir, data), None
         else:
-            inputs = inputs or downstream.Inputs(config, Path(workdir))
+            inputs = inputs or downstream.Inputs(config, Path(workdir), data)
             summary = downstream.TASK_RUNNERS[task](config, Path(workdir), inputs=inputs)
     return summary
 
 
-def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def check_pretrain_config(config: ml_collections.ConfigDict, data: input_pipeline.PretrainData,
+                          mesh=None) -> tuple[LimuBertConfig, MaskConfig]:
+    """The model and masking configs, once every pretraining field is checked against `data`
+    and the device mesh (default: all devices); a bad field is a `LimuBertError` naming it."""
+    model_config, mask_config = model_config_from(config), mask_config_from(config)
+    _check_config(config, data, model_config, mask_config, make_mesh() if mesh is None else mesh)
+    return model_config, mask_config
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
+             data: input_pipeline.PretrainData | None = None) -> dict[str, Any]:
     """Pretrains LIMU-BERT as `config` says, resuming from `workdir` if it holds a run.
 
-    `workdir` is a local directory or a bucket path (`gs://...`). Returns the summary also
-    written to `workdir/summary.json` (by process 0).
+    `workdir` is a local directory or a bucket path (`gs://...`); `data`: the dataset already
+    loaded by `load_data(config)`. Returns the summary also written to
+    `workdir/summary.json` (by process 0).
     """
     workdir = storage.as_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    model_config, mask_config = model_config_from(config), mask_config_from(config)
     mesh = make_mesh()
-    data = load_data(config)
-    _check_config(config, data, model_config, mask_config, mesh)
+    data = load_data(config) if data is None else data
+    model_config, mask_config = check_pretrain_config(config, data, mesh)
+    workdir.mkdir(parents=True, exist_ok=True)
 
     steps_per_epoch = input_pipeline.steps_per_epoch(data, config.train.batch_size)
     total_steps = steps_per_epoch * config.train.num_epochs
@@ -307,7 +325,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str
         logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
 
     step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
-                       compute_dtype=compute_dtype_of(config.train.compute_dtype))
+                       compute_dtype=compute_dtype_of(config.train.compute_dtype),
+                       matmul_precision=config.train.matmul_precision)
     if config.train.device_resident:
         run_epoch = _resident_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch)
     else:

@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from limubert_jax.precision import dot
+
 _BISECTION_STEPS = 64
 _LOG_BETA_RANGE = 30.0  # bisection over log(beta * scale) in [-30, 30]
 _MIN_GAIN = 0.01
 _P_FLOOR = 1e-12
-_HIGHEST = jax.lax.Precision.HIGHEST
 _BLOCK_ROWS = 256  # rows of P per gradient block ([256, N] temporaries stay in cache)
 
 
@@ -47,7 +48,7 @@ def _squared_distances(x: jax.Array) -> jax.Array:
     """
     x = x - jnp.mean(x, axis=0)
     sq = jnp.sum(x * x, axis=1)
-    d = sq[:, None] + sq[None, :] - 2.0 * jnp.matmul(x, x.T, precision=_HIGHEST)
+    d = sq[:, None] + sq[None, :] - 2.0 * dot(x, x.T)
     d = jnp.maximum(d, 0.0)
     return d * (1.0 - jnp.eye(x.shape[0], dtype=d.dtype))
 
@@ -144,7 +145,7 @@ def _pca_init(x: jax.Array) -> jax.Array:
     components = vt[:k]
     # Fix the SVD's sign ambiguity: the largest-magnitude loading of each component is positive.
     signs = jnp.sign(components[jnp.arange(k), jnp.argmax(jnp.abs(components), axis=1)])
-    y = centered @ (components * jnp.where(signs == 0, 1.0, signs)[:, None]).T
+    y = dot(centered, (components * jnp.where(signs == 0, 1.0, signs)[:, None]).T)
     if y.shape[1] < 2:  # D == 1: pad a zero column.
         y = jnp.pad(y, ((0, 0), (0, 2 - y.shape[1])))
     std = jnp.std(y[:, 0])
@@ -174,8 +175,8 @@ def _gradient_sums(p_blocks: jax.Array, y: jax.Array, n: int):
         p_block, y_block = args
         d = (y_block[:, None, 0] - y[None, :, 0]) ** 2 + (y_block[:, None, 1] - y[None, :, 1]) ** 2
         num = 1.0 / (1.0 + d)  # [B, N]
-        return (jnp.matmul(p_block * num, y_aug, precision=_HIGHEST),
-                jnp.matmul(num * num, y_aug, precision=_HIGHEST), jnp.sum(num, axis=1))
+        return (dot(p_block * num, y_aug),
+                dot(num * num, y_aug), jnp.sum(num, axis=1))
 
     a, b, z_rows = jax.lax.map(block, (p_blocks, y_blocks))
     a = a.reshape(-1, 3)[:n]

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from limubert_jax import config_lib, downstream, train
+from limubert_jax import checkpoint, config_lib, downstream, train
 from limubert_jax.errors import LimuBertError
+from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,12 +33,11 @@ def _config(data_dir, task="pretrain", **downstream_overrides):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(tmp_path_factory, synthetic_data_dir):
     """A workdir holding a (briefly) pretrained tiny model, and the TFDS data_dir."""
-    data_dir = tmp_path_factory.mktemp("tfds")
     workdir = tmp_path_factory.mktemp("work")
-    train.train_and_evaluate(_config(data_dir), workdir)
-    return workdir, data_dir
+    train.train_and_evaluate(_config(synthetic_data_dir), workdir)
+    return workdir, synthetic_data_dir
 
 
 def test_config_argument_picks_version_and_task():
@@ -70,6 +70,54 @@ def test_a_task_the_dataset_lacks_is_a_clear_error(pretrained, tmp_path):
         train.train_and_evaluate(_config(data_dir, "report", methods="svm"), workdir)
     with pytest.raises(LimuBertError, match="no pretrained LIMU-BERT"):
         train.train_and_evaluate(_config(data_dir, "classify"), tmp_path / "empty")
+
+
+@pytest.mark.parametrize("task, overrides, message", [
+    ("pretrain+report", {"label": "position"},
+     r"^config\.downstream\.label: dataset synthetic_imu has no task 'position'; its tasks: activity, user$"),
+    ("pretrain+report", {"methods": "limu_gru_v2,svm"}, r"^config\.downstream\.methods: unknown method 'svm'"),
+    ("pretrain+report", {"methods": "limu_gru_v7"}, r"^config\.downstream\.methods: unknown method 'limu_gru_v7'"),
+    ("pretrain+report", {"methods": ""}, r"^config\.downstream\.methods is empty"),
+    ("pretrain+classify", {"classifier": "svm"}, r"^config\.downstream\.classifier: unknown head 'svm'"),
+    ("pretrain+baseline", {"baseline": "gru_v2"}, r"^config\.downstream\.baseline: unknown baseline 'gru_v2'"),
+    ("pretrain+report", {"merge": 7}, r"^config\.downstream\.merge=7 must divide the 120-step windows"),
+    ("pretrain+finetune", {"merge": 0}, r"^config\.downstream\.merge must be a positive integer, got 0"),
+    ("pretrain+report", {"label_rate": 0.0}, r"^config\.downstream\.label_rate must be in \(0, 1\], got 0\.0"),
+    ("pretrain+report", {"label_rate": 1.5}, r"^config\.downstream\.label_rate must be in \(0, 1\]"),
+    ("pretrain+report", {"num_epochs": 0}, r"^config\.downstream\.num_epochs must be a positive integer"),
+    # The test model's 24-wide embeddings are too narrow for CNN2D's conv/pool stack.
+    ("pretrain+report", {"methods": "dcnn,limu_cnn2_v1"},
+     r"^config\.downstream\.methods: cnn2_v1 on 20-step sub-windows of 24 features: .*shrinks"),
+    ("pretrain+embed", {"encoder": "/nonexistent/encoder"}, r"^no pretrained LIMU-BERT in /nonexistent/encoder"),
+    ("classify", {}, r"^no pretrained LIMU-BERT in .*new-run"),
+], ids=["label", "method", "head-of-method", "no-methods", "classifier", "baseline", "merge-divides", "merge-positive",
+        "label-rate-0", "label-rate-1.5", "epochs", "head-fits", "encoder-path", "no-encoder"])
+def test_a_chain_fails_on_any_stage_before_the_first_step(pretrained, tmp_path, monkeypatch, task, overrides,
+                                                          message):
+    _, data_dir = pretrained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stage started before the chain was checked")
+
+    monkeypatch.setattr(train, "pretrain", no_training)
+    monkeypatch.setattr(downstream, "fit", no_training)
+    workdir = tmp_path / "new-run"
+    with pytest.raises(LimuBertError, match=message):
+        train.train_and_evaluate(_config(data_dir, task, **overrides), workdir)
+    assert not workdir.exists()  # nothing written
+
+
+def test_a_chain_checks_an_existing_encoder_against_the_data(pretrained, tmp_path):
+    _, data_dir = pretrained
+    short = LimuBertConfig(hidden=8, hidden_ff=16, n_layers=1, n_heads=2, seq_len=100)
+    encoder = checkpoint.save_model(tmp_path / "short", LimuBertModel4Pretrain(short).init_params(jax.random.key(0)),
+                                    short)
+    with pytest.raises(LimuBertError, match=r"the encoder takes windows of 100 steps x 6 features; "
+                                            r"dataset synthetic_imu/20_120 has 120 x 9"):
+        train.train_and_evaluate(_config(data_dir, "report", encoder=str(encoder)), tmp_path / "other")
+    # A baseline needs no encoder, so the same chain without one is fine to start.
+    train.downstream.check_config(_config(data_dir, "baseline"), tmp_path / "empty", ["baseline"],
+                                  train.load_data(_config(data_dir)))
 
 
 def test_fit_keeps_the_best_validation_epoch_and_respects_frozen_parameters():

@@ -1,0 +1,254 @@
+"""Exactness and training precision on whatever accelerator JAX finds, as one table.
+
+    python benchmarks/accelerator_check.py --out /tmp/accel           # golden + embed CLI + tests + training
+    python benchmarks/accelerator_check.py --out /tmp/accel --skip-tests --train-steps 20
+
+CPU tests cannot see matmul precision (XLA:CPU computes full float32 whatever is asked), so
+this is the check to run on a GPU or TPU. In about 3 minutes on one GPU it:
+
+* parity: converts each released PyTorch checkpoint (`../shared/reference/weights`) and
+  compares the encoder's embeddings, the reconstruction and the GRU classifier's logits
+  with the original code's outputs (`golden/released_*.npz`), through the Python API and
+  through the `embed` command (a subprocess, as a user runs it); tolerance 1e-4;
+* tests: runs `pytest tests/test_golden.py tests/test_roundtrip.py tests/test_precision.py`
+  (less its end-to-end dump test, which needs the datasets) on the same device;
+* training: `--train-steps` steps of base_v1 pretraining (batch 128, BertAdam, the same
+  synthetic windows and masks) at each `train.matmul_precision` and with bfloat16 compute:
+  ms per step and how far each loss curve strays from full float32. On a CPU the reduced
+  precisions are emulated by rounding every matmul operand (TF32: 10 mantissa bits,
+  one bfloat16 pass: 7), which is what the accelerators' units do to their inputs.
+
+Prints one markdown table (and writes `accelerator_check.json`, `accelerator_check.md` and
+`training_precision.png` to `--out`); exits 1 when a parity row or a test failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RELEASED = ("hhar", "motion", "uci", "shoaib")
+TOLERANCE = 1e-4
+PRECISION_MODES = ("highest", "high", "default", "bfloat16")  # the last: compute_dtype bf16 at 'default'
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _max_error(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def parity_rows(reference: Path, scratch: Path) -> list[dict]:
+    """Released weights vs golden outputs through the API and the embed CLI."""
+    import jax.numpy as jnp
+
+    from limubert_jax import checkpoint, convert
+    from limubert_jax.classifier import GRUClassifier
+    from limubert_jax.model import LimuBertModel4Pretrain
+
+    rows = []
+    for name in RELEASED:
+        golden = np.load(reference / "golden" / f"released_{name}.npz")
+        bert_dir, gru_dir = scratch / f"limu_bert_{name}", scratch / f"gru_{name}"
+        convert.from_torch(reference / "weights" / f"limu_bert_{name}_20_120.pt", bert_dir)
+        convert.from_torch(reference / "weights" / f"gru_classifier_{name}_20_120.pt", gru_dir)
+        _, config, params = checkpoint.load_model(bert_dir)
+        model = LimuBertModel4Pretrain(config)
+        variables = {"params": params}
+        checks = {
+            "embeddings (model.encode)": (model.apply(variables, golden["inputs"], method=model.encode),
+                                          golden["embeddings"]),
+            "reconstruction": (model.apply(variables, golden["inputs"]), golden["reconstruction"]),
+            "masked reconstruction": (model.apply(variables, golden["mask_seqs"],
+                                                  jnp.asarray(golden["masked_pos"], jnp.int32)),
+                                      golden["reconstruction_masked"]),
+        }
+        _, gru_config, gru_params = checkpoint.load_model(gru_dir)
+        checks["GRU classifier logits"] = (GRUClassifier(gru_config).apply({"params": gru_params},
+                                                                          golden["classifier_windows"]),
+                                           golden["classifier_logits"])
+        np.save(scratch / f"{name}_inputs.npy", golden["inputs"])
+        out = scratch / f"{name}_embeddings.npy"
+        cli = subprocess.run([sys.executable, "-m", "limubert_jax.embed", "--checkpoint", str(bert_dir),
+                              "--input", str(scratch / f"{name}_inputs.npy"), "--output", str(out),
+                              "--input-normalized"], capture_output=True, text=True, check=False)
+        for what, (got, want) in checks.items():
+            error = _max_error(got, want)
+            rows.append({"section": "parity", "check": f"{name}: {what}", "value": f"{error:.2e}",
+                         "limit": f"{TOLERANCE:g}", "ok": error <= TOLERANCE})
+        if cli.returncode == 0:
+            error = _max_error(np.load(out), golden["embeddings"])
+            rows.append({"section": "parity", "check": f"{name}: embed CLI", "value": f"{error:.2e}",
+                         "limit": f"{TOLERANCE:g}", "ok": error <= TOLERANCE})
+        else:
+            rows.append({"section": "parity", "check": f"{name}: embed CLI", "ok": False, "limit": "exit 0",
+                         "value": f"exit {cli.returncode}: {cli.stderr.strip().splitlines()[-1:]}"})
+        _log(f"parity {name}: done")
+    return rows
+
+
+def test_rows() -> list[dict]:
+    """The golden, round-trip and precision test files under pytest on this device."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_golden.py",
+               "tests/test_roundtrip.py", "tests/test_precision.py", "-k", "not every_program"]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    summary = (result.stdout.strip().splitlines() or ["no output"])[-1]
+    counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|error|errors|skipped)", summary))
+    ok = result.returncode == 0 and counts.get("passed", 0) > 0
+    if not ok:
+        print(result.stdout[-4000:], result.stderr[-2000:], file=sys.stderr)
+    return [{"section": "tests", "check": "pytest golden + round trip + precision", "value": summary,
+             "limit": "all pass", "ok": ok, "seconds": round(time.perf_counter() - started, 1)}]
+
+
+@contextlib.contextmanager
+def _emulated(mantissa_bits: int):
+    """Every matmul of the model rounds its float32 operands to `mantissa_bits` (8 exponent
+    bits), as TF32 units (10) or a single bfloat16 pass (7) do; accumulation stays float32."""
+    import jax
+
+    from limubert_jax import model as model_module
+
+    def rounded(x):
+        return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=mantissa_bits)
+
+    def dot(a, b):
+        return saved[0](rounded(a), rounded(b))
+
+    def einsum(subscripts, *operands):
+        return saved[1](subscripts, *map(rounded, operands))
+
+    saved = model_module.dot, model_module.einsum
+    model_module.dot, model_module.einsum = dot, einsum
+    try:
+        yield
+    finally:
+        model_module.dot, model_module.einsum = saved
+
+
+def training_rows(steps: int, out: Path) -> list[dict]:
+    """ms/step and the loss curve's distance from full float32 for each precision mode."""
+    import jax
+    import jax.numpy as jnp
+
+    from limubert_jax import optim, sharding
+    from limubert_jax.demo import synthetic_windows
+    from limubert_jax.model import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.pretrain import MaskConfig, TrainState, jit_train_step
+
+    cfg = MODEL_CONFIGS["base_v1"]
+    batch = 128
+    windows = synthetic_windows(batch * 8, seed=7)
+    mesh = sharding.make_mesh()
+    accelerator = jax.default_backend() != "cpu"
+    modes = [(m, None) for m in PRECISION_MODES]
+    if not accelerator:  # reduced precision exists only emulated here
+        modes = [("highest", None), ("tf32 (emulated)", 10), ("bf16 1-pass (emulated)", 7)]
+    curves, rows = {}, []
+    for mode, emulate in modes:
+        tx = optim.pretrain_optimizer("bert_adam", learning_rate=1e-3, total_steps=steps * 10, warmup=0.1)
+        state = jax.device_put(TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx),
+                               sharding.replicated(mesh))
+        precision = "default" if mode == "bfloat16" else mode if emulate is None else "highest"
+        context = _emulated(emulate) if emulate else contextlib.nullcontext()
+        with context:
+            step = jit_train_step(mesh, model_config=cfg, mask_config=MaskConfig(), tx=tx, matmul_precision=precision,
+                                  compute_dtype=jnp.bfloat16 if mode == "bfloat16" else jnp.float32)
+            batches = [sharding.global_batch(windows[(i % 8) * batch:(i % 8 + 1) * batch], mesh) for i in range(steps)]
+            losses, times = [], []
+            for i in range(steps):
+                started = time.perf_counter()
+                state, metrics = step(state, batches[i], jax.random.key(1))
+                losses.append(float(metrics["loss"]))  # waits for the step
+                times.append(time.perf_counter() - started)
+        curves[mode] = np.asarray(losses)
+        ms = 1e3 * float(np.median(times[2:] if steps > 4 else times))
+        drift = float(np.max(np.abs(curves[mode] / curves["highest"] - 1.0)))
+        rows.append({"section": "training", "check": f"matmul {mode}, {steps} steps", "value": f"{ms:.2f} ms/step",
+                     "limit": f"loss vs float32: largest relative difference {drift:.2%}", "ok": True,
+                     "ms_per_step": ms, "loss_drift": drift, "final_loss": losses[-1]})
+        _log(f"training {mode}: {ms:.2f} ms/step, drift {drift:.2%}")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        for mode, curve in curves.items():
+            top.plot(curve, label=mode)
+            bottom.plot(curve / curves["highest"] - 1.0, label=mode)
+        top.set_ylabel("masked MSE")
+        bottom.set_ylabel("relative to float32")
+        bottom.set_xlabel("step")
+        top.legend()
+        top.set_title(f"base_v1 pretraining on {jax.devices()[0].device_kind}")
+        fig.tight_layout()
+        fig.savefig(out / "training_precision.png", dpi=100)
+        plt.close(fig)
+    except ImportError:
+        pass
+    return rows
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| section | check | value | limit / note | ok |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['section']} | {r['check']} | {r['value']} | {r.get('limit', '')} | "
+                     f"{'yes' if r['ok'] else '**NO**'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/accelerator-check"), help="where results go")
+    parser.add_argument("--reference", type=Path,
+                        default=Path(os.environ.get("LIMUBERT_REFERENCE_DIR", ROOT.parent / "shared" / "reference")),
+                        help="the reference directory (weights/, golden/)")
+    parser.add_argument("--train-steps", type=int, default=40, help="pretraining steps per precision mode")
+    parser.add_argument("--skip-tests", action="store_true", help="skip the pytest run")
+    parser.add_argument("--skip-parity", action="store_true", help="skip the released-weights comparison")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(ROOT))
+    import jax
+
+    device = jax.devices()[0]
+    header = (f"## limubert-jax on {jax.default_backend()}: {device.device_kind} (x{jax.device_count()}), "
+              f"JAX {jax.__version__}, Python {sys.version.split()[0]}")
+    _log(header)
+    rows: list[dict] = []
+    if not args.skip_parity:
+        if (args.reference / "golden").is_dir():
+            with tempfile.TemporaryDirectory() as scratch:
+                rows += parity_rows(args.reference, Path(scratch))
+        else:
+            rows.append({"section": "parity", "check": "released weights", "value": "skipped",
+                         "limit": f"no reference at {args.reference}", "ok": True})
+    if not args.skip_tests:
+        rows += test_rows()
+    if args.train_steps > 0:
+        rows += training_rows(args.train_steps, args.out)
+    table = markdown(rows, header)
+    print(table)
+    (args.out / "accelerator_check.md").write_text(table + "\n")
+    (args.out / "accelerator_check.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

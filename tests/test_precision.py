@@ -1,0 +1,151 @@
+"""Matmul precision in the lowered programs (XLA:CPU ignores it, so values cannot show it).
+
+Inference, evaluation and the downstream classifiers must compute full float32 on every
+backend (`precision = [HIGHEST, HIGHEST]` on every dot_general and convolution), as the
+reference does; only the pretraining train step follows `config.train.matmul_precision`.
+Two levels: the lowered text of each public entry point, and every program the real
+commands compile (JAX's IR dump) while they run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from limubert_jax import checkpoint, config_lib, embed, heads, precision, train
+from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain, encode
+from limubert_jax.pretrain import MaskConfig, TrainState, eval_step, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = LimuBertConfig(feature_num=6, hidden=8, hidden_ff=16, n_layers=2, n_heads=2, seq_len=20)
+_OP = re.compile(r"stablehlo\.(dot_general|convolution)\b.*")
+_PRECISION = re.compile(r"precision(?:_config)? = \[(?:#stablehlo<precision )?(\w+)>?, (?:#stablehlo<precision )?(\w+)")
+
+
+def matmul_precisions(text: str) -> list[str]:
+    """The precision of every dot_general and convolution in a StableHLO module's text
+    ('DEFAULT' where the op carries none)."""
+    found = []
+    for op in _OP.finditer(text):
+        match = _PRECISION.search(op.group(0))
+        found.append("DEFAULT" if match is None else match.group(1))
+        if match is not None:
+            assert match.group(1) == match.group(2), op.group(0)
+    return found
+
+
+def assert_all(text: str, want: str) -> None:
+    got = matmul_precisions(text)
+    assert got, "no matmul or convolution in the program"
+    assert set(got) == {want}, f"precisions {sorted(set(got))}, want only {want}"
+
+
+def test_the_parser_sees_each_precision():
+    x, w = jnp.ones((2, 3)), jnp.ones((3, 4))
+    assert matmul_precisions(jax.jit(jnp.dot).lower(x, w).as_text()) == ["DEFAULT"]
+    with precision.matmul_precision("high"):
+        assert matmul_precisions(jax.jit(precision.dot).lower(x, w).as_text()) == ["HIGH"]
+    assert matmul_precisions(jax.jit(precision.dot).lower(x, w).as_text()) == ["HIGHEST"]
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return LimuBertModel4Pretrain(TINY).init_params(jax.random.key(0))
+
+
+@pytest.mark.parametrize("chunk", [None, 0, 4])  # the backend's default, the whole batch (GPU/TPU), chunks (CPU)
+def test_encoder_through_the_public_api_is_full_float32(tiny_params, chunk):
+    x = jnp.zeros((8, 20, 6))
+    model = LimuBertModel4Pretrain(TINY)
+    if chunk is None:
+        text = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode)).lower(tiny_params, x).as_text()
+    else:
+        text = jax.jit(lambda p, x: encode(p["transformer"], x, TINY, chunk=chunk)).lower(tiny_params, x).as_text()
+    assert_all(text, "HIGHEST")
+    positions = jnp.zeros((8, 3), jnp.int32)
+    assert_all(jax.jit(model.apply).lower({"params": tiny_params}, x, positions).as_text(), "HIGHEST")
+
+
+def test_embed_cli_program_is_full_float32(tiny_params):
+    windows = jnp.zeros((4, 20, 6))
+    for normalized in (False, True):
+        assert_all(embed._encode.lower(tiny_params, windows, config=TINY, normalized=normalized).as_text(), "HIGHEST")
+
+
+@pytest.mark.parametrize("name", heads.HEADS + heads.BASELINES)
+def test_every_classifier_is_full_float32(name):
+    input_dim = 6 if name in heads.BASELINES else 72  # the paper sizes
+    module = heads.make_classifier(name, num_classes=3, input_dim=input_dim, seq_len=20)
+    params = jax.eval_shape(lambda k: heads.init_classifier(module, k, seq_len=20, input_dim=input_dim),
+                            jax.random.key(0))
+    x = jnp.zeros((2, 20, input_dim))
+    assert_all(jax.jit(lambda p, x: module.apply({"params": p}, x, train=False)).lower(params, x).as_text(),
+               "HIGHEST")
+
+
+def _lowered_train_step(params, **kwargs) -> str:
+    tx = optax.adam(1e-3)
+    state = TrainState.create(params, tx)
+    step = jax.jit(lambda s, raw, key: train_step(s, raw, key, model_config=TINY, mask_config=MaskConfig(),
+                                                  tx=tx, **kwargs))
+    return step.lower(state, jnp.ones((4, 20, 6)), jax.random.key(0)).as_text()
+
+
+def test_train_step_follows_matmul_precision_and_eval_stays_full(tiny_params):
+    assert_all(_lowered_train_step(tiny_params), "HIGHEST")  # the default: the reference's float32
+    assert_all(_lowered_train_step(tiny_params, matmul_precision="default"), "DEFAULT")
+    assert_all(_lowered_train_step(tiny_params, matmul_precision="high"), "HIGH")
+    assert_all(_lowered_train_step(tiny_params, matmul_precision="default", compute_dtype=jnp.bfloat16), "DEFAULT")
+    # The scope ends with the step: validation traced afterwards is full float32 again.
+    evaluate = jax.jit(lambda p, raw, w, k: eval_step(p, raw, w, k, model_config=TINY, mask_config=MaskConfig()))
+    assert_all(evaluate.lower(tiny_params, jnp.ones((4, 20, 6)), jnp.ones(4), jax.random.key(0)).as_text(), "HIGHEST")
+    with pytest.raises(ValueError, match=r"matmul_precision 'tf32': use one of highest, high, default"):
+        _lowered_train_step(tiny_params, matmul_precision="tf32")
+
+
+@pytest.fixture
+def ir_dump(tmp_path):
+    """Every program compiled inside the fixture is dumped as StableHLO into the folder yielded."""
+    folder = tmp_path / "ir"
+    jax.clear_caches()  # programs compiled by earlier tests would not be dumped again
+    jax.config.update("jax_dump_ir_to", str(folder))
+    try:
+        yield folder
+    finally:
+        jax.config.update("jax_dump_ir_to", "")
+
+
+def test_every_program_of_the_commands_is_full_float32_but_the_train_step(ir_dump, tmp_path, synthetic_data_dir):
+    """Pretraining with matmul_precision='default', then embeddings, LIMU-GRU, fine-tuning, a
+    baseline with convolutions, t-SNE and the report, then the embed CLI: only the train
+    step's programs may compute below float32."""
+    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config.dataset.data_dir = str(synthetic_data_dir)
+    config.task = "pretrain+embed+report"
+    config.train.num_epochs = 1
+    config.train.matmul_precision = "default"
+    config.downstream.update(num_epochs=2, label_rate=0.05, tsne_points=60,
+                             methods="limu_gru_v2,finetune_cnn1_v1,dcnn")
+    workdir = tmp_path / "work"
+    train.train_and_evaluate(config, workdir)
+    windows = np.zeros((3, 120, 6), np.float32)
+    np.save(tmp_path / "x.npy", windows)
+    assert embed.main(["--checkpoint", str(workdir), "--input", str(tmp_path / "x.npy"),
+                       "--output", str(tmp_path / "e.npy")]) == 0
+    assert checkpoint.load_model(workdir)[0] == "limu_bert"
+
+    by_precision: dict[str, set[str]] = {}
+    for module in sorted(ir_dump.glob("*.mlir")):
+        for p in set(matmul_precisions(module.read_text())):
+            by_precision.setdefault(p, set()).add(module.name)
+    assert set(by_precision) == {"HIGHEST", "DEFAULT"}, by_precision.keys()
+    assert by_precision["DEFAULT"] and all("train_step" in name for name in by_precision["DEFAULT"]), \
+        sorted(by_precision["DEFAULT"])
+    # Enough distinct full-precision programs: evaluation, plot, embeddings, three fits, predictions, t-SNE.
+    assert len(by_precision["HIGHEST"]) >= 8, sorted(by_precision["HIGHEST"])
