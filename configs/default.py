@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.compute_dtype = "float32"  # 'bfloat16': bf16 compute, float32 parameters and optimizer state
     config.train.matmul_precision = "highest"  # train-step matmuls: 'highest' full fp32 (the reference); 'high'/'default' TF32 (GPU), bf16 passes (TPU)
     config.train.device_resident = False  # training windows on device; each epoch (shuffle, masking) one call
+    config.train.fall_back_to_good_checkpoint = False  # resume: move a corrupted step aside and resume from the newest good one
 
     config.downstream = ml_collections.ConfigDict()
     config.downstream.label = "activity"  # the task's label, by name: activity, user, position, device_model

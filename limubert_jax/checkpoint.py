@@ -11,6 +11,7 @@ so an interrupted or failed save never leaves a half-written checkpoint under DI
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,6 +36,24 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_ITEM = "state"
 META_ITEM = "meta"
 _CONFIG_CLASSES = {LIMU_BERT: LimuBertConfig, GRU_CLASSIFIER: GRUClassifierConfig}
+
+
+def content_digest(tree) -> str:
+    """SHA-256 of a pytree's arrays: each leaf's path (dict keys, attribute names, indices),
+    dtype, shape and bytes, in path order. Containers do not matter (a `TrainState` and the
+    dict Orbax restores without a target give the same digest of the same arrays); a replicated
+    `jax.Array` is read from this process's first copy."""
+    entries = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        entries.append((name, np.ascontiguousarray(np.asarray(leaf))))
+    digest = hashlib.sha256()
+    for name, array in sorted(entries, key=lambda e: e[0]):
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    return digest.hexdigest()
 
 
 def kind_of(config) -> str:
@@ -62,7 +81,7 @@ def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: 
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(staging / PARAMS_DIR, params)
         checkpointer.wait_until_finished()
-        record = {"kind": kind_of(config), "config": config.to_dict()}
+        record = {"kind": kind_of(config), "config": config.to_dict(), "params_sha256": content_digest(params)}
         (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
@@ -137,8 +156,29 @@ def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
     kind, config = read_model_config(directory)
     params_dir = check_saved(directory)
     if _is_workdir(directory):
-        return kind, config, _to_plain_dict(restore_on_one_device(params_dir)["params"])
-    return kind, config, _to_plain_dict(restore_on_one_device(params_dir))
+        what = f"checkpoint step {params_dir.parent.name} of {directory}"
+        expected = _json(params_dir.parent / META_ITEM / "metadata", what).get("params_sha256")
+    else:
+        what, expected = f"checkpoint {directory}", _json(directory / CONFIG_FILE, str(directory)).get("params_sha256")
+    try:
+        restored = restore_on_one_device(params_dir)
+    except Exception as e:  # noqa: BLE001  (tensorstore and Orbax raise many kinds for damaged files)
+        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise LimuBertError(f"{what} cannot be read ({type(e).__name__}: {text})") from None
+    params = _to_plain_dict(restored["params"] if _is_workdir(directory) else restored)
+    # Checkpoints written before digests were recorded have none to check.
+    if expected is not None and content_digest(params) != expected:
+        raise LimuBertError(f"{what} is corrupted: its parameters differ from what was saved (SHA-256 mismatch)")
+    return kind, config, params
+
+
+def _json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as e:
+        raise LimuBertError(f"{what}: {path} is not readable JSON ({e})") from None
 
 
 def check_saved(directory: str | os.PathLike) -> Path:

@@ -26,6 +26,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from etils import epath
 
 from limubert_jax import splits
 
@@ -146,7 +147,12 @@ def _check_manual_files(builder, manual_dir: str) -> None:
     data_name, label_name = imu_npy.file_names(builder.builder_config.name)
     for file_name, key in ((data_name, "data_sha256"), (label_name, "label_sha256")):
         path = os.path.join(manual_dir, file_name)
-        if os.path.isfile(path) and imu_npy.sha256(path) != meta[key]:
+        if not os.path.isfile(path):  # never a silent fall-back to the earlier build
+            raise ValueError(
+                f"{path} does not exist; {builder.name}/{builder.builder_config.name} in {builder.data_dir} "
+                f"was built from {meta.get('source_dir')!r}: point the config at the files to train on"
+            )
+        if imu_npy.sha256(path) != meta[key]:
             raise ValueError(
                 f"{builder.name}/{builder.builder_config.name} in {builder.data_dir} was built from "
                 f"{meta.get('source_dir')!r}, and {path} differs from the file it was built from; "
@@ -205,6 +211,8 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
     vali_rate = float(_field(dataset_config, "vali_rate", splits.VALI_RATE))
 
     builder = _builder(name, version, data_dir)
+    if manual_dir is not None and not epath.Path(manual_dir).expanduser().is_dir():
+        raise ValueError(f"the manual directory {manual_dir} does not exist (config.dataset.manual_dir)")
     if manual_dir is not None and builder.is_prepared():
         _check_manual_files(builder, manual_dir)
     _prepare(builder, manual_dir)

@@ -32,7 +32,10 @@ class _QuietLibraries(py_logging.Filter):
 
 
 def quiet_libraries() -> None:
-    """Installs the filter on absl's handler (once; call from a command's entry point)."""
-    handler = logging.get_absl_handler()
-    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
-        handler.addFilter(_QuietLibraries())
+    """Installs the filter (once; call from a command's entry point) on every handler that
+    may print a library's record: absl's (absl commands), the root logger's, and Python's
+    last-resort handler (commands without absl's app, where no handler is configured)."""
+    handlers = [logging.get_absl_handler(), *py_logging.getLogger().handlers, py_logging.lastResort]
+    for handler in handlers:
+        if handler is not None and not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+            handler.addFilter(_QuietLibraries())

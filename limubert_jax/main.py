@@ -8,14 +8,11 @@ Multi-process runs: every process runs the same command, plus `--coordinator_add
 `limubert_jax.distributed`).
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
 from limubert_jax import distributed, train
-from limubert_jax.errors import LimuBertError
-from limubert_jax.log_filters import quiet_libraries
+from limubert_jax.errors import flag_value, parse_absl_flags, run_absl_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:version]).")
 _WORKDIR = flags.DEFINE_string(
@@ -27,17 +24,16 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_libraries()
-    try:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except LimuBertError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    train.train_and_evaluate(flag_value(_CONFIG), _WORKDIR.value)
+
+
+def main(argv):
+    run_absl_main(_run, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_absl_flags)

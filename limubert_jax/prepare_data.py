@@ -8,15 +8,13 @@ prints what was built: windows, features, label names and counts per task, and t
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from limubert_jax import train
-from limubert_jax.errors import LimuBertError
-from limubert_jax.log_filters import quiet_libraries
+from limubert_jax.errors import flag_value, parse_absl_flags, run_absl_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:version]).")
 flags.mark_flags_as_required(["config"])
@@ -42,16 +40,15 @@ def describe(data) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
+def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_libraries()
-    try:
-        print(describe(train.load_data(_CONFIG.value)))
-    except LimuBertError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    print(describe(train.load_data(flag_value(_CONFIG))))
+
+
+def main(argv):
+    run_absl_main(_run, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_absl_flags)

@@ -32,15 +32,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from orbax.checkpoint import checkpoint_managers
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from limubert_jax import downstream, input_pipeline, optim, plots, precision, storage
-from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM
+from limubert_jax.checkpoint import CHECKPOINTS_DIR
 from limubert_jax.errors import LimuBertError
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.normalization import normalize
@@ -55,6 +53,7 @@ from limubert_jax.pretrain import (
     mask_batch,
 )
 from limubert_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
+from limubert_jax.workdir import RunCheckpoints, WorkdirLock, check_resume
 from limubert_jax.xla_options import compile_once
 
 
@@ -102,6 +101,7 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
     try:
         check_batch_size(train.batch_size, mesh)
         check_batch_size(train.eval_batch_size, mesh)
+        input_pipeline.steps_per_epoch(data, train.batch_size)  # a batch larger than the split
     except ValueError as e:
         raise LimuBertError(f"config.train: {e}") from None
     try:  # traces the masking once, so bad mask parameters fail here rather than mid-run
@@ -111,17 +111,12 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
         raise LimuBertError(f"config.mask: {e}") from None
 
 
-def _checkpoint_manager(workdir: epath.Path) -> ocp.CheckpointManager:
-    """The run's checkpoints; every process must create it and call save/restore alike
-    (Orbax's default multiprocessing options: process 0 is the primary host, all take part)."""
-    policy = checkpoint_managers.AnyPreservationPolicy([
-        checkpoint_managers.LatestN(1),  # the resume point
-        checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),  # lowest val loss
-    ])
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, best_fn=lambda m: m["val_loss"], best_mode="min",
-    )
-    return ocp.CheckpointManager(storage.absolute(workdir / CHECKPOINTS_DIR), options=options)
+def _record_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line that is not a record (a write cut short) sorts last."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 class _MetricsWriter:
@@ -130,15 +125,19 @@ class _MetricsWriter:
     In an object store (no appends) the file is rewritten whole after each epoch instead.
     """
 
-    def __init__(self, workdir: epath.Path):
+    def __init__(self, workdir: epath.Path, start_step: int = 0):
+        """Lines of steps after `start_step` (the resume point) are dropped, and TensorBoard
+        purges its events of those steps: the resumed run writes them again."""
         self._path = workdir / "metrics.jsonl"
         self._append = storage.is_local(workdir)
+        lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+        self._lines = [line for line in lines if _record_step(line) <= start_step]
+        if len(self._lines) != len(lines):
+            self._path.write_text("".join(self._lines))
         if self._append:
             self._jsonl = open(self._path, "a")
-        else:
-            self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
         try:
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         except ImportError as e:  # tensorboardX's gs:// and s3:// writers need their client library
             logging.warning("no TensorBoard events in %s: %s", workdir, e)
             self._tb = None
@@ -257,14 +256,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     first_downstream = next((i for i, task in enumerate(tasks) if task != "pretrain"), len(tasks))
     downstream.check_config(config, Path(workdir), tasks, data,
                             pretrained_config=model_config if "pretrain" in tasks[:first_downstream] else None)
+    if "pretrain" in tasks:
+        check_resume(workdir, config)
     summary: dict[str, Any] = {}
     inputs = None  # downstream tasks after the last pretraining share their loaded data
-    for task in tasks:
-        if task == "pretrain":
-            summary, inputs = pretrain(config, workdir, data), None
-        else:
-            inputs = inputs or downstream.Inputs(config, Path(workdir), data)
-            summary = downstream.TASK_RUNNERS[task](config, Path(workdir), inputs=inputs)
+    with WorkdirLock(workdir):
+        for task in tasks:
+            if task == "pretrain":
+                summary, inputs = pretrain(config, workdir, data), None
+            else:
+                inputs = inputs or downstream.Inputs(config, Path(workdir), data)
+                summary = downstream.TASK_RUNNERS[task](config, Path(workdir), inputs=inputs)
     return summary
 
 
@@ -289,6 +291,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
     mesh = make_mesh()
     data = load_data(config) if data is None else data
     model_config, mask_config = check_pretrain_config(config, data, mesh)
+    check_resume(workdir, config)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
 
     steps_per_epoch = input_pipeline.steps_per_epoch(data, config.train.batch_size)
@@ -310,19 +313,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
     params = LimuBertModel4Pretrain(model_config).init_params(init_key)
     state = jax.device_put(TrainState.create(params, tx), replicated(mesh))
 
+    checkpoints = RunCheckpoints(workdir)
+    start_step, state = checkpoints.restore_latest(state, fall_back=config.train.fall_back_to_good_checkpoint)
+    if start_step:
+        logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
     if jax.process_index() == 0:
         (workdir / "model_config.json").write_text(
             json.dumps({"kind": "limu_bert", "config": model_config.to_dict()}, indent=2) + "\n"
         )
         (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
-    manager = _checkpoint_manager(workdir)
-    start_step = manager.latest_step() or 0
-    if start_step:
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        restored = manager.restore(start_step, args=ocp.args.Composite(
-            **{STATE_ITEM: ocp.args.StandardRestore(abstract)}))
-        state = restored[STATE_ITEM]
-        logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
 
     step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
                        compute_dtype=compute_dtype_of(config.train.compute_dtype),
@@ -332,7 +331,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
     else:
         run_epoch = _host_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, start_step)
     eval_step = jit_eval_step(mesh, model_config=model_config, mask_config=mask_config)
-    writer = _MetricsWriter(workdir) if jax.process_index() == 0 else None
+    writer = _MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None
     progress = tqdm(total=total_steps, initial=start_step, unit="step", desc="pretrain",
                     disable=jax.process_index() != 0, dynamic_ncols=True)
     step = start_step  # checkpoints are written at epoch ends, so a run resumes at one
@@ -349,6 +348,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
                     f"loss became {losses[first]} at step {bad_step} (epoch {bad_step // steps_per_epoch}); "
                     f"stopped, the last good checkpoint in {workdir / CHECKPOINTS_DIR} is kept"
                 )
+            checkpoints.check_saved()  # a failed asynchronous save stops the run here
             val_loss = _evaluate(eval_step, state.params, data, config, mesh, val_key)
             epoch = step // steps_per_epoch
             seconds = time.perf_counter() - epoch_start
@@ -361,25 +361,28 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
                 writer.write(record)
             progress.set_postfix(loss=f"{record['train_loss']:.4f}", val=f"{val_loss:.4f}")
             if epoch % config.train.checkpoint_every_epochs == 0 or step == total_steps:
-                manager.save(step, args=ocp.args.Composite(**{
-                    STATE_ITEM: ocp.args.StandardSave(state),
-                    META_ITEM: ocp.args.JsonSave(record),
-                }), metrics={"val_loss": val_loss})
-    finally:
+                checkpoints.save(step, state, record)
+    except BaseException:
         progress.close()
-        manager.wait_until_finished()
         if writer is not None:
             writer.close()
+        try:  # the error in flight is the one to report; a failed save is logged beside it
+            checkpoints.wait()
+        except LimuBertError as e:
+            logging.error("%s", e)
+        raise
+    progress.close()
+    if writer is not None:
+        writer.close()
+    checkpoints.wait()
 
-    best_step = manager.best_step()
-    best = manager.restore(best_step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
+    best_step = checkpoints.best_step()
+    best = checkpoints.record(best_step)
     summary = {"steps": total_steps, "best_step": best_step, "best_val_loss": best["val_loss"],
                "checkpoints": str(workdir / CHECKPOINTS_DIR)}
     # Every process takes part in the restore (Orbax); process 0 plots from its host copy
     # of the replicated parameters, on its own devices only.
-    best_params = manager.restore(best_step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardRestore(jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state))
-    }))[STATE_ITEM].params
+    best_params = checkpoints.restore(best_step, state).params
     if jax.process_index() == 0:
         best_params = jax.tree_util.tree_map(np.asarray, best_params)
         raw, _ = next(iter(input_pipeline.eval_batches(
@@ -395,5 +398,5 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
             np.asarray(positions), np.asarray(predictions), title=f"best step {best_step}",
         ))
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    manager.close()
+    checkpoints.close()
     return summary

@@ -221,6 +221,12 @@ def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data):
     changed = _write_npy(tmp_path / "changed", seed=1)
     with pytest.raises(ValueError, match=r"was built from .*npy.*differs.*delete .* or use another data_dir"):
         ip.load_pretrain_data(_config(data_dir, changed))
+    # A source that is not there is an error, never the earlier build.
+    with pytest.raises(ValueError, match=r"manual directory .*does/not/exist does not exist"):
+        ip.load_pretrain_data(_config(data_dir, tmp_path / "does" / "not" / "exist"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty/data_20_120\.npy does not exist; .* was built from"):
+        ip.load_pretrain_data(_config(data_dir, tmp_path / "empty"))
 
 
 def test_config_as_dict_and_defaults(dirs):

@@ -1,0 +1,328 @@
+"""What keeps a training workdir whole: one job at a time, resumes that match the run, and
+checkpoints that are verified before they are trusted.
+
+* `WorkdirLock`: a job holds `WORKDIR/.lock` while it runs. A second job on the same
+  workdir stops with one line naming the holder (pid, host, command, start time). A lock
+  whose holder is gone is taken over: on the same host when its pid is no longer alive, from
+  any host when the holder stopped refreshing it (the holder touches it every
+  `HEARTBEAT_SECONDS`; a lock older than `STALE_SECONDS` is abandoned). Creation relies on
+  `open(O_CREAT | O_EXCL)` being atomic, which local file systems and NFSv3+ guarantee; on an
+  object store (`gs://`) the lock is advisory (look, then write). In a multi-process run
+  process 0 takes it for all and tells the others.
+* `check_resume`: a rerun in a workdir that holds checkpoints must describe the same run
+  (model, masking and data fields); anything else stops before a byte is written.
+* `RunCheckpoints`: the Orbax CheckpointManager of a pretraining run, keeping the two latest
+  steps (the resume point and one before it) and the best validation step. Each step's
+  metadata carries the SHA-256 of its train state and of its parameters
+  (`checkpoint.content_digest`), written with the step and verified whenever the step is
+  restored; a step that fails is an error naming it, or, when asked, moved aside to
+  `checkpoints-corrupt/` and the newest good step resumed instead. An asynchronous save that
+  failed stops the run at the next epoch end. Interrupted saves (Orbax's tmp directories)
+  are removed on start, and old steps are deleted by renaming them into
+  `checkpoints/deleting/` first, so a kill mid-delete leaves no half step behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers
+
+from limubert_jax import storage
+from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM, content_digest
+from limubert_jax.errors import LimuBertError
+
+LOCK_FILE = ".lock"
+HEARTBEAT_SECONDS = 60.0
+STALE_SECONDS = 600.0  # ten missed heartbeats
+CORRUPT_DIR = "checkpoints-corrupt"
+DELETING_DIR = "deleting"  # under checkpoints/: old steps renamed here, then removed
+KEEP_LATEST = 2  # the resume point and the step before it, to fall back to
+
+# Config fields a resumed run must share with the run that wrote the checkpoints; where the
+# data live (data_dir, manual_dir) may change, what they are may not.
+RESUME_FIELDS = {
+    "model": None,  # every field
+    "mask": None,
+    "dataset": ("name", "version", "seed", "train_rate", "vali_rate"),
+}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class WorkdirLock:
+    """`with WorkdirLock(workdir):` holds the workdir for one job (see the module docstring)."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.workdir = storage.as_path(workdir)
+        self.path = self.workdir / LOCK_FILE
+        self._record = {"pid": os.getpid(), "host": socket.gethostname(),
+                        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:300]}
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def __enter__(self) -> "WorkdirLock":
+        error = None
+        if jax.process_index() == 0:
+            try:
+                self._acquire()
+            except LimuBertError as e:
+                error = str(e)
+        if jax.process_count() > 1:  # everyone learns whether process 0 got it
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+            if not int(ok) and error is None:
+                error = f"{self.workdir}: process 0 could not lock the workdir (see its error)"
+        if error is not None:
+            raise LimuBertError(error)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if jax.process_index() == 0:
+            self._stop.set()
+            if self._heartbeat is not None:
+                self._heartbeat.join()
+            if self._holder() == self._record:
+                self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # being written, or damaged: judged by its age alone
+
+    def _age(self) -> float:
+        try:
+            return time.time() - os.stat(self.path).st_mtime if storage.is_local(self.path) else 0.0
+        except FileNotFoundError:
+            return 0.0
+
+    def _acquire(self) -> None:
+        try:
+            if self.workdir.exists() and not self.workdir.is_dir():
+                raise LimuBertError(f"workdir {self.workdir} exists and is not a directory")
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LimuBertError(f"workdir {self.workdir}: cannot create it ({e.strerror or e})") from None
+        for _ in range(3):
+            if self._create():
+                self._start_heartbeat()
+                return
+            holder = self._holder()
+            if holder is None:
+                continue  # released meanwhile
+            same_host = holder.get("host") == self._record["host"]
+            dead = same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+            if dead or self._age() > STALE_SECONDS:
+                logging.warning("taking over the lock of a run that is gone: %s", holder or self.path)
+                self.path.unlink(missing_ok=True)
+                continue
+            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}: "
+                   f"{holder.get('command')}") if holder else "a process whose lock is being written"
+            raise LimuBertError(
+                f"workdir {self.workdir} is in use by another run ({who}); wait for it to end, or, if that "
+                f"run is gone, delete {self.path}"
+            )
+        raise LimuBertError(f"workdir {self.workdir}: could not take its lock {self.path}")
+
+    def _create(self) -> bool:
+        text = json.dumps(self._record) + "\n"
+        if not storage.is_local(self.path):
+            if self.path.exists():
+                return False
+            self.path.write_text(text)
+            return True
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise LimuBertError(f"workdir {self.workdir} is not writable ({e.strerror or e})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def _start_heartbeat(self) -> None:
+        if not storage.is_local(self.path):
+            return
+
+        def beat():
+            while not self._stop.wait(HEARTBEAT_SECONDS):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    pass
+
+        self._heartbeat = threading.Thread(target=beat, name="workdir-lock-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    section = dict(config.get(name) or {})
+    fields = RESUME_FIELDS[name]
+    return section if fields is None else {k: section.get(k) for k in fields}
+
+
+def check_resume(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+    """A `LimuBertError` naming the fields that differ when `workdir` holds checkpoints of a
+    run whose config.json disagrees with `config` on what was trained (RESUME_FIELDS)."""
+    workdir = storage.as_path(workdir)
+    saved_path = workdir / "config.json"
+    if not (workdir / CHECKPOINTS_DIR).is_dir() or not saved_path.exists():
+        return
+    try:
+        saved = json.loads(saved_path.read_text())
+    except ValueError as e:
+        raise LimuBertError(f"{saved_path}: not readable JSON ({e}); the run's config is needed to resume") from None
+    now = json.loads(config.to_json())
+    diffs = []
+    for name in RESUME_FIELDS:
+        before, after = _section(saved, name), _section(now, name)
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                diffs.append(f"config.{name}.{key} is {after.get(key)!r}, the run's {before.get(key)!r}")
+    if diffs:
+        raise LimuBertError(
+            f"workdir {workdir} holds a run with another config ({'; '.join(diffs[:4])}"
+            f"{'; ...' if len(diffs) > 4 else ''}): resume with the run's config, or use another workdir"
+        )
+
+
+class CorruptCheckpointError(LimuBertError):
+    """A checkpoint step that cannot be read or whose content differs from what was saved."""
+
+
+class RunCheckpoints:
+    """A pretraining run's checkpoints (see the module docstring). Every process creates it
+    and calls save/restore alike (Orbax: process 0 writes what is replicated)."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.workdir = storage.as_path(workdir)
+        self.directory = storage.absolute(self.workdir / CHECKPOINTS_DIR)
+        policy = checkpoint_managers.AnyPreservationPolicy([
+            checkpoint_managers.LatestN(KEEP_LATEST),
+            checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),  # lowest val loss
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy, best_fn=lambda m: m["val_loss"], best_mode="min",
+            cleanup_tmp_directories=True, todelete_subdir=DELETING_DIR,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._remove_deleted()
+        self._pending: int | None = None  # a step whose asynchronous save may still be running
+
+    def _remove_deleted(self) -> None:
+        """Removes the old steps Orbax renamed into DELETING_DIR (whole or half deleted)."""
+        if jax.process_index() == 0 and (self.directory / DELETING_DIR).exists():
+            (self.directory / DELETING_DIR).rmtree(missing_ok=True)
+
+    def check_saved(self) -> None:
+        """Raises `LimuBertError` if the last asynchronous save failed."""
+        if self._pending is None:
+            return
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001  (Orbax re-raises the writer thread's error)
+            raise LimuBertError(f"saving checkpoint step {self._pending} in {self.directory} failed: "
+                                f"{_first_line(e)}") from None
+
+    def save(self, step: int, state, record: dict[str, Any]) -> None:
+        """Saves `state` at `step` with `record` (the epoch's metrics) and its digests."""
+        self.check_saved()
+        record = dict(record, state_sha256=content_digest(state), params_sha256=content_digest(state.params))
+        self.manager.save(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(record),
+        }), metrics={"val_loss": record["val_loss"]})
+        self._pending = step
+        self._remove_deleted()
+
+    def wait(self) -> None:
+        """Waits for the last save; a failure is a `LimuBertError` naming its step."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise LimuBertError(f"saving checkpoint step {self._pending} in {self.directory} failed: "
+                                f"{_first_line(e)}") from None
+        self._remove_deleted()
+
+    def record(self, step: int) -> dict[str, Any]:
+        """The metadata saved with `step` (its metrics and digests)."""
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
+        except Exception as e:  # noqa: BLE001
+            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: its metadata cannot be "
+                                         f"read ({_first_line(e)})") from None
+
+    def restore(self, step: int, like) -> Any:
+        """The train state saved at `step` (laid out like `like`), verified against its digest."""
+        expected = self.record(step).get("state_sha256")
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+        try:
+            state = self.manager.restore(step, args=ocp.args.Composite(**{
+                STATE_ITEM: ocp.args.StandardRestore(abstract)}))[STATE_ITEM]
+        except Exception as e:  # noqa: BLE001  (tensorstore and Orbax raise many kinds)
+            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory} cannot be read "
+                                         f"({_first_line(e)})") from None
+        if expected is not None and content_digest(state) != expected:
+            raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory} is corrupted: its content "
+                                         "differs from what was saved (SHA-256 mismatch)")
+        return state
+
+    def restore_latest(self, like, *, fall_back: bool) -> tuple[int, Any]:
+        """(step, state) of the newest step, or (0, `like`) when there is none. A bad step is
+        an error, or with `fall_back` moved to CORRUPT_DIR and the next newest tried."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return step, self.restore(step, like)
+            except CorruptCheckpointError as e:
+                if not fall_back:
+                    raise CorruptCheckpointError(
+                        f"{e}; rerun with --config.train.fall_back_to_good_checkpoint=True to move it to "
+                        f"{self.workdir / CORRUPT_DIR} and resume from the newest good step") from None
+                self._move_aside(step)
+                logging.warning("%s; moved to %s, trying the step before", e, self.workdir / CORRUPT_DIR)
+        return 0, like
+
+    def _move_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            target = self.workdir / CORRUPT_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+
+            multihost_utils.sync_global_devices(f"limubert_jax.workdir.move_aside:{step}")
+        self.manager.reload()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__

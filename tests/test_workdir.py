@@ -1,0 +1,222 @@
+"""A workdir is never lost or silently wrong: one job at a time, resumes that match the run,
+verified checkpoints, clean restarts after kills, one-line errors for bad command lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from limubert_jax import checkpoint, config_lib, train, workdir
+from limubert_jax.errors import LimuBertError
+from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS_PER_EPOCH = 15  # 1,920 synthetic training windows at batch 128
+
+
+def _config(data_dir, epochs: int, **train_overrides):
+    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config.dataset.data_dir = str(data_dir)
+    config.train.num_epochs = epochs
+    config.train.batch_size = 128
+    config.train.update(train_overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory, synthetic_data_dir):
+    """A run of 2 epochs (checkpoints at steps 15 and 30); tests work on copies."""
+    path = tmp_path_factory.mktemp("two-epochs") / "run"
+    train.train_and_evaluate(_config(synthetic_data_dir, 2), path)
+    return path
+
+
+@pytest.fixture
+def run(two_epochs, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(two_epochs, copy)
+    return copy
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def _main(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "limubert_jax.main", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+# ---------------------------------------------------------------------------------------
+# One job at a time.
+
+
+def test_a_second_job_exits_2_naming_the_holder(run, synthetic_data_dir):
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-11-28 09:00:00",
+              "command": "python -m limubert_jax.main --config=configs/test.py"}
+    (run / workdir.LOCK_FILE).write_text(json.dumps(holder))
+    before = _tree(run)
+    result = _main(f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={run}",
+                   f"--config.dataset.data_dir={synthetic_data_dir}", "--config.train.batch_size=128",
+                   "--config.train.num_epochs=3", cwd=run.parent)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"is in use by another run (pid {os.getpid()} on {socket.gethostname()}" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert _tree(run) == before  # nothing written, the holder's lock kept
+
+
+def test_the_lock_of_a_gone_run_is_taken_over_and_released(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = tmp_path / workdir.LOCK_FILE
+    lock.write_text(json.dumps({"pid": int(finished.stdout), "host": socket.gethostname()}))  # a dead pid
+    with workdir.WorkdirLock(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    # Another host's lock: held while it is refreshed, abandoned once it is older than STALE_SECONDS.
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "then", "command": "train"}))
+    with pytest.raises(LimuBertError, match=r"in use by another run \(pid 1 on elsewhere, started then: train\)"):
+        with workdir.WorkdirLock(tmp_path):
+            pass
+    old = time.time() - workdir.STALE_SECONDS - 5
+    os.utime(lock, (old, old))
+    with workdir.WorkdirLock(tmp_path):
+        assert json.loads(lock.read_text())["host"] == socket.gethostname()
+    assert not lock.exists()
+
+
+def test_a_workdir_that_is_a_file_or_cannot_be_made(tmp_path, synthetic_data_dir):
+    (tmp_path / "file").write_text("notes")
+    with pytest.raises(LimuBertError, match=r"workdir .*file exists and is not a directory"):
+        train.train_and_evaluate(_config(synthetic_data_dir, 1), tmp_path / "file")
+    with pytest.raises(LimuBertError, match=r"workdir .*file/run: cannot create it"):
+        train.train_and_evaluate(_config(synthetic_data_dir, 1), tmp_path / "file" / "run")
+    assert (tmp_path / "file").read_text() == "notes"
+
+
+# ---------------------------------------------------------------------------------------
+# Resumes.
+
+
+@pytest.mark.parametrize("section, field, value", [("model", "hidden", 32), ("mask", "mask_ratio", 0.2),
+                                                   ("dataset", "seed", 7)])
+def test_a_resume_with_another_run_config_writes_nothing(run, synthetic_data_dir, section, field, value):
+    config = _config(synthetic_data_dir, 3)
+    config[section][field] = value
+    before = _tree(run)
+    with pytest.raises(LimuBertError, match=rf"holds a run with another config \(config\.{section}\.{field} is "
+                                            rf"{value!r}, the run's"):
+        train.train_and_evaluate(config, run)
+    assert _tree(run) == before
+
+
+def test_a_corrupted_step_is_refused_or_skipped_when_asked_and_metrics_stay_unique(run, synthetic_data_dir):
+    meta = run / "checkpoints" / "30" / "meta" / "metadata"
+    record = json.loads(meta.read_text())
+    record["state_sha256"] = "0" * 64  # as if the state's bytes had changed on disk
+    meta.write_text(json.dumps(record))
+    with pytest.raises(LimuBertError, match=r"^checkpoint step 30 in .* is corrupted: .*SHA-256 mismatch\); rerun "
+                                            r"with --config.train.fall_back_to_good_checkpoint=True"):
+        train.train_and_evaluate(_config(synthetic_data_dir, 3), run)
+    # A kill after the metrics line of step 45 and before its checkpoint, and a line cut short.
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 45, "epoch": 3}) + "\n" + '{"step": 6')
+    train.train_and_evaluate(_config(synthetic_data_dir, 3, fall_back_to_good_checkpoint=True), run)
+    assert _steps(run) == [15, 30, 45]  # resumed from step 15: 30 and 45 logged once each
+    assert [p.name.split("-")[0] for p in (run / workdir.CORRUPT_DIR).iterdir()] == ["30"]
+    kept = {int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()}
+    assert {30, 45} <= kept <= {15, 30, 45}  # the new steps 30 and 45, and 15 if it is still the best
+
+
+def test_unreadable_checkpoint_files_are_one_line(run, synthetic_data_dir):
+    for data_file in (run / "checkpoints" / "30" / "state").rglob("d/*"):
+        data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
+    result = _main(f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={run}",
+                   f"--config.dataset.data_dir={synthetic_data_dir}", "--config.train.batch_size=128",
+                   "--config.train.num_epochs=3", cwd=run.parent)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "checkpoint step 30 in" in errors[0] and "cannot be read" in errors[0], result.stderr
+    assert len(result.stderr.splitlines()) < 15 and "Traceback" not in result.stderr
+
+
+def test_model_loads_verify_the_parameters(run, tmp_path):
+    """embed, to-torch and the downstream tasks load through `checkpoint.load_model`."""
+    best = checkpoint.best_step(run)
+    meta = run / "checkpoints" / str(best) / "meta" / "metadata"
+    record = json.loads(meta.read_text())
+    assert checkpoint.load_model(run)[0] == "limu_bert"
+    meta.write_text(json.dumps(dict(record, params_sha256="f" * 64)))
+    with pytest.raises(LimuBertError, match=rf"checkpoint step {best} of .* is corrupted: its parameters differ"):
+        checkpoint.load_model(run)
+    cfg = LimuBertConfig(hidden=8, hidden_ff=16, n_layers=1, n_heads=2, seq_len=20)
+    path = checkpoint.save_model(tmp_path / "model", LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), cfg)
+    config_file = path / checkpoint.CONFIG_FILE
+    saved = json.loads(config_file.read_text())
+    assert len(saved["params_sha256"]) == 64 and checkpoint.load_model(path)[1] == cfg
+    config_file.write_text(json.dumps(dict(saved, params_sha256="0" * 64)))
+    with pytest.raises(LimuBertError, match=r"checkpoint .*model is corrupted"):
+        checkpoint.load_model(path)
+
+
+def test_a_failed_asynchronous_save_stops_the_run_at_the_next_epoch(run, synthetic_data_dir, monkeypatch):
+    def failed(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", failed)
+    with pytest.raises(LimuBertError, match=r"^saving checkpoint step 45 in .* failed: OSError: .*No space left"):
+        train.train_and_evaluate(_config(synthetic_data_dir, 4), run)
+    assert _steps(run) == [15, 30, 45]  # stopped at the end of the epoch after the failed save
+
+
+def test_interrupted_saves_and_deletes_are_cleaned_on_start(run):
+    checkpoints = run / "checkpoints"
+    (checkpoints / "45.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)  # a save killed midway
+    (checkpoints / workdir.DELETING_DIR / "15" / "state").mkdir(parents=True)  # a delete killed midway
+    manager = workdir.RunCheckpoints(run)
+    try:
+        deadline = time.monotonic() + 30  # Orbax removes its tmp directories in the background
+        while sorted(p.name for p in checkpoints.iterdir()) != ["15", "30"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(p.name for p in checkpoints.iterdir()) == ["15", "30"]
+        assert manager.manager.all_steps() == [15, 30]
+    finally:
+        manager.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Command lines.
+
+
+def test_bad_command_lines_are_one_line(tmp_path, synthetic_data_dir):
+    test_config = ROOT / "configs" / "test.py"
+    cases = [
+        ([f"--config={test_config}", "--config.train.bogus=1"],
+         "error: --config.train.bogus=1: no config field 'bogus' (every field: configs/default.py)"),
+        ([f"--config={tmp_path / 'missing.py'}"], f"error: --config: [Errno 2] No such file or directory: "
+                                                  f"'{tmp_path / 'missing.py'}'"),
+    ]
+    for args, expected in cases:
+        result = _main(*args, f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
+        assert (result.returncode, result.stderr.strip()) == (2, expected)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(LimuBertError, match=r"^config\.train: global_batch_size 4096 is larger than the training "
+                                            r"split of synthetic_imu/20_120 \(1920 windows\)"):
+        train.train_and_evaluate(_config(synthetic_data_dir, 1, batch_size=4096), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), [])
