@@ -125,13 +125,13 @@ class _MetricsWriter:
     In an object store (no appends) the file is rewritten whole after each epoch instead.
     """
 
-    def __init__(self, workdir: epath.Path, start_step: int = 0):
-        """Lines of steps after `start_step` (the resume point) are dropped, and TensorBoard
-        purges its events of those steps: the resumed run writes them again."""
+    def __init__(self, workdir: epath.Path, start_step: int | None = None):
+        """With `start_step` (where the run starts or resumes), lines of later steps are
+        dropped and TensorBoard purges its events of those steps: the run writes them again."""
         self._path = workdir / "metrics.jsonl"
         self._append = storage.is_local(workdir)
         lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
-        self._lines = [line for line in lines if _record_step(line) <= start_step]
+        self._lines = [line for line in lines if start_step is None or _record_step(line) <= start_step]
         if len(self._lines) != len(lines):
             self._path.write_text("".join(self._lines))
         if self._append:
