@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from limubert_jax import storage
 from limubert_jax.classifier import GRUClassifierConfig
 from limubert_jax.errors import LimuBertError
 from limubert_jax.model import LimuBertConfig
@@ -48,29 +47,37 @@ def kind_of(config) -> str:
 def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: bool = False) -> Path:
     """Saves `params` and `config` as a model checkpoint directory, atomically.
 
-    An existing non-empty `directory` is an error unless `overwrite` is set; it is then
-    replaced only after the new checkpoint is complete.
+    An existing non-empty `directory` is an error unless `overwrite` is set, and even then
+    unless it is a model checkpoint (exactly `model_config.json` and `params/`): `overwrite`
+    replaces what this function writes, never a training workdir or a user's files. The old
+    checkpoint is replaced only after the new one is complete.
     """
     directory = Path(directory).absolute()
     if directory.exists() and not directory.is_dir():
         raise LimuBertError(f"{directory}: exists and is not a directory")
-    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        raise LimuBertError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    if directory.is_dir():
+        _check_replaceable(directory, overwrite)
+    with storage.staged(directory, directory=True) as (staging,):
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(staging / PARAMS_DIR, params)
         checkpointer.wait_until_finished()
         record = {"kind": kind_of(config), "config": config.to_dict()}
         (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _check_replaceable(directory: Path, overwrite: bool) -> None:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    if not names or (overwrite and names == [CONFIG_FILE, PARAMS_DIR + "/"]):
+        return
+    if not overwrite:
+        raise LimuBertError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
+    foreign = [n for n in names if n not in (CONFIG_FILE, PARAMS_DIR + "/")] or names
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    raise LimuBertError(
+        f"{directory}: is not a model checkpoint, so --overwrite will not replace it (it holds "
+        f"{shown}; a checkpoint holds exactly {CONFIG_FILE} and {PARAMS_DIR}/)"
+    )
 
 
 def restore_on_one_device(path: str | os.PathLike) -> Any:
@@ -132,13 +139,25 @@ def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
     """Loads a model: returns (kind, config, params as NumPy arrays).
 
     `path` is a checkpoint directory, or a training workdir whose best checkpoint is taken.
+    Parameters holding NaN or Inf are an error naming the first one.
     """
     directory = resolve_model_dir(path)
     kind, config = read_model_config(directory)
     params_dir = check_saved(directory)
-    if _is_workdir(directory):
-        return kind, config, _to_plain_dict(restore_on_one_device(params_dir)["params"])
-    return kind, config, _to_plain_dict(restore_on_one_device(params_dir))
+    tree = restore_on_one_device(params_dir)
+    params = _to_plain_dict(tree["params"] if _is_workdir(directory) else tree)
+    _check_finite_params(params, directory)
+    return kind, config, params
+
+
+def _check_finite_params(params: dict, source: Path) -> None:
+    for keys, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
+            name = "/".join(str(getattr(k, "key", k)) for k in keys)
+            raise LimuBertError(
+                f"{source}: parameter '{name}' holds NaN or Inf "
+                "(a damaged checkpoint, or weights saved after they diverged); refusing to use it"
+            )
 
 
 def check_saved(directory: str | os.PathLike) -> Path:

@@ -55,11 +55,12 @@ def _main(argv: Sequence[str] | None) -> None:
 
     windows = synthetic_windows(args.num_windows)
     np.save(workdir / "windows.npy", windows)
-    shape = embed.embed_file(ckpt, workdir / "windows.npy", workdir / "embeddings.npy", progress=False)
+    # The demo's files are its own: a rerun replaces them.
+    shape = embed.embed_file(ckpt, workdir / "windows.npy", workdir / "embeddings.npy", progress=False, overwrite=True)
     print(f"2. embedded {windows.shape} raw windows -> {workdir / 'embeddings.npy'} {shape}")
 
     pt_path = workdir / "limu_bert.pt"
-    convert.to_torch(ckpt, pt_path)
+    convert.to_torch(ckpt, pt_path, overwrite=True)
     print(f"3. exported {pt_path} and {pt_path.with_suffix('.json')}")
     try:
         import torch
