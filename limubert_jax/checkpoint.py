@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from limubert_jax import storage
 from limubert_jax.classifier import GRUClassifierConfig
-from limubert_jax.errors import LimuBertError
+from limubert_jax.errors import LimuBertError, first_line
 from limubert_jax.model import LimuBertConfig
 from limubert_jax.state_dict import GRU_CLASSIFIER, LIMU_BERT
 
@@ -56,6 +55,11 @@ def content_digest(tree) -> str:
     return digest.hexdigest()
 
 
+def model_record(config) -> dict[str, Any]:
+    """The content of CONFIG_FILE for a model config: its kind and fields."""
+    return {"kind": kind_of(config), "config": config.to_dict()}
+
+
 def kind_of(config) -> str:
     """The checkpoint kind of a model config object."""
     for kind, cls in _CONFIG_CLASSES.items():
@@ -67,29 +71,37 @@ def kind_of(config) -> str:
 def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: bool = False) -> Path:
     """Saves `params` and `config` as a model checkpoint directory, atomically.
 
-    An existing non-empty `directory` is an error unless `overwrite` is set; it is then
-    replaced only after the new checkpoint is complete.
+    An existing non-empty `directory` is an error unless `overwrite` is set, and even then
+    unless it is a model checkpoint (exactly `model_config.json` and `params/`): `overwrite`
+    replaces what this function writes, never a training workdir or a user's files. The old
+    checkpoint is replaced only after the new one is complete.
     """
     directory = Path(directory).absolute()
     if directory.exists() and not directory.is_dir():
         raise LimuBertError(f"{directory}: exists and is not a directory")
-    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        raise LimuBertError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    if directory.is_dir():
+        _check_replaceable(directory, overwrite)
+    with storage.staged(directory, directory=True) as (staging,):
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(staging / PARAMS_DIR, params)
         checkpointer.wait_until_finished()
-        record = {"kind": kind_of(config), "config": config.to_dict(), "params_sha256": content_digest(params)}
+        record = dict(model_record(config), params_sha256=content_digest(params))
         (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _check_replaceable(directory: Path, overwrite: bool) -> None:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    if not names or (overwrite and names == [CONFIG_FILE, PARAMS_DIR + "/"]):
+        return
+    if not overwrite:
+        raise LimuBertError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
+    foreign = [n for n in names if n not in (CONFIG_FILE, PARAMS_DIR + "/")] or names
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    raise LimuBertError(
+        f"{directory}: is not a model checkpoint, so --overwrite will not replace it (it holds "
+        f"{shown}; a checkpoint holds exactly {CONFIG_FILE} and {PARAMS_DIR}/)"
+    )
 
 
 def restore_on_one_device(path: str | os.PathLike) -> Any:
@@ -151,6 +163,7 @@ def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
     """Loads a model: returns (kind, config, params as NumPy arrays).
 
     `path` is a checkpoint directory, or a training workdir whose best checkpoint is taken.
+    Parameters holding NaN or Inf are an error naming the first one.
     """
     directory = resolve_model_dir(path)
     kind, config = read_model_config(directory)
@@ -163,12 +176,12 @@ def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
     try:
         restored = restore_on_one_device(params_dir)
     except Exception as e:  # noqa: BLE001  (tensorstore and Orbax raise many kinds for damaged files)
-        text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise LimuBertError(f"{what} cannot be read ({type(e).__name__}: {text})") from None
+        raise LimuBertError(f"{what} cannot be read ({first_line(e)})") from None
     params = _to_plain_dict(restored["params"] if _is_workdir(directory) else restored)
     # Checkpoints written before digests were recorded have none to check.
     if expected is not None and content_digest(params) != expected:
         raise LimuBertError(f"{what} is corrupted: its parameters differ from what was saved (SHA-256 mismatch)")
+    _check_finite_params(params, directory)
     return kind, config, params
 
 
@@ -179,6 +192,16 @@ def _json(path: Path, what: str) -> dict:
         return {}
     except ValueError as e:
         raise LimuBertError(f"{what}: {path} is not readable JSON ({e})") from None
+
+
+def _check_finite_params(params: dict, source: Path) -> None:
+    for keys, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
+            name = "/".join(str(getattr(k, "key", k)) for k in keys)
+            raise LimuBertError(
+                f"{source}: parameter '{name}' holds NaN or Inf "
+                "(a damaged checkpoint, or weights saved after they diverged); refusing to use it"
+            )
 
 
 def check_saved(directory: str | os.PathLike) -> Path:

@@ -17,7 +17,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from limubert_jax import checkpoint, convert, embed
+from limubert_jax import checkpoint, convert, embed, storage
 from limubert_jax.errors import run_cli
 from limubert_jax.model import MODEL_CONFIGS, LimuBertModel4Pretrain
 from limubert_jax.normalization import normalize
@@ -54,12 +54,13 @@ def _main(argv: Sequence[str] | None) -> None:
     print(f"1. saved a base_v1 checkpoint (random init) to {ckpt}")
 
     windows = synthetic_windows(args.num_windows)
-    np.save(workdir / "windows.npy", windows)
-    shape = embed.embed_file(ckpt, workdir / "windows.npy", workdir / "embeddings.npy", progress=False)
+    storage.save_npy(workdir / "windows.npy", windows)
+    # The demo's files are its own: a rerun replaces them.
+    shape = embed.embed_file(ckpt, workdir / "windows.npy", workdir / "embeddings.npy", progress=False, overwrite=True)
     print(f"2. embedded {windows.shape} raw windows -> {workdir / 'embeddings.npy'} {shape}")
 
     pt_path = workdir / "limu_bert.pt"
-    convert.to_torch(ckpt, pt_path)
+    convert.to_torch(ckpt, pt_path, overwrite=True)
     print(f"3. exported {pt_path} and {pt_path.with_suffix('.json')}")
     try:
         import torch

@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from limubert_jax import checkpoint, evaluation, heads, input_pipeline, plots, report, splits, tsne
+from limubert_jax import checkpoint, evaluation, heads, input_pipeline, plots, report, splits, storage, tsne
 from limubert_jax.embed import embed_windows
 from limubert_jax.errors import LimuBertError
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
@@ -104,13 +104,11 @@ def _check_label(config: ml_collections.ConfigDict, data) -> dict[str, tuple[str
 
 
 def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
-    """All windows of `config.dataset` (or of `data`, the `train.load_data(config)` already
+    """All windows of `config.dataset` (or of `data`, the `input_pipeline.load_data(config)` already
     loaded) and the labels of `config.downstream.label`; a task the dataset lacks is an error
     listing the tasks it has."""
     if data is None:
-        from limubert_jax import train  # noqa: PLC0415  (train imports this module)
-
-        data = train.load_data(config)
+        data = input_pipeline.load_data(config)
     task = config.downstream.label
     tasks = _check_label(config, data)
     source = data.train.source
@@ -307,8 +305,8 @@ def _write_outputs(out: Path, *, method: str, task: str, config, data: LabelledD
         "best_epoch": result.best_epoch, "best_vali_accuracy": result.best_vali_accuracy,
         "num_epochs": config.downstream.num_epochs, "seconds": seconds,
     })
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "history.json").write_text(json.dumps(result.history) + "\n")
+    storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    storage.write_text(out / "history.json", json.dumps(result.history) + "\n")
     title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {config.downstream.label_rate:g} labels"
     plots.confusion_png(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names,
                         f"{title}: test accuracy {metrics['accuracy']:.3f}")
@@ -345,7 +343,7 @@ class Inputs:
     `encoder` (model config, parameters) and `embeddings` (N, S, H)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: Path, dataset=None):
-        """`dataset`: the `train.load_data(config)` already loaded, if any."""
+        """`dataset`: the `input_pipeline.load_data(config)` already loaded, if any."""
         self.config, self.workdir, self._dataset = config, Path(workdir), dataset
 
     @functools.cached_property
@@ -377,11 +375,11 @@ def embed(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | Non
     data, embeddings = inputs.data, inputs.embeddings
     out = Path(workdir) / "embed"
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "embeddings.npy", embeddings)
-    np.save(out / f"labels_{data.labels.task}.npy", data.labels.per_step[:, 0])
+    storage.save_npy(out / "embeddings.npy", embeddings)
+    storage.save_npy(out / f"labels_{data.labels.task}.npy", data.labels.per_step[:, 0])
     summary = {"embeddings": str(out / "embeddings.npy"), "shape": list(embeddings.shape),
                "label": data.labels.task, "class_names": list(data.labels.names)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    storage.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -547,7 +545,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path, tasks: list[s
                  pretrained_config: LimuBertConfig | None = None) -> None:
     """Checks every downstream stage of `tasks` before any stage of the chain runs, so that a
     chain fails in seconds, not after its pretraining: the label exists in `dataset` (the
-    loaded `train.load_data(config)`), numbers are in range, `merge` divides the windows,
+    loaded `input_pipeline.load_data(config)`), numbers are in range, `merge` divides the windows,
     methods and heads are known and fit their inputs, and an encoder will exist and takes
     the dataset's windows. `pretrained_config`: the model that an earlier stage of the chain
     pretrains in `workdir`. Raises `LimuBertError` naming the field."""

@@ -1,11 +1,12 @@
 """LIMU-BERT embeddings of IMU windows.
 
-    python -m limubert_jax.embed --checkpoint CKPT --input X.npy --output E.npy [--input-normalized]
+    python -m limubert_jax.embed --checkpoint CKPT --input X.npy --output E.npy [--input-normalized] [--overwrite]
 
 X is (N, S, F) raw readings (acc m/s^2, gyro rad/s, mag) normalized as the reference does
 (SPEC section 1) unless `--input-normalized`; E is (N, S, hidden) float32. The input is
 memory-mapped and the output written batch by batch into a memory-mapped file, so memory
-stays bounded for N in the millions; E appears under its name only when complete.
+stays bounded for N in the millions; E appears under its name only when complete. An
+existing E is refused unless `--overwrite`, and E may never be X.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from limubert_jax import checkpoint
+from limubert_jax import checkpoint, storage
 from limubert_jax.errors import LimuBertError, run_cli
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.normalization import normalize
@@ -83,7 +83,8 @@ def embed_windows(
 
     Runs in fixed-size jitted batches (the last one padded, so one compilation serves all).
     `out` may be a preallocated (e.g. memory-mapped) array to fill. Non-finite input raises
-    `LimuBertError` naming the first bad window, before any window is encoded.
+    `LimuBertError` naming the first bad window, before any window is encoded; so does a
+    non-finite embedding, as soon as its batch is done. Input of any byte order is read.
     """
     check_windows(tuple(windows.shape), config, normalized=normalized, source=source)
     n, seq, _ = windows.shape
@@ -92,14 +93,49 @@ def embed_windows(
     batch_size = max(1, min(batch_size, n))
     params = jax.device_put(params)  # once, not per batch
     check_finite(windows, source=source)
-    for start in tqdm(range(0, n, batch_size), desc="embed", unit="batch", disable=not progress):
-        batch = np.asarray(windows[start : start + batch_size])
-        rows = len(batch)
-        if rows < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - rows,) + batch.shape[1:], batch.dtype)])
-        encoded = _encode(params, batch, config=config, normalized=normalized)
-        out[start : start + rows] = np.asarray(encoded[:rows])
+    # A context, so that an error closes the progress bar's line before it is reported.
+    with tqdm(range(0, n, batch_size), desc="embed", unit="batch", disable=not progress) as starts:
+        for start in starts:
+            batch = np.asarray(windows[start : start + batch_size])
+            if not batch.dtype.isnative:  # e.g. a big-endian .npy; JAX takes native byte order only
+                batch = batch.astype(batch.dtype.newbyteorder("="))
+            rows = len(batch)
+            if rows < batch_size:
+                batch = np.concatenate([batch, np.zeros((batch_size - rows,) + batch.shape[1:], batch.dtype)])
+            encoded = np.asarray(_encode(params, batch, config=config, normalized=normalized)[:rows])
+            finite = np.isfinite(encoded).all(axis=(1, 2))
+            if not finite.all():
+                first = int(np.argmin(finite))
+                raise LimuBertError(
+                    f"{source}: the embedding of window {start + first} is not finite (NaN or Inf): "
+                    f"input values too large for float32 arithmetic (its largest magnitude is "
+                    f"{float(np.abs(batch[first]).max()):.3g}), or non-finite model weights"
+                )
+            out[start : start + rows] = encoded
     return out
+
+
+def open_windows(input_path: str | os.PathLike) -> np.ndarray:
+    """The windows of an .npy file, memory-mapped; `LimuBertError` for anything else."""
+    input_path = Path(input_path)
+    if not input_path.is_file():
+        raise LimuBertError(f"{input_path}: no such file")
+    if input_path.stat().st_size == 0:
+        raise LimuBertError(f"{input_path}: is empty (0 bytes), not an .npy array")
+    try:
+        windows = np.load(input_path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise LimuBertError(f"{input_path}: not a readable .npy array ({e})") from None
+    if not isinstance(windows, np.ndarray):  # np.load opens a zip of arrays as an NpzFile
+        names = ", ".join(windows.files[:5])
+        windows.close()
+        raise LimuBertError(
+            f"{input_path}: is an .npz archive (arrays: {names}); embed takes one .npy array "
+            "(np.save the windows array)"
+        )
+    if not (np.issubdtype(windows.dtype, np.floating) or np.issubdtype(windows.dtype, np.integer)):
+        raise LimuBertError(f"{input_path}: dtype {windows.dtype} is not numeric")
+    return windows
 
 
 def embed_file(
@@ -110,42 +146,50 @@ def embed_file(
     normalized: bool = False,
     batch_size: int = 1024,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[int, ...]:
     """Embeds the windows of an .npy file into another .npy file; returns the output shape.
 
-    The output is staged beside its final name and renamed into place only on success.
+    An existing output is an error unless `overwrite`; an output that is the input (or the
+    checkpoint) always is. The output is staged beside its final name, its whole size
+    reserved on disk first, and renamed into place only on success.
     """
+    input_path, output_path = Path(input_path), Path(output_path)
+    storage.check_not_input(output_path, input_path, checkpoint_path)
+    if output_path.is_dir():
+        raise LimuBertError(f"{output_path}: is a directory")
+    if output_path.exists() and not overwrite:
+        raise LimuBertError(f"{output_path}: already exists (pass --overwrite to replace it)")
     kind, config, params = checkpoint.load_model(checkpoint_path)
     if kind != LIMU_BERT:
         raise LimuBertError(f"{checkpoint_path}: is a {kind} checkpoint; embedding needs a LIMU-BERT one")
-    input_path, output_path = Path(input_path), Path(output_path)
-    if not input_path.is_file():
-        raise LimuBertError(f"{input_path}: no such file")
-    try:
-        windows = np.load(input_path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise LimuBertError(f"{input_path}: not a readable .npy array ({e})") from None
-    if not (np.issubdtype(windows.dtype, np.floating) or np.issubdtype(windows.dtype, np.integer)):
-        raise LimuBertError(f"{input_path}: dtype {windows.dtype} is not numeric")
+    windows = open_windows(input_path)
     check_windows(tuple(windows.shape), config, normalized=normalized, source=str(input_path))
     n, seq, _ = windows.shape
     shape = (n, seq, config.hidden)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{output_path.name}.tmp-", suffix=".npy", dir=output_path.parent)
-    os.close(fd)
-    try:
+    with storage.staged(output_path) as (staging,):
         out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float32, shape=shape)
-        embed_windows(
-            params, config, windows, normalized=normalized, batch_size=batch_size,
-            out=out, source=str(input_path), progress=progress,
-        )
-        out.flush()
-        del out
-        os.replace(staging, output_path)
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
+        try:
+            # open_memmap leaves a sparse file: without the reservation a full disk is a SIGBUS.
+            storage.reserve(staging, staging.stat().st_size, what=output_path)
+            embed_windows(
+                params, config, windows, normalized=normalized, batch_size=batch_size,
+                out=out, source=str(input_path), progress=progress,
+            )
+            out.flush()
+        finally:
+            del out  # unmap before the file is renamed or removed
     return shape
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
 
 
 def _main(argv: Sequence[str] | None) -> None:
@@ -154,11 +198,12 @@ def _main(argv: Sequence[str] | None) -> None:
     parser.add_argument("--input", required=True, help="windows (N, S, F) as .npy")
     parser.add_argument("--output", required=True, help="embeddings (N, S, hidden) .npy to write")
     parser.add_argument("--input-normalized", action="store_true", help="input is already normalized (SPEC 1)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="windows per compiled batch")
+    parser.add_argument("--batch-size", type=_positive_int, default=1024, help="windows per compiled batch")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
     shape = embed_file(
         args.checkpoint, args.input, args.output,
-        normalized=args.input_normalized, batch_size=args.batch_size,
+        normalized=args.input_normalized, batch_size=args.batch_size, overwrite=args.overwrite,
     )
     print(f"wrote {args.output} {shape}")
 

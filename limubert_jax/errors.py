@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from typing import Any, Callable, Sequence
 
 from limubert_jax.log_filters import quiet_libraries
@@ -12,15 +15,48 @@ class LimuBertError(Exception):
     """Bad input (a file, a key, a shape, a value) explained in one line for the user."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt is for SIGINT, so `finally` blocks (which
+    remove staging files) run before the process exits."""
+
+
+def _raise_terminated(signum, frame):
+    # A second SIGTERM must not cut the cleanup short (SIGKILL still can).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
-    """Runs a command-line `main`, turning a `LimuBertError` into one stderr line and exit code 2."""
+    """Runs a command-line `main`, turning a `LimuBertError` into one stderr line and exit code 2.
+
+    SIGINT and SIGTERM end the command through its cleanup (`finally` blocks remove staging
+    files) with one stderr line and the shell's conventional status, 128 + the signal
+    number: 130 and 143. With `argv` None, `main` is the process's command (a console script
+    or `python -m`), and a signal ends the process right after the cleanup.
+    """
     quiet_libraries()
     sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
+    # Signal handlers can only be installed from the main thread.
+    handle_term = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if handle_term else None
     try:
         main(argv)
     except LimuBertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as e:
+        signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+        print(f"error: {'interrupted' if signum == signal.SIGINT else 'terminated'} ({signum.name})", file=sys.stderr)
+        if argv is None:
+            # The interpreter's teardown can crash (SIGSEGV) after a signal cut an XLA
+            # compilation short; everything that needed to run has run.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        return 128 + signum
+    finally:
+        if handle_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 
@@ -39,6 +75,12 @@ def _without_closed_loop_noise(hook):
 
     unraisablehook.drops_closed_loop_noise = True
     return unraisablehook
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """`Type: first line of the message` (libraries put the cause first and details after)."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:limit]}" if text else type(error).__name__
 
 
 def one_line(error: BaseException) -> str:

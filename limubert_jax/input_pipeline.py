@@ -29,6 +29,7 @@ import numpy as np
 from etils import epath
 
 from limubert_jax import splits
+from limubert_jax.errors import LimuBertError
 
 SPLIT = "train"  # every builder keeps all windows in one split, in source order
 FEATURE = "imu"
@@ -246,6 +247,15 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
         info=info,
         data_dir=data_dir,
     )
+
+
+def load_data(config: Any) -> PretrainData:
+    """The dataset of a run's `config.dataset`, prepared on first use; a missing or bad
+    dataset is a `LimuBertError` naming the dataset and what is wrong."""
+    try:
+        return load_pretrain_data(config.dataset)
+    except (ValueError, FileNotFoundError) as e:
+        raise LimuBertError(f"config.dataset ({config.dataset.name}/{config.dataset.version}): {e}") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +14,10 @@ CHANNEL_NAMES = ("acc x", "acc y", "acc z", "gyro x", "gyro y", "gyro z", "mag x
 
 
 def _save(fig, path: Path | epath.Path) -> Path | epath.Path:
-    """Writes the figure beside `path` and renames it into place (no half-written PNGs); in
-    an object store, where a written object appears whole, writes it directly."""
-    if not storage.is_local(path):
-        png = io.BytesIO()
-        fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
-        path.write_bytes(png.getvalue())
-        return path
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Writes the figure as a PNG, whole (`storage.write_bytes`: no half-written files)."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+    storage.write_bytes(path, png.getvalue())
     return path
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from limubert_jax import train
+from limubert_jax import input_pipeline
 from limubert_jax.errors import flag_value, parse_absl_flags, run_absl_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:version]).")
@@ -43,7 +43,7 @@ def describe(data) -> str:
 def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    print(describe(train.load_data(flag_value(_CONFIG))))
+    print(describe(input_pipeline.load_data(flag_value(_CONFIG))))
 
 
 def main(argv):

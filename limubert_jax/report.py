@@ -10,10 +10,10 @@ a missing or non-finite value is shown as "—".
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from limubert_jax import storage
 
 MISSING = "—"
 
@@ -135,13 +135,5 @@ def write_report(path, results: Mapping[str, Mapping[str, Mapping]], title: str,
     text = "\n".join(parts) + "\n"
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    storage.write_text(path, text)
     return path

@@ -38,8 +38,9 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from limubert_jax import downstream, input_pipeline, optim, plots, precision, storage
-from limubert_jax.checkpoint import CHECKPOINTS_DIR
+from limubert_jax.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, model_record
 from limubert_jax.errors import LimuBertError
+from limubert_jax.input_pipeline import load_data
 from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.normalization import normalize
 from limubert_jax.pretrain import (
@@ -133,7 +134,7 @@ class _MetricsWriter:
         lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
         self._lines = [line for line in lines if start_step is None or _record_step(line) <= start_step]
         if len(self._lines) != len(lines):
-            self._path.write_text("".join(self._lines))
+            storage.write_text(self._path, "".join(self._lines))
         if self._append:
             self._jsonl = open(self._path, "a")
         try:
@@ -149,7 +150,7 @@ class _MetricsWriter:
             self._jsonl.flush()
         else:
             self._lines.append(line)
-            self._path.write_text("".join(self._lines))
+            storage.write_text(self._path, "".join(self._lines))
         if self._tb is None:
             return
         for key, value in record.items():
@@ -225,15 +226,6 @@ def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch
         return state, metrics["loss"]
 
     return run
-
-
-def load_data(config: ml_collections.ConfigDict) -> input_pipeline.PretrainData:
-    """The dataset of `config.dataset`, prepared on first use; a missing or bad dataset is a
-    LimuBertError naming the dataset and what is wrong."""
-    try:
-        return input_pipeline.load_pretrain_data(config.dataset)
-    except (ValueError, FileNotFoundError) as e:
-        raise LimuBertError(f"config.dataset ({config.dataset.name}/{config.dataset.version}): {e}") from None
 
 
 TASKS = ("pretrain",) + downstream.DOWNSTREAM_TASKS
@@ -318,10 +310,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
     if start_step:
         logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
     if jax.process_index() == 0:
-        (workdir / "model_config.json").write_text(
-            json.dumps({"kind": "limu_bert", "config": model_config.to_dict()}, indent=2) + "\n"
-        )
-        (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
+        storage.write_text(workdir / CONFIG_FILE, json.dumps(model_record(model_config), indent=2) + "\n")
+        storage.write_text(workdir / "config.json", config.to_json(indent=2) + "\n")
 
     step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
                        compute_dtype=compute_dtype_of(config.train.compute_dtype),
@@ -397,6 +387,6 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
             workdir / "reconstruction.png", normalize(np.asarray(raw), model_config.feature_num),
             np.asarray(positions), np.asarray(predictions), title=f"best step {best_step}",
         ))
-        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        storage.write_text(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     checkpoints.close()
     return summary

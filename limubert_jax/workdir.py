@@ -41,7 +41,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from limubert_jax import storage
 from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM, content_digest
-from limubert_jax.errors import LimuBertError
+from limubert_jax.errors import LimuBertError, first_line
 
 LOCK_FILE = ".lock"
 HEARTBEAT_SECONDS = 60.0
@@ -57,16 +57,6 @@ RESUME_FIELDS = {
     "mask": None,
     "dataset": ("name", "version", "seed", "train_rate", "vali_rate"),
 }
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 class WorkdirLock:
@@ -134,7 +124,7 @@ class WorkdirLock:
             if holder is None:
                 continue  # released meanwhile
             same_host = holder.get("host") == self._record["host"]
-            dead = same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+            dead = same_host and isinstance(holder.get("pid"), int) and not storage.pid_alive(holder["pid"])
             if dead or self._age() > STALE_SECONDS:
                 logging.warning("taking over the lock of a run that is gone: %s", holder or self.path)
                 self.path.unlink(missing_ok=True)
@@ -246,7 +236,7 @@ class RunCheckpoints:
             self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001  (Orbax re-raises the writer thread's error)
             raise LimuBertError(f"saving checkpoint step {self._pending} in {self.directory} failed: "
-                                f"{_first_line(e)}") from None
+                                f"{first_line(e)}") from None
 
     def save(self, step: int, state, record: dict[str, Any]) -> None:
         """Saves `state` at `step` with `record` (the epoch's metrics) and its digests."""
@@ -264,7 +254,7 @@ class RunCheckpoints:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
             raise LimuBertError(f"saving checkpoint step {self._pending} in {self.directory} failed: "
-                                f"{_first_line(e)}") from None
+                                f"{first_line(e)}") from None
         self._remove_deleted()
 
     def record(self, step: int) -> dict[str, Any]:
@@ -273,7 +263,7 @@ class RunCheckpoints:
             return self.manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))[META_ITEM]
         except Exception as e:  # noqa: BLE001
             raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory}: its metadata cannot be "
-                                         f"read ({_first_line(e)})") from None
+                                         f"read ({first_line(e)})") from None
 
     def restore(self, step: int, like) -> Any:
         """The train state saved at `step` (laid out like `like`), verified against its digest."""
@@ -284,7 +274,7 @@ class RunCheckpoints:
                 STATE_ITEM: ocp.args.StandardRestore(abstract)}))[STATE_ITEM]
         except Exception as e:  # noqa: BLE001  (tensorstore and Orbax raise many kinds)
             raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory} cannot be read "
-                                         f"({_first_line(e)})") from None
+                                         f"({first_line(e)})") from None
         if expected is not None and content_digest(state) != expected:
             raise CorruptCheckpointError(f"checkpoint step {step} in {self.directory} is corrupted: its content "
                                          "differs from what was saved (SHA-256 mismatch)")
@@ -322,7 +312,3 @@ class RunCheckpoints:
     def close(self) -> None:
         self.manager.close()
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
