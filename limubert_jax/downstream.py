@@ -467,9 +467,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None 
                  predict_fn=predict_fn, trainable=trainable, desc=method, **_fit_kwargs(config))
     test_index = proto.split.test.index
     predictions = _predict(apply_fn, result.params, test_index, batch_size=256)
-    features = np.concatenate([
-        np.asarray(jax.jit(lambda p, i: pieces(encode(p, windows[i // per_window]), i % per_window))(
-            result.params["encoder"], test_index[i : i + 256])) for i in range(0, len(test_index), 256)])
+    test_features = jax.jit(lambda p, i: pieces(encode(p, windows[i // per_window]), i % per_window))
+    features = np.concatenate([np.asarray(test_features(result.params["encoder"], test_index[i : i + 256]))
+                               for i in range(0, len(test_index), 256)])
     return _write_outputs(run_dir(workdir, "finetune", method, config), method=method, task="finetune",
                           config=config, data=data, proto=proto, predictions=predictions,
                           tsne_features=features.mean(axis=1), result=result, seconds=time.perf_counter() - start)
