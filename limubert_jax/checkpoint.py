@@ -37,6 +37,11 @@ META_ITEM = "meta"
 _CONFIG_CLASSES = {LIMU_BERT: LimuBertConfig, GRU_CLASSIFIER: GRUClassifierConfig}
 
 
+def leaf_name(path) -> str:
+    """A pytree key path as `a/b/0`: dict keys, attribute names and indices alike."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def content_digest(tree) -> str:
     """SHA-256 of a pytree's arrays: each leaf's path (dict keys, attribute names, indices),
     dtype, shape and bytes, in path order. Containers do not matter (a `TrainState` and the
@@ -44,7 +49,7 @@ def content_digest(tree) -> str:
     `jax.Array` is read from this process's first copy."""
     entries = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+        name = leaf_name(path)
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             leaf = leaf.addressable_data(0)
         entries.append((name, np.ascontiguousarray(np.asarray(leaf))))
@@ -197,7 +202,7 @@ def _json(path: Path, what: str) -> dict:
 def _check_finite_params(params: dict, source: Path) -> None:
     for keys, leaf in jax.tree_util.tree_leaves_with_path(params):
         if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
-            name = "/".join(str(getattr(k, "key", k)) for k in keys)
+            name = leaf_name(keys)
             raise LimuBertError(
                 f"{source}: parameter '{name}' holds NaN or Inf "
                 "(a damaged checkpoint, or weights saved after they diverged); refusing to use it"
