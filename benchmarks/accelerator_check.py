@@ -55,9 +55,10 @@ def parity_rows(reference: Path, scratch: Path) -> list[dict]:
     """Released weights vs golden outputs through the API and the embed CLI."""
     import jax.numpy as jnp
 
-    from limubert_jax import checkpoint, convert
-    from limubert_jax.classifier import GRUClassifier
-    from limubert_jax.model import LimuBertModel4Pretrain
+    from limubert_jax import convert
+    from limubert_jax.io import checkpoint
+    from limubert_jax.models.encoder import LimuBertModel4Pretrain
+    from limubert_jax.models.recurrent import GRUClassifier
 
     rows = []
     for name in RELEASED:
@@ -121,7 +122,7 @@ def _emulated(mantissa_bits: int):
     bits), as TF32 units (10) or a single bfloat16 pass (7) do; accumulation stays float32."""
     import jax
 
-    from limubert_jax import model as model_module
+    from limubert_jax.models import encoder as model_module
 
     def rounded(x):
         return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=mantissa_bits)
@@ -145,10 +146,11 @@ def training_rows(steps: int, out: Path) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from limubert_jax import optim, sharding
-    from limubert_jax.demo import synthetic_windows
-    from limubert_jax.model import MODEL_CONFIGS, LimuBertModel4Pretrain
-    from limubert_jax.pretrain import MaskConfig, TrainState, jit_train_step
+    from limubert_jax.data.synthetic import synthetic_windows
+    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.pretraining import optim
+    from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_train_step
+    from limubert_jax.runtime import sharding
 
     cfg = MODEL_CONFIGS["base_v1"]
     batch = 128

@@ -51,15 +51,16 @@ def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
     import jax
     import jax.numpy as jnp
 
-    from limubert_jax import optim, sharding
-    from limubert_jax.model import MODEL_CONFIGS, LimuBertModel4Pretrain
-    from limubert_jax.pretrain import (
+    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.pretraining import optim
+    from limubert_jax.pretraining.steps import (
         MaskConfig,
         TrainState,
         jit_resident_epoch,
         jit_train_step,
         jit_train_steps,
     )
+    from limubert_jax.runtime import sharding
 
     cfg = MODEL_CONFIGS["base_v1"]
     batch = args.batch_size
@@ -104,11 +105,12 @@ def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
 def _torch_epoch_fn(args, windows: np.ndarray):
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    # The SPEC-faithful PyTorch model is test code (tests/torch_reference.py), not package code.
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
     from reference_pipeline import PretrainDataset
+    from torch_reference import LIMUBertModel4Pretrain
 
-    from limubert_jax.model import MODEL_CONFIGS
-    from limubert_jax.torch_reference import LIMUBertModel4Pretrain
+    from limubert_jax.models.encoder import MODEL_CONFIGS
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise SystemExit(f"unknown mode(s) {', '.join(unknown)}; modes: {', '.join(MODES)}")
-    from limubert_jax.demo import synthetic_windows
+    from limubert_jax.data.synthetic import synthetic_windows
 
     windows = synthetic_windows(args.windows, seed=0).astype(np.float32)
     results, runners = [], {}

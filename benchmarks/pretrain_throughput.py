@@ -12,7 +12,7 @@ the same machine, each in its own subprocess, one after the other:
   it); normalization and span masking run on device inside the step. Batches come from a
   NumPy feed (a per-epoch permutation of the windows, fed with `sharding.global_batch`) or,
   with `--input grain`, from the project's grain pipeline `input_pipeline.train_batches`.
-* PyTorch: `limubert_jax.torch_reference.LIMUBertModel4Pretrain` (the SPEC-faithful model)
+* PyTorch: `tests/torch_reference.py`'s `LIMUBertModel4Pretrain` (the SPEC-faithful model)
   trained the way the reference code trains it: a `Dataset` that normalizes and span-masks
   every window with NumPy in `__getitem__` (`benchmarks/reference_pipeline.py`), a shuffling
   `DataLoader` (num_workers 0, as the reference), `MSELoss`, `torch.optim.Adam`,
@@ -51,7 +51,7 @@ RESULT_PREFIX = "RESULT_JSON "
 
 
 def _windows(args):
-    from limubert_jax.demo import synthetic_windows
+    from limubert_jax.data.synthetic import synthetic_windows
 
     return synthetic_windows(args.num_windows, seed=args.seed)
 
@@ -77,9 +77,10 @@ def run_jax(args) -> dict:
     import jax
     import numpy as np
 
-    from limubert_jax import optim, sharding
-    from limubert_jax.model import MODEL_CONFIGS, LimuBertModel4Pretrain
-    from limubert_jax.pretrain import MaskConfig, TrainState, jit_train_step
+    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.pretraining import optim
+    from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_train_step
+    from limubert_jax.runtime import sharding
 
     raw = _windows(args)
     cfg = MODEL_CONFIGS["base_v1"]
@@ -115,7 +116,7 @@ def run_jax(args) -> dict:
     if args.input == "grain":
         from types import SimpleNamespace
 
-        from limubert_jax import input_pipeline
+        from limubert_jax.data import input_pipeline
 
         source = [{"imu": w} for w in raw]
         data = SimpleNamespace(name="synthetic", version="benchmark",
@@ -161,11 +162,12 @@ def run_torch(args) -> dict:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    # The SPEC-faithful PyTorch model is test code (tests/torch_reference.py), not package code.
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
     from reference_pipeline import PretrainDataset
+    from torch_reference import LIMUBertModel4Pretrain
 
-    from limubert_jax.model import MODEL_CONFIGS
-    from limubert_jax.torch_reference import LIMUBertModel4Pretrain
+    from limubert_jax.models.encoder import MODEL_CONFIGS
 
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(args.seed)
@@ -297,7 +299,7 @@ def parse_args(argv=None):
     parser.add_argument("--steady-steps", type=int, default=20, help="timed steady-state steps per side")
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--input", choices=("numpy", "grain"), default="numpy",
-                        help="JAX batches: NumPy permutation feed, or limubert_jax.input_pipeline.train_batches")
+                        help="JAX batches: NumPy permutation feed, or limubert_jax.data.input_pipeline.train_batches")
     parser.add_argument("--torch-threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--torch-workers", type=int, default=0, help="DataLoader num_workers (reference: 0)")
     parser.add_argument("--lr", type=float, default=1e-3)

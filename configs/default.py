@@ -33,8 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.name = "synthetic_imu"  # TFDS builder (see limubert_jax.datasets)
     config.dataset.version = "20_120"  # builder config: <rate Hz>_<window steps>
     config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: TFDS default
-    config.dataset.npy_dir = ml_collections.config_dict.placeholder(str)  # imu_npy only: dir of data_/label_<version>.npy
-    config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)  # raw files/archives of a recorded dataset (TFDS manual_dir)
+    config.dataset.manual_dir = ml_collections.config_dict.placeholder(str)  # raw files/archives of a recorded dataset, or imu_npy's data_/label_<version>.npy (TFDS manual_dir)
     config.dataset.seed = 3431  # seed of the reference's 80/10/10 window shuffle-split
     config.dataset.train_rate = 0.8  # fraction of windows for training
     config.dataset.vali_rate = 0.1  # fraction for validation (the rest is test, unused here)

@@ -2,7 +2,7 @@
 
 Every builder here produces one example per window with `imu` float32 (S, F) in physical
 units (accelerometer m/s^2, gyroscope rad/s, magnetometer uT) and its labels, in the order
-of the source, so that the reference split indices (`limubert_jax.splits`) apply. The
+of the source, so that the reference split indices (`limubert_jax.data.splits`) apply. The
 builder configs are the reference versions: `20_120` (20 Hz, 120-step windows) and
 `10_100` (10 Hz, 100-step windows).
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 
+import limubert_jax.datasets  # noqa: F401  (registers the builders)
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-
-import limubert_jax.datasets  # noqa: F401  (registers the builders)
 
 _HERE = epath.Path(__file__).parent
 

@@ -26,9 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from limubert_jax import checkpoint, storage
-from limubert_jax.errors import LimuBertError, run_cli
-from limubert_jax.state_dict import (
+from limubert_jax.io import checkpoint, storage
+from limubert_jax.io.state_dict import (
     LIMU_BERT,
     StateDict,
     detect_kind,
@@ -39,6 +38,7 @@ from limubert_jax.state_dict import (
     state_dict_to_params,
     validate_state_dict,
 )
+from limubert_jax.runtime.errors import LimuBertError, run_cli
 
 
 def _import_torch():

@@ -5,14 +5,15 @@ Rerunning the same command resumes the run in DIR. Override any config field wit
 
 Multi-process runs: every process runs the same command, plus `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I` where the cluster is not detected (see
-`limubert_jax.distributed`).
+`limubert_jax.runtime.distributed`).
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from limubert_jax import distributed, train
-from limubert_jax.errors import flag_value, parse_absl_flags, run_absl_main
+from limubert_jax import tasks
+from limubert_jax.runtime import distributed
+from limubert_jax.runtime.errors import flag_value, parse_absl_flags, run_absl_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:version]).")
 _WORKDIR = flags.DEFINE_string(
@@ -28,7 +29,7 @@ def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    train.train_and_evaluate(flag_value(_CONFIG), _WORKDIR.value)
+    tasks.run(flag_value(_CONFIG), _WORKDIR.value)
 
 
 def main(argv):

@@ -8,13 +8,12 @@ prints what was built: windows, features, label names and counts per task, and t
 
 from __future__ import annotations
 
-
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from limubert_jax import input_pipeline
-from limubert_jax.errors import flag_value, parse_absl_flags, run_absl_main
+from limubert_jax.data import input_pipeline
+from limubert_jax.runtime.errors import flag_value, parse_absl_flags, run_absl_main
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:version]).")
 flags.mark_flags_as_required(["config"])

@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import limubert_jax.datasets
 import numpy as np
 import pytest
-
-import limubert_jax.datasets
-from limubert_jax import config_lib, train
 from limubert_jax.datasets import make_dummy_data
+
+from limubert_jax import config_lib, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = ("hhar", "motionsense", "uci_hapt", "shoaib", "wisdm", "eleme", "huawei")
@@ -70,7 +70,7 @@ def test_main_job_pretrains_on_the_dummy_data(name, tmp_path):
     config.train.batch_size = 8
     config.train.eval_batch_size = 8
     config.train.num_epochs = 1
-    summary = train.train_and_evaluate(config, tmp_path / "work")
+    summary = tasks.run(config, tmp_path / "work")
     assert summary["steps"] >= 1
     records = [json.loads(line) for line in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
     assert records and all(np.isfinite([r["train_loss"], r["val_loss"]]).all() for r in records)

@@ -7,11 +7,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import limubert_jax.datasets
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
-import limubert_jax.datasets
 from limubert_jax.datasets import common
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
 from limubert_jax.datasets.synthetic_imu import synthetic_imu_dataset_builder as synthetic

@@ -12,9 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from limubert_jax import checkpoint, config_lib, downstream, train
-from limubert_jax.errors import LimuBertError
-from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax import config_lib, tasks
+from limubert_jax.data import input_pipeline
+from limubert_jax.downstream import fit, labels, runners
+from limubert_jax.io import checkpoint
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.pretraining import trainer
+from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +40,7 @@ def _config(data_dir, task="pretrain", **downstream_overrides):
 def pretrained(tmp_path_factory, synthetic_data_dir):
     """A workdir holding a (briefly) pretrained tiny model, and the TFDS data_dir."""
     workdir = tmp_path_factory.mktemp("work")
-    train.train_and_evaluate(_config(synthetic_data_dir), workdir)
+    tasks.run(_config(synthetic_data_dir), workdir)
     return workdir, synthetic_data_dir
 
 
@@ -49,11 +53,11 @@ def test_config_argument_picks_version_and_task():
 
 def test_labels_are_chosen_by_task_name(pretrained):
     _, data_dir = pretrained
-    data = downstream.load_labelled(_config(data_dir))
+    data = labels.load_labelled(_config(data_dir))
     assert data.labels.task == "activity" and data.labels.names[0] == "sit"
-    user = downstream.load_labelled(_config(data_dir, label="user"))
+    user = labels.load_labelled(_config(data_dir, label="user"))
     assert len(user.labels.names) == 10 and user.labels.per_step.shape == data.labels.per_step.shape
-    proto = downstream.protocol_split(data, _config(data_dir))
+    proto = labels.protocol_split(data, _config(data_dir))
     # Class ids index the names; every class of the synthetic set is labelled (balanced draw).
     assert set(proto.labels("train")) == set(range(len(data.labels.names)))
     counts = np.bincount(proto.labels("train"))
@@ -63,13 +67,13 @@ def test_labels_are_chosen_by_task_name(pretrained):
 def test_a_task_the_dataset_lacks_is_a_clear_error(pretrained, tmp_path):
     workdir, data_dir = pretrained
     with pytest.raises(LimuBertError, match=r"has no task 'position'; its tasks: activity, user"):
-        train.train_and_evaluate(_config(data_dir, "classify", label="position"), workdir)
+        tasks.run(_config(data_dir, "classify", label="position"), workdir)
     with pytest.raises(LimuBertError, match=r"unknown task 'clasify'"):
-        train.train_and_evaluate(_config(data_dir, "clasify"), workdir)
+        tasks.run(_config(data_dir, "clasify"), workdir)
     with pytest.raises(LimuBertError, match=r"unknown method 'svm'"):
-        train.train_and_evaluate(_config(data_dir, "report", methods="svm"), workdir)
+        tasks.run(_config(data_dir, "report", methods="svm"), workdir)
     with pytest.raises(LimuBertError, match="no pretrained LIMU-BERT"):
-        train.train_and_evaluate(_config(data_dir, "classify"), tmp_path / "empty")
+        tasks.run(_config(data_dir, "classify"), tmp_path / "empty")
 
 
 @pytest.mark.parametrize("task, overrides, message", [
@@ -99,11 +103,11 @@ def test_a_chain_fails_on_any_stage_before_the_first_step(pretrained, tmp_path, 
     def no_training(*args, **kwargs):
         raise AssertionError("a stage started before the chain was checked")
 
-    monkeypatch.setattr(train, "pretrain", no_training)
-    monkeypatch.setattr(downstream, "fit", no_training)
+    monkeypatch.setattr(trainer, "pretrain", no_training)
+    monkeypatch.setattr(runners, "fit", no_training)
     workdir = tmp_path / "new-run"
     with pytest.raises(LimuBertError, match=message):
-        train.train_and_evaluate(_config(data_dir, task, **overrides), workdir)
+        tasks.run(_config(data_dir, task, **overrides), workdir)
     assert not workdir.exists()  # nothing written
 
 
@@ -114,10 +118,10 @@ def test_a_chain_checks_an_existing_encoder_against_the_data(pretrained, tmp_pat
                                     short)
     with pytest.raises(LimuBertError, match=r"the encoder takes windows of 100 steps x 6 features; "
                                             r"dataset synthetic_imu/20_120 has 120 x 9"):
-        train.train_and_evaluate(_config(data_dir, "report", encoder=str(encoder)), tmp_path / "other")
+        tasks.run(_config(data_dir, "report", encoder=str(encoder)), tmp_path / "other")
     # A baseline needs no encoder, so the same chain without one is fine to start.
-    train.downstream.check_config(_config(data_dir, "baseline"), tmp_path / "empty", ["baseline"],
-                                  train.load_data(_config(data_dir)))
+    runners.check_config(_config(data_dir, "baseline"), tmp_path / "empty", ["baseline"],
+                          input_pipeline.load_data(_config(data_dir)))
 
 
 def test_fit_keeps_the_best_validation_epoch_and_respects_frozen_parameters():
@@ -129,7 +133,7 @@ def test_fit_keeps_the_best_validation_epoch_and_respects_frozen_parameters():
     def apply_fn(p, xb, train, key):
         return xb @ p["w"] + p["frozen"]
 
-    result = downstream.fit(apply_fn, params, x[:200], y[:200], jnp.asarray(x[200:]), y[200:], num_epochs=10,
+    result = fit.fit(apply_fn, params, x[:200], y[:200], jnp.asarray(x[200:]), y[200:], num_epochs=10,
                             batch_size=32, learning_rate=0.05, seed=0,
                             trainable={"w": True, "frozen": False})
     accuracies = result.history["vali_accuracy"]
@@ -149,8 +153,8 @@ def test_task_end_to_end_writes_metrics_and_plots(pretrained, task, method):
         config = _config(data_dir, task, num_epochs=2)
     else:
         config = _config(data_dir, task)
-    metrics = train.train_and_evaluate(config, workdir)
-    out = downstream.run_dir(workdir, task, method, config)
+    metrics = tasks.run(config, workdir)
+    out = runners.run_dir(workdir, task, method, config)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"] and 0.0 <= saved["accuracy"] <= 1.0
     assert saved["method"] == method and saved["label"] == "activity" and saved["num_labelled"] > 0
@@ -172,9 +176,9 @@ def test_embed_and_report_load_the_data_and_embed_once(pretrained, monkeypatch):
         return wrapper
 
     for name in calls:
-        monkeypatch.setattr(downstream, name, counted(name, getattr(downstream, name)))
+        monkeypatch.setattr(runners, name, counted(name, getattr(runners, name)))
     config = _config(data_dir, "embed+report", methods="limu_gru_v2,rgru,limu_gru_v1", num_epochs=2)
-    summary = train.train_and_evaluate(config, workdir)
+    summary = tasks.run(config, workdir)
     assert calls == {"load_labelled": 1, "embed_windows": 1}
     embeddings = np.load(Path(workdir) / "embed" / "embeddings.npy")
     assert embeddings.shape == (2400, 120, 24) and np.isfinite(embeddings).all()

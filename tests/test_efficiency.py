@@ -13,10 +13,11 @@ import numpy as np
 import optax
 import pytest
 
-from limubert_jax import checkpoint, config_lib, train
-from limubert_jax.errors import LimuBertError
-from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
-from limubert_jax.pretrain import MaskConfig, TrainState, epoch_order, resident_epoch, train_step
+from limubert_jax import config_lib, tasks
+from limubert_jax.io import checkpoint
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.pretraining.steps import MaskConfig, TrainState, epoch_order, resident_epoch, train_step
+from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = LimuBertConfig(hidden=24, hidden_ff=48, n_layers=2, n_heads=2, seq_len=40)
@@ -86,7 +87,7 @@ def _config(data_dir, **train_overrides):
 
 
 def _run(workdir, config):
-    summary = train.train_and_evaluate(config, workdir)
+    summary = tasks.run(config, workdir)
     records = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     params = checkpoint.ocp.StandardCheckpointer().restore(
         (Path(workdir) / "checkpoints" / str(records[-1]["step"]) / "state").absolute())["params"]
@@ -128,4 +129,4 @@ def test_main_job_device_resident_resumes_to_the_same_run(tmp_path, data_dir):
 
 def test_unknown_compute_dtype_is_a_clear_error(tmp_path, data_dir):
     with pytest.raises(LimuBertError, match="compute_dtype 'float16': use one of float32, bfloat16"):
-        train.train_and_evaluate(_config(data_dir, compute_dtype="float16"), tmp_path)
+        tasks.run(_config(data_dir, compute_dtype="float16"), tmp_path)

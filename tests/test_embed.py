@@ -13,11 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from limubert_jax import checkpoint, embed, storage
-from limubert_jax.errors import LimuBertError
-from limubert_jax.demo import synthetic_windows
-from limubert_jax.model import MODEL_CONFIGS, LimuBertModel4Pretrain
-from limubert_jax.normalization import normalize
+from limubert_jax import embed
+from limubert_jax.data.normalization import normalize
+from limubert_jax.data.synthetic import synthetic_windows
+from limubert_jax.io import checkpoint, storage
+from limubert_jax.models import inference
+from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+from limubert_jax.runtime.errors import LimuBertError
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +60,14 @@ def test_extra_raw_features_are_dropped_like_the_reference(v1):
     six = synthetic_windows(3, seed=4)
     nine = np.concatenate([six, np.random.default_rng(0).normal(size=(3, 120, 3)).astype(np.float32)], axis=-1)
     np.testing.assert_array_equal(
-        embed.embed_windows(params, cfg, nine), embed.embed_windows(params, cfg, six)
+        inference.embed_windows(params, cfg, nine), inference.embed_windows(params, cfg, six)
     )
 
 
 def test_shorter_windows_and_float64_input(v1):
     _, cfg, params = v1
     windows = synthetic_windows(4, seq_len=20, seed=5).astype(np.float64)
-    out = embed.embed_windows(params, cfg, windows, batch_size=2)
+    out = inference.embed_windows(params, cfg, windows, batch_size=2)
     assert out.shape == (4, 20, 72) and out.dtype == np.float32
     np.testing.assert_allclose(out, _direct(cfg, params, normalize(windows, 6).astype(np.float32)), atol=1e-5)
 
@@ -85,7 +87,7 @@ def test_non_finite_weights_give_an_error_naming_the_window(v1):
     broken = jax.tree_util.tree_map(np.array, params)
     broken["transformer"]["embed"]["lin"]["bias"][:] = np.nan
     with pytest.raises(LimuBertError, match="embedding of window 0 is not finite.*non-finite model weights"):
-        embed.embed_windows(broken, cfg, synthetic_windows(3, seed=7), batch_size=2, source="w")
+        inference.embed_windows(broken, cfg, synthetic_windows(3, seed=7), batch_size=2, source="w")
 
 
 # --- staging: leftovers, signals, disk space ---------------------------------------------

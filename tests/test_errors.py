@@ -13,10 +13,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from limubert_jax import checkpoint, convert, embed, storage  # noqa: E402
-from limubert_jax.classifier import GRUClassifier, gru_v2  # noqa: E402
-from limubert_jax.model import MODEL_CONFIGS, LimuBertModel4Pretrain  # noqa: E402
-from limubert_jax.torch_reference import LIMUBertModel4Pretrain  # noqa: E402
+from torch_reference import LIMUBertModel4Pretrain  # noqa: E402
+
+from limubert_jax import convert, embed  # noqa: E402
+from limubert_jax.io import checkpoint, storage  # noqa: E402
+from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain  # noqa: E402
+from limubert_jax.models.recurrent import GRUClassifier, gru_v2  # noqa: E402
 
 
 def _error_line(capsys):

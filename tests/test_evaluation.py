@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from limubert_jax import evaluation, plots, report, tsne
+from limubert_jax.downstream import evaluation, report, tsne
+from limubert_jax.io import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -262,6 +263,13 @@ def test_table3_markdown_orders_and_ties():
         "| R-GRU | — | — | **50.0** | **40.0** |\n"
         "| LIMU-Attn | — | — | — | — |\n"
     )
+
+
+def test_dataset_display_names_take_the_report_keys():
+    # run_report keys its results "name/version" by the TFDS builder's name.
+    assert report.dataset_display_name("uci_hapt/20_120") == "UCI 20_120"
+    assert report.dataset_display_name("hhar") == "HHAR"
+    assert report.dataset_display_name("my_data/50_200") == "my_data 50_200"
 
 
 def test_method_display_names():

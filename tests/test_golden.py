@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import RELEASED_DATASETS
-from limubert_jax import checkpoint, convert
-from limubert_jax.classifier import GRUClassifier
-from limubert_jax.model import LimuBertModel4Pretrain
-from limubert_jax.normalization import normalize
+from limubert_jax import convert
+from limubert_jax.data.normalization import normalize
+from limubert_jax.io import checkpoint
+from limubert_jax.models.encoder import LimuBertModel4Pretrain
+from limubert_jax.models.recurrent import GRUClassifier
 
 TOL = 1e-4
 
@@ -86,8 +87,9 @@ def test_released_weights_round_trip_bit_identical(reference, tmp_path, kind):
 def test_torch_reference_reproduces_golden(reference):
     """The in-project PyTorch model (used by the self-contained tests) is itself faithful."""
     torch = pytest.importorskip("torch")
-    from limubert_jax.model import MODEL_CONFIGS
-    from limubert_jax.torch_reference import LIMUBertModel4Pretrain
+    from torch_reference import LIMUBertModel4Pretrain
+
+    from limubert_jax.models.encoder import MODEL_CONFIGS
 
     golden = np.load(reference / "golden" / "released_hhar.npz")
     model = LIMUBertModel4Pretrain(MODEL_CONFIGS["base_v1"]).eval()

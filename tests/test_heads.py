@@ -1,4 +1,4 @@
-"""The downstream classifier registry (`limubert_jax.heads`): names, shapes, sizes, the GRUs'
+"""The downstream classifier registry (`limubert_jax.models.heads`): names, shapes, sizes, the GRUs'
 identity with the released classifier, dropout, determinism and a short training run.
 
 Shapes and sizes are checked abstractly (`jax.eval_shape`: nothing is compiled). Each model is
@@ -27,11 +27,11 @@ import pytest
 from jax.extend import random as jex_random
 from jax.flatten_util import ravel_pytree
 
-from limubert_jax import heads
-from limubert_jax.classifier import GRUClassifier, gru_v2
-from limubert_jax.state_dict import gru_classifier_shapes, params_to_state_dict
+from limubert_jax.io.state_dict import gru_classifier_shapes, params_to_state_dict
+from limubert_jax.models import heads, recurrent, registry
+from limubert_jax.models.recurrent import GRUClassifier, gru_v2
 
-ALL = heads.HEADS + heads.BASELINES
+ALL = registry.HEADS + registry.BASELINES
 WITH_DROPOUT = {"gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1", "rgru"}
 
 # (seq_len, input width of the heads, input width of the baselines, classes): the paper's
@@ -40,7 +40,7 @@ SETTINGS = [(20, 72, 6, 6), (32, 40, 9, 3)]
 
 
 def _dim(name: str, head_dim: int, base_dim: int) -> int:
-    return head_dim if name in heads.HEADS else base_dim
+    return head_dim if name in registry.HEADS else base_dim
 
 
 def _num_params(tree) -> int:
@@ -49,7 +49,7 @@ def _num_params(tree) -> int:
 
 def _abstract_params(module, seq_len, input_dim):
     return jax.eval_shape(
-        lambda key: heads.init_classifier(module, key, seq_len=seq_len, input_dim=input_dim),
+        lambda key: registry.init_classifier(module, key, seq_len=seq_len, input_dim=input_dim),
         jax.random.key(0),
     )
 
@@ -58,13 +58,13 @@ def _abstract_params(module, seq_len, input_dim):
 
 
 def test_names():
-    assert heads.HEADS == ("gru_v1", "gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1")
-    assert heads.BASELINES == ("dcnn", "deepsense", "rgru")
+    assert registry.HEADS == ("gru_v1", "gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1")
+    assert registry.BASELINES == ("dcnn", "deepsense", "rgru")
 
 
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(ValueError, match="unknown classifier 'gru_v3'") as err:
-        heads.make_classifier("gru_v3", num_classes=3, input_dim=72, seq_len=20)
+        registry.make_classifier("gru_v3", num_classes=3, input_dim=72, seq_len=20)
     for name in ALL:
         assert name in str(err.value)
 
@@ -76,14 +76,14 @@ def test_unknown_name_lists_the_available_ones():
 )
 def test_sizes_the_architecture_cannot_take_are_rejected(name, seq_len, input_dim):
     with pytest.raises(ValueError, match="seq_len|input_dim"):
-        heads.make_classifier(name, num_classes=3, input_dim=input_dim, seq_len=seq_len)
+        registry.make_classifier(name, num_classes=3, input_dim=input_dim, seq_len=seq_len)
 
 
 def test_sizes_must_be_positive_integers():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="num_classes"):
-            heads.make_classifier("gru_v1", num_classes=bad, input_dim=72, seq_len=20)
-    module = heads.make_classifier("cnn1_v1", num_classes=np.int64(3), input_dim=np.int32(72), seq_len=20)
+            registry.make_classifier("gru_v1", num_classes=bad, input_dim=72, seq_len=20)
+    module = registry.make_classifier("cnn1_v1", num_classes=np.int64(3), input_dim=np.int32(72), seq_len=20)
     assert module.config.num_classes == 3 and type(module.config.num_classes) is int
 
 
@@ -95,7 +95,7 @@ def test_sizes_must_be_positive_integers():
 def test_maps_windows_to_logits(name, setting):
     seq_len, head_dim, base_dim, classes = setting
     dim = _dim(name, head_dim, base_dim)
-    module = heads.make_classifier(name, num_classes=classes, input_dim=dim, seq_len=seq_len)
+    module = registry.make_classifier(name, num_classes=classes, input_dim=dim, seq_len=seq_len)
     params = _abstract_params(module, seq_len, dim)
     x = jax.ShapeDtypeStruct((5, seq_len, dim), jnp.float32)
     for train in (False, True):
@@ -108,7 +108,7 @@ def test_maps_windows_to_logits(name, setting):
 
 
 def test_attention_head_needs_the_window_length_it_was_built_for():
-    module = heads.make_classifier("attn_v1", num_classes=3, input_dim=72, seq_len=20)
+    module = registry.make_classifier("attn_v1", num_classes=3, input_dim=72, seq_len=20)
     params = _abstract_params(module, 20, 72)
     with pytest.raises(ValueError, match="10 steps, built for 20"):
         jax.eval_shape(lambda p, x: module.apply({"params": p}, x), params,
@@ -142,7 +142,7 @@ REFERENCE_COUNTS = {
 @pytest.mark.parametrize("name", ALL)
 def test_parameter_counts_match_the_reference_architectures(name):
     dim = _dim(name, 72, 6)
-    module = heads.make_classifier(name, num_classes=6, input_dim=dim, seq_len=20)
+    module = registry.make_classifier(name, num_classes=6, input_dim=dim, seq_len=20)
     assert _num_params(_abstract_params(module, 20, dim)) == REFERENCE_COUNTS[name]
 
 
@@ -159,7 +159,7 @@ def test_reference_flat_widths():
 
 
 def test_gru_v2_is_the_released_classifier():
-    module = heads.make_classifier("gru_v2", num_classes=6, input_dim=72, seq_len=20)
+    module = registry.make_classifier("gru_v2", num_classes=6, input_dim=72, seq_len=20)
     assert module == GRUClassifier(gru_v2(6, 72))
     zeros = jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, np.float32),
                                    _abstract_params(module, 20, 72))
@@ -168,9 +168,9 @@ def test_gru_v2_is_the_released_classifier():
 
 
 def test_gru_v1_and_rgru_are_gru_classifiers():
-    gru_v1 = heads.make_classifier("gru_v1", num_classes=4, input_dim=72, seq_len=20)
+    gru_v1 = registry.make_classifier("gru_v1", num_classes=4, input_dim=72, seq_len=20)
     assert gru_v1 == GRUClassifier(dataclasses.replace(gru_v2(4, 72), dropout=0.0))
-    rgru = heads.make_classifier("rgru", num_classes=4, input_dim=6, seq_len=20)
+    rgru = registry.make_classifier("rgru", num_classes=4, input_dim=6, seq_len=20)
     assert rgru == GRUClassifier(gru_v2(4, 6))
 
 
@@ -181,7 +181,7 @@ def test_lstm_follows_the_pytorch_gate_equations():
     x = rng.normal(size=(b, t, i)).astype(np.float32)
     w_ih, w_hh = (rng.normal(size=(n, 4 * g)).astype(np.float32) for n in (i, g))
     b_ih, b_hh = (rng.normal(size=4 * g).astype(np.float32) for _ in range(2))
-    got = np.asarray(jax.jit(heads.lstm_layer)(x, w_ih, w_hh, b_ih, b_hh))
+    got = np.asarray(jax.jit(recurrent.lstm_layer)(x, w_ih, w_hh, b_ih, b_hh))
 
     def sigmoid(v):
         return 1.0 / (1.0 + np.exp(-v))
@@ -270,7 +270,7 @@ TRAIN_DIM = {"dcnn": 6, "deepsense": 6}
 
 def _train_module(name: str):
     dim = TRAIN_DIM.get(name, 30)
-    return heads.make_classifier(name, num_classes=CLASSES, input_dim=dim, seq_len=SEQ_LEN), dim
+    return registry.make_classifier(name, num_classes=CLASSES, input_dim=dim, seq_len=SEQ_LEN), dim
 
 
 def _windows(rng: np.random.Generator, n: int, dim: int):
@@ -307,7 +307,7 @@ def _program(module: nn.Module, dim: int):
 
     def run(init_key, steps, data):
         x_train, y_train, x_test, y_test, batches, dropout_keys = data
-        params = heads.init_classifier(module, init_key, seq_len=SEQ_LEN, input_dim=dim)
+        params = registry.init_classifier(module, init_key, seq_len=SEQ_LEN, input_dim=dim)
         flat, unravel = ravel_pytree(params)  # one vector: Adam compiles to a few kernels
 
         def loss_fn(flat, idx, key):

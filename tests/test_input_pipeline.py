@@ -1,4 +1,4 @@
-"""limubert_jax.input_pipeline: the reference split, the training stream (epochs, shuffling,
+"""limubert_jax.data.input_pipeline: the reference split, the training stream (epochs, shuffling,
 determinism, resume, process sharding) and the padded validation pass.
 
 The data is an imu_npy dataset whose window i carries i in imu[:, 0, 0], so every batch
@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from limubert_jax import input_pipeline as ip
-from limubert_jax.splits import pretrain_split
+from limubert_jax.data import input_pipeline as ip
+from limubert_jax.data.splits import pretrain_split
 
 N, S, F = 203, 120, 6  # 162 train windows, 20 vali
 BATCH = 16  # 10 steps per epoch, 2 train windows dropped per epoch
@@ -23,7 +23,7 @@ BATCH = 16  # 10 steps per epoch, 2 train windows dropped per epoch
 
 def _config(data_dir: Path, npy_dir: Path | None, **overrides) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(
-        dict(name="imu_npy", version="20_120", data_dir=str(data_dir), npy_dir=None if npy_dir is None else str(npy_dir),
+        dict(name="imu_npy", version="20_120", data_dir=str(data_dir), manual_dir=None if npy_dir is None else str(npy_dir),
              seed=3431, train_rate=0.8, vali_rate=0.1)
     )  # fmt: skip
     config.update(overrides)
@@ -204,7 +204,7 @@ def test_load_errors(tmp_path, dirs):
         ip.load_pretrain_data(_config(data_dir, npy_dir, name="hhar_typo"))
     with pytest.raises(ValueError, match=r"no version '50_120'; versions: 20_120, 10_100"):
         ip.load_pretrain_data(_config(data_dir, npy_dir, version="50_120"))
-    # imu_npy not yet built and no npy_dir: the error names the files and where it looked.
+    # imu_npy not yet built and no manual_dir: the error names the files and where it looked.
     with pytest.raises(FileNotFoundError, match=r"downloads/manual .*data_20_120\.npy and label_20_120\.npy"):
         ip.load_pretrain_data(_config(tmp_path / "fresh", None))
     # Too few windows for the reference split.
@@ -214,7 +214,7 @@ def test_load_errors(tmp_path, dirs):
 
 def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data):
     data_dir, npy_dir = dirs
-    # Already built: loads without npy_dir.
+    # Already built: loads without manual_dir.
     again = ip.load_pretrain_data(_config(data_dir, None))
     np.testing.assert_array_equal(again.train_index, data.train_index)
     # Other files than those it was built from: refused, naming both and the fix.
@@ -240,7 +240,7 @@ def test_synthetic_imu_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthetic.Builder, "WINDOWS_PER_RECORDING", 3)  # 180 windows
     loaded = ip.load_pretrain_data(
-        ml_collections.ConfigDict(dict(name="synthetic_imu", version="20_120", data_dir=str(tmp_path), npy_dir=None,
+        ml_collections.ConfigDict(dict(name="synthetic_imu", version="20_120", data_dir=str(tmp_path), manual_dir=None,
                                        seed=3431, train_rate=0.8, vali_rate=0.1))
     )  # fmt: skip
     assert (loaded.num_windows, loaded.seq_len, loaded.num_features) == (180, 120, 9)

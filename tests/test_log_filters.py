@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from limubert_jax import log_filters
+from limubert_jax.runtime import log_filters
 
 ORBAX = "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from limubert_jax.masking import mask_windows, num_masked, span_mask_positions
+from limubert_jax.data.masking import mask_windows, num_masked, span_mask_positions
 
 SEQ_LEN = 120
 GOAL = 18  # max(1, round(120 * 0.15))

@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from limubert_jax.classifier import GRUClassifier, GRUClassifierConfig, gru_v2
-from limubert_jax.model import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain, count_params, gelu
-from limubert_jax.state_dict import (
+from limubert_jax.io.state_dict import (
     gru_classifier_shapes,
     limu_bert_shapes,
     params_to_state_dict,
     state_dict_to_params,
 )
+from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain, count_params, gelu
+from limubert_jax.models.recurrent import GRUClassifier, GRUClassifierConfig, gru_v2
 
 
 def test_base_v1_has_62646_parameters():
@@ -121,8 +121,7 @@ def test_classifier_dropout_only_while_training():
 @pytest.mark.parametrize("layer", ["gru", "lstm"])
 def test_recurrent_layers_unrolled_equal_the_loop(layer):
     # Inference unrolls the time loop (faster on XLA:CPU); it must compute what the loop does.
-    from limubert_jax.classifier import gru_layer
-    from limubert_jax.heads import lstm_layer
+    from limubert_jax.models.recurrent import gru_layer, lstm_layer
 
     fn, gates = (gru_layer, 3) if layer == "gru" else (lstm_layer, 4)
     keys = jax.random.split(jax.random.key(3), 5)
@@ -150,7 +149,7 @@ def _small_model(seed=0):
 
 @pytest.mark.parametrize("chunk,streams,with_positions", [(4, 2, False), (4, 2, True), (3, 1, True)])
 def test_chunked_encoder_equals_whole_batch_values_and_gradients(with_positions, chunk, streams):
-    from limubert_jax.model import encode, encode_plain
+    from limubert_jax.models.encoder import encode, encode_plain
 
     cfg, p, x, positions = _small_model()
     pos = positions if with_positions else None
@@ -168,7 +167,7 @@ def test_chunked_encoder_equals_whole_batch_values_and_gradients(with_positions,
 
 
 def test_chunk_must_divide_by_streams():
-    from limubert_jax.model import encode
+    from limubert_jax.models.encoder import encode
 
     cfg, p, x, _ = _small_model()
     with pytest.raises(ValueError, match="chunk \\(6\\) must divide by streams \\(4\\)"):
@@ -176,7 +175,7 @@ def test_chunk_must_divide_by_streams():
 
 
 def test_hand_written_attention_and_layer_norm_gradients_match_autodiff():
-    from limubert_jax.model import (
+    from limubert_jax.models.encoder import (
         _layer_norm,
         layer_norm_reference,
         softmax_attention,

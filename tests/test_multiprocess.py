@@ -26,8 +26,11 @@ import numpy as np
 import pytest
 from etils import epath
 
-from limubert_jax import checkpoint, config_lib, distributed, plots, storage, train, xla_options
-from limubert_jax.errors import LimuBertError
+from limubert_jax import config_lib
+from limubert_jax.io import checkpoint, plots, storage
+from limubert_jax.pretraining import trainer
+from limubert_jax.runtime import distributed, xla_options
+from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "test.py"
@@ -215,7 +218,7 @@ def test_object_store_paths_write_whole_files(tmp_path, monkeypatch):
     workdir = epath.Path(tmp_path)
     (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
     monkeypatch.setattr(storage, "is_local", lambda path: False)
-    writer = train._MetricsWriter(workdir)
+    writer = trainer._MetricsWriter(workdir)
     writer.write({"step": 2, "epoch": 2, "train_loss": 0.5})
     writer.write({"step": 3, "epoch": 3, "train_loss": 0.25})
     writer.close()

@@ -27,9 +27,11 @@ import numpy as np
 import optax
 import pytest
 
-from limubert_jax import checkpoint, convert, optim
-from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
-from limubert_jax.state_dict import limu_bert_shapes, params_to_state_dict, state_dict_to_params
+from limubert_jax import convert
+from limubert_jax.io import checkpoint
+from limubert_jax.io.state_dict import limu_bert_shapes, params_to_state_dict, state_dict_to_params
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.pretraining import optim
 
 LR, WARMUP, TOTAL_STEPS = 1e-3, 0.1, 20
 NOISY_UNDER_ADAM = "transformer.attn.proj_k.bias"

@@ -18,9 +18,12 @@ import numpy as np
 import optax
 import pytest
 
-from limubert_jax import checkpoint, config_lib, embed, heads, precision, train
-from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain, encode
-from limubert_jax.pretrain import MaskConfig, TrainState, eval_step, train_step
+from limubert_jax import config_lib, embed, tasks
+from limubert_jax.io import checkpoint
+from limubert_jax.models import inference, registry
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain, encode
+from limubert_jax.pretraining.steps import MaskConfig, TrainState, eval_step, train_step
+from limubert_jax.runtime import precision
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = LimuBertConfig(feature_num=6, hidden=8, hidden_ff=16, n_layers=2, n_heads=2, seq_len=20)
@@ -75,14 +78,14 @@ def test_encoder_through_the_public_api_is_full_float32(tiny_params, chunk):
 def test_embed_cli_program_is_full_float32(tiny_params):
     windows = jnp.zeros((4, 20, 6))
     for normalized in (False, True):
-        assert_all(embed._encode.lower(tiny_params, windows, config=TINY, normalized=normalized).as_text(), "HIGHEST")
+        assert_all(inference._encode.lower(tiny_params, windows, config=TINY, normalized=normalized).as_text(), "HIGHEST")
 
 
-@pytest.mark.parametrize("name", heads.HEADS + heads.BASELINES)
+@pytest.mark.parametrize("name", registry.HEADS + registry.BASELINES)
 def test_every_classifier_is_full_float32(name):
-    input_dim = 6 if name in heads.BASELINES else 72  # the paper sizes
-    module = heads.make_classifier(name, num_classes=3, input_dim=input_dim, seq_len=20)
-    params = jax.eval_shape(lambda k: heads.init_classifier(module, k, seq_len=20, input_dim=input_dim),
+    input_dim = 6 if name in registry.BASELINES else 72  # the paper sizes
+    module = registry.make_classifier(name, num_classes=3, input_dim=input_dim, seq_len=20)
+    params = jax.eval_shape(lambda k: registry.init_classifier(module, k, seq_len=20, input_dim=input_dim),
                             jax.random.key(0))
     x = jnp.zeros((2, 20, input_dim))
     assert_all(jax.jit(lambda p, x: module.apply({"params": p}, x, train=False)).lower(params, x).as_text(),
@@ -135,7 +138,7 @@ def test_every_program_of_the_commands_is_full_float32_but_the_train_step(ir_dum
     config.train.matmul_precision = "default"
     config.downstream.update(num_epochs=1, label_rate=0.05, tsne_points=60, methods="limu_cnn1_v1,dcnn")
     workdir = tmp_path / "work"
-    train.train_and_evaluate(config, workdir)
+    tasks.run(config, workdir)
     windows = np.zeros((3, 120, 6), np.float32)
     np.save(tmp_path / "x.npy", windows)
     assert embed.main(["--checkpoint", str(workdir), "--input", str(tmp_path / "x.npy"),

@@ -17,9 +17,9 @@ _SCRIPT = textwrap.dedent(
     import jax
     jax.config.update("jax_num_cpu_devices", int(sys.argv[1]))
     import numpy as np, optax
-    from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
-    from limubert_jax.pretrain import MaskConfig, TrainState, jit_eval_step, jit_train_step
-    from limubert_jax.sharding import global_batch, make_mesh
+    from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+    from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_eval_step, jit_train_step
+    from limubert_jax.runtime.sharding import global_batch, make_mesh
 
     cfg = LimuBertConfig(hidden=24, hidden_ff=48, n_layers=2, n_heads=2, seq_len=40)
     mesh = make_mesh()
@@ -34,7 +34,7 @@ _SCRIPT = textwrap.dedent(
         state, metrics = step(state, global_batch(raw, mesh), rng)
         losses.append(float(metrics["loss"]))
     # The efficiency options on this mesh: 5 steps as one call, and a device-resident epoch.
-    from limubert_jax.pretrain import jit_resident_epoch, jit_train_steps
+    from limubert_jax.pretraining.steps import jit_resident_epoch, jit_train_steps
     state0 = TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx)
     _, stacked = jit_train_steps(mesh, model_config=cfg, mask_config=MaskConfig(), tx=tx)(
         state0, global_batch(data, mesh, stacked=True), rng)

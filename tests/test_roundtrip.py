@@ -11,10 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from limubert_jax import checkpoint, convert  # noqa: E402
-from limubert_jax.classifier import GRUClassifier, GRUClassifierConfig, gru_v2  # noqa: E402
-from limubert_jax.model import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain  # noqa: E402
-from limubert_jax.torch_reference import ClassifierGRU, LIMUBertModel4Pretrain  # noqa: E402
+from torch_reference import ClassifierGRU, LIMUBertModel4Pretrain  # noqa: E402
+
+from limubert_jax import convert  # noqa: E402
+from limubert_jax.io import checkpoint  # noqa: E402
+from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain  # noqa: E402
+from limubert_jax.models.recurrent import GRUClassifier, GRUClassifierConfig, gru_v2  # noqa: E402
 
 ATOL = 2e-5  # float32, same arithmetic in a different order
 

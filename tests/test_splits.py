@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from limubert_jax.splits import (
+from limubert_jax.data.splits import (
     REFERENCE_SEED,
     ClassifierSplit,
     classifier_split,

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from limubert_jax import checkpoint, config_lib, convert, embed, train
-from limubert_jax.errors import LimuBertError
+from limubert_jax import config_lib, convert, embed, tasks
+from limubert_jax.io import checkpoint
+from limubert_jax.pretraining import trainer
+from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +119,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
-    real = train.jit_train_step
+    real = trainer.jit_train_step
 
     def poisoned(*args, **kwargs):
         step_fn = real(*args, **kwargs)
@@ -132,12 +134,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
 
     config = _config(data_dir)
     config.train.num_epochs = 3
-    data = train.input_pipeline.load_pretrain_data(config.dataset)
-    per_epoch = train.input_pipeline.steps_per_epoch(data, config.train.batch_size)
+    data = trainer.input_pipeline.load_pretrain_data(config.dataset)
+    per_epoch = trainer.input_pipeline.steps_per_epoch(data, config.train.batch_size)
     poison_from = per_epoch + 5  # in the second epoch
-    monkeypatch.setattr(train, "jit_train_step", poisoned)
-    with pytest.raises(train.NonFiniteLossError, match=f"at step {poison_from - 1} \\(epoch 1\\)"):
-        train.train_and_evaluate(config, tmp_path)
+    monkeypatch.setattr(trainer, "jit_train_step", poisoned)
+    with pytest.raises(trainer.NonFiniteLossError, match=f"at step {poison_from - 1} \\(epoch 1\\)"):
+        tasks.run(config, tmp_path)
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert saved == [per_epoch]
 
@@ -155,7 +157,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
 )
 def test_bad_config_is_a_clear_error(tmp_path, data_dir, overrides, message):
     with pytest.raises((LimuBertError, ValueError), match=message):
-        train.train_and_evaluate(_config(data_dir, **overrides), tmp_path)
+        tasks.run(_config(data_dir, **overrides), tmp_path)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 

@@ -17,9 +17,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from limubert_jax import checkpoint, config_lib, train, workdir
-from limubert_jax.errors import LimuBertError
-from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax import config_lib, tasks
+from limubert_jax.io import checkpoint, workdir
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 15  # 1,920 synthetic training windows at batch 128
@@ -38,7 +39,7 @@ def _config(data_dir, epochs: int, **train_overrides):
 def two_epochs(tmp_path_factory, synthetic_data_dir):
     """A run of 2 epochs (checkpoints at steps 15 and 30); tests work on copies."""
     path = tmp_path_factory.mktemp("two-epochs") / "run"
-    train.train_and_evaluate(_config(synthetic_data_dir, 2), path)
+    tasks.run(_config(synthetic_data_dir, 2), path)
     return path
 
 
@@ -103,9 +104,9 @@ def test_the_lock_of_a_gone_run_is_taken_over_and_released(tmp_path):
 def test_a_workdir_that_is_a_file_or_cannot_be_made(tmp_path, synthetic_data_dir):
     (tmp_path / "file").write_text("notes")
     with pytest.raises(LimuBertError, match=r"workdir .*file exists and is not a directory"):
-        train.train_and_evaluate(_config(synthetic_data_dir, 1), tmp_path / "file")
+        tasks.run(_config(synthetic_data_dir, 1), tmp_path / "file")
     with pytest.raises(LimuBertError, match=r"workdir .*file/run: cannot create it"):
-        train.train_and_evaluate(_config(synthetic_data_dir, 1), tmp_path / "file" / "run")
+        tasks.run(_config(synthetic_data_dir, 1), tmp_path / "file" / "run")
     assert (tmp_path / "file").read_text() == "notes"
 
 
@@ -121,7 +122,7 @@ def test_a_resume_with_another_run_config_writes_nothing(run, synthetic_data_dir
     before = _tree(run)
     with pytest.raises(LimuBertError, match=rf"holds a run with another config \(config\.{section}\.{field} is "
                                             rf"{value!r}, the run's"):
-        train.train_and_evaluate(config, run)
+        tasks.run(config, run)
     assert _tree(run) == before
 
 
@@ -132,11 +133,11 @@ def test_a_corrupted_step_is_refused_or_skipped_when_asked_and_metrics_stay_uniq
     meta.write_text(json.dumps(record))
     with pytest.raises(LimuBertError, match=r"^checkpoint step 30 in .* is corrupted: .*SHA-256 mismatch\); rerun "
                                             r"with --config.train.fall_back_to_good_checkpoint=True"):
-        train.train_and_evaluate(_config(synthetic_data_dir, 3), run)
+        tasks.run(_config(synthetic_data_dir, 3), run)
     # A kill after the metrics line of step 45 and before its checkpoint, and a line cut short.
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 45, "epoch": 3}) + "\n" + '{"step": 6')
-    train.train_and_evaluate(_config(synthetic_data_dir, 3, fall_back_to_good_checkpoint=True), run)
+    tasks.run(_config(synthetic_data_dir, 3, fall_back_to_good_checkpoint=True), run)
     assert _steps(run) == [15, 30, 45]  # resumed from step 15: 30 and 45 logged once each
     assert [p.name.split("-")[0] for p in (run / workdir.CORRUPT_DIR).iterdir()] == ["30"]
     kept = {int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()}
@@ -180,7 +181,7 @@ def test_a_failed_asynchronous_save_stops_the_run_at_the_next_epoch(run, synthet
 
     monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", failed)
     with pytest.raises(LimuBertError, match=r"^saving checkpoint step 45 in .* failed: OSError: .*No space left"):
-        train.train_and_evaluate(_config(synthetic_data_dir, 4), run)
+        tasks.run(_config(synthetic_data_dir, 4), run)
     assert _steps(run) == [15, 30, 45]  # stopped at the end of the epoch after the failed save
 
 
@@ -217,6 +218,6 @@ def test_bad_command_lines_are_one_line(tmp_path, synthetic_data_dir):
     assert not (tmp_path / "run").exists()
     with pytest.raises(LimuBertError, match=r"^config\.train: global_batch_size 4096 is larger than the training "
                                             r"split of synthetic_imu/20_120 \(1920 windows\)"):
-        train.train_and_evaluate(_config(synthetic_data_dir, 1, batch_size=4096), tmp_path / "run")
+        tasks.run(_config(synthetic_data_dir, 1, batch_size=4096), tmp_path / "run")
     assert not (tmp_path / "run").exists()
     np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), [])

@@ -22,7 +22,6 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-
 from limubert_jax.datasets import common
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
 

@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from limubert_jax.datasets import make_dummy_data, testing
 from limubert_jax.datasets.eleme import eleme_dataset_builder as eleme
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy

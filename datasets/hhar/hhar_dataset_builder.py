@@ -42,7 +42,6 @@ import numpy as np
 import tqdm
 from absl import logging
 from etils import epath
-
 from limubert_jax.datasets import common
 
 ACC_FILE = "Phones_accelerometer.csv"

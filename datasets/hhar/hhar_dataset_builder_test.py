@@ -7,7 +7,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from limubert_jax.datasets import make_dummy_data, testing
 from limubert_jax.datasets.hhar import hhar_dataset_builder as hhar
 

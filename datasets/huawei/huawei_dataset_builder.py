@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pathlib
 
-
 from limubert_jax.datasets import common
 from limubert_jax.datasets.eleme import eleme_dataset_builder as eleme
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy

@@ -21,7 +21,6 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-
 from limubert_jax.datasets import common
 
 _DESCRIPTION = __doc__
@@ -127,7 +126,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     Put data_<version>.npy, (N, S, F) IMU windows, and label_<version>.npy, (N, S, L)
     integer labels, in a directory and pass it as the manual directory:
     `download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=DIR))`
-    (or `config.dataset.npy_dir = DIR` for the training job).
+    (or `config.dataset.manual_dir = DIR` for the training job).
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -164,7 +163,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             raise FileNotFoundError(
                 f"imu_npy/{config.name}: the manual directory {where} does not exist or is empty; it "
                 f"must hold {' and '.join(file_names(config.name))} (pass it with "
-                "tfds.download.DownloadConfig(manual_dir=...), or config.dataset.npy_dir)"
+                "tfds.download.DownloadConfig(manual_dir=...), or config.dataset.manual_dir)"
             ) from e
         data, label = load_arrays(manual_dir, config.name, config.seq_len)
         data_name, label_name = file_names(config.name)

@@ -46,7 +46,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from etils import epath
-
 from limubert_jax.datasets import common
 
 RAW_RATE = 50  # Hz

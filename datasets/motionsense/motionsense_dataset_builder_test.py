@@ -10,7 +10,6 @@ import zipfile
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from limubert_jax.datasets import make_dummy_data, testing
 from limubert_jax.datasets.motionsense import motionsense_dataset_builder as ms
 

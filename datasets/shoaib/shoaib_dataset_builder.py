@@ -41,7 +41,6 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-
 from limubert_jax.datasets import common
 
 RAW_RATE = 50  # Hz

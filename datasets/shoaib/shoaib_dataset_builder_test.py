@@ -6,7 +6,6 @@ import pathlib
 
 import numpy as np
 import pytest
-
 from limubert_jax.datasets import make_dummy_data, testing
 from limubert_jax.datasets.shoaib import shoaib_dataset_builder as shoaib
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-
 from limubert_jax.datasets import common
 
 ACTIVITIES = ("sit", "stand", "walk", "stairs_up", "stairs_down", "run")

@@ -9,7 +9,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from limubert_jax.datasets import make_dummy_data, testing
 from limubert_jax.datasets.uci_hapt import uci_hapt_dataset_builder as uci
 

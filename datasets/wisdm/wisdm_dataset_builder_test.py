@@ -8,7 +8,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from limubert_jax.datasets import common, make_dummy_data, testing
 from limubert_jax.datasets.wisdm import wisdm_dataset_builder as wisdm
 

@@ -2,7 +2,7 @@
 
 * `load_pretrain_data(config.dataset)` prepares the TFDS builder when needed (array_record,
   no TensorFlow), opens its `train` split with `tfds.data_source` (random access) and cuts it
-  with the reference split (`limubert_jax.splits.pretrain_split`, seed 3431, 80/10/10) into
+  with the reference split (`limubert_jax.data.splits.pretrain_split`, seed 3431, 80/10/10) into
   random-access `train` and `vali` views of the raw `imu` windows.
 * `train_batches(data, global_batch_size=..., seed=...)` is the infinite training stream:
   a grain `MapDataset` over the training windows, reshuffled every epoch from `seed`,
@@ -28,8 +28,8 @@ import grain
 import numpy as np
 from etils import epath
 
-from limubert_jax import splits
-from limubert_jax.errors import LimuBertError
+from limubert_jax.data import splits
+from limubert_jax.runtime.errors import LimuBertError
 
 SPLIT = "train"  # every builder keeps all windows in one split, in source order
 FEATURE = "imu"
@@ -182,7 +182,7 @@ def _prepare(builder, manual_dir: str | None) -> None:
 
     if jax.process_index() == 0:
         prepare()
-    multihost_utils.sync_global_devices(f"limubert_jax.input_pipeline.prepare:{builder.name}")
+    multihost_utils.sync_global_devices(f"limubert_jax.data.input_pipeline.prepare:{builder.name}")
     if jax.process_index() != 0:
         prepare()
 
@@ -192,8 +192,7 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
 
     dataset_config (an ml_collections ConfigDict, a dict or any object with attributes):
     `name` (TFDS builder), `version` ('20_120'), `data_dir` (None: TFDS's default),
-    `manual_dir` (TFDS manual directory: raw files or archives; `npy_dir` is the same for
-    imu_npy), `seed` (3431), `train_rate` (0.8), `vali_rate` (0.1). Raises ValueError for an unknown dataset or version, an unprepared
+    `manual_dir` (TFDS manual directory: raw files or archives, or imu_npy's arrays), `seed` (3431), `train_rate` (0.8), `vali_rate` (0.1). Raises ValueError for an unknown dataset or version, an unprepared
     imu_npy without `manual_dir`, a stale imu_npy build, or too few windows to split.
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415
@@ -204,8 +203,7 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
     version = str(_field(dataset_config, "version", DEFAULT_VERSION))
     data_dir = _field(dataset_config, "data_dir")
     data_dir = os.fspath(data_dir) if data_dir is not None else None
-    # npy_dir is imu_npy's older name for its manual directory.
-    manual_dir = _field(dataset_config, "manual_dir") or _field(dataset_config, "npy_dir")
+    manual_dir = _field(dataset_config, "manual_dir")
     manual_dir = os.fspath(manual_dir) if manual_dir is not None else None
     seed = int(_field(dataset_config, "seed", splits.REFERENCE_SEED))
     train_rate = float(_field(dataset_config, "train_rate", splits.TRAIN_RATE))

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import jax
 from absl import logging
 
-from limubert_jax.errors import LimuBertError
+from limubert_jax.runtime.errors import LimuBertError
 
 SLURM = "Slurm"
 OPEN_MPI = "Open MPI"

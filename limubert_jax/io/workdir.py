@@ -39,9 +39,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from limubert_jax import storage
-from limubert_jax.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM, content_digest
-from limubert_jax.errors import LimuBertError, first_line
+from limubert_jax.io import storage
+from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM, content_digest
+from limubert_jax.runtime.errors import LimuBertError, first_line
 
 LOCK_FILE = ".lock"
 HEARTBEAT_SECONDS = 60.0
@@ -303,7 +303,7 @@ class RunCheckpoints:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils  # noqa: PLC0415
 
-            multihost_utils.sync_global_devices(f"limubert_jax.workdir.move_aside:{step}")
+            multihost_utils.sync_global_devices(f"limubert_jax.io.workdir.move_aside:{step}")
         self.manager.reload()
 
     def best_step(self) -> int | None:

@@ -25,7 +25,7 @@ from typing import Iterator
 
 from etils import epath
 
-from limubert_jax.errors import LimuBertError
+from limubert_jax.runtime.errors import LimuBertError
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:

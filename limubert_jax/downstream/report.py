@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from limubert_jax import storage
+from limubert_jax.io import storage
 
 MISSING = "—"
 
@@ -32,9 +32,11 @@ METHOD_NAMES = {
 DATASET_NAMES = {
     "hhar": "HHAR",
     "uci": "UCI",
+    "uci_hapt": "UCI",
     "motion": "MotionSense",
     "motionsense": "MotionSense",
     "shoaib": "Shoaib",
+    "wisdm": "WISDM",
 }
 
 _METRICS = (("accuracy", "acc"), ("macro_f1", "F1"))
@@ -46,8 +48,11 @@ def method_display_name(key: str) -> str:
 
 
 def dataset_display_name(key: str) -> str:
-    """Paper-style name of a dataset key (`hhar` -> `HHAR`); unknown keys as is."""
-    return DATASET_NAMES.get(key, key)
+    """Paper-style name of a dataset key, with its version if given (`hhar` -> `HHAR`,
+    `uci_hapt/20_120` -> `UCI 20_120`); unknown names as they are."""
+    name, _, version = key.partition("/")
+    shown = DATASET_NAMES.get(name, name)
+    return f"{shown} {version}" if version else shown
 
 
 def _ordered(given: Sequence[str] | None, found: list[str]) -> list[str]:

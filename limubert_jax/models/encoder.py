@@ -27,8 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from limubert_jax.precision import dot, einsum
-from limubert_jax.xla_options import compile_once
+from limubert_jax.models.layers import Linear, dataclass_from_dict, linear, linear_params
+from limubert_jax.runtime.precision import dot, einsum
+from limubert_jax.runtime.xla_options import compile_once
 
 # TF-style LayerNorm epsilon of the reference, applied inside the square root.
 LAYER_NORM_EPS = 1e-12
@@ -66,15 +67,6 @@ class LimuBertConfig:
         return dataclass_from_dict(cls, fields)
 
 
-def dataclass_from_dict(cls, fields: dict[str, Any]):
-    """`cls(**fields)` for a config dataclass, naming unknown fields instead of a TypeError."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    return cls(**fields)
-
-
 # The reference variants (`base_v1`, `base_v2` in the original `limu_bert.json`).
 MODEL_CONFIGS: dict[str, LimuBertConfig] = {
     "base_v1": LimuBertConfig(feature_num=6),
@@ -85,43 +77,6 @@ MODEL_CONFIGS: dict[str, LimuBertConfig] = {
 def gelu(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU, as the reference uses; not the tanh approximation."""
     return x * 0.5 * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
-
-
-def _torch_linear_bias_init(fan_in: int):
-    """PyTorch's default `nn.Linear` bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-class Linear(nn.Module):
-    """`x @ kernel + bias`, initialised like PyTorch's `nn.Linear` (the reference trains from that).
-
-    kernel: [in, out], the transpose of PyTorch's weight.
-    """
-
-    features: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel, bias = _linear_params(self, x.shape[-1], self.features)
-        return linear({"kernel": kernel, "bias": bias}, x)
-
-
-def _linear_params(module: nn.Module, fan_in: int, features: int) -> tuple[jax.Array, jax.Array]:
-    # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's kaiming_uniform(a=sqrt(5)).
-    kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-    kernel = module.param("kernel", kernel_init, (fan_in, features))
-    bias = module.param("bias", _torch_linear_bias_init(fan_in), (features,))
-    return kernel, bias
-
-
-def linear(p, x: jax.Array) -> jax.Array:
-    """`Linear` as a function of its parameters {kernel, bias}."""
-    return dot(x, p["kernel"]) + p["bias"]
 
 
 def layer_norm(p, x: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
@@ -192,7 +147,7 @@ class _LinearParams(nn.Module):
 
     @nn.compact
     def __call__(self, fan_in: int) -> None:
-        _linear_params(self, fan_in, self.features)
+        linear_params(self, fan_in, self.features)
 
 
 class _LayerNormParams(nn.Module):

@@ -21,11 +21,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from limubert_jax import storage
-from limubert_jax.classifier import GRUClassifierConfig
-from limubert_jax.errors import LimuBertError, first_line
-from limubert_jax.model import LimuBertConfig
-from limubert_jax.state_dict import GRU_CLASSIFIER, LIMU_BERT
+from limubert_jax.io import storage
+from limubert_jax.io.state_dict import GRU_CLASSIFIER, LIMU_BERT
+from limubert_jax.models.encoder import LimuBertConfig
+from limubert_jax.models.recurrent import GRUClassifierConfig
+from limubert_jax.runtime.errors import LimuBertError, first_line
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from limubert_jax.precision import dot
+from limubert_jax.runtime.precision import dot
 
 _BISECTION_STEPS = 64
 _LOG_BETA_RANGE = 30.0  # bisection over log(beta * scale) in [-30, 30]
@@ -289,16 +289,3 @@ def subsample(n: int, max_points: int, seed: int = 0, labels=None) -> np.ndarray
         for c in range(len(classes))
     ]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def kl_divergence(p: np.ndarray, y: np.ndarray) -> float:
-    """KL(P || Q) of an embedding y [N, 2] under joint affinities p [N, N] (a diagnostic)."""
-    y = np.asarray(y, np.float64)
-    p = np.asarray(p, np.float64)
-    d = np.sum((y[:, None, :] - y[None, :, :]) ** 2, axis=-1)
-    num = 1.0 / (1.0 + d)
-    np.fill_diagonal(num, 0.0)
-    q = np.maximum(num / num.sum(), _P_FLOOR)
-    mask = p > 0
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
-

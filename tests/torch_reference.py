@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from limubert_jax.classifier import GRUClassifierConfig
-from limubert_jax.model import LAYER_NORM_EPS, LimuBertConfig
+from limubert_jax.models.encoder import LAYER_NORM_EPS, LimuBertConfig
+from limubert_jax.models.recurrent import GRUClassifierConfig
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:

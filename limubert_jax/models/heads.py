@@ -1,11 +1,12 @@
-"""The downstream classifiers of the LIMU-BERT paper protocol, as one registry (SPEC section 7).
+"""The convolutional and attention classifiers of the LIMU-BERT paper protocol (SPEC section 7);
+the recurrent ones are in `recurrent`, and `registry` builds any of them by name.
 
-`HEADS` classify LIMU-BERT embeddings, `BASELINES` classify raw normalized IMU windows; both
+Heads classify LIMU-BERT embeddings, baselines classify raw normalized IMU windows; both
 take windows [B, T, D] (in the paper T = 20 sub-window steps, D = 72 embedding features for
 the heads and D = 6 IMU channels for the baselines) and return logits [B, C]:
 
-    module = make_classifier("lstm_v1", num_classes=C, input_dim=D, seq_len=T)
-    params = init_classifier(module, rng, seq_len=T, input_dim=D)
+    module = registry.make_classifier("cnn1_v1", num_classes=C, input_dim=D, seq_len=T)
+    params = registry.init_classifier(module, rng, seq_len=T, input_dim=D)
     logits = module.apply({"params": params}, x, train=False)
     logits = module.apply({"params": params}, x, train=True, rngs={"dropout": key})
 
@@ -32,42 +33,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
-from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from limubert_jax.classifier import (
-    GRUClassifier,
-    GRUClassifierConfig,
-    RecurrentClassifier,
-    RecurrentLayer,
-    gru_v2,
-    stacked_rnn,
-)
-from limubert_jax.model import Linear
-from limubert_jax.precision import dot, dot_precision, einsum
-from limubert_jax.xla_options import compile_once
-
-HEADS = ("gru_v1", "gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1")  # over LIMU-BERT embeddings
-BASELINES = ("dcnn", "deepsense", "rgru")  # over raw normalized IMU windows
+from limubert_jax.models.layers import Linear, torch_uniform
+from limubert_jax.runtime.precision import dot, dot_precision, einsum
 
 DROPOUT = 0.5  # the reference's `F.dropout(h, training=...)` default rate.
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _torch_uniform(fan_in: int):
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for conv/linear weights and biases."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def _conv(x: jax.Array, features: int, kernel: tuple[int, ...], name: str) -> jax.Array:
@@ -78,8 +55,8 @@ def _conv(x: jax.Array, features: int, kernel: tuple[int, ...], name: str) -> ja
         kernel,
         padding="VALID",
         precision=dot_precision(),
-        kernel_init=_torch_uniform(fan_in),
-        bias_init=_torch_uniform(fan_in),
+        kernel_init=torch_uniform(fan_in),
+        bias_init=torch_uniform(fan_in),
         name=name,
     )(x)
 
@@ -108,33 +85,6 @@ def _require_positive(cls_name: str, **fields: int) -> None:
 def _check_dropout(cls_name: str, rate: float) -> None:
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"{cls_name}.dropout must be in [0, 1), got {rate}")
-
-
-# ----------------------------------------------------------------------------- LSTM head
-
-
-def lstm_layer(x, kernel_ih, kernel_hh, bias_ih, bias_hh, *, unroll: bool = False):
-    """One PyTorch LSTM layer over time from h0 = c0 = 0.
-
-    x: [B, T, I]; kernel_ih: [I, 4G]; kernel_hh: [G, 4G]; biases: [4G], gates packed in
-    PyTorch's order (i, f, g, o):
-    i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(...), g = tanh(...), o = σ(...),
-    c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c').
-    Returns all hidden states [B, T, G]; `unroll`: see `classifier.over_time`.
-    """
-    return stacked_rnn(x, [RecurrentLayer(kernel_ih, kernel_hh, bias_ih, bias_hh)], "lstm", unroll=unroll)
-
-
-class LSTMClassifier(RecurrentClassifier):
-    """The reference `ClassifierLSTM` (`lstm_v1`): LSTMs, last time step, dropout, linear layers.
-
-    `lstm_v1`: LSTM(D -> 20, 2 stacked layers) -> LSTM(20 -> 10) -> last step -> dropout 0.5
-    -> Linear(10 -> C); no activations. The reference shares `ClassifierGRU`'s config schema,
-    so this takes a `GRUClassifierConfig`; submodules are `lstm<i>` and `lin<i>` as in the
-    reference state dict (the reference also builds `bn<i>` layers it never uses; left out).
-    """
-
-    cell: str = "lstm"
 
 
 # ----------------------------------------------------------------------------- CNN heads
@@ -567,82 +517,3 @@ class DeepSense(nn.Module):
         h = _channels_first_flatten(h)  # [B, flat_num]
         h = jax.nn.relu(Linear(cfg.hidden, name="lin1")(h))
         return Linear(cfg.num_classes, name="lin2")(h)
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-def _released_gru(num_classes: int, input_dim: int, seq_len: int) -> GRUClassifierConfig:
-    # gru_v2 exactly as released; seq_len is informational there (it sizes init_params' dummy).
-    return dataclasses.replace(gru_v2(num_classes, input_dim), seq_len=seq_len)
-
-
-def _gru_v1(num_classes: int, input_dim: int, seq_len: int) -> nn.Module:
-    # classifier.json's gru_v1 is gru_v2 with "dropout": false.
-    return GRUClassifier(dataclasses.replace(_released_gru(num_classes, input_dim, seq_len), dropout=0.0))
-
-
-def _gru_v2(num_classes: int, input_dim: int, seq_len: int) -> nn.Module:
-    return GRUClassifier(_released_gru(num_classes, input_dim, seq_len))
-
-
-def _lstm_v1(num_classes: int, input_dim: int, seq_len: int) -> nn.Module:
-    # classifier.json's lstm_v1 has gru_v2's widths, layers and dropout.
-    return LSTMClassifier(_released_gru(num_classes, input_dim, seq_len))
-
-
-def _rgru(num_classes: int, input_dim: int, seq_len: int) -> nn.Module:
-    # R-GRU = the LIMU-GRU classifier (gru_v2) trained on raw windows instead of embeddings.
-    return GRUClassifier(_released_gru(num_classes, input_dim, seq_len))
-
-
-_BUILDERS: dict[str, Callable[[int, int, int], nn.Module]] = {
-    "gru_v1": _gru_v1,
-    "gru_v2": _gru_v2,
-    "lstm_v1": _lstm_v1,
-    "cnn1_v1": lambda c, d, t: CNN1DClassifier(CNN1DConfig(c, t, d)),
-    "cnn2_v1": lambda c, d, t: CNN2DClassifier(CNN2DConfig(c, t, d)),
-    "attn_v1": lambda c, d, t: AttnClassifier(AttnConfig(c, t, d)),
-    "dcnn": lambda c, d, t: DCNN(DCNNConfig.reference(c, t, d)),
-    "deepsense": lambda c, d, t: DeepSense(DeepSenseConfig.reference(c, t, d)),
-    "rgru": _rgru,
-}
-assert tuple(_BUILDERS) == HEADS + BASELINES
-
-
-def make_classifier(name: str, *, num_classes: int, input_dim: int, seq_len: int) -> nn.Module:
-    """The classifier `name` (one of HEADS + BASELINES) for windows [B, seq_len, input_dim].
-
-    Its `apply({"params": p}, x, train=bool, rngs={"dropout": key})` maps x [B, T, D] float32 to
-    logits [B, num_classes]; dropout (where the architecture has it) only with train=True.
-    Raises ValueError for an unknown name or sizes the architecture cannot take.
-    """
-    if name not in _BUILDERS:
-        raise ValueError(
-            f"unknown classifier {name!r}; available: heads {', '.join(HEADS)}; "
-            f"baselines {', '.join(BASELINES)}"
-        )
-    sizes = {"num_classes": num_classes, "input_dim": input_dim, "seq_len": seq_len}
-    for field, value in sizes.items():
-        try:
-            sizes[field] = operator.index(value)  # ints, NumPy ints; not floats or bools
-        except TypeError:
-            sizes[field] = 0
-        if isinstance(value, bool) or sizes[field] < 1:
-            raise ValueError(f"make_classifier({name!r}): {field} must be a positive int, got {value!r}")
-    return _BUILDERS[name](sizes["num_classes"], sizes["input_dim"], sizes["seq_len"])
-
-
-def init_classifier(module: nn.Module, rng: jax.Array, *, seq_len: int, input_dim: int) -> dict:
-    """Initial parameters of `module` (from `make_classifier`) as a plain pytree.
-
-    Initialisation traces the model once on a dummy window [1, seq_len, input_dim], compiled
-    as one program: run eagerly, each parameter's random draws compile separately (seconds).
-    The program runs once on a few thousand numbers, so it is compiled without LLVM's
-    optimisations (a third of the compile time).
-    """
-
-    def init(key):
-        return module.init(key, jnp.zeros((1, seq_len, input_dim), jnp.float32), train=False)["params"]
-
-    return compile_once(init)(rng)

@@ -24,226 +24,30 @@ as compiled chunks (`lax.scan` over epochs and batches, data on device). Each ru
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from tqdm.auto import tqdm
 
-from limubert_jax import checkpoint, evaluation, heads, input_pipeline, plots, report, splits, storage, tsne
-from limubert_jax.embed import embed_windows
-from limubert_jax.errors import LimuBertError
-from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
-from limubert_jax.normalization import normalize
+from limubert_jax.data import splits
+from limubert_jax.data.normalization import normalize
+from limubert_jax.downstream import evaluation, report, tsne
+from limubert_jax.downstream.fit import ApplyFn, FitResult, fit, predict
+from limubert_jax.downstream.labels import LabelledData, ProtocolData, check_label, load_labelled, protocol_split
+from limubert_jax.io import checkpoint, plots, storage
+from limubert_jax.models import registry
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.models.inference import embed_windows
+from limubert_jax.runtime.errors import LimuBertError
 
 DOWNSTREAM_TASKS = ("embed", "classify", "finetune", "baseline", "report")
-EPOCHS_PER_CALL = 50  # epochs per compiled call: one progress-bar tick, one host round trip
 
-
-@dataclasses.dataclass(frozen=True)
-class TaskLabels:
-    """One task's labels for every window: `per_step` (N, S) int, class `names`."""
-
-    task: str
-    names: tuple[str, ...]
-    per_step: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelledData:
-    """Every window of a dataset in memory, with the chosen task's labels."""
-
-    name: str
-    version: str
-    windows: np.ndarray  # (N, S, F) float32 raw readings in physical units
-    labels: TaskLabels
-
-
-# ---------------------------------------------------------------------------------------
-# Data: windows and labels by task name.
-
-
-def available_tasks(info) -> dict[str, tuple[str, ...] | None]:
-    """Task name -> class names (None: unnamed integer classes) of a dataset's features.
-
-    ClassLabel features are tasks; npy-layout builders (a `label` (S, L) feature) name their
-    columns `label_columns` in metadata, else `label_0`, `label_1`, ...
-    """
-    tasks: dict[str, tuple[str, ...] | None] = {}
-    for key, feature in info.features.items():
-        names = getattr(feature, "names", None)
-        if names is not None:
-            tasks[key] = tuple(names)
-    if "label" in info.features and not tasks:
-        meta = dict(info.metadata or {})
-        columns = meta.get("label_columns") or [f"label_{i}" for i in range(int(meta.get("num_labels", 0)))]
-        tasks.update({str(c): None for c in columns})
-    return tasks
-
-
-def _check_label(config: ml_collections.ConfigDict, data) -> dict[str, tuple[str, ...] | None]:
-    """The dataset's tasks (`available_tasks`); one lacking `config.downstream.label` is an
-    error listing the tasks it has."""
-    tasks = available_tasks(data.info)
-    if config.downstream.label not in tasks:
-        raise LimuBertError(
-            f"config.downstream.label: dataset {data.name} has no task {config.downstream.label!r}; its tasks: "
-            f"{', '.join(tasks) or 'none'}"
-        )
-    return tasks
-
-
-def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
-    """All windows of `config.dataset` (or of `data`, the `input_pipeline.load_data(config)` already
-    loaded) and the labels of `config.downstream.label`; a task the dataset lacks is an error
-    listing the tasks it has."""
-    if data is None:
-        data = input_pipeline.load_data(config)
-    task = config.downstream.label
-    tasks = _check_label(config, data)
-    source = data.train.source
-    rows = [source[i] for i in range(len(source))]
-    windows = np.stack([np.asarray(r[input_pipeline.FEATURE], np.float32) for r in rows])
-    seq = windows.shape[1]
-    if tasks[task] is not None:
-        per_step = np.repeat(np.array([int(r[task]) for r in rows], np.int64)[:, None], seq, axis=1)
-        names = tasks[task]
-    else:  # unnamed integer classes: 0-based from the smallest value, named by their values
-        column = list(tasks).index(task)
-        per_step = np.stack([np.asarray(r["label"])[:, column] for r in rows]).astype(np.int64)
-        names = tuple(str(v) for v in range(int(per_step.min()), int(per_step.max()) + 1))
-        per_step = per_step - per_step.min()
-    return LabelledData(data.name, data.version, windows, TaskLabels(task, names, per_step))
-
-
-@dataclasses.dataclass(frozen=True)
-class ProtocolData:
-    """The classifier protocol's splits (SPEC 7) with labels that index `names`."""
-
-    split: splits.ClassifierSplit
-    names: tuple[str, ...]
-
-    def labels(self, part: str) -> np.ndarray:
-        return getattr(self.split, part).labels
-
-
-def protocol_split(data: LabelledData, config: ml_collections.ConfigDict) -> ProtocolData:
-    """`splits.classifier_split` on the chosen task; class ids stay indices into the names
-    (the reference's minus-the-minimum shift is undone)."""
-    d = config.downstream
-    per_step = data.labels.per_step
-    try:
-        split = splits.classifier_split(
-            per_step[:, :, None], 0, label_rate=d.label_rate, seed=config.dataset.seed, merge=d.merge,
-            balance=d.balance, train_rate=config.dataset.train_rate, vali_rate=config.dataset.vali_rate,
-        )
-    except ValueError as e:
-        raise LimuBertError(f"config.downstream ({data.name}, task {data.labels.task}): {e}") from None
-    offset = int(per_step.min())  # labels index `names`; the split subtracted the minimum
-    if offset:
-        shift = lambda s: dataclasses.replace(s, labels=s.labels + offset)  # noqa: E731
-        split = dataclasses.replace(split, train=shift(split.train), vali=shift(split.vali), test=shift(split.test))
-    return ProtocolData(split, data.labels.names)
-
-
-# ---------------------------------------------------------------------------------------
-# Training: whole epochs as compiled programs.
-
-
-ApplyFn = Callable[[Any, jax.Array, bool, jax.Array], jax.Array]  # (params, x, train, key) -> logits
-PredictFn = Callable[[Any, Any], jax.Array]  # (params, vali_inputs) -> predicted classes
-
-
-@dataclasses.dataclass
-class FitResult:
-    params: Any
-    best_epoch: int
-    best_vali_accuracy: float
-    history: dict[str, list[float]]
-
-
-def fit(apply_fn: ApplyFn, params, train_x, train_y, vali_inputs, vali_y, *, num_epochs: int, batch_size: int,
-        learning_rate: float, seed: int, predict_fn: PredictFn | None = None, trainable: Any = None,
-        desc: str = "classifier") -> FitResult:
-    """Adam with cross-entropy; keeps the parameters of the best validation accuracy.
-
-    Data live on device and enter the compiled program as arguments; each call runs a chunk
-    of epochs (`lax.scan` over epochs and, inside, over shuffled batches, the last one padded
-    and masked), each followed by a validation pass: `predict_fn(params, vali_inputs)`
-    (default: argmax of `apply_fn` on `vali_inputs`). `trainable`: a pytree of bools like
-    `params` (False: frozen).
-    """
-    tx = optax.adam(learning_rate)
-    if trainable is not None:
-        tx = optax.multi_transform({True: tx, False: optax.set_to_zero()}, trainable)
-    if predict_fn is None:
-        predict_fn = lambda p, x: jnp.argmax(apply_fn(p, x, False, jax.random.key(0)), -1)  # noqa: E731
-    data = jax.device_put((jnp.asarray(train_x), jnp.asarray(train_y, jnp.int32), vali_inputs,
-                           jnp.asarray(vali_y, jnp.int32)))
-    n = data[0].shape[0]
-    batch_size = min(batch_size, n)
-    num_batches = -(-n // batch_size)
-
-    def loss_fn(p, x, y, weights, key):
-        losses = optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, x, True, key), y)
-        return jnp.sum(losses * weights) / jnp.sum(weights)
-
-    def epoch(carry, key, data):
-        train_x, train_y, vali_inputs, vali_y = data
-        p, o, best_p, best_acc, best_epoch, index = carry
-        perm_key, drop_key = jax.random.split(key)
-        order = jax.random.permutation(perm_key, n)
-        padded = jnp.concatenate([order, jnp.zeros(num_batches * batch_size - n, order.dtype)])
-        weights = (jnp.arange(num_batches * batch_size) < n).astype(jnp.float32)
-
-        def step(state, inputs):
-            p, o = state
-            rows, w, k = inputs
-            loss, grads = jax.value_and_grad(loss_fn)(p, train_x[rows], train_y[rows], w, k)
-            updates, o = tx.update(grads, o, p)
-            return (optax.apply_updates(p, updates), o), loss
-
-        batches = (padded.reshape(num_batches, batch_size), weights.reshape(num_batches, batch_size),
-                   jax.random.split(drop_key, num_batches))
-        (p, o), losses = jax.lax.scan(step, (p, o), batches)
-        accuracy = jnp.mean(predict_fn(p, vali_inputs) == vali_y)
-        better = accuracy > best_acc  # the first epoch reaching the best accuracy is kept
-        best_p = jax.tree.map(lambda new, old: jnp.where(better, new, old), p, best_p)
-        carry = (p, o, best_p, jnp.where(better, accuracy, best_acc), jnp.where(better, index, best_epoch), index + 1)
-        return carry, (jnp.mean(losses), accuracy)
-
-    @jax.jit
-    def run_epochs(carry, keys, data):
-        return jax.lax.scan(lambda c, k: epoch(c, k, data), carry, keys)
-
-    keys = jax.random.split(jax.random.key(seed), num_epochs)
-    # Equal chunks, so that one compilation serves every call.
-    per_call = max(d for d in range(1, min(EPOCHS_PER_CALL, num_epochs) + 1) if num_epochs % d == 0)
-    carry = (params, tx.init(params), params, jnp.float32(-1.0), jnp.int32(0), jnp.int32(0))
-    history = {"train_loss": [], "vali_accuracy": []}
-    with tqdm(total=num_epochs, desc=desc, unit="epoch", leave=False) as progress:
-        for start in range(0, num_epochs, per_call):
-            carry, (losses, accuracies) = run_epochs(carry, keys[start : start + per_call], data)
-            losses, accuracies = np.asarray(losses), np.asarray(accuracies)
-            if not np.isfinite(losses).all():
-                bad = start + int(np.argmin(np.isfinite(losses)))
-                raise LimuBertError(f"{desc}: the training loss became non-finite at epoch {bad + 1}")
-            history["train_loss"] += losses.tolist()
-            history["vali_accuracy"] += accuracies.tolist()
-            progress.update(per_call)
-            progress.set_postfix(loss=f"{losses[-1]:.3f}", vali_acc=f"{max(history['vali_accuracy']):.3f}")
-    _, _, best_params, best_acc, best_epoch, _ = carry
-    return FitResult(best_params, int(best_epoch) + 1, float(best_acc), history)
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,11 +90,6 @@ def run_dir(workdir: Path, task: str, method: str, config: ml_collections.Config
     return Path(workdir) / task / f"{method}-{d.label}-{d.label_rate:g}"
 
 
-def _predict(apply_fn: ApplyFn, params, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
-    apply = jax.jit(lambda p, xb: jnp.argmax(apply_fn(p, xb, False, jax.random.key(0)), -1))
-    return np.concatenate([np.asarray(apply(params, x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
-
-
 def _write_outputs(out: Path, *, method: str, task: str, config, data: LabelledData, proto: ProtocolData,
                    predictions: np.ndarray, tsne_features: np.ndarray, result: FitResult, seconds: float) -> dict:
     """metrics.json, history.json, confusion.png and tsne.png of one run."""
@@ -319,11 +118,11 @@ def _write_outputs(out: Path, *, method: str, task: str, config, data: LabelledD
 
 def _head(name: str, proto: ProtocolData, input_dim: int, config) -> tuple[ApplyFn, dict]:
     try:
-        module = heads.make_classifier(name, num_classes=len(proto.names), input_dim=input_dim,
+        module = registry.make_classifier(name, num_classes=len(proto.names), input_dim=input_dim,
                                        seq_len=config.downstream.merge)
     except ValueError as e:
         raise LimuBertError(f"config.downstream: {e}") from None
-    params = heads.init_classifier(module, jax.random.key(config.seed), seq_len=config.downstream.merge,
+    params = registry.init_classifier(module, jax.random.key(config.seed), seq_len=config.downstream.merge,
                                    input_dim=input_dim)
 
     def apply_fn(p, x, train, key):
@@ -392,7 +191,7 @@ def _train_on_features(config, workdir: Path, *, task: str, method: str, model: 
     apply_fn, params = _head(model, proto, windows.shape[-1], config)
     result = fit(apply_fn, params, part["train"], proto.labels("train"), jnp.asarray(part["vali"]),
                  proto.labels("vali"), desc=method, **_fit_kwargs(config))
-    predictions = _predict(apply_fn, result.params, part["test"])
+    predictions = predict(apply_fn, result.params, part["test"])
     return _write_outputs(run_dir(workdir, task, method, config), method=method, task=task, config=config,
                           data=data, proto=proto, predictions=predictions,
                           tsne_features=part["test"].mean(axis=1), result=result,
@@ -466,7 +265,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None 
                  (jnp.asarray(vali_windows), jnp.asarray(position)), proto.labels("vali"),
                  predict_fn=predict_fn, trainable=trainable, desc=method, **_fit_kwargs(config))
     test_index = proto.split.test.index
-    predictions = _predict(apply_fn, result.params, test_index, batch_size=256)
+    predictions = predict(apply_fn, result.params, test_index, batch_size=256)
     test_features = jax.jit(lambda p, i: pieces(encode(p, windows[i // per_window]), i % per_window))
     features = np.concatenate([np.asarray(test_features(result.params["encoder"], test_index[i : i + 256]))
                                for i in range(0, len(test_index), 256)])
@@ -478,14 +277,14 @@ def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None 
 def method_task(method: str) -> tuple[str, str]:
     """(task, model) of a report method: `limu_<head>` -> classify, `finetune_<head>` ->
     finetune, a baseline name -> baseline; an unknown method is an error naming the field."""
-    for prefix, task, names in (("limu_", "classify", heads.HEADS), ("finetune_", "finetune", heads.HEADS)):
+    for prefix, task, names in (("limu_", "classify", registry.HEADS), ("finetune_", "finetune", registry.HEADS)):
         if method.startswith(prefix) and method.removeprefix(prefix) in names:
             return task, method.removeprefix(prefix)
-    if method in heads.BASELINES:
+    if method in registry.BASELINES:
         return "baseline", method
     raise LimuBertError(
         f"config.downstream.methods: unknown method {method!r}; use limu_<head> or finetune_<head> "
-        f"(heads: {', '.join(heads.HEADS)}) or a baseline ({', '.join(heads.BASELINES)})"
+        f"(heads: {', '.join(registry.HEADS)}) or a baseline ({', '.join(registry.BASELINES)})"
     )
 
 
@@ -529,14 +328,14 @@ def _stage_methods(task: str, config: ml_collections.ConfigDict) -> list[tuple[s
             raise LimuBertError("config.downstream.methods is empty; name at least one method")
         return [("methods", *method_task(m)) for m in methods]
     if task in ("classify", "finetune"):
-        if d.classifier not in heads.HEADS:
+        if d.classifier not in registry.HEADS:
             raise LimuBertError(f"config.downstream.classifier: unknown head {d.classifier!r}; heads: "
-                                f"{', '.join(heads.HEADS)}")
+                                f"{', '.join(registry.HEADS)}")
         return [("classifier", task, d.classifier)]
     if task == "baseline":
-        if d.baseline not in heads.BASELINES:
+        if d.baseline not in registry.BASELINES:
             raise LimuBertError(f"config.downstream.baseline: unknown baseline {d.baseline!r}; baselines: "
-                                f"{', '.join(heads.BASELINES)}")
+                                f"{', '.join(registry.BASELINES)}")
         return [("baseline", task, d.baseline)]
     return []  # embed trains nothing
 
@@ -553,7 +352,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path, tasks: list[s
     if not stages:
         return
     d = config.downstream
-    label_tasks = _check_label(config, dataset)
+    label_tasks = check_label(config, dataset)
     for field in ("num_epochs", "batch_size", "merge", "tsne_points"):
         value = d[field]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -579,7 +378,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path, tasks: list[s
     for field, task, model in models:
         input_dim = config.model.feature_num if task == "baseline" else encoder.hidden
         try:
-            heads.make_classifier(model, num_classes=num_classes, input_dim=input_dim, seq_len=d.merge)
+            registry.make_classifier(model, num_classes=num_classes, input_dim=input_dim, seq_len=d.merge)
         except ValueError as e:
             raise LimuBertError(f"config.downstream.{field}: {model} on {d.merge}-step sub-windows of "
                                 f"{input_dim} features: {e}") from None

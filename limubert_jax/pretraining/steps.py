@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from limubert_jax import masking, precision
-from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
-from limubert_jax.normalization import normalize
-from limubert_jax.sharding import batch_sharded, replicated, stacked_batch_sharded
+from limubert_jax.data import masking
+from limubert_jax.data.normalization import normalize
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.runtime import precision
+from limubert_jax.runtime.sharding import batch_sharded, replicated, stacked_batch_sharded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,7 @@ def train_step(state: TrainState, raw: jax.Array, rng: jax.Array, *, model_confi
 
     raw: [B, S, F_raw] raw windows. Returns (new state, {"loss": loss before the update}).
     Parameters and optimizer state stay float32 whatever `compute_dtype` (see `squared_errors`).
-    The forward and backward matmuls run at `matmul_precision` (see `limubert_jax.precision`).
+    The forward and backward matmuls run at `matmul_precision` (see `limubert_jax.runtime.precision`).
     """
     masked, positions, targets = mask_batch(jax.random.fold_in(rng, state.step), raw, model_config, mask_config)
 

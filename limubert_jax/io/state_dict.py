@@ -12,9 +12,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from limubert_jax.classifier import GRUClassifierConfig
-from limubert_jax.errors import LimuBertError
-from limubert_jax.model import LimuBertConfig
+from limubert_jax.models.encoder import LimuBertConfig
+from limubert_jax.models.recurrent import GRUClassifierConfig
+from limubert_jax.runtime.errors import LimuBertError
 
 LIMU_BERT = "limu_bert"
 GRU_CLASSIFIER = "gru_classifier"

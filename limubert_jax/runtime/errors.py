@@ -8,7 +8,7 @@ import sys
 import threading
 from typing import Any, Callable, Sequence
 
-from limubert_jax.log_filters import quiet_libraries
+from limubert_jax.runtime.log_filters import quiet_libraries
 
 
 class LimuBertError(Exception):

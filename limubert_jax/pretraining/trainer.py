@@ -1,4 +1,4 @@
-"""The pretraining job: `train_and_evaluate(config, workdir)`.
+"""The pretraining loop: `pretrain(config, workdir)`.
 
 Epochs of sharded masked-reconstruction steps, validation after each epoch with fixed
 masks, Orbax checkpoints under `workdir/checkpoints` (the latest for resuming, the best
@@ -6,13 +6,13 @@ validation step for export), metrics to `metrics.jsonl` and TensorBoard, and a P
 reconstructed masked spans at the end. Rerunning the same command resumes exactly: the
 data position is the step, and every random draw derives from (seed, step).
 
-Multi-process runs (`limubert_jax.distributed`): every process runs `pretrain` alike, reads
+Multi-process runs (`limubert_jax.runtime.distributed`): every process runs `pretrain` alike, reads
 its own rows of each global batch, and saves and restores checkpoints through the same
 Orbax CheckpointManager (process 0 writes what is replicated; the workdir must be shared by
 all processes). Only process 0 writes metrics.jsonl, TensorBoard, the plot, summary.json,
 config.json and model_config.json, and shows progress.
 
-The workdir may be a bucket path (`gs://bucket/dir`, see `limubert_jax.storage`): Orbax
+The workdir may be a bucket path (`gs://bucket/dir`, see `limubert_jax.io.storage`): Orbax
 writes checkpoints there itself, metrics.jsonl is rewritten whole each epoch (objects do
 not append), and TensorBoard goes through tensorboardX's own `gs://` / `s3://` writers
 (they need google-cloud-storage / boto3; without them the run logs a warning and writes no
@@ -37,13 +37,15 @@ from etils import epath
 from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from limubert_jax import downstream, input_pipeline, optim, plots, precision, storage
-from limubert_jax.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, model_record
-from limubert_jax.errors import LimuBertError
-from limubert_jax.input_pipeline import load_data
-from limubert_jax.model import LimuBertConfig, LimuBertModel4Pretrain
-from limubert_jax.normalization import normalize
-from limubert_jax.pretrain import (
+from limubert_jax.data import input_pipeline
+from limubert_jax.data.input_pipeline import load_data
+from limubert_jax.data.normalization import normalize
+from limubert_jax.io import plots, storage
+from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, model_record
+from limubert_jax.io.workdir import RunCheckpoints, check_resume
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.pretraining import optim
+from limubert_jax.pretraining.steps import (
     MaskConfig,
     TrainState,
     compute_dtype_of,
@@ -53,9 +55,10 @@ from limubert_jax.pretrain import (
     jit_train_steps,
     mask_batch,
 )
-from limubert_jax.sharding import check_batch_size, global_batch, make_mesh, replicated
-from limubert_jax.workdir import RunCheckpoints, WorkdirLock, check_resume
-from limubert_jax.xla_options import compile_once
+from limubert_jax.runtime import precision
+from limubert_jax.runtime.errors import LimuBertError
+from limubert_jax.runtime.sharding import check_batch_size, global_batch, make_mesh, replicated
+from limubert_jax.runtime.xla_options import compile_once
 
 
 class NonFiniteLossError(LimuBertError):
@@ -226,40 +229,6 @@ def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch
         return state, metrics["loss"]
 
     return run
-
-
-TASKS = ("pretrain",) + downstream.DOWNSTREAM_TASKS
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-    """Runs `config.task` in `workdir`: 'pretrain', a downstream task (see `downstream`), or
-    several joined by '+' (e.g. 'pretrain+report'), in order. Returns the last task's summary."""
-    tasks = [t.strip() for t in str(config.task).split("+")]
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise LimuBertError(f"config.task {config.task!r}: unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
-    if jax.process_count() > 1 and tasks != ["pretrain"]:
-        raise LimuBertError(f"config.task {config.task!r}: a run of {jax.process_count()} processes "
-                            "pretrains only; run downstream tasks in one process")
-    # Every stage is checked before the first one runs: a bad downstream field fails in
-    # seconds, not after the pretraining before it.
-    data = load_data(config)
-    model_config = check_pretrain_config(config, data)[0] if "pretrain" in tasks else None
-    first_downstream = next((i for i, task in enumerate(tasks) if task != "pretrain"), len(tasks))
-    downstream.check_config(config, Path(workdir), tasks, data,
-                            pretrained_config=model_config if "pretrain" in tasks[:first_downstream] else None)
-    if "pretrain" in tasks:
-        check_resume(workdir, config)
-    summary: dict[str, Any] = {}
-    inputs = None  # downstream tasks after the last pretraining share their loaded data
-    with WorkdirLock(workdir):
-        for task in tasks:
-            if task == "pretrain":
-                summary, inputs = pretrain(config, workdir, data), None
-            else:
-                inputs = inputs or downstream.Inputs(config, Path(workdir), data)
-                summary = downstream.TASK_RUNNERS[task](config, Path(workdir), inputs=inputs)
-    return summary
 
 
 def check_pretrain_config(config: ml_collections.ConfigDict, data: input_pipeline.PretrainData,

@@ -17,9 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from limubert_jax.model import Linear, dataclass_from_dict
-from limubert_jax.precision import dot
-from limubert_jax.xla_options import compile_once
+from limubert_jax.models.layers import Linear, dataclass_from_dict
+from limubert_jax.runtime.precision import dot
+from limubert_jax.runtime.xla_options import compile_once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,3 +260,27 @@ class GRUClassifier(RecurrentClassifier):
     """The reference `ClassifierGRU`; `GRUClassifier(gru_v2(C))` is the released classifier."""
 
     cell: str = "gru"
+
+
+def lstm_layer(x, kernel_ih, kernel_hh, bias_ih, bias_hh, *, unroll: bool = False):
+    """One PyTorch LSTM layer over time from h0 = c0 = 0.
+
+    x: [B, T, I]; kernel_ih: [I, 4G]; kernel_hh: [G, 4G]; biases: [4G], gates packed in
+    PyTorch's order (i, f, g, o):
+    i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(...), g = tanh(...), o = σ(...),
+    c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c').
+    Returns all hidden states [B, T, G]; `unroll`: see `over_time`.
+    """
+    return stacked_rnn(x, [RecurrentLayer(kernel_ih, kernel_hh, bias_ih, bias_hh)], "lstm", unroll=unroll)
+
+
+class LSTMClassifier(RecurrentClassifier):
+    """The reference `ClassifierLSTM` (`lstm_v1`): LSTMs, last time step, dropout, linear layers.
+
+    `lstm_v1`: LSTM(D -> 20, 2 stacked layers) -> LSTM(20 -> 10) -> last step -> dropout 0.5
+    -> Linear(10 -> C); no activations. The reference shares `ClassifierGRU`'s config schema,
+    so this takes a `GRUClassifierConfig`; submodules are `lstm<i>` and `lin<i>` as in the
+    reference state dict (the reference also builds `bn<i>` layers it never uses; left out).
+    """
+
+    cell: str = "lstm"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from etils import epath
 
-from limubert_jax import storage
+from limubert_jax.io import storage
 
 CHANNEL_NAMES = ("acc x", "acc y", "acc z", "gyro x", "gyro y", "gyro z", "mag x", "mag y", "mag z")
 

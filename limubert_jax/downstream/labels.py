@@ -1,0 +1,115 @@
+"""Labelled data for the downstream protocol (SPEC 7): every window with one task's labels,
+chosen by task name (`activity`, `user`, `position`, ...), never by column index, and the
+protocol's split (80/10/10 windows, 20-step sub-windows, a balanced labelled subset)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from limubert_jax.data import input_pipeline, splits
+from limubert_jax.runtime.errors import LimuBertError
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskLabels:
+    """One task's labels for every window: `per_step` (N, S) int, class `names`."""
+
+    task: str
+    names: tuple[str, ...]
+    per_step: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledData:
+    """Every window of a dataset in memory, with the chosen task's labels."""
+
+    name: str
+    version: str
+    windows: np.ndarray  # (N, S, F) float32 raw readings in physical units
+    labels: TaskLabels
+
+
+def available_tasks(info) -> dict[str, tuple[str, ...] | None]:
+    """Task name -> class names (None: unnamed integer classes) of a dataset's features.
+
+    ClassLabel features are tasks; npy-layout builders (a `label` (S, L) feature) name their
+    columns `label_columns` in metadata, else `label_0`, `label_1`, ...
+    """
+    tasks: dict[str, tuple[str, ...] | None] = {}
+    for key, feature in info.features.items():
+        names = getattr(feature, "names", None)
+        if names is not None:
+            tasks[key] = tuple(names)
+    if "label" in info.features and not tasks:
+        meta = dict(info.metadata or {})
+        columns = meta.get("label_columns") or [f"label_{i}" for i in range(int(meta.get("num_labels", 0)))]
+        tasks.update({str(c): None for c in columns})
+    return tasks
+
+
+def check_label(config: ml_collections.ConfigDict, data) -> dict[str, tuple[str, ...] | None]:
+    """The dataset's tasks (`available_tasks`); one lacking `config.downstream.label` is an
+    error listing the tasks it has."""
+    tasks = available_tasks(data.info)
+    if config.downstream.label not in tasks:
+        raise LimuBertError(
+            f"config.downstream.label: dataset {data.name} has no task {config.downstream.label!r}; its tasks: "
+            f"{', '.join(tasks) or 'none'}"
+        )
+    return tasks
+
+
+def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
+    """All windows of `config.dataset` (or of `data`, the `input_pipeline.load_data(config)` already
+    loaded) and the labels of `config.downstream.label`; a task the dataset lacks is an error
+    listing the tasks it has."""
+    if data is None:
+        data = input_pipeline.load_data(config)
+    task = config.downstream.label
+    tasks = check_label(config, data)
+    source = data.train.source
+    rows = [source[i] for i in range(len(source))]
+    windows = np.stack([np.asarray(r[input_pipeline.FEATURE], np.float32) for r in rows])
+    seq = windows.shape[1]
+    if tasks[task] is not None:
+        per_step = np.repeat(np.array([int(r[task]) for r in rows], np.int64)[:, None], seq, axis=1)
+        names = tasks[task]
+    else:  # unnamed integer classes: 0-based from the smallest value, named by their values
+        column = list(tasks).index(task)
+        per_step = np.stack([np.asarray(r["label"])[:, column] for r in rows]).astype(np.int64)
+        names = tuple(str(v) for v in range(int(per_step.min()), int(per_step.max()) + 1))
+        per_step = per_step - per_step.min()
+    return LabelledData(data.name, data.version, windows, TaskLabels(task, names, per_step))
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolData:
+    """The classifier protocol's splits (SPEC 7) with labels that index `names`."""
+
+    split: splits.ClassifierSplit
+    names: tuple[str, ...]
+
+    def labels(self, part: str) -> np.ndarray:
+        return getattr(self.split, part).labels
+
+
+def protocol_split(data: LabelledData, config: ml_collections.ConfigDict) -> ProtocolData:
+    """`splits.classifier_split` on the chosen task; class ids stay indices into the names
+    (the reference's minus-the-minimum shift is undone)."""
+    d = config.downstream
+    per_step = data.labels.per_step
+    try:
+        split = splits.classifier_split(
+            per_step[:, :, None], 0, label_rate=d.label_rate, seed=config.dataset.seed, merge=d.merge,
+            balance=d.balance, train_rate=config.dataset.train_rate, vali_rate=config.dataset.vali_rate,
+        )
+    except ValueError as e:
+        raise LimuBertError(f"config.downstream ({data.name}, task {data.labels.task}): {e}") from None
+    offset = int(per_step.min())  # labels index `names`; the split subtracted the minimum
+    if offset:
+        shift = lambda s: dataclasses.replace(s, labels=s.labels + offset)  # noqa: E731
+        split = dataclasses.replace(split, train=shift(split.train), vali=shift(split.vali), test=shift(split.test))
+    return ProtocolData(split, data.labels.names)

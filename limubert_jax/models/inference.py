@@ -1,0 +1,101 @@
+"""Running the encoder over many windows: shape and finiteness checks, then fixed-size jitted
+batches (`embed_windows`), as the `embed` command, the downstream tasks and the API use it."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from limubert_jax.data.normalization import normalize
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.runtime.errors import LimuBertError
+
+
+def check_windows(shape: tuple[int, ...], config: LimuBertConfig, *, normalized: bool, source: str) -> None:
+    """Raises `LimuBertError` unless windows of `shape` fit the model.
+
+    Raw windows may carry extra trailing features (the reference keeps the first F);
+    normalized windows must have exactly F.
+    """
+    if len(shape) != 3:
+        raise LimuBertError(f"{source}: expected windows of shape (N, S, F), got shape {shape}")
+    _, seq, features = shape
+    if not 1 <= seq <= config.seq_len:
+        raise LimuBertError(f"{source}: shape {shape} has S={seq} time steps; the model takes 1..{config.seq_len}")
+    if features < config.feature_num or (normalized and features != config.feature_num):
+        need = f"exactly {config.feature_num}" if normalized else f"at least {config.feature_num}"
+        raise LimuBertError(
+            f"{source}: shape {shape} has F={features} features; the model was trained on "
+            f"{config.feature_num}, so the input needs {need}"
+        )
+
+
+def check_finite(windows: np.ndarray, *, source: str, chunk: int = 16384) -> None:
+    """Raises `LimuBertError` naming the first window holding NaN or Inf.
+
+    Scans in chunks (bounded memory on memory-mapped input) before any compute starts.
+    """
+    for start in range(0, len(windows), chunk):
+        finite = np.isfinite(np.asarray(windows[start : start + chunk])).all(axis=(1, 2))
+        if not finite.all():
+            raise LimuBertError(f"{source}: window {start + int(np.argmin(finite))} contains NaN or Inf")
+
+
+@functools.partial(jax.jit, static_argnames=("config", "normalized"))
+def _encode(params, windows, *, config: LimuBertConfig, normalized: bool):
+    x = windows.astype(jnp.float32)
+    if not normalized:
+        x = normalize(x, config.feature_num)
+    model = LimuBertModel4Pretrain(config)
+    return model.apply({"params": params}, x, method=model.encode)
+
+
+def embed_windows(
+    params,
+    config: LimuBertConfig,
+    windows: np.ndarray,
+    *,
+    normalized: bool = False,
+    batch_size: int = 1024,
+    out: np.ndarray | None = None,
+    source: str = "input",
+    progress: bool = False,
+) -> np.ndarray:
+    """Encoder outputs for `windows` [N, S, F] -> [N, S, hidden] float32.
+
+    Runs in fixed-size jitted batches (the last one padded, so one compilation serves all).
+    `out` may be a preallocated (e.g. memory-mapped) array to fill. Non-finite input raises
+    `LimuBertError` naming the first bad window, before any window is encoded; so does a
+    non-finite embedding, as soon as its batch is done. Input of any byte order is read.
+    """
+    check_windows(tuple(windows.shape), config, normalized=normalized, source=source)
+    n, seq, _ = windows.shape
+    if out is None:
+        out = np.empty((n, seq, config.hidden), np.float32)
+    batch_size = max(1, min(batch_size, n))
+    params = jax.device_put(params)  # once, not per batch
+    check_finite(windows, source=source)
+    # A context, so that an error closes the progress bar's line before it is reported.
+    with tqdm(range(0, n, batch_size), desc="embed", unit="batch", disable=not progress) as starts:
+        for start in starts:
+            batch = np.asarray(windows[start : start + batch_size])
+            if not batch.dtype.isnative:  # e.g. a big-endian .npy; JAX takes native byte order only
+                batch = batch.astype(batch.dtype.newbyteorder("="))
+            rows = len(batch)
+            if rows < batch_size:
+                batch = np.concatenate([batch, np.zeros((batch_size - rows,) + batch.shape[1:], batch.dtype)])
+            encoded = np.asarray(_encode(params, batch, config=config, normalized=normalized)[:rows])
+            finite = np.isfinite(encoded).all(axis=(1, 2))
+            if not finite.all():
+                first = int(np.argmin(finite))
+                raise LimuBertError(
+                    f"{source}: the embedding of window {start + first} is not finite (NaN or Inf): "
+                    f"input values too large for float32 arithmetic (its largest magnitude is "
+                    f"{float(np.abs(batch[first]).max()):.3g}), or non-finite model weights"
+                )
+            out[start : start + rows] = encoded
+    return out

@@ -1,0 +1,92 @@
+"""The task registry: every name `config.task` may hold, and how a chain of them runs.
+
+`main` dispatches through `run`; tests and notebooks call it the same way. A task is a
+function `(config, workdir, shared) -> summary`; `shared` carries what chained tasks load
+once: the dataset, and for downstream tasks the labelled data, the encoder and its
+embeddings (`downstream.runners.Inputs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+
+from limubert_jax.data.input_pipeline import PretrainData, load_data
+from limubert_jax.downstream import runners
+from limubert_jax.io import storage
+from limubert_jax.io.workdir import WorkdirLock, check_resume
+from limubert_jax.pretraining import trainer
+from limubert_jax.runtime.errors import LimuBertError
+
+
+@dataclasses.dataclass
+class Shared:
+    """What the tasks of one chain share: the dataset, loaded once, and the downstream inputs
+    (labelled data, encoder, embeddings), loaded on first use and reset by a pretraining."""
+
+    config: ml_collections.ConfigDict
+    workdir: Any
+    data: PretrainData
+    downstream: runners.Inputs | None = None
+
+    def downstream_inputs(self) -> runners.Inputs:
+        if self.downstream is None:
+            self.downstream = runners.Inputs(self.config, self.workdir, self.data)
+        return self.downstream
+
+
+def _pretrain(config, workdir, shared: Shared) -> dict[str, Any]:
+    summary = trainer.pretrain(config, workdir, shared.data)
+    shared.downstream = None  # a new encoder: the next downstream task loads it afresh
+    return summary
+
+
+def _downstream(runner: Callable[..., dict]) -> Callable[..., dict]:
+    def run_task(config, workdir, shared: Shared) -> dict[str, Any]:
+        return runner(config, workdir, inputs=shared.downstream_inputs())
+
+    return run_task
+
+
+TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any, Shared], dict[str, Any]]] = {
+    "pretrain": _pretrain,
+    **{name: _downstream(runner) for name, runner in runners.TASK_RUNNERS.items()},
+}
+
+
+def parse_tasks(task: str) -> list[str]:
+    """'pretrain+report' -> ['pretrain', 'report']; an unknown name is a `LimuBertError`."""
+    tasks = [t.strip() for t in str(task).split("+")]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise LimuBertError(f"config.task {task!r}: unknown task {unknown[0]!r}; tasks: {', '.join(TASKS)}")
+    return tasks
+
+
+def run(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
+    """Runs `config.task` in `workdir` (a local path or `gs://...`): one task of `TASKS`, or
+    several joined by '+' (e.g. 'pretrain+report'), in order. Returns the last task's summary."""
+    tasks = parse_tasks(config.task)
+    if jax.process_count() > 1 and tasks != ["pretrain"]:
+        raise LimuBertError(f"config.task {config.task!r}: a run of {jax.process_count()} processes "
+                            "pretrains only; run downstream tasks in one process")
+    workdir = storage.as_path(workdir)
+    # Every stage is checked before the first one runs: a bad downstream field fails in
+    # seconds, not after the pretraining before it.
+    data = load_data(config)
+    model_config = trainer.check_pretrain_config(config, data)[0] if "pretrain" in tasks else None
+    first_downstream = next((i for i, task in enumerate(tasks) if task != "pretrain"), len(tasks))
+    runners.check_config(config, workdir, tasks, data,
+                         pretrained_config=model_config if "pretrain" in tasks[:first_downstream] else None)
+    if "pretrain" in tasks:
+        check_resume(workdir, config)
+    shared = Shared(config, workdir, data)
+    summary: dict[str, Any] = {}
+    with WorkdirLock(workdir):
+        for task in tasks:
+            summary = TASKS[task](config, workdir, shared)
+    return summary
