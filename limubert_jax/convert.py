@@ -11,20 +11,21 @@ reference keys and shapes (the unused `fc` included), loadable with
 replaced by .json) with the config in the reference's field names; an OUT ending in .json
 is refused, since the sidecar would overwrite it. Existing outputs are refused unless
 `--overwrite`, which replaces only a checkpoint directory (from-torch) or the two files
-(to-torch).
+(to-torch). Every path may be an object-store path (`gs://bucket/...`).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import pickle
 import re
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
 
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import (
@@ -54,11 +55,12 @@ def _import_torch():
 def load_torch_state_dict(path: str | os.PathLike) -> StateDict:
     """Reads a PyTorch state dict file (`weights_only=True`) as NumPy arrays."""
     torch = _import_torch()
-    path = Path(path)
+    path = storage.as_path(path)
     if not path.is_file():
         raise LimuBertError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
             raise LimuBertError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from None
@@ -135,15 +137,15 @@ def reference_json(kind: str, config) -> dict[str, Any]:
     return config.to_dict() if kind == LIMU_BERT else config.to_reference_json()
 
 
-def sidecar_path(out_path: str | os.PathLike) -> Path:
+def sidecar_path(out_path: str | os.PathLike) -> epath.Path:
     """Where `to-torch` writes the config beside the state dict OUT: OUT with its suffix
     replaced by `.json` (`uci.pt` -> `uci.json`, `uci` -> `uci.json`)."""
-    return Path(out_path).with_suffix(".json")
+    return storage.as_path(out_path).with_suffix(".json")
 
 
-def check_outputs(ckpt: str | os.PathLike, out_path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def check_outputs(ckpt: str | os.PathLike, out_path: str | os.PathLike, *, overwrite: bool = False) -> epath.Path:
     """Raises `LimuBertError` unless `to-torch` may write OUT and its sidecar; returns the sidecar."""
-    out_path = Path(out_path)
+    out_path = storage.as_path(out_path)
     if out_path.suffix.lower() == ".json":
         raise LimuBertError(
             f"{out_path}: ends in .json, so its config sidecar (OUT with its suffix replaced by "
@@ -151,7 +153,7 @@ def check_outputs(ckpt: str | os.PathLike, out_path: str | os.PathLike, *, overw
         )
     json_path = sidecar_path(out_path)
     for target in (out_path, json_path):
-        storage.check_not_input(target, ckpt, Path(ckpt) / checkpoint.CONFIG_FILE)
+        storage.check_not_input(target, ckpt, storage.as_path(ckpt) / checkpoint.CONFIG_FILE)
         if target.is_dir():
             raise LimuBertError(f"{target}: is a directory")
         if target.exists() and not overwrite:
@@ -172,9 +174,10 @@ def to_torch(ckpt: str | os.PathLike, out_path: str | os.PathLike, *, overwrite:
     state_dict = params_to_state_dict(params)
     validate_state_dict(state_dict, expected, str(ckpt))
     ordered = {key: torch.from_numpy(np.array(state_dict[key], order="C", copy=True)) for key in expected}
-    with storage.staged(out_path, json_path) as (out_tmp, json_tmp):
-        torch.save(ordered, out_tmp)
-        json_tmp.write_text(json.dumps(reference_json(kind, config), indent=2) + "\n")
+    state_bytes = io.BytesIO()  # a state dict is megabytes: serialized in memory, then written
+    torch.save(ordered, state_bytes)
+    text = json.dumps(reference_json(kind, config), indent=2) + "\n"
+    storage.write_together({out_path: state_bytes.getvalue(), json_path: text.encode("utf-8")})
     return kind, config
 
 

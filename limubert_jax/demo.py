@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -27,10 +26,11 @@ from limubert_jax.runtime.errors import run_cli
 
 def _main(argv: Sequence[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m limubert_jax.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="/tmp/limubert-demo", help="where the demo writes its files")
+    parser.add_argument("--workdir", default="/tmp/limubert-demo",
+                        help="where the demo writes its files (a directory or gs://bucket/dir)")
     parser.add_argument("--num-windows", type=int, default=512, help="synthetic windows to embed")
     args = parser.parse_args(argv)
-    workdir = Path(args.workdir)
+    workdir = storage.as_path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
     config = MODEL_CONFIGS["base_v1"]
@@ -54,7 +54,8 @@ def _main(argv: Sequence[str] | None) -> None:
     convert.from_torch(pt_path, back, overwrite=True)
     embed.embed_file(back, workdir / "windows.npy", workdir / "embeddings-from-torch.npy", progress=False,
                      overwrite=True)
-    diff = float(np.abs(np.load(workdir / "embeddings-from-torch.npy") - np.load(workdir / "embeddings.npy")).max())
+    diff = float(np.abs(storage.load_npy(workdir / "embeddings-from-torch.npy")
+                        - storage.load_npy(workdir / "embeddings.npy")).max())
     print(f"4. read the PyTorch file back ({back}) and embedded again: max abs difference {diff:.2e}")
 
 

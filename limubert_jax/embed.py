@@ -6,14 +6,15 @@ X is (N, S, F) raw readings (acc m/s^2, gyro rad/s, mag) normalized as the refer
 (SPEC section 1) unless `--input-normalized`; E is (N, S, hidden) float32. The input is
 memory-mapped and the output written batch by batch into a memory-mapped file, so memory
 stays bounded for N in the millions; E appears under its name only when complete. An
-existing E is refused unless `--overwrite`, and E may never be X.
+existing E is refused unless `--overwrite`, and E may never be X. X, E and CKPT may be
+object-store paths (`gs://bucket/...`): objects cannot be memory-mapped, so a bucket X is
+read whole into memory and a bucket E is assembled in memory, then written whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -25,14 +26,16 @@ from limubert_jax.runtime.errors import LimuBertError, run_cli
 
 
 def open_windows(input_path: str | os.PathLike) -> np.ndarray:
-    """The windows of an .npy file, memory-mapped; `LimuBertError` for anything else."""
-    input_path = Path(input_path)
+    """The windows of an .npy file, memory-mapped (an object: read into memory);
+    `LimuBertError` for anything else."""
+    input_path = storage.as_path(input_path)
     if not input_path.is_file():
         raise LimuBertError(f"{input_path}: no such file")
-    if input_path.stat().st_size == 0:
+    size = os.path.getsize(input_path) if storage.is_local(input_path) else input_path.stat().length
+    if size == 0:
         raise LimuBertError(f"{input_path}: is empty (0 bytes), not an .npy array")
     try:
-        windows = np.load(input_path, mmap_mode="r", allow_pickle=False)
+        windows = storage.load_npy(input_path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:
         raise LimuBertError(f"{input_path}: not a readable .npy array ({e})") from None
     if not isinstance(windows, np.ndarray):  # np.load opens a zip of arrays as an NpzFile
@@ -60,10 +63,11 @@ def embed_file(
     """Embeds the windows of an .npy file into another .npy file; returns the output shape.
 
     An existing output is an error unless `overwrite`; an output that is the input (or the
-    checkpoint) always is. The output is staged beside its final name, its whole size
-    reserved on disk first, and renamed into place only on success.
+    checkpoint) always is. A local output is staged beside its final name, its whole size
+    reserved on disk first, and renamed into place only on success; an object is written
+    whole once every window is embedded.
     """
-    input_path, output_path = Path(input_path), Path(output_path)
+    input_path, output_path = storage.as_path(input_path), storage.as_path(output_path)
     storage.check_not_input(output_path, input_path, checkpoint_path)
     if output_path.is_dir():
         raise LimuBertError(f"{output_path}: is a directory")
@@ -76,6 +80,11 @@ def embed_file(
     check_windows(tuple(windows.shape), config, normalized=normalized, source=str(input_path))
     n, seq, _ = windows.shape
     shape = (n, seq, config.hidden)
+    if not storage.is_local(output_path):
+        out = embed_windows(params, config, windows, normalized=normalized, batch_size=batch_size,
+                            source=str(input_path), progress=progress)
+        storage.save_npy(output_path, out)
+        return shape
     with storage.staged(output_path) as (staging,):
         out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float32, shape=shape)
         try:

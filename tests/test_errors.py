@@ -4,6 +4,7 @@ partial output behind (issue 2, point 6)."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -378,10 +379,14 @@ def test_to_torch_sidecar_name(tmp_path, checkpoints, name, sidecar):
 
 
 def test_to_torch_writes_both_files_or_neither(tmp_path, checkpoints, monkeypatch):
-    def fail(*args):
-        raise RuntimeError("disk gone")
+    write_bytes = pathlib.Path.write_bytes
 
-    monkeypatch.setattr(convert, "reference_json", fail)  # the state dict is already staged
+    def fail_on_sidecar(self, data):  # the state dict is already staged by then
+        if self.name.startswith(".out.json.tmp-"):
+            raise RuntimeError("disk gone")
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", fail_on_sidecar)
     with pytest.raises(RuntimeError, match="disk gone"):
         convert.to_torch(checkpoints / "base_v1", tmp_path / "out.pt")
     assert _listing(tmp_path) == []

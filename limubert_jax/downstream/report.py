@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+
+from etils import epath
 
 from limubert_jax.io import storage
 
@@ -121,11 +122,11 @@ def table3_markdown(results: Mapping[str, Mapping[str, Mapping]], datasets_order
 
 def write_report(path, results: Mapping[str, Mapping[str, Mapping]], title: str,
                  notes: str | Sequence[str] | None = None, *, datasets_order: Sequence[str] | None = None,
-                 methods_order: Sequence[str] | None = None) -> Path:
+                 methods_order: Sequence[str] | None = None) -> epath.Path:
     """Writes `# title`, the Table-3 layout and optional notes to a markdown file.
 
-    notes: a paragraph (str) or a list of bullet points. The file is written beside `path`
-    and renamed into place. Returns the path.
+    notes: a paragraph (str) or a list of bullet points. `path` is local or an object-store
+    path; the file appears whole (`storage.write_text`). Returns the path.
     """
     parts = [f"# {title}", "", table3_markdown(results, datasets_order, methods_order).rstrip("\n")]
     parts.append("")
@@ -139,6 +140,4 @@ def write_report(path, results: Mapping[str, Mapping[str, Mapping]], title: str,
             parts += [f"- {note}" for note in notes]
     text = "\n".join(parts) + "\n"
 
-    path = Path(path)
-    storage.write_text(path, text)
-    return path
+    return storage.write_text(path, text)

@@ -28,12 +28,12 @@ import functools
 import json
 import logging
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from limubert_jax.data import splits
 from limubert_jax.data.normalization import normalize
@@ -54,11 +54,11 @@ DOWNSTREAM_TASKS = ("embed", "classify", "finetune", "baseline", "report")
 # The tasks.
 
 
-def _encoder_path(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+def _encoder_path(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path:
     """Where the pretrained model is: `config.downstream.encoder` (a checkpoint or a
     pretraining workdir, whose best step is taken), by default this workdir; an error
     unless it holds a LIMU-BERT."""
-    path = Path(config.downstream.encoder or workdir)
+    path = storage.as_path(config.downstream.encoder or workdir)
     if not (path / checkpoint.CONFIG_FILE).is_file():
         raise LimuBertError(
             f"no pretrained LIMU-BERT in {path} (no {checkpoint.CONFIG_FILE}): pretrain there first "
@@ -70,7 +70,7 @@ def _encoder_path(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     return path
 
 
-def _encoder(config: ml_collections.ConfigDict, workdir: Path) -> tuple[LimuBertConfig, dict]:
+def _encoder(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[LimuBertConfig, dict]:
     """The pretrained model's config and parameters (see `_encoder_path`)."""
     _, model_config, params = checkpoint.load_model(_encoder_path(config, workdir))
     return model_config, params
@@ -84,13 +84,13 @@ def _check_windows(name: str, seq: int, features: int, model_config: LimuBertCon
         )
 
 
-def run_dir(workdir: Path, task: str, method: str, config: ml_collections.ConfigDict) -> Path:
+def run_dir(workdir: epath.Path, task: str, method: str, config: ml_collections.ConfigDict) -> epath.Path:
     """Where a downstream run writes: workdir/<task>/<method>-<label>-<label rate>/."""
     d = config.downstream
-    return Path(workdir) / task / f"{method}-{d.label}-{d.label_rate:g}"
+    return storage.as_path(workdir) / task / f"{method}-{d.label}-{d.label_rate:g}"
 
 
-def _write_outputs(out: Path, *, method: str, task: str, config, data: LabelledData, proto: ProtocolData,
+def _write_outputs(out: epath.Path, *, method: str, task: str, config, data: LabelledData, proto: ProtocolData,
                    predictions: np.ndarray, tsne_features: np.ndarray, result: FitResult, seconds: float) -> dict:
     """metrics.json, history.json, confusion.png and tsne.png of one run."""
     out.mkdir(parents=True, exist_ok=True)
@@ -141,9 +141,9 @@ class Inputs:
     report's methods load the dataset and embed its windows once): `data`, `proto`,
     `encoder` (model config, parameters) and `embeddings` (N, S, H)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, dataset=None):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path, dataset=None):
         """`dataset`: the `input_pipeline.load_data(config)` already loaded, if any."""
-        self.config, self.workdir, self._dataset = config, Path(workdir), dataset
+        self.config, self.workdir, self._dataset = config, storage.as_path(workdir), dataset
 
     @functools.cached_property
     def data(self) -> LabelledData:
@@ -167,12 +167,12 @@ class Inputs:
         return embed_windows(params, model_config, self.data.windows, progress=True)
 
 
-def embed(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | None = None) -> dict:
+def embed(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: Inputs | None = None) -> dict:
     """The encoder over every window: workdir/embed/embeddings.npy (N, S, H) and the labels
     of every task the dataset has, labels_<task>.npy (N,) (the label of each window's first step)."""
     inputs = inputs or Inputs(config, workdir)
     data, embeddings = inputs.data, inputs.embeddings
-    out = Path(workdir) / "embed"
+    out = storage.as_path(workdir) / "embed"
     out.mkdir(parents=True, exist_ok=True)
     storage.save_npy(out / "embeddings.npy", embeddings)
     storage.save_npy(out / f"labels_{data.labels.task}.npy", data.labels.per_step[:, 0])
@@ -182,7 +182,7 @@ def embed(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | Non
     return summary
 
 
-def _train_on_features(config, workdir: Path, *, task: str, method: str, model: str, windows: np.ndarray,
+def _train_on_features(config, workdir: epath.Path, *, task: str, method: str, model: str, windows: np.ndarray,
                        data: LabelledData, proto: ProtocolData, start: float) -> dict:
     """Trains `model` on the labelled sub-windows of per-window features `windows` (N, S, D)
     (embeddings or normalized readings), evaluates on the test split, writes the outputs."""
@@ -198,7 +198,7 @@ def _train_on_features(config, workdir: Path, *, task: str, method: str, model: 
                           seconds=time.perf_counter() - start)
 
 
-def classify(config: ml_collections.ConfigDict, workdir: Path, head: str | None = None,
+def classify(config: ml_collections.ConfigDict, workdir: epath.Path, head: str | None = None,
              inputs: Inputs | None = None) -> dict:
     """A head on frozen embeddings of the labelled sub-windows (LIMU-<head>)."""
     head = head or config.downstream.classifier
@@ -208,7 +208,7 @@ def classify(config: ml_collections.ConfigDict, workdir: Path, head: str | None 
                               windows=inputs.embeddings, data=inputs.data, proto=inputs.proto, start=start)
 
 
-def baseline(config: ml_collections.ConfigDict, workdir: Path, name: str | None = None,
+def baseline(config: ml_collections.ConfigDict, workdir: epath.Path, name: str | None = None,
              inputs: Inputs | None = None) -> dict:
     """A model on raw normalized sub-windows (DCNN, DeepSense, R-GRU): no pretraining."""
     name = name or config.downstream.baseline
@@ -219,7 +219,7 @@ def baseline(config: ml_collections.ConfigDict, workdir: Path, name: str | None 
                               windows=normalized, data=inputs.data, proto=inputs.proto, start=start)
 
 
-def finetune(config: ml_collections.ConfigDict, workdir: Path, head: str | None = None,
+def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str | None = None,
              inputs: Inputs | None = None) -> dict:
     """Encoder + head trained together on the labelled sub-windows (the encoder sees each
     sub-window's whole window, as in `classify`); `freeze_encoder` trains the head only."""
@@ -293,19 +293,20 @@ def report_methods(config: ml_collections.ConfigDict) -> list[str]:
     return [m.strip() for m in config.downstream.methods.split(",") if m.strip()]
 
 
-def run_method(config: ml_collections.ConfigDict, workdir: Path, method: str, inputs: Inputs | None = None) -> dict:
+def run_method(config: ml_collections.ConfigDict, workdir: epath.Path, method: str,
+               inputs: Inputs | None = None) -> dict:
     """One report method: `limu_<head>` (classify), `finetune_<head>`, or a baseline name."""
     task, model = method_task(method)
     return TASK_RUNNERS[task](config, workdir, model, inputs)
 
 
-def run_report(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | None = None) -> dict:
+def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: Inputs | None = None) -> dict:
     """Every method of `config.downstream.methods` on one dataset -> workdir/report.md."""
     methods = report_methods(config)
     inputs = inputs or Inputs(config, workdir)
     results = {m: run_method(config, workdir, m, inputs) for m in methods}
     dataset = f"{config.dataset.name}/{config.dataset.version}"
-    path = Path(workdir) / "report.md"
+    path = storage.as_path(workdir) / "report.md"
     d = config.downstream
     report.write_report(
         path, {dataset: results},
@@ -340,7 +341,7 @@ def _stage_methods(task: str, config: ml_collections.ConfigDict) -> list[tuple[s
     return []  # embed trains nothing
 
 
-def check_config(config: ml_collections.ConfigDict, workdir: Path, tasks: list[str], dataset,
+def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, tasks: list[str], dataset,
                  pretrained_config: LimuBertConfig | None = None) -> None:
     """Checks every downstream stage of `tasks` before any stage of the chain runs, so that a
     chain fails in seconds, not after its pretraining: the label exists in `dataset` (the

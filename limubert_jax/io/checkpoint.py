@@ -5,8 +5,11 @@ Layout of a model checkpoint directory (what `convert from-torch` writes):
     DIR/model_config.json   {"kind": "limu_bert" | "gru_classifier", "config": {...}}
     DIR/params/             Orbax (StandardCheckpointer) pytree of the Flax parameters
 
-Writes go to a hidden sibling directory that is renamed into place only when complete,
-so an interrupted or failed save never leaves a half-written checkpoint under DIR.
+Local writes go to a hidden sibling directory that is renamed into place only when
+complete, so an interrupted or failed save never leaves a half-written checkpoint under DIR.
+In an object store (`gs://`), which has no renames, DIR's model_config.json is written last
+(and removed first when replacing): a DIR without it is not a checkpoint to any reader.
+Every path may be local or an object-store path (`limubert_jax.io.storage`).
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from limubert_jax.io import storage
 from limubert_jax.io.state_dict import GRU_CLASSIFIER, LIMU_BERT
@@ -73,29 +76,41 @@ def kind_of(config) -> str:
     raise TypeError(f"not a model config: {type(config).__name__}")
 
 
-def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: bool = False) -> Path:
+def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: bool = False) -> epath.Path:
     """Saves `params` and `config` as a model checkpoint directory, atomically.
 
     An existing non-empty `directory` is an error unless `overwrite` is set, and even then
     unless it is a model checkpoint (exactly `model_config.json` and `params/`): `overwrite`
     replaces what this function writes, never a training workdir or a user's files. The old
-    checkpoint is replaced only after the new one is complete.
+    checkpoint is replaced only after the new one is complete (locally; see the module
+    docstring for object stores).
     """
-    directory = Path(directory).absolute()
+    directory = storage.absolute(directory)
     if directory.exists() and not directory.is_dir():
         raise LimuBertError(f"{directory}: exists and is not a directory")
     if directory.is_dir():
         _check_replaceable(directory, overwrite)
+    record = dict(model_record(config), params_sha256=content_digest(params))
+    text = json.dumps(record, indent=2) + "\n"
+    if not storage.is_local(directory):
+        (directory / CONFIG_FILE).unlink(missing_ok=True)
+        (directory / PARAMS_DIR).rmtree(missing_ok=True)
+        _save_params(directory / PARAMS_DIR, params)
+        storage.write_text(directory / CONFIG_FILE, text)
+        return directory
     with storage.staged(directory, directory=True) as (staging,):
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(staging / PARAMS_DIR, params)
-        checkpointer.wait_until_finished()
-        record = dict(model_record(config), params_sha256=content_digest(params))
-        (staging / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        _save_params(staging / PARAMS_DIR, params)
+        (staging / CONFIG_FILE).write_text(text)
     return directory
 
 
-def _check_replaceable(directory: Path, overwrite: bool) -> None:
+def _save_params(path, params) -> None:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(path, params)
+    checkpointer.wait_until_finished()
+
+
+def _check_replaceable(directory: epath.Path, overwrite: bool) -> None:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
     if not names or (overwrite and names == [CONFIG_FILE, PARAMS_DIR + "/"]):
         return
@@ -115,6 +130,7 @@ def restore_on_one_device(path: str | os.PathLike) -> Any:
     Orbax otherwise restores arrays with the shardings they were saved with, which exist only
     on the device topology of the run that saved them (a run on several devices or processes).
     """
+    path = storage.absolute(path)
     checkpointer = ocp.StandardCheckpointer()
     metadata = checkpointer.metadata(path)
     tree = getattr(metadata, "item_metadata", metadata)  # older Orbax returns the tree itself
@@ -123,13 +139,13 @@ def restore_on_one_device(path: str | os.PathLike) -> Any:
     return checkpointer.restore(path, target)
 
 
-def _is_workdir(path: Path) -> bool:
+def _is_workdir(path: epath.Path) -> bool:
     return (path / CHECKPOINTS_DIR).is_dir()
 
 
-def resolve_model_dir(path: str | os.PathLike) -> Path:
+def resolve_model_dir(path: str | os.PathLike) -> epath.Path:
     """The model checkpoint or training workdir that `path` names (it holds `model_config.json`)."""
-    path = Path(path)
+    path = storage.as_path(path)
     if not path.exists():
         raise LimuBertError(f"{path}: no such checkpoint directory")
     if (path / CONFIG_FILE).is_file():
@@ -143,7 +159,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 def best_step(workdir: str | os.PathLike) -> int:
     """The step with the lowest validation loss among a training workdir's checkpoints."""
     manager = ocp.CheckpointManager(
-        (Path(workdir) / CHECKPOINTS_DIR).absolute(),
+        storage.absolute(storage.as_path(workdir) / CHECKPOINTS_DIR),
         options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["val_loss"], best_mode="min", read_only=True),
     )
     step = manager.best_step()
@@ -190,16 +206,16 @@ def load_model(path: str | os.PathLike) -> tuple[str, Any, dict]:
     return kind, config, params
 
 
-def _json(path: Path, what: str) -> dict:
+def _json(path: epath.Path, what: str) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(storage.as_path(path).read_text())
     except FileNotFoundError:
         return {}
     except ValueError as e:
         raise LimuBertError(f"{what}: {path} is not readable JSON ({e})") from None
 
 
-def _check_finite_params(params: dict, source: Path) -> None:
+def _check_finite_params(params: dict, source: epath.Path) -> None:
     for keys, leaf in jax.tree_util.tree_leaves_with_path(params):
         if np.issubdtype(leaf.dtype, np.inexact) and not np.isfinite(leaf).all():
             name = leaf_name(keys)
@@ -209,15 +225,15 @@ def _check_finite_params(params: dict, source: Path) -> None:
             )
 
 
-def check_saved(directory: str | os.PathLike) -> Path:
+def check_saved(directory: str | os.PathLike) -> epath.Path:
     """The Orbax directory holding the parameters of a model checkpoint (its `params/`) or of
     a training workdir (its best step's train state); an error if there is none."""
-    directory = Path(directory)
+    directory = storage.as_path(directory)
     if _is_workdir(directory):
-        return (directory / CHECKPOINTS_DIR / str(best_step(directory)) / STATE_ITEM).absolute()
+        return storage.absolute(directory / CHECKPOINTS_DIR / str(best_step(directory)) / STATE_ITEM)
     if not (directory / PARAMS_DIR).is_dir():
         raise LimuBertError(f"{directory}: missing the '{PARAMS_DIR}' Orbax directory")
-    return (directory / PARAMS_DIR).absolute()
+    return storage.absolute(directory / PARAMS_DIR)
 
 
 def _to_plain_dict(tree):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 from etils import epath
@@ -13,7 +12,7 @@ from limubert_jax.io import storage
 CHANNEL_NAMES = ("acc x", "acc y", "acc z", "gyro x", "gyro y", "gyro z", "mag x", "mag y", "mag z")
 
 
-def _save(fig, path: Path | epath.Path) -> Path | epath.Path:
+def _save(fig, path: epath.Path) -> epath.Path:
     """Writes the figure as a PNG, whole (`storage.write_bytes`: no half-written files)."""
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
@@ -71,14 +70,14 @@ def _pyplot():
     return plt
 
 
-def confusion_png(path, matrix, class_names, title: str = "") -> Path:
+def confusion_png(path, matrix, class_names, title: str = "") -> epath.Path:
     """Confusion matrix [C, C] (rows true, columns predicted) as a heat map.
 
     Colours are fractions of each true class (rows normalised; a row without examples stays
     0). With C <= 12 each cell also shows its count and row percentage.
     """
     plt = _pyplot()
-    path = Path(path)
+    path = storage.as_path(path)
     matrix = np.asarray(matrix, dtype=np.int64)
     c = matrix.shape[0]
     if matrix.shape != (c, c) or len(class_names) != c:
@@ -108,10 +107,10 @@ def confusion_png(path, matrix, class_names, title: str = "") -> Path:
         plt.close(fig)
 
 
-def tsne_png(path, points: np.ndarray, labels: np.ndarray, class_names, title: str = "") -> Path:
+def tsne_png(path, points: np.ndarray, labels: np.ndarray, class_names, title: str = "") -> epath.Path:
     """2-D embedding [N, 2] scattered, coloured by integer label [N], with a legend."""
     plt = _pyplot()
-    path = Path(path)
+    path = storage.as_path(path)
     points = np.asarray(points)
     labels = np.asarray(labels).astype(np.int64)
     if points.ndim != 2 or points.shape[1] != 2 or labels.shape != (points.shape[0],):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -162,10 +163,12 @@ def staged(*paths: str | os.PathLike, suffix: str = "", directory: bool = False)
     aside under a staging name, then removed). Local paths only: in an object store an
     object appears whole when written, so write it directly.
     """
+    # Checked before the conversion: pathlib turns `gs://b/x` into the local `gs:/b/x`.
+    for p in paths:
+        if not is_local(p):
+            raise ValueError(f"staged writes are for local paths, not {os.fspath(p)}")
     targets = [Path(p) for p in paths]
     for target in targets:
-        if not is_local(target):
-            raise ValueError(f"staged writes are for local paths, not {target}")
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_staging(target)
     staging: list[Path] = []
@@ -218,6 +221,49 @@ def write_text(path: str | os.PathLike, text: str) -> epath.Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def write_together(files: dict[str | os.PathLike, bytes]) -> list[epath.Path]:
+    """Writes several whole files that belong together (a state dict and its sidecar):
+    they appear together or not at all. Local files are `staged` together; objects, which
+    cannot be renamed into place, are written in order and the ones already written removed
+    when a later one fails (so a reader may see the first before the last appears).
+    Returns the paths, in order."""
+    items = [(as_path(p), data) for p, data in files.items()]
+    if all(is_local(p) for p, _ in items):
+        with staged(*(p for p, _ in items)) as tmps:
+            for tmp, (_, data) in zip(tmps, items):
+                tmp.write_bytes(data)
+        return [p for p, _ in items]
+    written = []
+    try:
+        for path, data in items:
+            write_bytes(path, data)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def load_npy(path: str | os.PathLike, *, mmap_mode: str | None = None):
+    """`numpy.load(path, mmap_mode=..., allow_pickle=False)` of a local file or an object.
+
+    Only a local file can be memory-mapped: an object is read whole into memory through
+    `open` (`mmap_mode` then does nothing). An `.npz` comes back as numpy's lazy NpzFile
+    either way (an object's is read into memory first, its arrays being read on access).
+    """
+    import numpy as np  # noqa: PLC0415
+
+    path = as_path(path)
+    if is_local(path):
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    with path.open("rb") as f:
+        loaded = np.load(f, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+
+
 def save_npy(path: str | os.PathLike, array) -> epath.Path:
     """`numpy.save` of `array` to `path` (which keeps its name), staged like `write_bytes`."""
     import numpy as np  # noqa: PLC0415  (storage itself needs no numpy)
@@ -262,8 +308,16 @@ def reserve(path: str | os.PathLike, nbytes: int, *, what: str | None = None) ->
 def check_not_input(output: str | os.PathLike, *inputs: str | os.PathLike) -> None:
     """Raises `LimuBertError` if `output` is one of `inputs`: the same path once resolved
     (symlinks, `..`), or the same file under another name (a hard link, a bind mount)."""
+    if not is_local(output):
+        # Objects have no links: the same object is the same URI (epath normalizes it).
+        for source in inputs:
+            if not is_local(source) and str(as_path(output)) == str(as_path(source)):
+                raise LimuBertError(f"{output}: is also an input ({source}); writing it would destroy the input")
+        return
     output = Path(output)
     for source in inputs:
+        if not is_local(source):
+            continue
         same = output.resolve() == Path(source).resolve()
         if not same and output.exists() and Path(source).exists():
             same = os.path.samefile(output, source)

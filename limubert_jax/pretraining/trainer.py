@@ -21,10 +21,10 @@ TensorBoard events).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grain
@@ -123,6 +123,17 @@ def _record_step(line: str) -> float:
         return float("inf")
 
 
+# The client library (module, pip package) of each object store tensorboardX writes to.
+_TENSORBOARD_CLIENTS = {"gs": ("google.cloud.storage", "google-cloud-storage"), "s3": ("boto3", "boto3")}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
 class _MetricsWriter:
     """Appends one JSON line per epoch to `metrics.jsonl` and mirrors scalars to TensorBoard.
 
@@ -140,11 +151,18 @@ class _MetricsWriter:
             storage.write_text(self._path, "".join(self._lines))
         if self._append:
             self._jsonl = open(self._path, "a")
-        try:
-            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
-        except ImportError as e:  # tensorboardX's gs:// and s3:// writers need their client library
-            logging.warning("no TensorBoard events in %s: %s", workdir, e)
-            self._tb = None
+        self._tb = None
+        client = _TENSORBOARD_CLIENTS.get(str(workdir).split("://")[0]) if not storage.is_local(workdir) else None
+        # Checked first: a tensorboardX writer whose client import failed prints a traceback
+        # again when it is garbage-collected.
+        if client is not None and not _importable(client[0]):
+            logging.warning("no TensorBoard events in %s: tensorboardX needs %s for it", workdir, client[1])
+        else:
+            try:
+                self._tb = SummaryWriter(str(workdir / "tensorboard"),
+                                         purge_step=start_step + 1 if start_step else None)
+            except ImportError as e:
+                logging.warning("no TensorBoard events in %s: %s", workdir, e)
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record) + "\n"
@@ -240,7 +258,7 @@ def check_pretrain_config(config: ml_collections.ConfigDict, data: input_pipelin
     return model_config, mask_config
 
 
-def pretrain(config: ml_collections.ConfigDict, workdir: str | Path,
+def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
              data: input_pipeline.PretrainData | None = None) -> dict[str, Any]:
     """Pretrains LIMU-BERT as `config` says, resuming from `workdir` if it holds a run.
 
