@@ -5,16 +5,20 @@ The fake bucket is etils' own test hook (`epath.testing.mock_epath`): every epat
 is replaced by one that keeps `gs://test-bucket/...` under a local directory and behaves
 like an object store where that matters (no renames, no appends). Orbax reaches GCS through
 epath too, except for two calls patched here: its tensorstore kvstore (a `file` kvstore in
-the same directory instead of the `gcs` driver) and its HNS bucket query. Our code sees only
-`gs://` strings and epath objects; a `pathlib.Path` left on a user path turns
-`gs://test-bucket/x` into the local relative path `gs:/test-bucket/x`, which the fake
-bucket never sees: reads fail, and writes land in the working directory, which the fixture
-checks is left empty.
+the same directory instead of the `gcs` driver) and its HNS bucket query.
+
+Our code sees only `gs://` strings and epath objects. A `pathlib.Path` left on a user path
+makes a local path of the URI: `Path("gs://test-bucket/x")` is the relative `gs:/test-bucket/x`,
+and `Path(epath.Path("gs://test-bucket/x"))` the absolute `/gs/test-bucket/x` (epath's inner
+form of the URI). The fake bucket never sees those, so reads fail; and an audit hook records
+(and refuses) every file operation of the process on such a local path (`open`, `mkdir`, `listdir`, ...,
+from numpy, torch and pathlib alike), which the fixture requires to be none.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,33 @@ from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "gs://test-bucket"
+
+
+# Local file operations on a URI turned local path while a fake bucket is in use; None
+# when none is (an audit hook cannot be removed, so it stays installed and idle).
+_LOCAL_URI_ACCESSES: list[str] | None = None
+_FILE_EVENTS = frozenset({"open", "os.mkdir", "os.listdir", "os.scandir", "os.remove", "os.rename", "os.replace",
+                          "os.rmdir", "os.chmod", "os.utime", "os.truncate", "shutil.rmtree", "shutil.copyfile"})
+
+
+class LocalUriAccess(RuntimeError):
+    pass
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _LOCAL_URI_ACCESSES is None or event not in _FILE_EVENTS:
+        return
+    for arg in args[:2]:
+        if isinstance(arg, (str, bytes, os.PathLike)):
+            path = os.fsdecode(os.fspath(arg))
+            if "gs:/" in path or os.path.abspath(path).startswith("/gs/"):
+                _LOCAL_URI_ACCESSES.append(f"{event} {path}")
+                # Refused too, so that nothing lands outside the test's directories; recorded
+                # first, in case the code under test swallows the error.
+                raise LocalUriAccess(f"{event} {path}: a gs:// path used as a local path")
+
+
+sys.addaudithook(_audit)
 
 
 class FakeBucket:
@@ -87,6 +118,7 @@ class FakeBucket:
 
 @pytest.fixture
 def bucket(tmp_path, monkeypatch):
+    global _LOCAL_URI_ACCESSES
     fake = FakeBucket(tmp_path / "bucket-objects")
     (fake.root / BUCKET.removeprefix("gs://")).mkdir(parents=True)
     cwd = tmp_path / "cwd"
@@ -95,9 +127,14 @@ def bucket(tmp_path, monkeypatch):
     monkeypatch.setenv("EPATH_USE_TF", "0")  # epath would prefer TensorFlow's GCS file system
     monkeypatch.setattr(gcs_utils, "get_kvstore_for_gcs", lambda path: {"driver": "file", "path": fake.local(path)})
     monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
-    with epath_testing.mock_epath(**fake.mocks()):
-        yield fake
-    assert sorted(os.listdir(cwd)) == [], "a gs:// path was written through pathlib"
+    _LOCAL_URI_ACCESSES = accesses = []
+    try:
+        with epath_testing.mock_epath(**fake.mocks()):
+            yield fake
+    finally:
+        _LOCAL_URI_ACCESSES = None
+    assert accesses == [], "gs:// paths were used as local paths (through pathlib?)"
+    assert os.listdir(cwd) == [], "a gs:// path was written as a local path"
 
 
 def _config(data_dir, task: str):
@@ -120,7 +157,19 @@ def test_the_fake_bucket_is_not_a_local_path(bucket):
             pass
 
 
-def test_pretrain_embed_and_convert_in_a_bucket(bucket, synthetic_data_dir):
+def test_bad_inputs_in_a_bucket_are_named(bucket):
+    storage.write_bytes(f"{BUCKET}/empty.npy", b"")
+    with pytest.raises(LimuBertError, match=rf"^{BUCKET}/empty.npy: is empty"):
+        embed.open_windows(f"{BUCKET}/empty.npy")
+    with storage.as_path(f"{BUCKET}/w.npz").open("wb") as f:
+        np.savez(f, windows=np.zeros((1, 120, 6)))
+    with pytest.raises(LimuBertError, match=r"is an \.npz archive \(arrays: windows\)"):
+        embed.open_windows(f"{BUCKET}/w.npz")
+    with pytest.raises(LimuBertError, match=rf"^{BUCKET}/none.npy: no such file"):
+        embed.open_windows(f"{BUCKET}/none.npy")
+
+
+def test_pretrain_embed_and_convert_in_a_bucket(bucket, synthetic_data_dir, capsys):
     workdir = f"{BUCKET}/run"
     config = _config(synthetic_data_dir, "pretrain+embed")
     tasks.run(config, workdir)
@@ -134,14 +183,15 @@ def test_pretrain_embed_and_convert_in_a_bucket(bucket, synthetic_data_dir):
 
     # What classify, finetune, baseline and report write besides .json: figures and the table.
     run = runners.run_dir(storage.as_path(workdir), "classify", "limu_gru_v2", config)
-    plots.confusion_png(run / "confusion.png", np.eye(2, dtype=int), ["a", "b"])
-    plots.tsne_png(run / "tsne.png", np.zeros((2, 2)), np.array([0, 1]), ["a", "b"])
+    plots.confusion_png(f"{run}/confusion.png", np.eye(2, dtype=int), ["a", "b"])
+    plots.tsne_png(f"{run}/tsne.png", np.zeros((2, 2)), np.array([0, 1]), ["a", "b"])
     report.write_report(f"{workdir}/report.md", {"d": {"dcnn": {"accuracy": 0.5, "macro_f1": 0.5}}}, title="t")
     assert {f"{run}/confusion.png", f"{run}/tsne.png", f"{workdir}/report.md"} <= set(bucket.files())
 
     # A training workdir in the bucket is a checkpoint to every tool: to-torch, from-torch, embed.
-    kind, _ = convert.to_torch(workdir, f"{BUCKET}/export/model.pt")
-    assert kind == "limu_bert" and f"{BUCKET}/export/model.json" in bucket.files()
+    assert convert.main(["to-torch", workdir, f"{BUCKET}/export/model.pt"]) == 0
+    assert f"and {BUCKET}/export/model.json" in capsys.readouterr().out
+    assert f"{BUCKET}/export/model.json" in bucket.files()
     with pytest.raises(LimuBertError, match="already exists"):
         convert.to_torch(workdir, f"{BUCKET}/export/model.pt")
     layers = dict(n_layers=config.model.n_layers, n_heads=config.model.n_heads)
