@@ -34,6 +34,7 @@ PARAMS_DIR = "params"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_ITEM = "state"
 META_ITEM = "meta"
+BEST_METRIC = "val_loss"  # a training run's best step has the lowest validation loss
 _CONFIG_CLASSES = {LIMU_BERT: LimuBertConfig, GRU_CLASSIFIER: GRUClassifierConfig}
 
 
@@ -140,11 +141,16 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     )
 
 
+def best_metric(metrics: dict[str, Any]) -> float:
+    """The value a run's checkpoints are ranked by (lower is better), from a step's metrics."""
+    return metrics[BEST_METRIC]
+
+
 def best_step(workdir: str | os.PathLike) -> int:
     """The step with the lowest validation loss among a training workdir's checkpoints."""
     manager = ocp.CheckpointManager(
         (Path(workdir) / CHECKPOINTS_DIR).absolute(),
-        options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["val_loss"], best_mode="min", read_only=True),
+        options=ocp.CheckpointManagerOptions(best_fn=best_metric, best_mode="min", read_only=True),
     )
     step = manager.best_step()
     manager.close()

@@ -217,7 +217,7 @@ def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: in
 
 def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int) -> EpochRunner:
     """Epochs on training windows held on every device: each epoch, its shuffle and masking
-    included, is one compiled call (`pretrain.resident_epoch`)."""
+    included, is one compiled call (`steps.resident_epoch`)."""
     windows = data.train.read(np.arange(len(data.train)))  # [N, S, F] float32
     resident = jax.make_array_from_callback(windows.shape, replicated(mesh), lambda index: windows[index])
     shuffle_key = jax.random.fold_in(jax.random.key(config.seed), RESIDENT_SHUFFLE_STREAM)
