@@ -167,7 +167,7 @@ class Inputs:
         return embed_windows(params, model_config, self.data.windows, progress=True)
 
 
-def embed(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | None = None) -> dict:
+def embed_dataset(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs | None = None) -> dict:
     """The encoder over every window: workdir/embed/embeddings.npy (N, S, H) and the labels
     of every task the dataset has, labels_<task>.npy (N,) (the label of each window's first step)."""
     inputs = inputs or Inputs(config, workdir)
@@ -384,4 +384,4 @@ def check_config(config: ml_collections.ConfigDict, workdir: Path, tasks: list[s
                                 f"{input_dim} features: {e}") from None
 
 
-TASK_RUNNERS = {"embed": embed, "classify": classify, "finetune": finetune, "baseline": baseline, "report": run_report}
+TASK_RUNNERS = {"embed": embed_dataset, "classify": classify, "finetune": finetune, "baseline": baseline, "report": run_report}
