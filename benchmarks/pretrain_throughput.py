@@ -4,7 +4,7 @@
     python benchmarks/pretrain_throughput.py --skip-torch --epochs 3             # JAX only
 
 Both sides train `base_v1` LIMU-BERT with Adam (lr 1e-3) on the same synthetic raw windows
-(`limubert_jax.demo.synthetic_windows`, N = 1,670 like the UCI training split, 120 x 6), on
+(`limubert_jax.data.synthetic.synthetic_windows`, N = 1,670 like the UCI training split, 120 x 6), on
 the same machine, each in its own subprocess, one after the other:
 
 * limubert_jax: `steps.jit_train_step` on a `sharding.make_mesh()` mesh, the optimizer of

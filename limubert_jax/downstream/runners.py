@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from limubert_jax.data import splits
 from limubert_jax.data.normalization import normalize
@@ -314,9 +314,9 @@ def run_report(config: ml_collections.ConfigDict, workdir: Path, inputs: Inputs 
                f"Adam lr {d.learning_rate:g}, batch {d.batch_size}); {results[methods[0]]['num_labelled']} labelled "
                f"sub-windows of {d.merge} steps."],
     )
-    table = report.table3_markdown({dataset: results})
-    print(table)
-    return {"report": str(path), "results": {m: {k: r[k] for k in ("accuracy", "macro_f1")} for m, r in results.items()}}
+    # The table is the task's result for the user; the command prints it (`tasks.run`'s on_done).
+    return {"report": str(path), "table": report.table3_markdown({dataset: results}),
+            "results": {m: {k: r[k] for k in ("accuracy", "macro_f1")} for m, r in results.items()}}
 
 
 def _stage_methods(task: str, config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:

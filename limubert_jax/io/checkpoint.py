@@ -1,6 +1,6 @@
 """Model checkpoints on disk: Orbax-saved parameters with the model config beside them.
 
-Layout of a model checkpoint directory (what `convert from-torch` writes):
+Layout of a model checkpoint directory (what `limubert-convert from_torch` writes):
 
     DIR/model_config.json   {"kind": "limu_bert" | "gru_classifier", "config": {...}}
     DIR/params/             Orbax (StandardCheckpointer) pytree of the Flax parameters
@@ -137,7 +137,7 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         return path
     raise LimuBertError(
         f"{path}: not a model checkpoint (no {CONFIG_FILE}); expected the output of "
-        "'limubert_jax.convert from-torch' or a training workdir"
+        "'limubert-convert from_torch' or a training workdir"
     )
 
 
