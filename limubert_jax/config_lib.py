@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from limubert_jax.runtime.errors import LimuBertError
 
@@ -98,3 +100,18 @@ def with_dataset(config: ml_collections.ConfigDict, name: str, arg: str) -> ml_c
     if task is not None:
         config.task = task
     return config
+
+
+def define_config(fv: flags.FlagValues, argv: list[str]) -> None:
+    """`--config` (and its `--config.<section>.<field>=VALUE` overrides) on `fv`: a packaged
+    config's name (`motion:10_100`) or a config file's path (`configs/motion.py:10_100`)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "A config: a packaged one by name, with its argument after a colon (motion, "
+        "motion:10_100, quickstart), or the path of a config file (configs/motion.py:10_100). Override "
+        "any field with --config.<section>.<field>=VALUE.", flag_values=fv, sys_argv=argv)
+    flags.mark_flag_as_required("config", flag_values=fv)
+    # ml_collections reads the value as a path; a name first becomes the packaged file's path,
+    # so one flag serves a checkout and an installed wheel. The parser is this call's own.
+    parser = fv["config"].parser
+    load = parser.parse
+    parser.parse = lambda value: load(resolve_config(value))

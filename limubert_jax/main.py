@@ -19,12 +19,12 @@ from typing import Sequence
 
 from absl import flags
 
-from limubert_jax import tasks
+from limubert_jax import config_lib, tasks
 from limubert_jax.runtime import cli, distributed
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    cli.define_config(fv, argv)
+    config_lib.define_config(fv, argv)
     flags.DEFINE_string("workdir", None, "Directory (or gs://bucket/dir) for checkpoints, metrics and plots; "
                         "shared by all processes.", required=True, flag_values=fv)
     flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0's coordinator, "

@@ -17,10 +17,11 @@ from typing import Sequence
 import numpy as np
 from absl import flags
 
+from limubert_jax import config_lib
 from limubert_jax.data import input_pipeline
 from limubert_jax.runtime import cli
 
-define_flags = cli.define_config  # the main job's --config, overrides included
+define_flags = config_lib.define_config  # the main job's --config, overrides included
 
 
 def describe(data) -> str:

@@ -30,9 +30,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from absl import flags, logging
-from ml_collections import config_flags
 
-from limubert_jax import config_lib
 from limubert_jax.runtime.errors import LimuBertError, one_line, run_cli
 
 # (fv, argv) -> None: defines a command's flags on fv; argv is the whole command line (the
@@ -106,21 +104,6 @@ def parse(fv: flags.FlagValues, argv: list[str]) -> list[str]:
             raise
         message = f"--config: {one_line(e)}"
     raise UsageError(message)
-
-
-def define_config(fv: flags.FlagValues, argv: list[str]) -> None:
-    """`--config` (and its `--config.<section>.<field>=VALUE` overrides) on `fv`: a packaged
-    config's name (`motion:10_100`) or a config file's path (`configs/motion.py:10_100`)."""
-    config_flags.DEFINE_config_file(
-        "config", None, "A config: a packaged one by name, with its argument after a colon (motion, "
-        "motion:10_100, quickstart), or the path of a config file (configs/motion.py:10_100). Override "
-        "any field with --config.<section>.<field>=VALUE.", flag_values=fv, sys_argv=argv)
-    flags.mark_flag_as_required("config", flag_values=fv)
-    # ml_collections reads the value as a path; a name first becomes the packaged file's path,
-    # so one flag serves a checkout and an installed wheel. The parser is this call's own.
-    parser = fv["config"].parser
-    load = parser.parse
-    parser.parse = lambda value: load(config_lib.resolve_config(value))
 
 
 def flag_value(flag: Any) -> Any:
