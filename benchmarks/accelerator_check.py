@@ -85,7 +85,7 @@ def parity_rows(reference: Path, scratch: Path) -> list[dict]:
         out = scratch / f"{name}_embeddings.npy"
         cli = subprocess.run([sys.executable, "-m", "limubert_jax.embed", "--checkpoint", str(bert_dir),
                               "--input", str(scratch / f"{name}_inputs.npy"), "--output", str(out),
-                              "--input-normalized"], capture_output=True, text=True, check=False)
+                              "--input_normalized"], capture_output=True, text=True, check=False)
         for what, (got, want) in checks.items():
             error = _max_error(got, want)
             rows.append({"section": "parity", "check": f"{name}: {what}", "value": f"{error:.2e}",

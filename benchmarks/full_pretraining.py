@@ -8,7 +8,7 @@ windows, batch 128, base_v1, BertAdam) under each of the job's execution modes.
 Modes, each from fresh parameters on the same `demo.synthetic_windows` (no validation pass):
 
 * step: the default job, the host feeds one batch per compiled call (a NumPy permutation per
-  epoch, `sharding.global_batch`, `pretrain.jit_train_step`).
+  epoch, `sharding.global_batch`, `steps.jit_train_step`).
 * dispatch: the host feeds `--steps-per-dispatch` batches per call (`jit_train_steps`).
 * resident: the windows live on the device; each epoch, shuffle and masking included, is one
   call (`jit_resident_epoch`, config `train.device_resident`).

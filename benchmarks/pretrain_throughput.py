@@ -4,10 +4,10 @@
     python benchmarks/pretrain_throughput.py --skip-torch --epochs 3             # JAX only
 
 Both sides train `base_v1` LIMU-BERT with Adam (lr 1e-3) on the same synthetic raw windows
-(`limubert_jax.demo.synthetic_windows`, N = 1,670 like the UCI training split, 120 x 6), on
+(`limubert_jax.data.synthetic.synthetic_windows`, N = 1,670 like the UCI training split, 120 x 6), on
 the same machine, each in its own subprocess, one after the other:
 
-* limubert_jax: `pretrain.jit_train_step` on a `sharding.make_mesh()` mesh, the optimizer of
+* limubert_jax: `steps.jit_train_step` on a `sharding.make_mesh()` mesh, the optimizer of
   `optim.pretrain_optimizer("adam")` (Adam with the unused head `fc` frozen, as PyTorch skips
   it); normalization and span masking run on device inside the step. Batches come from a
   NumPy feed (a per-epoch permutation of the windows, fed with `sharding.global_batch`) or,

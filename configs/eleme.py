@@ -1,6 +1,7 @@
 """The `eleme` TFDS builder: pretraining, or a downstream task.
 
-`--config=configs/eleme.py:10_100` picks the version; `:classify` (or `:10_100,classify`) the task.
+`--config=eleme:10_100` (or `configs/eleme.py:10_100`) picks the version;
+`:classify` (or `:10_100,classify`) the task.
 """
 
 from limubert_jax import config_lib

@@ -1,6 +1,7 @@
 """The `hhar` TFDS builder: pretraining, or a downstream task.
 
-`--config=configs/hhar.py:10_100` picks the version; `:classify` (or `:10_100,classify`) the task.
+`--config=hhar:10_100` (or `configs/hhar.py:10_100`) picks the version;
+`:classify` (or `:10_100,classify`) the task.
 """
 
 from limubert_jax import config_lib

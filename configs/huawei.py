@@ -1,6 +1,7 @@
 """The `huawei` TFDS builder: pretraining, or a downstream task.
 
-`--config=configs/huawei.py:10_100` picks the version; `:classify` (or `:10_100,classify`) the task.
+`--config=huawei:10_100` (or `configs/huawei.py:10_100`) picks the version;
+`:classify` (or `:10_100,classify`) the task.
 """
 
 from limubert_jax import config_lib

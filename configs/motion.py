@@ -1,6 +1,7 @@
 """The `motionsense` TFDS builder: pretraining, or a downstream task.
 
-`--config=configs/motion.py:10_100` picks the version; `:classify` (or `:10_100,classify`) the task.
+`--config=motion:10_100` (or `configs/motion.py:10_100`) picks the version;
+`:classify` (or `:10_100,classify`) the task.
 """
 
 from limubert_jax import config_lib

@@ -1,4 +1,4 @@
-"""Bring your own arrays: `--config=configs/npy.py --config.dataset.manual_dir=DIR` where DIR holds
+"""Bring your own arrays: `--config=npy --config.dataset.manual_dir=DIR` where DIR holds
 `data_<version>.npy` (N, S, F) and `label_<version>.npy` (N, S, L) in the reference layout."""
 
 from limubert_jax import config_lib

@@ -1,6 +1,7 @@
 """The `shoaib` TFDS builder: pretraining, or a downstream task.
 
-`--config=configs/shoaib.py:10_100` picks the version; `:classify` (or `:10_100,classify`) the task.
+`--config=shoaib:10_100` (or `configs/shoaib.py:10_100`) picks the version;
+`:classify` (or `:10_100,classify`) the task.
 """
 
 from limubert_jax import config_lib

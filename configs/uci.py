@@ -1,6 +1,7 @@
 """The `uci_hapt` TFDS builder: pretraining, or a downstream task.
 
-`--config=configs/uci.py:10_100` picks the version; `:classify` (or `:10_100,classify`) the task.
+`--config=uci:10_100` (or `configs/uci.py:10_100`) picks the version;
+`:classify` (or `:10_100,classify`) the task.
 """
 
 from limubert_jax import config_lib

@@ -1,6 +1,7 @@
 """The `wisdm` TFDS builder: pretraining, or a downstream task.
 
-`--config=configs/wisdm.py:10_100` picks the version; `:classify` (or `:10_100,classify`) the task.
+`--config=wisdm:10_100` (or `configs/wisdm.py:10_100`) picks the version;
+`:classify` (or `:10_100,classify`) the task.
 """
 
 from limubert_jax import config_lib

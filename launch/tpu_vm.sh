@@ -21,7 +21,8 @@ the slice. Rerunning with the same --workdir resumes from the latest checkpoint.
 Options (each also read from the environment variable in brackets; flags win):
   --workdir=DIR         [TPU_WORKDIR]  run directory; gs://... for slices of several hosts
                                        and for anything that must outlive the slice (required)
-  --config=FILE[:ARG]   [TPU_CONFIG]   config file relative to the repository ($CONFIG_DEFAULT)
+  --config=FILE[:ARG]   [TPU_CONFIG]   config file relative to the repository, or a config's
+                                       name (hhar, hhar:10_100) ($CONFIG_DEFAULT)
   --name=NAME           [TPU_NAME]     TPU VM (and queued resource) name ($NAME_DEFAULT)
   --project=PROJECT     [TPU_PROJECT]  Google Cloud project (default: gcloud's configured one)
   --zone=ZONE           [TPU_ZONE]     zone with quota for the type ($ZONE_DEFAULT)
@@ -144,7 +145,10 @@ fi
 if [[ -z "$REPO" ]]; then
   [[ -f "$SOURCE/pyproject.toml" && -d "$SOURCE/configs" ]] ||
     die "--source=$SOURCE is not a limubert-jax checkout (no pyproject.toml and configs/)"
-  [[ -f "$SOURCE/${CONFIG%%:*}" ]] || die "--config=$CONFIG: no file ${CONFIG%%:*} in $SOURCE"
+  config_file="${CONFIG%%:*}"
+  # A bare name (hhar, hhar:10_100) is a config of configs/, as the commands read it.
+  [[ "$config_file" == */* || "$config_file" == *.py ]] || config_file="configs/$config_file.py"
+  [[ -f "$SOURCE/$config_file" ]] || die "--config=$CONFIG: no file $config_file in $SOURCE"
 fi
 if [[ "$WORKDIR" != gs://* ]]; then
   echo "tpu_vm.sh: warning: --workdir=$WORKDIR is on the workers' own disks: every host of a" \

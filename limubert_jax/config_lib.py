@@ -1,4 +1,9 @@
-"""Helpers shared by the config files in `configs/`."""
+"""Helpers shared by the config files in `configs/`, and how `--config` finds them.
+
+The config files live in the top-level `configs/` folder of a checkout and install as the
+package `limubert_jax.configs` (pyproject maps it, as it maps `datasets/`), so an
+installed wheel has them too and `--config=motion` works from any directory.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,57 @@ from pathlib import Path
 from types import ModuleType
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+from limubert_jax.runtime.errors import LimuBertError
 
 
 def sibling_config(config_file: str, name: str) -> ModuleType:
     """Imports `configs/<name>.py` beside `config_file`, from whatever the working directory is."""
     path = Path(config_file).resolve().with_name(f"{name}.py")
     module_name = f"_limubert_configs_{name}"
-    if module_name not in sys.modules:
+    module = sys.modules.get(module_name)
+    # Cached by name but checked by file: one process may load a checkout's configs and an
+    # installed copy's (the wheel test does), and each must get its own siblings.
+    if module is None or Path(module.__file__) != path:
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules[module_name] = module
-    return sys.modules[module_name]
+    return module
+
+
+def configs_dir() -> Path:
+    """The folder of the packaged config files: a checkout's `configs/` (installed
+    editable) or the `limubert_jax/configs` of an installed wheel."""
+    from limubert_jax import configs  # noqa: PLC0415  (only `--config` needs the folder)
+
+    return Path(configs.__file__).parent
+
+
+def config_names() -> list[str]:
+    """The names `--config` takes for the packaged config files (`motion`, `quickstart`, ...)."""
+    return sorted(p.stem for p in configs_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve_config(value: str) -> str:
+    """A `--config` value -> the config file (and its argument) that ml_collections loads.
+
+    A bare name, optionally with the file's argument (`motion`, `motion:10_100`,
+    `quickstart`), is a packaged config file; anything else (`configs/motion.py:10_100`,
+    `/abs/mine.py`) is a path, kept as it is. An unknown name is a `LimuBertError`.
+    """
+    name, colon, arg = value.partition(":")
+    # A path has a '/', a '.py' or another non-name character; a file of that bare name in the
+    # working directory is taken as the path it is.
+    if not re.fullmatch(r"\w+", name) or Path(name).is_file():
+        return value
+    path = configs_dir() / f"{name}.py"
+    if name.startswith("_") or not path.is_file():
+        raise LimuBertError(f"no packaged config {name!r} (configs: {', '.join(config_names())}); "
+                            "or give the path of a config file")
+    return f"{path}{colon}{arg}"
 
 
 def parse_version(version: str) -> tuple[int, int]:
@@ -56,3 +100,18 @@ def with_dataset(config: ml_collections.ConfigDict, name: str, arg: str) -> ml_c
     if task is not None:
         config.task = task
     return config
+
+
+def define_config(fv: flags.FlagValues, argv: list[str]) -> None:
+    """`--config` (and its `--config.<section>.<field>=VALUE` overrides) on `fv`: a packaged
+    config's name (`motion:10_100`) or a config file's path (`configs/motion.py:10_100`)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "A config: a packaged one by name, with its argument after a colon (motion, "
+        "motion:10_100, quickstart), or the path of a config file (configs/motion.py:10_100). Override "
+        "any field with --config.<section>.<field>=VALUE.", flag_values=fv, sys_argv=argv)
+    flags.mark_flag_as_required("config", flag_values=fv)
+    # ml_collections reads the value as a path; a name first becomes the packaged file's path,
+    # so one flag serves a checkout and an installed wheel. The parser is this call's own.
+    parser = fv["config"].parser
+    load = parser.parse
+    parser.parse = lambda value: load(resolve_config(value))

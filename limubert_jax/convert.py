@@ -1,30 +1,31 @@
-"""Weights between the reference PyTorch release and limubert_jax checkpoints.
+"""Weights between the reference PyTorch release and limubert_jax checkpoints (`limubert-convert`).
 
-    python -m limubert_jax.convert from-torch IN.pt OUT_DIR [--n-layers 4 --n-heads 4] [--overwrite]
-    python -m limubert_jax.convert to-torch CKPT_DIR OUT.pt [--overwrite]
+    limubert-convert from_torch IN.pt OUT_DIR [--n_layers=4 --n_heads=4 --noemb_norm] [--overwrite]
+    limubert-convert to_torch CKPT_DIR OUT.pt [--overwrite]
 
-`from-torch` recognises a LIMU-BERT pretraining or GRU-classifier state dict by its keys,
+`from_torch` recognises a LIMU-BERT pretraining or GRU-classifier state dict by its keys,
 infers the dimensions from the shapes, validates every key, shape and value and writes an
-Orbax checkpoint with its model config. `to-torch` writes a state dict with exactly the
+Orbax checkpoint with its model config. `to_torch` writes a state dict with exactly the
 reference keys and shapes (the unused `fc` included), loadable with
 `load_state_dict(..., strict=True)`, and its sidecar `OUT.json` (OUT with its suffix
 replaced by .json) with the config in the reference's field names; an OUT ending in .json
 is refused, since the sidecar would overwrite it. Existing outputs are refused unless
-`--overwrite`, which replaces only a checkpoint directory (from-torch) or the two files
-(to-torch). Every path may be an object-store path (`gs://bucket/...`).
+`--overwrite`, which replaces only a checkpoint directory (from_torch) or the two files
+(to_torch). Every path may be an object-store path (`gs://bucket/...`).
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import pickle
 import re
+import sys
 from typing import Any, Sequence
 
 import numpy as np
+from absl import flags
 from etils import epath
 
 from limubert_jax.io import checkpoint, storage
@@ -39,7 +40,8 @@ from limubert_jax.io.state_dict import (
     state_dict_to_params,
     validate_state_dict,
 )
-from limubert_jax.runtime.errors import LimuBertError, run_cli
+from limubert_jax.runtime import cli
+from limubert_jax.runtime.errors import LimuBertError
 
 
 def _import_torch():
@@ -138,13 +140,13 @@ def reference_json(kind: str, config) -> dict[str, Any]:
 
 
 def sidecar_path(out_path: str | os.PathLike) -> epath.Path:
-    """Where `to-torch` writes the config beside the state dict OUT: OUT with its suffix
+    """Where `to_torch` writes the config beside the state dict OUT: OUT with its suffix
     replaced by `.json` (`uci.pt` -> `uci.json`, `uci` -> `uci.json`)."""
     return storage.as_path(out_path).with_suffix(".json")
 
 
 def check_outputs(ckpt: str | os.PathLike, out_path: str | os.PathLike, *, overwrite: bool = False) -> epath.Path:
-    """Raises `LimuBertError` unless `to-torch` may write OUT and its sidecar; returns the sidecar."""
+    """Raises `LimuBertError` unless `to_torch` may write OUT and its sidecar; returns the sidecar."""
     out_path = storage.as_path(out_path)
     if out_path.suffix.lower() == ".json":
         raise LimuBertError(
@@ -181,47 +183,40 @@ def to_torch(ckpt: str | os.PathLike, out_path: str | os.PathLike, *, overwrite:
     return kind, config
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m limubert_jax.convert", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("from-torch", help="PyTorch state dict -> checkpoint directory")
-    p.add_argument("input", help="reference state dict (.pt)")
-    p.add_argument("output", help="checkpoint directory to write")
-    p.add_argument("--n-layers", type=int, default=4, help="LIMU-BERT block repeats (not stored in weights)")
-    p.add_argument("--n-heads", type=int, default=4, help="LIMU-BERT attention heads (not stored in weights)")
-    p.add_argument("--no-emb-norm", action="store_true", help="the model was trained with emb_norm false")
-    p.add_argument(
-        "--overwrite", action="store_true",
-        help="replace an existing checkpoint directory (one holding exactly model_config.json and params/)",
-    )
-    p = sub.add_parser("to-torch", help="checkpoint directory -> PyTorch state dict + JSON config")
-    p.add_argument("checkpoint", help="checkpoint directory")
-    p.add_argument(
-        "output",
-        help="state dict to write (e.g. OUT.pt); the config goes beside it with .json in place of its "
-        "suffix (OUT.json), so OUT may not end in .json",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing state dict and its .json")
-    return parser
+_FROM_TORCH_ONLY = ("n_layers", "n_heads", "emb_norm")
 
 
-def _main(argv: Sequence[str] | None) -> None:
-    args = _parser().parse_args(argv)
-    if args.command == "from-torch":
-        kind, config = from_torch(
-            args.input, args.output, n_layers=args.n_layers, n_heads=args.n_heads,
-            emb_norm=not args.no_emb_norm, overwrite=args.overwrite,
-        )
-        print(f"wrote {kind} checkpoint {args.output} ({config})")
-    else:
-        kind, config = to_torch(args.checkpoint, args.output, overwrite=args.overwrite)
-        print(f"wrote {kind} state dict {args.output} and {sidecar_path(args.output)}")
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_integer("n_layers", 4, "from_torch, LIMU-BERT: block repeats (not stored in the weights).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("n_heads", 4, "from_torch, LIMU-BERT: attention heads (not stored in the weights).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("emb_norm", True, "from_torch, LIMU-BERT: the model normalizes its embedding "
+                      "(--noemb_norm for one trained with emb_norm false).", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace existing outputs: a checkpoint directory holding exactly "
+                      "model_config.json and params/ (from_torch), a state dict and its .json (to_torch).",
+                      flag_values=fv)
+
+
+def _run(fv: flags.FlagValues, args: list[str]) -> None:
+    command, source, target = args
+    # The results are the command's output for the user: stdout (logs go to stderr).
+    if command == "from_torch":
+        kind, config = from_torch(source, target, n_layers=fv.n_layers, n_heads=fv.n_heads,
+                                  emb_norm=fv.emb_norm, overwrite=fv.overwrite)
+        print(f"wrote {kind} checkpoint {target} ({config})")
+        return
+    given = [f"--{name}" for name in _FROM_TORCH_ONLY if fv[name].present]
+    if given:
+        raise cli.UsageError(f"{', '.join(given)}: for from_torch only (to_torch reads the config from the checkpoint)")
+    kind, config = to_torch(source, target, overwrite=fv.overwrite)
+    print(f"wrote {kind} state dict {target} and {sidecar_path(target)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    return run_cli(_main, argv)
+    """The command (`limubert-convert`); argv after the program name, None for sys.argv. Returns the exit status."""
+    return cli.run_command(__doc__, define_flags, _run, argv, positional=(("from_torch", "to_torch"), "IN", "OUT"))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,6 +1,6 @@
-"""A two-minute tour that needs no download: checkpoint -> embeddings -> PyTorch and back.
+"""A two-minute tour that needs no download: checkpoint -> embeddings -> PyTorch and back (`limubert-demo`).
 
-    python -m limubert_jax.demo --workdir /tmp/limubert-demo
+    limubert-demo [--workdir=/tmp/limubert-demo] [--num_windows=512]
 
 It initialises a `base_v1` LIMU-BERT (random weights: pretraining is the main job's work),
 saves it as a checkpoint, embeds synthetic IMU windows it generates, exports the
@@ -10,27 +10,30 @@ back to a checkpoint and compares its embeddings with the first ones.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
+import sys
 from typing import Sequence
 
 import jax
 import numpy as np
+from absl import flags
 
 from limubert_jax import convert, embed
 from limubert_jax.data.synthetic import synthetic_windows
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
-from limubert_jax.runtime.errors import run_cli
+from limubert_jax.runtime import cli
 
 
-def _main(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m limubert_jax.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="/tmp/limubert-demo",
-                        help="where the demo writes its files (a directory or gs://bucket/dir)")
-    parser.add_argument("--num-windows", type=int, default=512, help="synthetic windows to embed")
-    args = parser.parse_args(argv)
-    workdir = storage.as_path(args.workdir)
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("workdir", "/tmp/limubert-demo", "Where the demo writes its files (a directory or "
+                        "gs://bucket/dir).", flag_values=fv)
+    flags.DEFINE_integer("num_windows", 512, "Synthetic windows to embed.", lower_bound=1, flag_values=fv)
+
+
+# The numbered steps are the tour itself, for the user: stdout (logs go to stderr).
+def _run(fv: flags.FlagValues, args: list[str]) -> None:
+    workdir = storage.as_path(fv.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
     config = MODEL_CONFIGS["base_v1"]
@@ -38,7 +41,7 @@ def _main(argv: Sequence[str] | None) -> None:
     ckpt = checkpoint.save_model(workdir / "checkpoint", params, config, overwrite=True)
     print(f"1. saved a base_v1 checkpoint (random init) to {ckpt}")
 
-    windows = synthetic_windows(args.num_windows)
+    windows = synthetic_windows(fv.num_windows)
     storage.save_npy(workdir / "windows.npy", windows)
     # The demo's files are its own: a rerun replaces them.
     shape = embed.embed_file(ckpt, workdir / "windows.npy", workdir / "embeddings.npy", progress=False, overwrite=True)
@@ -60,9 +63,9 @@ def _main(argv: Sequence[str] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    return run_cli(_main, argv)
+    """The command (`limubert-demo`); argv after the program name, None for sys.argv. Returns the exit status."""
+    return cli.run_command(__doc__, define_flags, _run, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,9 +1,9 @@
-"""LIMU-BERT embeddings of IMU windows.
+"""LIMU-BERT embeddings of IMU windows (`limubert-embed`).
 
-    python -m limubert_jax.embed --checkpoint CKPT --input X.npy --output E.npy [--input-normalized] [--overwrite]
+    limubert-embed --checkpoint=CKPT --input=X.npy --output=E.npy [--input_normalized] [--batch_size=1024] [--overwrite]
 
 X is (N, S, F) raw readings (acc m/s^2, gyro rad/s, mag) normalized as the reference does
-(SPEC section 1) unless `--input-normalized`; E is (N, S, hidden) float32. The input is
+(SPEC section 1) unless `--input_normalized`; E is (N, S, hidden) float32. The input is
 memory-mapped and the output written batch by batch into a memory-mapped file, so memory
 stays bounded for N in the millions; E appears under its name only when complete. An
 existing E is refused unless `--overwrite`, and E may never be X. X, E and CKPT may be
@@ -13,16 +13,18 @@ read whole into memory and a bucket E is assembled in memory, then written whole
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 from typing import Sequence
 
 import numpy as np
+from absl import flags
 
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import LIMU_BERT
 from limubert_jax.models.inference import check_windows, embed_windows
-from limubert_jax.runtime.errors import LimuBertError, run_cli
+from limubert_jax.runtime import cli
+from limubert_jax.runtime.errors import LimuBertError
 
 
 def open_windows(input_path: str | os.PathLike) -> np.ndarray:
@@ -100,36 +102,26 @@ def embed_file(
     return shape
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
+def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
+    flags.DEFINE_string("checkpoint", None, "LIMU-BERT checkpoint directory (or a pretraining workdir).",
+                        required=True, flag_values=fv)
+    flags.DEFINE_string("input", None, "Windows (N, S, F) as .npy.", required=True, flag_values=fv)
+    flags.DEFINE_string("output", None, "Embeddings (N, S, hidden) .npy to write.", required=True, flag_values=fv)
+    flags.DEFINE_bool("input_normalized", False, "The input is already normalized (SPEC 1).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 1024, "Windows per compiled batch.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output file.", flag_values=fv)
 
 
-def _main(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m limubert_jax.embed", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="LIMU-BERT checkpoint directory")
-    parser.add_argument("--input", required=True, help="windows (N, S, F) as .npy")
-    parser.add_argument("--output", required=True, help="embeddings (N, S, hidden) .npy to write")
-    parser.add_argument("--input-normalized", action="store_true", help="input is already normalized (SPEC 1)")
-    parser.add_argument("--batch-size", type=_positive_int, default=1024, help="windows per compiled batch")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    args = parser.parse_args(argv)
-    shape = embed_file(
-        args.checkpoint, args.input, args.output,
-        normalized=args.input_normalized, batch_size=args.batch_size, overwrite=args.overwrite,
-    )
-    print(f"wrote {args.output} {shape}")
+def _run(fv: flags.FlagValues, args: list[str]) -> None:
+    shape = embed_file(fv.checkpoint, fv.input, fv.output, normalized=fv.input_normalized,
+                       batch_size=fv.batch_size, overwrite=fv.overwrite)
+    print(f"wrote {fv.output} {shape}")  # the command's result: stdout (logs go to stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    return run_cli(_main, argv)
+    """The command (`limubert-embed`); argv after the program name, None for sys.argv. Returns the exit status."""
+    return cli.run_command(__doc__, define_flags, _run, argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

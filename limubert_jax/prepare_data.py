@@ -1,4 +1,7 @@
-"""Prepares a dataset ahead of a run: `python -m limubert_jax.prepare_data --config=configs/hhar.py`.
+"""Prepares a dataset ahead of a run (`limubert-prepare-data`).
+
+    limubert-prepare-data --config=hhar
+    python -m limubert_jax.prepare_data --config=configs/hhar.py
 
 Takes the same config and overrides as the main job and builds `config.dataset` (TFDS,
 array_record) where the main job will read it, from `--config.dataset.manual_dir=DIR` (raw
@@ -8,15 +11,17 @@ prints what was built: windows, features, label names and counts per task, and t
 
 from __future__ import annotations
 
+import sys
+from typing import Sequence
+
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from limubert_jax import config_lib
 from limubert_jax.data import input_pipeline
-from limubert_jax.runtime.errors import flag_value, parse_absl_flags, run_absl_main
+from limubert_jax.runtime import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py[:version]).")
-flags.mark_flags_as_required(["config"])
+define_flags = config_lib.define_config  # the main job's --config, overrides included
 
 
 def describe(data) -> str:
@@ -39,15 +44,15 @@ def describe(data) -> str:
     return "\n".join(lines)
 
 
-def _run(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    print(describe(input_pipeline.load_data(flag_value(_CONFIG))))
+def _run(fv: flags.FlagValues, args: list[str]) -> None:
+    # What was built is the command's result: stdout (logs go to stderr).
+    print(describe(input_pipeline.load_data(cli.flag_value(fv["config"]))))
 
 
-def main(argv):
-    run_absl_main(_run, argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command (`limubert-prepare-data`); argv after the program name, None for sys.argv. Returns the exit status."""
+    return cli.run_command(__doc__, define_flags, _run, argv)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_absl_flags)
+    sys.exit(main())

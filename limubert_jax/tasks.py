@@ -67,9 +67,12 @@ def parse_tasks(task: str) -> list[str]:
     return tasks
 
 
-def run(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir,
+        on_done: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Runs `config.task` in `workdir` (a local path or `gs://...`): one task of `TASKS`, or
-    several joined by '+' (e.g. 'pretrain+report'), in order. Returns the last task's summary."""
+    several joined by '+' (e.g. 'pretrain+report'), in order. Returns the last task's summary;
+    `on_done(task, summary)` sees each task's as it finishes (the main command prints the
+    report's table from it: the package only logs, commands print their results)."""
     tasks = parse_tasks(config.task)
     if jax.process_count() > 1 and tasks != ["pretrain"]:
         raise LimuBertError(f"config.task {config.task!r}: a run of {jax.process_count()} processes "
@@ -89,4 +92,6 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
     with WorkdirLock(workdir):
         for task in tasks:
             summary = TASKS[task](config, workdir, shared)
+            if on_done is not None:
+                on_done(task, summary)
     return summary

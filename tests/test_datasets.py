@@ -40,7 +40,7 @@ def test_registered_and_packaged():
     # Every builder folder is a package listed in pyproject.toml (installed as
     # limubert_jax.datasets.<name>), mapped from the top-level datasets/ folder.
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert setuptools["package-dir"] == {"limubert_jax.datasets": "datasets"}
+    assert setuptools["package-dir"] == {"limubert_jax.datasets": "datasets", "limubert_jax.configs": "configs"}
     folders = {p.parent.name for p in (ROOT / "datasets").glob("*/*_dataset_builder.py")}
     assert {"synthetic_imu", "imu_npy"} <= folders
     for folder in folders:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     pytest.importorskip("torch")
-    assert demo.main(["--workdir", str(tmp_path), "--num-windows", "16"]) == 0
+    assert demo.main(["--workdir", str(tmp_path), "--num_windows", "16"]) == 0
     out = capsys.readouterr().out
     assert "max abs difference" in out
     diff = float(out.rsplit("max abs difference", 1)[1].split()[0])

@@ -40,7 +40,7 @@ def test_cli_matches_direct_encoder_with_padded_last_batch(tmp_path, v1):
     windows = synthetic_windows(7, seed=1)
     np.save(tmp_path / "x.npy", windows)
     args = ["--checkpoint", str(path), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "e.npy")]
-    assert embed.main(args + ["--batch-size", "3"]) == 0
+    assert embed.main(args + ["--batch_size", "3"]) == 0
     out = np.load(tmp_path / "e.npy")
     assert out.shape == (7, 120, 72) and out.dtype == np.float32
     np.testing.assert_allclose(out, _direct(cfg, params, normalize(windows, 6)), rtol=0, atol=1e-5)
@@ -148,7 +148,7 @@ def test_signal_during_embedding_removes_the_staging_file(tmp_path, v1, signum, 
     out = tmp_path / "e.npy"
     process = subprocess.Popen(
         [sys.executable, "-c", _CLI, "--checkpoint", str(path), "--input", str(tmp_path / "x.npy"),
-         "--output", str(out), "--batch-size", "1"],
+         "--output", str(out), "--batch_size", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120

@@ -46,7 +46,7 @@ def _from_torch_fails(tmp_path, capsys, obj, *fragments, raw_bytes=None):
     else:
         torch.save(obj, src)
     out = tmp_path / "out"
-    assert convert.main(["from-torch", str(src), str(out)]) == 2
+    assert convert.main(["from_torch", str(src), str(out)]) == 2
     line = _error_line(capsys)
     assert str(src) in line
     for fragment in fragments:
@@ -93,7 +93,7 @@ def test_wrong_rank_weight(tmp_path, capsys, state_dict):
 
 
 def test_missing_input_file(tmp_path, capsys):
-    assert convert.main(["from-torch", str(tmp_path / "nope.pt"), str(tmp_path / "out")]) == 2
+    assert convert.main(["from_torch", str(tmp_path / "nope.pt"), str(tmp_path / "out")]) == 2
     assert "nope.pt: no such file" in _error_line(capsys)
     assert _listing(tmp_path) == []
 
@@ -101,12 +101,12 @@ def test_missing_input_file(tmp_path, capsys):
 def test_existing_output_is_kept_without_overwrite(tmp_path, capsys, state_dict):
     torch.save(state_dict, tmp_path / "in.pt")
     out = tmp_path / "out"
-    assert convert.main(["from-torch", str(tmp_path / "in.pt"), str(out)]) == 0
+    assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(out)]) == 0
     before = (out / "model_config.json").stat().st_mtime_ns
-    assert convert.main(["from-torch", str(tmp_path / "in.pt"), str(out)]) == 2
+    assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(out)]) == 2
     assert "--overwrite" in _error_line(capsys)
     assert (out / "model_config.json").stat().st_mtime_ns == before
-    assert convert.main(["from-torch", str(tmp_path / "in.pt"), str(out), "--overwrite"]) == 0
+    assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(out), "--overwrite"]) == 0
     assert _listing(out) == ["model_config.json", "params"]
     assert _listing(tmp_path) == ["in.pt", "out"]  # the old checkpoint is gone, not set aside
 
@@ -120,7 +120,7 @@ def test_overwrite_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path,
     (work / "metrics.jsonl").write_text("{}\n")
     (work / "notes.txt").write_text("mine")
     (work / "model_config.json").write_text("{}")
-    args = ["from-torch", str(tmp_path / "in.pt"), str(work)] + (["--overwrite"] if overwrite else [])
+    args = ["from_torch", str(tmp_path / "in.pt"), str(work)] + (["--overwrite"] if overwrite else [])
     assert convert.main(args) == 2
     line = _error_line(capsys)
     if overwrite:
@@ -134,12 +134,12 @@ def test_overwrite_never_replaces_a_directory_that_is_not_a_checkpoint(tmp_path,
 def test_overwrite_replaces_a_checkpoint_and_removes_a_dead_writers_staging(tmp_path, state_dict):
     torch.save(state_dict, tmp_path / "in.pt")
     out = tmp_path / "out"
-    assert convert.main(["from-torch", str(tmp_path / "in.pt"), str(out)]) == 0
+    assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(out)]) == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     leftover = storage.staging_path(out, pid=dead.pid)  # as a SIGKILLed from-torch leaves it
     (leftover / "params").mkdir(parents=True)
-    assert convert.main(["from-torch", str(tmp_path / "in.pt"), str(out), "--overwrite"]) == 0
+    assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(out), "--overwrite"]) == 0
     assert _listing(tmp_path) == ["in.pt", "out"]
     assert _listing(out) == ["model_config.json", "params"]
 
@@ -147,7 +147,7 @@ def test_overwrite_replaces_a_checkpoint_and_removes_a_dead_writers_staging(tmp_
 def test_from_torch_into_an_empty_directory(tmp_path, state_dict):
     torch.save(state_dict, tmp_path / "in.pt")
     (tmp_path / "out").mkdir()
-    assert convert.main(["from-torch", str(tmp_path / "in.pt"), str(tmp_path / "out")]) == 0
+    assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(tmp_path / "out")]) == 0
     assert _listing(tmp_path / "out") == ["model_config.json", "params"]
 
 
@@ -183,14 +183,14 @@ def test_pickle_with_code_is_refused_without_suggesting_to_run_it(tmp_path, caps
 
 def test_pt_output_name_equal_to_input_is_refused(tmp_path, capsys, state_dict):
     torch.save(state_dict, tmp_path / "in.pt")
-    assert convert.main(["from-torch", str(tmp_path / "in.pt"), str(tmp_path / "in.pt"), "--overwrite"]) == 2
+    assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(tmp_path / "in.pt"), "--overwrite"]) == 2
     assert "in.pt" in _error_line(capsys)
     assert torch.load(tmp_path / "in.pt", weights_only=True).keys() == state_dict.keys()
 
 
 def test_to_torch_of_a_non_checkpoint(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert convert.main(["to-torch", str(tmp_path / "empty"), str(tmp_path / "out.pt")]) == 2
+    assert convert.main(["to_torch", str(tmp_path / "empty"), str(tmp_path / "out.pt")]) == 2
     assert "model_config.json" in _error_line(capsys)
     assert _listing(tmp_path) == ["empty"]
 
@@ -228,7 +228,7 @@ def test_nine_feature_weights_with_six_feature_input(tmp_path, capsys, checkpoin
 
 def test_normalized_input_needs_exact_feature_count(tmp_path, capsys, checkpoints):
     windows = np.zeros((4, 120, 9), np.float32)
-    _embed_fails(tmp_path, capsys, checkpoints / "base_v1", windows, "F=9", "exactly 6", extra=["--input-normalized"])
+    _embed_fails(tmp_path, capsys, checkpoints / "base_v1", windows, "F=9", "exactly 6", extra=["--input_normalized"])
 
 
 @pytest.mark.parametrize("shape", [(120, 6), (2, 3, 120, 6)])
@@ -244,7 +244,7 @@ def test_too_long_windows(tmp_path, capsys, checkpoints):
 def test_non_finite_input_names_the_window(tmp_path, capsys, checkpoints, bad):
     windows = np.ones((10, 120, 6), np.float32)
     windows[7, 30, 2] = bad
-    _embed_fails(tmp_path, capsys, checkpoints / "base_v1", windows, "window 7", "NaN or Inf", extra=["--batch-size", "4"])
+    _embed_fails(tmp_path, capsys, checkpoints / "base_v1", windows, "window 7", "NaN or Inf", extra=["--batch_size", "4"])
 
 
 def test_classifier_checkpoint_cannot_embed(tmp_path, capsys, checkpoints):
@@ -281,9 +281,9 @@ def test_batch_size_must_be_a_positive_integer(tmp_path, capsys, checkpoints, si
     np.save(tmp_path / "x.npy", np.zeros((2, 120, 6), np.float32))
     with pytest.raises(SystemExit) as exit_info:
         embed.main(["--checkpoint", str(checkpoints / "base_v1"), "--input", str(tmp_path / "x.npy"),
-                    "--output", str(tmp_path / "e.npy"), "--batch-size", size])
+                    "--output", str(tmp_path / "e.npy"), "--batch_size", size])
     assert exit_info.value.code == 2
-    assert "argument --batch-size" in capsys.readouterr().err
+    assert "argument --batch_size" in capsys.readouterr().err
     assert _listing(tmp_path) == ["x.npy"]
 
 
@@ -293,7 +293,7 @@ def test_huge_finite_input_gives_an_error_not_nan_embeddings(tmp_path, capsys, c
     src, out = tmp_path / "x.npy", tmp_path / "e.npy"
     np.save(src, windows)
     assert embed.main(["--checkpoint", str(checkpoints / "base_v1"), "--input", str(src), "--output", str(out),
-                       "--batch-size", "2"]) == 2
+                       "--batch_size", "2"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's line
     for fragment in ("x.npy", "embedding of window 3 is not finite", "3e+38", "non-finite model weights"):
         assert fragment in line, line
@@ -342,7 +342,7 @@ def _nan_checkpoint(root):
 
 def test_checkpoint_with_non_finite_parameters_is_refused(tmp_path, capsys):
     ckpt = _nan_checkpoint(tmp_path)
-    assert convert.main(["to-torch", str(ckpt), str(tmp_path / "out.pt")]) == 2
+    assert convert.main(["to_torch", str(ckpt), str(tmp_path / "out.pt")]) == 2
     assert "parameter 'transformer/proj/kernel' holds NaN or Inf" in _error_line(capsys)
     np.save(tmp_path / "x.npy", np.ones((2, 120, 6), np.float32))
     assert embed.main(_embed_args(ckpt, tmp_path / "x.npy", tmp_path / "e.npy")) == 2
@@ -354,19 +354,19 @@ def test_to_torch_refuses_existing_outputs_without_overwrite(tmp_path, capsys, c
     ckpt, out = checkpoints / "base_v1", tmp_path / "out.pt"
     for existing in ("out.pt", "out.json"):
         (tmp_path / existing).write_text("mine")
-        assert convert.main(["to-torch", str(ckpt), str(out)]) == 2
+        assert convert.main(["to_torch", str(ckpt), str(out)]) == 2
         assert f"{existing}: already exists (pass --overwrite" in _error_line(capsys)
         assert _listing(tmp_path) == [existing] and (tmp_path / existing).read_text() == "mine"
         (tmp_path / existing).unlink()
-    assert convert.main(["to-torch", str(ckpt), str(out)]) == 0
-    assert convert.main(["to-torch", str(ckpt), str(out), "--overwrite"]) == 0
+    assert convert.main(["to_torch", str(ckpt), str(out)]) == 0
+    assert convert.main(["to_torch", str(ckpt), str(out), "--overwrite"]) == 0
     assert _listing(tmp_path) == ["out.json", "out.pt"]
 
 
 @pytest.mark.parametrize("name", ["out.json", "OUT.JSON"])
 def test_to_torch_refuses_an_output_its_sidecar_would_overwrite(tmp_path, capsys, checkpoints, name):
     # The sidecar is OUT with its suffix replaced by .json: for OUT.json, OUT itself.
-    assert convert.main(["to-torch", str(checkpoints / "base_v1"), str(tmp_path / name), "--overwrite"]) == 2
+    assert convert.main(["to_torch", str(checkpoints / "base_v1"), str(tmp_path / name), "--overwrite"]) == 2
     assert "ends in .json" in _error_line(capsys)
     assert _listing(tmp_path) == []
 
@@ -374,7 +374,7 @@ def test_to_torch_refuses_an_output_its_sidecar_would_overwrite(tmp_path, capsys
 @pytest.mark.parametrize("name, sidecar", [("uci.pt", "uci.json"), ("uci", "uci.json"), ("uci.v2.pth", "uci.v2.json")])
 def test_to_torch_sidecar_name(tmp_path, checkpoints, name, sidecar):
     assert convert.sidecar_path(tmp_path / name) == tmp_path / sidecar
-    assert convert.main(["to-torch", str(checkpoints / "gru"), str(tmp_path / name)]) == 0
+    assert convert.main(["to_torch", str(checkpoints / "gru"), str(tmp_path / name)]) == 0
     assert _listing(tmp_path) == sorted([name, sidecar])
 
 
@@ -397,8 +397,8 @@ def test_outputs_follow_the_umask(tmp_path, checkpoints):
     try:
         np.save(tmp_path / "x.npy", np.ones((2, 120, 6), np.float32))
         assert embed.main(_embed_args(checkpoints / "base_v1", tmp_path / "x.npy", tmp_path / "e.npy")) == 0
-        assert convert.main(["to-torch", str(checkpoints / "base_v1"), str(tmp_path / "out.pt")]) == 0
-        assert convert.main(["from-torch", str(tmp_path / "out.pt"), str(tmp_path / "ckpt")]) == 0
+        assert convert.main(["to_torch", str(checkpoints / "base_v1"), str(tmp_path / "out.pt")]) == 0
+        assert convert.main(["from_torch", str(tmp_path / "out.pt"), str(tmp_path / "ckpt")]) == 0
     finally:
         os.umask(previous)
     modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("e.npy", "out.pt", "out.json", "ckpt")}

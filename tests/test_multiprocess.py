@@ -28,7 +28,7 @@ from etils import epath
 
 from limubert_jax import config_lib
 from limubert_jax.io import checkpoint, plots, storage
-from limubert_jax.pretraining import trainer
+from limubert_jax.pretraining import metrics
 from limubert_jax.runtime import distributed, xla_options
 from limubert_jax.runtime.errors import LimuBertError
 
@@ -218,7 +218,7 @@ def test_object_store_paths_write_whole_files(tmp_path, monkeypatch):
     workdir = epath.Path(tmp_path)
     (workdir / "metrics.jsonl").write_text('{"step": 1}\n')
     monkeypatch.setattr(storage, "is_local", lambda path: False)
-    writer = trainer._MetricsWriter(workdir)
+    writer = metrics.MetricsWriter(workdir)
     writer.write({"step": 2, "epoch": 2, "train_loss": 0.5})
     writer.write({"step": 3, "epoch": 3, "train_loss": 0.25})
     writer.close()

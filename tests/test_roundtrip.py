@@ -73,13 +73,13 @@ def test_torch_initialised_model_imports_with_same_outputs(tmp_path):
     torch.manual_seed(0)
     torch_model = LIMUBertModel4Pretrain(cfg).eval()
     torch.save(torch_model.state_dict(), tmp_path / "init.pt")
-    assert convert.main(["from-torch", str(tmp_path / "init.pt"), str(tmp_path / "ckpt")]) == 0
+    assert convert.main(["from_torch", str(tmp_path / "init.pt"), str(tmp_path / "ckpt")]) == 0
     _, loaded_cfg, params = checkpoint.load_model(tmp_path / "ckpt")
     x = np.random.default_rng(1).normal(size=(2, 120, 6)).astype(np.float32)
     with torch.no_grad():
         expected = torch_model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(LimuBertModel4Pretrain(loaded_cfg).apply({"params": params}, x), expected, atol=ATOL)
-    assert convert.main(["to-torch", str(tmp_path / "ckpt"), str(tmp_path / "out.pt")]) == 0
+    assert convert.main(["to_torch", str(tmp_path / "ckpt"), str(tmp_path / "out.pt")]) == 0
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     for key, tensor in torch_model.state_dict().items():
         assert torch.equal(out[key], tensor), key

@@ -189,7 +189,7 @@ def test_pretrain_embed_and_convert_in_a_bucket(bucket, synthetic_data_dir, caps
     assert {f"{run}/confusion.png", f"{run}/tsne.png", f"{workdir}/report.md"} <= set(bucket.files())
 
     # A training workdir in the bucket is a checkpoint to every tool: to-torch, from-torch, embed.
-    assert convert.main(["to-torch", workdir, f"{BUCKET}/export/model.pt"]) == 0
+    assert convert.main(["to_torch", workdir, f"{BUCKET}/export/model.pt"]) == 0
     assert f"and {BUCKET}/export/model.json" in capsys.readouterr().out
     assert f"{BUCKET}/export/model.json" in bucket.files()
     with pytest.raises(LimuBertError, match="already exists"):
@@ -208,10 +208,9 @@ def test_pretrain_embed_and_convert_in_a_bucket(bucket, synthetic_data_dir, caps
         assert embed.embed_file(model, f"{BUCKET}/x.npy", out, progress=False) == (8, 120, config.model.hidden)
     np.testing.assert_allclose(storage.load_npy(f"{BUCKET}/e-ckpt.npy"), storage.load_npy(f"{BUCKET}/e-run.npy"),
                                rtol=1e-5, atol=1e-5)
-    assert embed.main(["--checkpoint", f"{BUCKET}/ckpt", "--input", f"{BUCKET}/x.npy",
-                       "--output", f"{BUCKET}/x.npy"]) == 2  # the output may not be the input
-    assert embed.main(["--checkpoint", f"{BUCKET}/ckpt", "--input", f"{BUCKET}/x.npy",
-                       "--output", f"{BUCKET}/e-ckpt.npy"]) == 2  # nor replace a file unasked
+    args = [f"--checkpoint={BUCKET}/ckpt", f"--input={BUCKET}/x.npy"]
+    assert embed.main([*args, f"--output={BUCKET}/x.npy"]) == 2  # the output may not be the input
+    assert embed.main([*args, f"--output={BUCKET}/e-ckpt.npy"]) == 2  # nor replace a file unasked
 
 
 def test_objects_written_together_are_removed_together(bucket, monkeypatch):

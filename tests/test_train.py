@@ -68,7 +68,7 @@ def test_main_job_outputs_and_exports(tmp_path, data_dir):
 
     # The workdir exports like a checkpoint directory, taking the best step.
     pytest.importorskip("torch")
-    assert convert.main(["to-torch", str(workdir), str(tmp_path / "model.pt")]) == 0
+    assert convert.main(["to_torch", str(workdir), str(tmp_path / "model.pt")]) == 0
     _, _, best = checkpoint.load_model(workdir)
     params, step = _final_params(workdir, summary["best_step"])
     assert step == summary["best_step"]

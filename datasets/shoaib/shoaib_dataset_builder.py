@@ -30,7 +30,6 @@ Units are the files' own (Android): acc m/s^2, gyro rad/s, mag uT; nothing is co
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import pathlib
 import re
@@ -40,6 +39,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 from limubert_jax.datasets import common
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from etils import epath
 
 from limubert_jax.data import splits
@@ -167,7 +167,7 @@ class Inputs:
         return embed_windows(params, model_config, self.data.windows, progress=True)
 
 
-def embed(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: Inputs | None = None) -> dict:
+def embed_dataset(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: Inputs | None = None) -> dict:
     """The encoder over every window: workdir/embed/embeddings.npy (N, S, H) and the labels
     of every task the dataset has, labels_<task>.npy (N,) (the label of each window's first step)."""
     inputs = inputs or Inputs(config, workdir)
@@ -315,9 +315,9 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
                f"Adam lr {d.learning_rate:g}, batch {d.batch_size}); {results[methods[0]]['num_labelled']} labelled "
                f"sub-windows of {d.merge} steps."],
     )
-    table = report.table3_markdown({dataset: results})
-    print(table)
-    return {"report": str(path), "results": {m: {k: r[k] for k in ("accuracy", "macro_f1")} for m, r in results.items()}}
+    # The table is the task's result for the user; the command prints it (`tasks.run`'s on_done).
+    return {"report": str(path), "table": report.table3_markdown({dataset: results}),
+            "results": {m: {k: r[k] for k in ("accuracy", "macro_f1")} for m, r in results.items()}}
 
 
 def _stage_methods(task: str, config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
@@ -385,4 +385,4 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, tasks: 
                                 f"{input_dim} features: {e}") from None
 
 
-TASK_RUNNERS = {"embed": embed, "classify": classify, "finetune": finetune, "baseline": baseline, "report": run_report}
+TASK_RUNNERS = {"embed": embed_dataset, "classify": classify, "finetune": finetune, "baseline": baseline, "report": run_report}

@@ -1,6 +1,6 @@
 """Model checkpoints on disk: Orbax-saved parameters with the model config beside them.
 
-Layout of a model checkpoint directory (what `convert from-torch` writes):
+Layout of a model checkpoint directory (what `limubert-convert from_torch` writes):
 
     DIR/model_config.json   {"kind": "limu_bert" | "gru_classifier", "config": {...}}
     DIR/params/             Orbax (StandardCheckpointer) pytree of the Flax parameters
@@ -37,6 +37,7 @@ PARAMS_DIR = "params"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_ITEM = "state"
 META_ITEM = "meta"
+BEST_METRIC = "val_loss"  # a training run's best step has the lowest validation loss
 _CONFIG_CLASSES = {LIMU_BERT: LimuBertConfig, GRU_CLASSIFIER: GRUClassifierConfig}
 
 
@@ -152,15 +153,20 @@ def resolve_model_dir(path: str | os.PathLike) -> epath.Path:
         return path
     raise LimuBertError(
         f"{path}: not a model checkpoint (no {CONFIG_FILE}); expected the output of "
-        "'limubert_jax.convert from-torch' or a training workdir"
+        "'limubert-convert from_torch' or a training workdir"
     )
+
+
+def best_metric(metrics: dict[str, Any]) -> float:
+    """The value a run's checkpoints are ranked by (lower is better), from a step's metrics."""
+    return metrics[BEST_METRIC]
 
 
 def best_step(workdir: str | os.PathLike) -> int:
     """The step with the lowest validation loss among a training workdir's checkpoints."""
     manager = ocp.CheckpointManager(
         storage.absolute(storage.as_path(workdir) / CHECKPOINTS_DIR),
-        options=ocp.CheckpointManagerOptions(best_fn=lambda m: m["val_loss"], best_mode="min", read_only=True),
+        options=ocp.CheckpointManagerOptions(best_fn=best_metric, best_mode="min", read_only=True),
     )
     step = manager.best_step()
     manager.close()

@@ -40,7 +40,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from limubert_jax.io import storage
-from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, META_ITEM, STATE_ITEM, content_digest
+from limubert_jax.io.checkpoint import BEST_METRIC, CHECKPOINTS_DIR, META_ITEM, STATE_ITEM, best_metric, content_digest
 from limubert_jax.runtime.errors import LimuBertError, first_line
 
 LOCK_FILE = ".lock"
@@ -213,10 +213,10 @@ class RunCheckpoints:
         self.directory = storage.absolute(self.workdir / CHECKPOINTS_DIR)
         policy = checkpoint_managers.AnyPreservationPolicy([
             checkpoint_managers.LatestN(KEEP_LATEST),
-            checkpoint_managers.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),  # lowest val loss
+            checkpoint_managers.BestN(get_metric_fn=best_metric, reverse=True, n=1),  # reverse: lowest is best
         ])
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, best_fn=lambda m: m["val_loss"], best_mode="min",
+            preservation_policy=policy, best_fn=best_metric, best_mode="min",
             cleanup_tmp_directories=True, todelete_subdir=DELETING_DIR,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -244,7 +244,7 @@ class RunCheckpoints:
         record = dict(record, state_sha256=content_digest(state), params_sha256=content_digest(state.params))
         self.manager.save(step, args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(record),
-        }), metrics={"val_loss": record["val_loss"]})
+        }), metrics={BEST_METRIC: record[BEST_METRIC]})
         self._pending = step
         self._remove_deleted()
 

@@ -197,7 +197,7 @@ class PositionWiseFeedForward(nn.Module):
 # The encoder as functions of its parameter tree (`params["transformer"]`).
 
 
-def embed(p, x: jax.Array, cfg: LimuBertConfig) -> jax.Array:
+def input_embedding(p, x: jax.Array, cfg: LimuBertConfig) -> jax.Array:
     """SPEC 2 embedding: x [B, S, F] -> [B, S, H]."""
     e = linear(p["lin"], x)
     if cfg.emb_norm:
@@ -291,7 +291,7 @@ def block(p, h: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = No
 def encode_plain(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = None) -> jax.Array:
     """The encoder on the whole batch at once: x [B, S, F] -> [B, S, H], or the rows at
     `positions` [B, M] -> [B, M, H] (the last layer then computes only those rows)."""
-    h = embed(p["embed"], x, cfg)
+    h = input_embedding(p["embed"], x, cfg)
     for layer in range(cfg.n_layers):
         h = block(p, h, cfg, positions if layer == cfg.n_layers - 1 else None)
     return h

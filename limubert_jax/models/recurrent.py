@@ -247,7 +247,7 @@ class RecurrentClassifier(nn.Module):
         return h
 
     def init_params(self, rng: jax.Array) -> dict:
-        """Initial parameters as a plain pytree, compiled as one program (see `heads.init_classifier`)."""
+        """Initial parameters as a plain pytree, compiled as one program (see `registry.init_classifier`)."""
         cfg = self.config
 
         def init(key):

@@ -21,7 +21,6 @@ TensorBoard events).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -34,7 +33,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
-from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from limubert_jax.data import input_pipeline
@@ -45,6 +43,7 @@ from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, model_recor
 from limubert_jax.io.workdir import RunCheckpoints, check_resume
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.pretraining import optim
+from limubert_jax.pretraining.metrics import MetricsWriter
 from limubert_jax.pretraining.steps import (
     MaskConfig,
     TrainState,
@@ -115,77 +114,6 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
         raise LimuBertError(f"config.mask: {e}") from None
 
 
-def _record_step(line: str) -> float:
-    """The step of a metrics.jsonl line; a line that is not a record (a write cut short) sorts last."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
-
-
-# The client library (module, pip package) of each object store tensorboardX writes to.
-_TENSORBOARD_CLIENTS = {"gs": ("google.cloud.storage", "google-cloud-storage"), "s3": ("boto3", "boto3")}
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # a parent package is missing
-        return False
-
-
-class _MetricsWriter:
-    """Appends one JSON line per epoch to `metrics.jsonl` and mirrors scalars to TensorBoard.
-
-    In an object store (no appends) the file is rewritten whole after each epoch instead.
-    """
-
-    def __init__(self, workdir: epath.Path, start_step: int | None = None):
-        """With `start_step` (where the run starts or resumes), lines of later steps are
-        dropped and TensorBoard purges its events of those steps: the run writes them again."""
-        self._path = workdir / "metrics.jsonl"
-        self._append = storage.is_local(workdir)
-        lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
-        self._lines = [line for line in lines if start_step is None or _record_step(line) <= start_step]
-        if len(self._lines) != len(lines):
-            storage.write_text(self._path, "".join(self._lines))
-        if self._append:
-            self._jsonl = open(self._path, "a")
-        self._tb = None
-        client = _TENSORBOARD_CLIENTS.get(str(workdir).split("://")[0]) if not storage.is_local(workdir) else None
-        # Checked first: a tensorboardX writer whose client import failed prints a traceback
-        # again when it is garbage-collected.
-        if client is not None and not _importable(client[0]):
-            logging.warning("no TensorBoard events in %s: tensorboardX needs %s for it", workdir, client[1])
-        else:
-            try:
-                self._tb = SummaryWriter(str(workdir / "tensorboard"),
-                                         purge_step=start_step + 1 if start_step else None)
-            except ImportError as e:
-                logging.warning("no TensorBoard events in %s: %s", workdir, e)
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record) + "\n"
-        if self._append:
-            self._jsonl.write(line)
-            self._jsonl.flush()
-        else:
-            self._lines.append(line)
-            storage.write_text(self._path, "".join(self._lines))
-        if self._tb is None:
-            return
-        for key, value in record.items():
-            if key not in ("step", "epoch"):
-                self._tb.add_scalar(key, value, record["step"])
-        self._tb.flush()
-
-    def close(self) -> None:
-        if self._append:
-            self._jsonl.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
 def _evaluate(eval_step, params, data, config, mesh, key) -> float:
     """Mean masked squared error over the validation split, masks fixed by `key`."""
     total, count = 0.0, 0.0
@@ -235,7 +163,7 @@ def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: in
 
 def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int) -> EpochRunner:
     """Epochs on training windows held on every device: each epoch, its shuffle and masking
-    included, is one compiled call (`pretrain.resident_epoch`)."""
+    included, is one compiled call (`steps.resident_epoch`)."""
     windows = data.train.read(np.arange(len(data.train)))  # [N, S, F] float32
     resident = jax.make_array_from_callback(windows.shape, replicated(mesh), lambda index: windows[index])
     shuffle_key = jax.random.fold_in(jax.random.key(config.seed), RESIDENT_SHUFFLE_STREAM)
@@ -308,7 +236,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     else:
         run_epoch = _host_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, start_step)
     eval_step = jit_eval_step(mesh, model_config=model_config, mask_config=mask_config)
-    writer = _MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None
+    writer = MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None
     progress = tqdm(total=total_steps, initial=start_step, unit="step", desc="pretrain",
                     disable=jax.process_index() != 0, dynamic_ncols=True)
     step = start_step  # checkpoints are written at epoch ends, so a run resumes at one

@@ -1,4 +1,5 @@
-"""The error type for bad user input, and how command-line tools report it."""
+"""The error type for bad user input, and how command-line tools report it (their command
+lines: `limubert_jax.runtime.cli`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from limubert_jax.runtime.log_filters import quiet_libraries
 
@@ -87,41 +88,3 @@ def one_line(error: BaseException) -> str:
     """The most specific line of an exception's message (config loaders put it last)."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
-
-
-def parse_absl_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing for `app.run(..., flags_parser=parse_absl_flags)`: a bad flag, an
-    unknown config field or a config file that does not load is one line and exit 2."""
-    from absl import flags  # noqa: PLC0415  (only the absl commands parse absl flags)
-
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        message = str(e)
-    except (AttributeError, KeyError) as e:  # an override of a field the config does not have
-        field = str(e).strip("'\"")
-        flag = next((a for a in argv if a.startswith("--config.") and f".{field}" in a.split("=")[0]), "--config")
-        message = f"{flag}: no config field {field!r} (every field: configs/default.py)"
-    except Exception as e:  # noqa: BLE001  (config files fail to load in many ways)
-        message = f"--config: {one_line(e)}"
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def flag_value(holder: Any) -> Any:
-    """The value of an absl flag holder; a config file that fails to load (absl loads it on
-    first use) is a `LimuBertError`."""
-    try:
-        value = holder.value
-        hasattr(value, "to_dict")  # a config that failed to load raises on first attribute access
-    except Exception as e:  # noqa: BLE001  (config files fail to load in many ways)
-        raise LimuBertError(f"--{holder.name}: {one_line(e)}") from None
-    return value
-
-
-def run_absl_main(main: Callable[[list[str]], None], argv: list[str]) -> None:
-    """`run_cli` for an absl `main` (which reports its status by exiting)."""
-    status = run_cli(main, argv)
-    if status:
-        sys.exit(status)
-

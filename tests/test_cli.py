@@ -1,0 +1,181 @@
+"""One command-line convention for every command, console scripts for all of them, and the
+configs inside the wheel (an installed copy runs `--config=quickstart` from any directory)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from absl import flags
+
+from limubert_jax import config_lib, convert, demo, embed, main, prepare_data
+from limubert_jax.runtime import cli
+from limubert_jax.runtime.errors import LimuBertError
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SCRIPTS = PYPROJECT["project"]["scripts"]
+COMMANDS = {"limubert-train": main, "limubert-prepare-data": prepare_data, "limubert-embed": embed,
+            "limubert-convert": convert, "limubert-demo": demo}
+
+
+def test_every_command_has_a_console_script_that_runs_without_arguments():
+    assert set(SCRIPTS) == set(COMMANDS)
+    for script, target in SCRIPTS.items():
+        module_name, _, attr = target.partition(":")
+        function = getattr(importlib.import_module(module_name), attr)
+        assert callable(function), script
+        inspect.signature(function).bind()  # the console script's wrapper calls it without arguments
+        assert importlib.import_module(module_name) is COMMANDS[script], script
+
+
+def _flags_of(module, argv=("prog",)) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    module.define_flags(fv, list(argv))
+    return fv
+
+
+@pytest.mark.parametrize("script", sorted(COMMANDS))
+def test_help_lists_the_commands_own_flags(script, capsys):
+    module = COMMANDS[script]
+    own = {name for name in _flags_of(module) if not name.startswith("config.")}
+    assert own and all(name == name.lower() and "-" not in name for name in own)
+    assert not own & set(flags.FLAGS), "a command flag named like one of absl's global flags"
+    for word in ("--help", "--helpfull"):
+        with pytest.raises(SystemExit) as exit_info:
+            module.main([word])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(module.__doc__.strip().splitlines()[0])
+        for name in own:
+            flag = _flags_of(module)[name]
+            assert f"--{name}:" in out or f"--[no]{name}:" in out, (word, name)
+            assert flag.help.split()[0] in out
+        assert ("absl.logging:" in out) == (word == "--helpfull")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoint=c", "--input=x", "--output=e", "--batch-size=3"],
+     "error: unknown flag --batch-size: flags are spelled with underscores: --batch_size"),
+    (["--checkpoint=c", "--input=x", "--output=e", "--input-normalized"],
+     "error: unknown flag --input-normalized: flags are spelled with underscores: --input_normalized"),
+    (["--checkpoint=c", "--input=x", "--output=e", "--log-dir=/tmp"],
+     "error: unknown flag --log-dir: flags are spelled with underscores: --log_dir"),
+    (["--input=x", "--output=e"], "error: argument --checkpoint is required (see --help)"),
+    (["--checkpoint=c", "--input=x", "--output=e", "extra"], "error: unexpected arguments: extra (see --help)"),
+])
+def test_embed_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        embed.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["to-torch", "a", "b"], "error: unknown command 'to-torch' (commands: from_torch, to_torch); "
+                             "spelled with underscores now: to_torch"),
+    (["from_torch", "a", "b", "--n-layers=2"],
+     "error: unknown flag --n-layers: flags are spelled with underscores: --n_layers"),
+    (["from_torch", "a", "b", "--no-emb-norm"],
+     "error: unknown flag --no-emb-norm: flags are spelled with underscores: --noemb_norm"),
+    (["from_torch", "a"], "error: expected {from_torch,to_torch} IN OUT; got: from_torch a (see --help)"),
+])
+def test_convert_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_from_torch_flags_are_refused_for_to_torch(tmp_path, capsys):
+    assert convert.main(["to_torch", str(tmp_path / "ckpt"), str(tmp_path / "out.pt"), "--n_layers=2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --n_layers: for from_torch only (to_torch reads the config from the checkpoint)")
+
+
+def test_flags_do_not_leak_between_calls_in_one_process():
+    for _ in range(2):  # a second definition of the same flags in one process is no collision
+        fv = _flags_of(embed, ["prog", "--checkpoint=c", "--input=x", "--output=e"])
+        assert cli.parse(fv, ["prog", "--checkpoint=c", "--input=x", "--output=e", "--batch_size=7"]) == []
+        assert fv.batch_size == 7
+    fv = _flags_of(embed)
+    cli.parse(fv, ["prog", "--checkpoint=c", "--input=x", "--output=e"])
+    assert fv.batch_size == 1024  # the default again, not the previous call's 7
+
+
+def test_config_by_name_by_path_and_with_overrides():
+    assert config_lib.resolve_config("motion:10_100") == f"{ROOT / 'configs' / 'motion.py'}:10_100"
+    assert config_lib.resolve_config("configs/motion.py:10_100") == "configs/motion.py:10_100"
+    with pytest.raises(LimuBertError, match=r"no packaged config 'nope' \(configs: default, .*quickstart"):
+        config_lib.resolve_config("nope")
+    for value in ("motion:10_100,classify", f"{ROOT / 'configs' / 'motion.py'}:10_100,classify"):
+        argv = ["prog", f"--config={value}", "--workdir=w", "--config.train.batch_size=64"]
+        fv = _flags_of(main, argv)
+        assert cli.parse(fv, argv) == []
+        config = cli.flag_value(fv["config"])
+        assert (config.dataset.name, config.dataset.version, config.task, config.train.batch_size) == (
+            "motionsense", "10_100", "classify", 64)
+
+
+def _copy_source(target: Path) -> None:
+    """What a wheel is built from (a copy, so that the build leaves nothing in the checkout)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "dummy_data")
+    for name in ("limubert_jax", "datasets", "configs"):
+        shutil.copytree(ROOT / name, target / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, target / name)
+
+
+def test_the_wheel_ships_every_package_the_configs_and_the_scripts(tmp_path):
+    source, dist, site = tmp_path / "src", tmp_path / "dist", tmp_path / "site"
+    _copy_source(source)
+    build = subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))",
+         str(dist)], cwd=source, capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr[-3000:]
+    wheel = dist / build.stdout.strip().splitlines()[-1]
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(site)
+    packages = {str(p.parent.relative_to(ROOT)) for p in (ROOT / "limubert_jax").rglob("__init__.py")}
+    packages |= {f"limubert_jax/{p.parent.relative_to(ROOT)}" for p in (ROOT / "datasets").rglob("__init__.py")}
+    packages |= {f"limubert_jax/{p.parent.relative_to(ROOT)}" for p in (ROOT / "configs").glob("__init__.py")}
+    assert [p for p in sorted(packages) if f"{p}/__init__.py" not in names] == []
+    configs = {f"limubert_jax/configs/{p.name}" for p in (ROOT / "configs").glob("*.py")}
+    assert {"limubert_jax/configs/quickstart.py", "limubert_jax/configs/default.py"} <= configs <= names
+    assert "limubert_jax/datasets/hhar/README.md" in names and "limubert_jax/datasets/hhar/checksums.tsv" in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert all(f"{script} = {target}" in (site / entry_points).read_text() for script, target in SCRIPTS.items())
+
+    # The installed copy, from a directory with no configs/ in it, through the command's own
+    # flag parsing: the packaged config by name, its default.py sibling beside it.
+    script = (
+        "import sys, limubert_jax\n"
+        "from absl import flags\n"
+        "from limubert_jax import config_lib, main\n"
+        "from limubert_jax.runtime import cli\n"
+        "argv = ['limubert-train', '--config=quickstart:10_100', '--workdir=w', '--config.train.num_epochs=3']\n"
+        "fv = flags.FlagValues()\n"
+        "main.define_flags(fv, argv)\n"
+        "assert cli.parse(fv, argv) == []\n"
+        "config = cli.flag_value(fv['config'])\n"
+        "print(limubert_jax.__file__, config_lib.configs_dir(), config.dataset.name, config.dataset.version,\n"
+        "      config.train.num_epochs, config.model.n_layers)\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    module_file, configs_dir, *values = result.stdout.split()
+    assert Path(module_file).is_relative_to(site) and Path(configs_dir) == site / "limubert_jax" / "configs"
+    assert values == ["synthetic_imu", "10_100", "3", "4"]
