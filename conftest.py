@@ -5,9 +5,19 @@ That folder is the package `limubert_jax.datasets` (installed by package-dir map
 imported as a top-level `datasets` it refuses to load (it would shadow Hugging Face's). So
 pytest collects those folders as plain directories and imports their test modules under
 their installed names, `limubert_jax.datasets.<name>.<module>`.
+
+A persistent XLA compilation cache in a fresh temporary folder serves the whole session:
+the test process and every subprocess it starts (the main job, the CLIs, fake-device runs)
+find the programs compiled before them instead of compiling them again. It is removed at the
+end of the session; a user's own cache (`JAX_COMPILATION_CACHE_DIR`) is never read or written.
+Executables loaded from it are the ones compiled, so results do not change.
 """
 import importlib
+import os
 import pathlib
+import shutil
+import sys
+import tempfile
 
 import pytest
 
@@ -31,3 +41,33 @@ def pytest_collect_directory(path, parent):
     if path == _DATASETS or _DATASETS in path.parents:
         return pytest.Dir.from_parent(parent, path=path)
     return None
+
+
+# JAX's settings for the cache; it reads them from the environment at import, and the
+# children inherit them from there.
+_XLA_CACHE = {
+    "jax_enable_compilation_cache": True,
+    "jax_persistent_cache_min_compile_time_secs": 0.0,  # every program: tests compile many small ones
+    "jax_persistent_cache_min_entry_size_bytes": -1,
+}
+_OWNER = "LIMUBERT_TESTS_XLA_CACHE"  # the session's folder, for pytest-xdist workers to share
+_xla_cache_dir = None  # the folder this process made, and removes
+
+
+def pytest_configure(config):
+    global _xla_cache_dir
+    shared = os.environ.get(_OWNER)
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and shared and os.path.isdir(shared)):
+        shared = _xla_cache_dir = tempfile.mkdtemp(prefix="limubert-tests-xla-cache-")
+    settings = {"jax_compilation_cache_dir": shared, **_XLA_CACHE}
+    os.environ.update({name.upper(): str(value).lower() for name, value in settings.items()}, **{_OWNER: shared})
+    if "jax" in sys.modules:  # imported before this hook (by a plugin): too late for the environment
+        import jax
+
+        for name, value in settings.items():
+            jax.config.update(name, value)
+
+
+def pytest_unconfigure(config):
+    if _xla_cache_dir is not None:
+        shutil.rmtree(_xla_cache_dir, ignore_errors=True)

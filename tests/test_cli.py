@@ -134,6 +134,7 @@ def _copy_source(target: Path) -> None:
         shutil.copy2(ROOT / name, target / name)
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_every_package_the_configs_and_the_scripts(tmp_path):
     source, dist, site = tmp_path / "src", tmp_path / "dist", tmp_path / "site"
     _copy_source(source)

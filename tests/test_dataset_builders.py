@@ -61,6 +61,7 @@ def test_dummy_data_is_what_the_script_writes(tmp_path):
         assert all(fresh[k] == kept[k] for k in fresh), f"{name}: rerun python -m limubert_jax.datasets.make_dummy_data {name}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", WITH_DUMMY_DATA)
 def test_main_job_pretrains_on_the_dummy_data(name, tmp_path):
     config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()

@@ -51,8 +51,8 @@ def test_config_argument_picks_version_and_task():
     assert (config.dataset.version, config.task) == ("20_120", "report")
 
 
-def test_labels_are_chosen_by_task_name(pretrained):
-    _, data_dir = pretrained
+def test_labels_are_chosen_by_task_name(synthetic_data_dir):
+    data_dir = synthetic_data_dir
     data = labels.load_labelled(_config(data_dir))
     assert data.labels.task == "activity" and data.labels.names[0] == "sit"
     user = labels.load_labelled(_config(data_dir, label="user"))
@@ -64,6 +64,7 @@ def test_labels_are_chosen_by_task_name(pretrained):
     assert counts.min() == counts.max()
 
 
+@pytest.mark.slow  # the pretraining of `pretrained`
 def test_a_task_the_dataset_lacks_is_a_clear_error(pretrained, tmp_path):
     workdir, data_dir = pretrained
     with pytest.raises(LimuBertError, match=r"has no task 'position'; its tasks: activity, user"):
@@ -96,9 +97,9 @@ def test_a_task_the_dataset_lacks_is_a_clear_error(pretrained, tmp_path):
     ("classify", {}, r"^no pretrained LIMU-BERT in .*new-run"),
 ], ids=["label", "method", "head-of-method", "no-methods", "classifier", "baseline", "merge-divides", "merge-positive",
         "label-rate-0", "label-rate-1.5", "epochs", "head-fits", "encoder-path", "no-encoder"])
-def test_a_chain_fails_on_any_stage_before_the_first_step(pretrained, tmp_path, monkeypatch, task, overrides,
+def test_a_chain_fails_on_any_stage_before_the_first_step(synthetic_data_dir, tmp_path, monkeypatch, task, overrides,
                                                           message):
-    _, data_dir = pretrained
+    data_dir = synthetic_data_dir
 
     def no_training(*args, **kwargs):
         raise AssertionError("a stage started before the chain was checked")
@@ -111,8 +112,8 @@ def test_a_chain_fails_on_any_stage_before_the_first_step(pretrained, tmp_path, 
     assert not workdir.exists()  # nothing written
 
 
-def test_a_chain_checks_an_existing_encoder_against_the_data(pretrained, tmp_path):
-    _, data_dir = pretrained
+def test_a_chain_checks_an_existing_encoder_against_the_data(synthetic_data_dir, tmp_path):
+    data_dir = synthetic_data_dir
     short = LimuBertConfig(hidden=8, hidden_ff=16, n_layers=1, n_heads=2, seq_len=100)
     encoder = checkpoint.save_model(tmp_path / "short", LimuBertModel4Pretrain(short).init_params(jax.random.key(0)),
                                     short)
@@ -145,6 +146,7 @@ def test_fit_keeps_the_best_validation_epoch_and_respects_frozen_parameters():
     assert np.mean(predicted == y[200:]) == pytest.approx(result.best_vali_accuracy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task, method", [("classify", "limu_gru_v2"), ("baseline", "rgru"),
                                           ("finetune", "finetune_gru_v2")])
 def test_task_end_to_end_writes_metrics_and_plots(pretrained, task, method):
@@ -165,6 +167,7 @@ def test_task_end_to_end_writes_metrics_and_plots(pretrained, task, method):
     assert len(history["vali_accuracy"]) == config.downstream.num_epochs
 
 
+@pytest.mark.slow
 def test_embed_and_report_load_the_data_and_embed_once(pretrained, monkeypatch):
     workdir, data_dir = pretrained
     calls = {"load_labelled": 0, "embed_windows": 0}
@@ -177,7 +180,9 @@ def test_embed_and_report_load_the_data_and_embed_once(pretrained, monkeypatch):
 
     for name in calls:
         monkeypatch.setattr(runners, name, counted(name, getattr(runners, name)))
-    config = _config(data_dir, "embed+report", methods="limu_gru_v2,rgru,limu_gru_v1", num_epochs=2)
+    # The module's 6 epochs: limu_gru_v2 and rgru then run the programs the classify and
+    # baseline tests compiled (the persistent compilation cache), only limu_gru_v1 is new.
+    config = _config(data_dir, "embed+report", methods="limu_gru_v2,rgru,limu_gru_v1")
     summary = tasks.run(config, workdir)
     assert calls == {"load_labelled": 1, "embed_windows": 1}
     embeddings = np.load(Path(workdir) / "embed" / "embeddings.npy")

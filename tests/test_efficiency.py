@@ -36,6 +36,7 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+@pytest.mark.slow
 def test_resident_epoch_is_the_same_batches_stepped_one_by_one():
     windows, key, rng = _windows(), jax.random.key(7), jax.random.key(1)
     kwargs = dict(model_config=CFG, mask_config=MaskConfig(), tx=TX)
@@ -53,6 +54,7 @@ def test_resident_epoch_is_the_same_batches_stepped_one_by_one():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_tracks_float32_and_keeps_float32_state():
     windows, rng = _windows(), jax.random.key(1)
     runs = {}
@@ -104,6 +106,7 @@ def data_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_main_job_with_several_steps_per_dispatch_is_the_same_run(tmp_path, data_dir):
     # 8 steps per epoch in calls of 3: two calls of 3 and a last one of 2.
     _, plain, plain_params = _run(tmp_path / "plain", _config(data_dir, num_epochs=2))
@@ -117,6 +120,7 @@ def test_main_job_with_several_steps_per_dispatch_is_the_same_run(tmp_path, data
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_main_job_device_resident_resumes_to_the_same_run(tmp_path, data_dir):
     _, straight, straight_params = _run(tmp_path / "straight", _config(data_dir, device_resident=True, num_epochs=2))
     _run(tmp_path / "resumed", _config(data_dir, device_resident=True, num_epochs=1))

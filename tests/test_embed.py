@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import child_env
 from limubert_jax import embed
 from limubert_jax.data.normalization import normalize
 from limubert_jax.data.synthetic import synthetic_windows
@@ -140,7 +141,8 @@ _CLI = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_hand
 
 
 # SIGTERM as soon as the staging file appears lands in the first compilation (which left
-# the interpreter's teardown crashing), SIGINT a second later in the batches.
+# the interpreter's teardown crashing), SIGINT a second later in the batches. The child
+# compiles (no persistent cache) so that the first signal still finds it compiling.
 @pytest.mark.parametrize("signum, status, delay", [(signal.SIGTERM, 143, 0.0), (signal.SIGINT, 130, 1.0)])
 def test_signal_during_embedding_removes_the_staging_file(tmp_path, v1, signum, status, delay):
     path, _, _ = v1
@@ -149,7 +151,7 @@ def test_signal_during_embedding_removes_the_staging_file(tmp_path, v1, signum, 
     process = subprocess.Popen(
         [sys.executable, "-c", _CLI, "--checkpoint", str(path), "--input", str(tmp_path / "x.npy"),
          "--output", str(out), "--batch_size", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(xla_cache="off"),
     )
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".e.npy.tmp-") for p in tmp_path.iterdir()):

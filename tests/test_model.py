@@ -147,7 +147,8 @@ def _small_model(seed=0):
     return cfg, params["transformer"], x, positions
 
 
-@pytest.mark.parametrize("chunk,streams,with_positions", [(4, 2, False), (4, 2, True), (3, 1, True)])
+@pytest.mark.parametrize("chunk,streams,with_positions", [
+    pytest.param(4, 2, False, marks=pytest.mark.slow), (4, 2, True), pytest.param(3, 1, True, marks=pytest.mark.slow)])
 def test_chunked_encoder_equals_whole_batch_values_and_gradients(with_positions, chunk, streams):
     from limubert_jax.models.encoder import encode, encode_plain
 

@@ -148,6 +148,7 @@ def _assert_losses_match(got: dict, expected: dict, steps: range, what: str) -> 
                                    err_msg=f"{what}: train/val loss at step {step}")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_fewer_devices(tmp_path, data_dir):
     reference = _Run("one_by_four", tmp_path / "one_by_four", data_dir, EPOCHS, processes=1, devices=4)
     multi = _Run("two_by_two", tmp_path / "resumed", data_dir, FIRST_LEG, processes=2, devices=2)

@@ -124,6 +124,7 @@ def ir_dump(tmp_path):
         jax.config.update("jax_dump_ir_to", "")
 
 
+@pytest.mark.slow
 def test_every_program_of_the_commands_is_full_float32_but_the_train_step(ir_dump, tmp_path, synthetic_data_dir):
     """Pretraining with matmul_precision='default' (train step, validation, plot), then the
     encoder over every window, a head on the embeddings, a baseline with convolutions,

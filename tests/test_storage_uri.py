@@ -169,6 +169,7 @@ def test_bad_inputs_in_a_bucket_are_named(bucket):
         embed.open_windows(f"{BUCKET}/none.npy")
 
 
+@pytest.mark.slow
 def test_pretrain_embed_and_convert_in_a_bucket(bucket, synthetic_data_dir, capsys):
     workdir = f"{BUCKET}/run"
     config = _config(synthetic_data_dir, "pretrain+embed")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import child_env
 from limubert_jax import config_lib, convert, embed, tasks
 from limubert_jax.io import checkpoint
 from limubert_jax.pretraining import trainer
@@ -51,6 +52,7 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+@pytest.mark.slow
 def test_main_job_outputs_and_exports(tmp_path, data_dir):
     workdir = tmp_path / "run"
     result = subprocess.run(_main_command(workdir, data_dir, "--config.train.num_epochs=2"),
@@ -81,6 +83,7 @@ def test_main_job_outputs_and_exports(tmp_path, data_dir):
     assert np.load(tmp_path / "e.npy").shape == (3, 120, 24)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
     epochs = 4
     args = (f"--config.train.num_epochs={epochs}",)
@@ -92,7 +95,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
     per_epoch = total // epochs
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_main_command(killed, data_dir, *args), cwd=tmp_path,
+    process = subprocess.Popen(_main_command(killed, data_dir, *args), cwd=tmp_path, env=child_env(xla_cache="read-only"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_checkpoint = killed / "checkpoints" / str(per_epoch)
     deadline = time.time() + 300
