@@ -108,7 +108,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_main_job_with_several_steps_per_dispatch_is_the_same_run(tmp_path, data_dir):
-    # 8 steps per epoch in calls of 3: two calls of 3 and a last one of 2.
+    # 8 steps per epoch in calls of 3: two calls of 3, then the remaining 2 one by one.
     _, plain, plain_params = _run(tmp_path / "plain", _config(data_dir, num_epochs=2))
     _, stacked, stacked_params = _run(tmp_path / "stacked", _config(data_dir, num_epochs=2, steps_per_dispatch=3))
     assert [r["epoch"] for r in stacked] == [1, 2]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,23 @@ def test_no_runtime_module_imports_torch_or_test_code_at_import_time():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{module}: {n}" for n in names if n.split(".")[0] in {"torch", "pytest", "scipy"}]
     assert not offenders, offenders
+
+
+def test_the_main_job_and_its_metrics_writer_do_not_import_torch(tmp_path):
+    """torch (an optional extra) costs seconds of start-up; tensorboardX imports it when it
+    can, so the metrics writer keeps it out, and leaves `import torch` working afterwards."""
+    script = (
+        "import sys, importlib.util\n"
+        "from etils import epath\n"
+        "import limubert_jax.main\n"
+        "from limubert_jax.pretraining import metrics\n"
+        "writer = metrics.MetricsWriter(epath.Path(sys.argv[1]))\n"
+        "writer.write({'step': 1, 'epoch': 1, 'train_loss': 0.5})\n"
+        "writer.close()\n"
+        "print('torch' in sys.modules, sys.modules.get('torch', 0) is None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False", "False"]
+    assert len(list((tmp_path / "tensorboard").iterdir())) == 1  # the events file
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 1

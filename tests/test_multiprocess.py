@@ -26,10 +26,11 @@ import numpy as np
 import pytest
 from etils import epath
 
+from conftest import few_steps_xla_flags
 from limubert_jax import config_lib
 from limubert_jax.io import checkpoint, plots, storage
 from limubert_jax.pretraining import metrics
-from limubert_jax.runtime import distributed, xla_options
+from limubert_jax.runtime import distributed
 from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,9 +66,7 @@ def data_dir(synthetic_data_dir):
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_SETTINGS)}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
-    if xla_options.run_once_compiler_options():
-        # Compiling dominates these few-step runs; every run compiles alike, so they compare.
-        env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    env["XLA_FLAGS"] = few_steps_xla_flags()  # every run compiles alike, so they compare
     return env
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from typing import Any
 
 from absl import logging
 from etils import epath
-from tensorboardX import SummaryWriter
 
 from limubert_jax.io import storage
 
@@ -31,6 +31,26 @@ def _importable(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ImportError:  # a parent package is missing
         return False
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without importing torch.
+
+    tensorboardX imports torch when it is installed, only to accept torch tensors, which
+    this writer never passes; importing torch costs a command seconds of its start-up.
+    Where torch is already imported, it is used as it is.
+    """
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricsWriter:
@@ -58,8 +78,8 @@ class MetricsWriter:
             logging.warning("no TensorBoard events in %s: tensorboardX needs %s for it", workdir, client[1])
         else:
             try:
-                self._tb = SummaryWriter(str(workdir / "tensorboard"),
-                                         purge_step=start_step + 1 if start_step else None)
+                self._tb = _summary_writer_class()(str(workdir / "tensorboard"),
+                                                   purge_step=start_step + 1 if start_step else None)
             except ImportError as e:
                 logging.warning("no TensorBoard events in %s: %s", workdir, e)
 
