@@ -7,8 +7,10 @@ import importlib
 import inspect
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from absl import flags
 
 from limubert_jax import config_lib, convert, demo, embed, main, prepare_data
-from limubert_jax.runtime import cli
+from limubert_jax.runtime import cli, errors
 from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,3 +182,27 @@ def test_the_wheel_ships_every_package_the_configs_and_the_scripts(tmp_path):
     module_file, configs_dir, *values = result.stdout.split()
     assert Path(module_file).is_relative_to(site) and Path(configs_dir) == site / "limubert_jax" / "configs"
     assert values == ["synthetic_imu", "10_100", "3", "4"]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_whose_exception_python_drops_still_ends_the_command(capsys, signum, status):
+    """A signal's handler runs wherever the main thread is; raised inside a destructor (or
+    JAX's garbage-collection callback) its exception is printed and ignored by Python."""
+    finished = []
+
+    class SignalsInDestructor:
+        def __del__(self):
+            os.kill(os.getpid(), signum)
+            time.sleep(0.5)  # the handler runs here and its exception ends this __del__
+
+    def command(argv):
+        SignalsInDestructor()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        finished.append(True)
+
+    assert errors.run_cli(command, []) == status
+    assert not finished
+    err = capsys.readouterr().err
+    assert "Exception ignored" not in err and err.strip().endswith(f"({signum.name})")

@@ -61,16 +61,36 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
     return 0
 
 
+def _redeliver(signum: int) -> None:
+    """Sends `signum` to this process from another thread, shortly: sent from here, its
+    handler would run at once, inside the hook, and its exception be dropped again."""
+    timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
+
+
 def _without_closed_loop_noise(hook):
     """`hook` (sys.unraisablehook) less the "Event loop is closed" RuntimeErrors of TensorStore's
     I/O callbacks when Orbax closed its event loop on a failed read while other reads were in
-    flight: dozens of tracebacks burying the one line that names the cause."""
+    flight: dozens of tracebacks burying the one line that names the cause.
+
+    It also redelivers a signal whose exception Python dropped: a signal's handler runs
+    wherever the main thread is, and an exception raised in a garbage-collection callback
+    (JAX has one) or a `__del__` is printed and ignored, so the command would go on."""
     if getattr(hook, "drops_closed_loop_noise", False):
         return hook
 
     def unraisablehook(unraisable):
         value = unraisable.exc_value
         if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        if isinstance(value, KeyboardInterrupt):
+            _redeliver(signal.SIGINT)
+            return
+        # Our handler set SIG_IGN when it raised: it is put back to take the signal again.
+        if isinstance(value, Terminated) and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+            _redeliver(signal.SIGTERM)
             return
         hook(unraisable)
 
