@@ -56,14 +56,15 @@ def test_resident_epoch_is_the_same_batches_stepped_one_by_one():
 
 @pytest.mark.slow
 def test_bfloat16_compute_tracks_float32_and_keeps_float32_state():
-    windows, rng = _windows(), jax.random.key(1)
+    # Batches of 16 as in the test above: its float32 step is this one (the persistent cache).
+    windows, rng = _windows(96), jax.random.key(1)
     runs = {}
     for name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
         step = jax.jit(lambda s, raw, dtype=dtype: train_step(s, raw, rng, model_config=CFG, mask_config=MaskConfig(),
                                                             tx=TX, compute_dtype=dtype))
         state, losses = _state(), []
         for i in range(6):
-            state, m = step(state, windows[i * 8 : i * 8 + 8])
+            state, m = step(state, windows[i * 16 : i * 16 + 16])
             losses.append(float(m["loss"]))
         runs[name] = (state, np.array(losses))
     (state32, loss32), (state16, loss16) = runs["float32"], runs["bfloat16"]

@@ -86,7 +86,8 @@ def test_main_job_outputs_and_exports(tmp_path, data_dir):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
     epochs = 4
-    args = (f"--config.train.num_epochs={epochs}",)
+    # 15 steps per epoch: the kill, right after the first checkpoint, still leaves three epochs.
+    args = (f"--config.train.num_epochs={epochs}", "--config.dataset.train_rate=0.2")
     uninterrupted = tmp_path / "uninterrupted"
     done = subprocess.run(_main_command(uninterrupted, data_dir, *args), cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
