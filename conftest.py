@@ -11,6 +11,13 @@ the test process and every subprocess it starts (the main job, the CLIs, fake-de
 find the programs compiled before them instead of compiling them again. It is removed at the
 end of the session; a user's own cache (`JAX_COMPILATION_CACHE_DIR`) is never read or written.
 Executables loaded from it are the ones compiled, so results do not change.
+
+Compiling is most of the suite's time on CPU, and most tests run a program a few times: the
+session compiles without XLA's backend (LLVM) optimisation (`jax_disable_most_optimizations`,
+inherited by the children too), which halves compile times; the programs compute the same
+operations, only slower (values may differ in the last float32 bits). Tests that run long or
+compare with the original code's outputs are marked `optimized` and compile as users' runs do
+(`tests/conftest.py`).
 """
 import importlib
 import os
@@ -43,9 +50,10 @@ def pytest_collect_directory(path, parent):
     return None
 
 
-# JAX's settings for the cache; it reads them from the environment at import, and the
+# JAX's settings for the session; it reads them from the environment at import, and the
 # children inherit them from there.
 _XLA_CACHE = {
+    "jax_disable_most_optimizations": True,  # see the module docstring; `optimized` tests undo it
     "jax_enable_compilation_cache": True,
     "jax_persistent_cache_min_compile_time_secs": 0.0,  # every program: tests compile many small ones
     "jax_persistent_cache_min_entry_size_bytes": -1,

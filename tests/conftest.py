@@ -18,24 +18,15 @@ def reference_dir() -> Path | None:
     return path if (path / "SPEC.md").is_file() else None
 
 
-def few_steps_xla_flags() -> str:
-    """XLA_FLAGS for a child that runs a few steps of programs it compiles: no LLVM
-    optimisation, which halves XLA:CPU's compile time (the values are the same; each step
-    runs ~3x slower). Only for runs compared with runs compiled alike. Empty where this XLA
-    rejects the option."""
-    from limubert_jax.runtime import xla_options
-
-    return "--xla_backend_optimization_level=0" if xla_options.run_once_compiler_options() else ""
-
-
-def child_env(*, xla_cache: str = "shared", few_steps: bool = False) -> dict[str, str]:
+def child_env(*, xla_cache: str = "shared", optimized: bool = False) -> dict[str, str]:
     """The environment for a child process, with the session's persistent XLA cache (set up
     by the repository's conftest.py) "shared", "read-only" (the child may be killed, and
     JAX does not write cache entries atomically) or "off" (the child must compile);
-    `few_steps`: see `few_steps_xla_flags`."""
+    `optimized`: the child compiles with XLA's backend optimisation, as users' runs do
+    (the session compiles without it: the repository's conftest.py)."""
     env = dict(os.environ)
-    if few_steps:
-        env["XLA_FLAGS"] = " ".join(filter(None, (env.get("XLA_FLAGS", ""), few_steps_xla_flags())))
+    if optimized:
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "false"
     if xla_cache == "read-only":
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1e9"  # reads, never writes
     elif xla_cache == "off":
@@ -43,6 +34,21 @@ def child_env(*, xla_cache: str = "shared", few_steps: bool = False) -> dict[str
     elif xla_cache != "shared":
         raise ValueError(xla_cache)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _optimized_compiles(request):
+    """A test marked `optimized` compiles with XLA's backend optimisation, as users' runs do."""
+    if request.node.get_closest_marker("optimized") is None:
+        yield
+        return
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", True)
 
 
 @pytest.fixture(scope="session")

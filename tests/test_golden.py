@@ -18,6 +18,8 @@ from limubert_jax.models.recurrent import GRUClassifier
 
 TOL = 1e-4
 
+pytestmark = pytest.mark.optimized  # the programs users run, compared with the original outputs
+
 
 def test_normalization_matches_reference(reference):
     golden = np.load(reference / "golden" / "normalization.npz")

@@ -35,7 +35,11 @@ ALL = registry.HEADS + registry.BASELINES
 # Models whose training programs run outside the fast subset (the slowest to compile); the
 # fast one keeps a recurrent head with dropout, an attention and a CNN head, a CNN baseline.
 SLOW = {"gru_v1", "lstm_v1", "cnn2_v1", "deepsense"}
-TRAINED = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in ALL]
+# Their convolutions run several times slower compiled without backend optimisation.
+OPTIMIZED = {"dcnn", "cnn2_v1"}
+TRAINED = [pytest.param(name, marks=[m for m, on in ((pytest.mark.slow, name in SLOW),
+                                                     (pytest.mark.optimized, name in OPTIMIZED)) if on])
+           for name in ALL]
 WITH_DROPOUT = {"gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1", "rgru"}
 
 # (seq_len, input width of the heads, input width of the baselines, classes): the paper's

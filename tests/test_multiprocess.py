@@ -26,7 +26,6 @@ import numpy as np
 import pytest
 from etils import epath
 
-from conftest import few_steps_xla_flags
 from limubert_jax import config_lib
 from limubert_jax.io import checkpoint, plots, storage
 from limubert_jax.pretraining import metrics
@@ -66,7 +65,6 @@ def data_dir(synthetic_data_dir):
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_SETTINGS)}
     env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
-    env["XLA_FLAGS"] = few_steps_xla_flags()  # every run compiles alike, so they compare
     return env
 
 

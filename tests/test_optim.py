@@ -351,6 +351,7 @@ def test_adam_matches_torch_adam_formula():
         np.testing.assert_allclose(got[key], expected[key], rtol=0, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.optimized
 def test_adam_matches_torch_optim_adam():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(3)
@@ -421,6 +422,7 @@ GOLDEN_CASES = {
 }
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("name", list(GOLDEN_CASES))
 def test_golden_trajectory(reference, golden_problem, name):
     make_tx, loss_rtol, param_atol = GOLDEN_CASES[name]

@@ -11,8 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import child_env
-
 pytestmark = pytest.mark.slow  # two processes compiling every kind of step
 
 # Runs in a fresh interpreter: the CPU device count is fixed when JAX's backend starts.
@@ -66,7 +64,7 @@ def _runs() -> dict[int, dict]:
     """The script on 1 and on 8 devices, as two concurrent processes (compiling is mostly
     single-threaded; the machine has 2 cores)."""
     processes = {devices: subprocess.Popen([sys.executable, "-c", _SCRIPT, str(devices)], stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True, env=child_env(few_steps=True))
+                                           stderr=subprocess.PIPE, text=True)
                  for devices in (1, 8)}
     results = {}
     try:
