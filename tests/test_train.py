@@ -122,6 +122,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
     assert epochs_logged[-1] == epochs and sorted(set(epochs_logged)) == list(range(1, epochs + 1))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
     real = trainer.jit_train_step
 

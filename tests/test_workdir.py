@@ -23,14 +23,14 @@ from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS_PER_EPOCH = 15  # 1,920 synthetic training windows at batch 128
+STEPS_PER_EPOCH = 15  # 480 synthetic training windows (train_rate 0.2) at the test batch of 32
 
 
 def _config(data_dir, epochs: int, **train_overrides):
     config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
     config.dataset.data_dir = str(data_dir)
+    config.dataset.train_rate = 0.2
     config.train.num_epochs = epochs
-    config.train.batch_size = 128
     config.train.update(train_overrides)
     return config
 
@@ -67,13 +67,14 @@ def _main(*args, cwd):
 # One job at a time.
 
 
+@pytest.mark.slow  # the pretraining of `run`
 def test_a_second_job_exits_2_naming_the_holder(run, synthetic_data_dir):
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-11-28 09:00:00",
               "command": "python -m limubert_jax.main --config=configs/test.py"}
     (run / workdir.LOCK_FILE).write_text(json.dumps(holder))
     before = _tree(run)
     result = _main(f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={run}",
-                   f"--config.dataset.data_dir={synthetic_data_dir}", "--config.train.batch_size=128",
+                   f"--config.dataset.data_dir={synthetic_data_dir}", "--config.dataset.train_rate=0.2",
                    "--config.train.num_epochs=3", cwd=run.parent)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -126,6 +127,7 @@ def test_a_resume_with_another_run_config_writes_nothing(run, synthetic_data_dir
     assert _tree(run) == before
 
 
+@pytest.mark.slow
 def test_a_corrupted_step_is_refused_or_skipped_when_asked_and_metrics_stay_unique(run, synthetic_data_dir):
     meta = run / "checkpoints" / "30" / "meta" / "metadata"
     record = json.loads(meta.read_text())
@@ -148,7 +150,7 @@ def test_unreadable_checkpoint_files_are_one_line(run, synthetic_data_dir):
     for data_file in (run / "checkpoints" / "30" / "state").rglob("d/*"):
         data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
     result = _main(f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={run}",
-                   f"--config.dataset.data_dir={synthetic_data_dir}", "--config.train.batch_size=128",
+                   f"--config.dataset.data_dir={synthetic_data_dir}", "--config.dataset.train_rate=0.2",
                    "--config.train.num_epochs=3", cwd=run.parent)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -175,6 +177,7 @@ def test_model_loads_verify_the_parameters(run, tmp_path):
         checkpoint.load_model(path)
 
 
+@pytest.mark.slow
 def test_a_failed_asynchronous_save_stops_the_run_at_the_next_epoch(run, synthetic_data_dir, monkeypatch):
     def failed(self):
         raise OSError(28, "No space left on device")
@@ -217,7 +220,7 @@ def test_bad_command_lines_are_one_line(tmp_path, synthetic_data_dir):
         assert (result.returncode, result.stderr.strip()) == (2, expected)
     assert not (tmp_path / "run").exists()
     with pytest.raises(LimuBertError, match=r"^config\.train: global_batch_size 4096 is larger than the training "
-                                            r"split of synthetic_imu/20_120 \(1920 windows\)"):
+                                            r"split of synthetic_imu/20_120 \(480 windows\)"):
         tasks.run(_config(synthetic_data_dir, 1, batch_size=4096), tmp_path / "run")
     assert not (tmp_path / "run").exists()
     np.testing.assert_equal(sorted(p.name for p in tmp_path.iterdir()), [])
