@@ -52,7 +52,7 @@ def pytest_collect_directory(path, parent):
 
 # JAX's settings for the session; it reads them from the environment at import, and the
 # children inherit them from there.
-_XLA_CACHE = {
+_SESSION_SETTINGS = {
     "jax_disable_most_optimizations": True,  # see the module docstring; `optimized` tests undo it
     "jax_enable_compilation_cache": True,
     "jax_persistent_cache_min_compile_time_secs": 0.0,  # every program: tests compile many small ones
@@ -67,7 +67,7 @@ def pytest_configure(config):
     shared = os.environ.get(_OWNER)
     if not (os.environ.get("PYTEST_XDIST_WORKER") and shared and os.path.isdir(shared)):
         shared = _xla_cache_dir = tempfile.mkdtemp(prefix="limubert-tests-xla-cache-")
-    settings = {"jax_compilation_cache_dir": shared, **_XLA_CACHE}
+    settings = {"jax_compilation_cache_dir": shared, **_SESSION_SETTINGS}
     os.environ.update({name.upper(): str(value).lower() for name, value in settings.items()}, **{_OWNER: shared})
     if "jax" in sys.modules:  # imported before this hook (by a plugin): too late for the environment
         import jax

@@ -18,15 +18,11 @@ def reference_dir() -> Path | None:
     return path if (path / "SPEC.md").is_file() else None
 
 
-def child_env(*, xla_cache: str = "shared", optimized: bool = False) -> dict[str, str]:
+def child_env(*, xla_cache: str = "shared") -> dict[str, str]:
     """The environment for a child process, with the session's persistent XLA cache (set up
     by the repository's conftest.py) "shared", "read-only" (the child may be killed, and
-    JAX does not write cache entries atomically) or "off" (the child must compile);
-    `optimized`: the child compiles with XLA's backend optimisation, as users' runs do
-    (the session compiles without it: the repository's conftest.py)."""
+    JAX does not write cache entries atomically) or "off" (the child must compile)."""
     env = dict(os.environ)
-    if optimized:
-        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "false"
     if xla_cache == "read-only":
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1e9"  # reads, never writes
     elif xla_cache == "off":

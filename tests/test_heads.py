@@ -37,8 +37,8 @@ ALL = registry.HEADS + registry.BASELINES
 SLOW = {"gru_v1", "lstm_v1", "cnn2_v1", "deepsense"}
 # Their convolutions run several times slower compiled without backend optimisation.
 OPTIMIZED = {"dcnn", "cnn2_v1"}
-TRAINED = [pytest.param(name, marks=[m for m, on in ((pytest.mark.slow, name in SLOW),
-                                                     (pytest.mark.optimized, name in OPTIMIZED)) if on])
+TRAINED = [pytest.param(name, marks=[*([pytest.mark.slow] if name in SLOW else []),
+                                     *([pytest.mark.optimized] if name in OPTIMIZED else [])])
            for name in ALL]
 WITH_DROPOUT = {"gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1", "rgru"}
 

@@ -148,7 +148,7 @@ def test_the_main_job_and_its_metrics_writer_do_not_import_torch(tmp_path):
     """torch (an optional extra) costs seconds of start-up; tensorboardX imports it when it
     can, so the metrics writer keeps it out, and leaves `import torch` working afterwards."""
     script = (
-        "import sys, importlib.util\n"
+        "import sys\n"
         "from etils import epath\n"
         "import limubert_jax.main\n"
         "from limubert_jax.pretraining import metrics\n"
