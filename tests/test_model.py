@@ -55,23 +55,26 @@ def test_output_shapes_and_masked_gather():
     model = LimuBertModel4Pretrain(cfg)
     params = model.init_params(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (3, 120, 6))
-    full = model.apply({"params": params}, x)
-    assert full.shape == (3, 120, 6)
     pos = jnp.array([[5, 0, 119], [1, 2, 3], [100, 50, 7]], jnp.int32)
-    masked = model.apply({"params": params}, x, pos)
+    # One compiled program (eagerly, every operation compiles on its own).
+    full, masked, encoded = jax.jit(lambda p, x, pos: (
+        model.apply({"params": p}, x), model.apply({"params": p}, x, pos),
+        model.apply({"params": p}, x, method=model.encode)))(params, x, pos)
+    assert full.shape == (3, 120, 6)
     assert masked.shape == (3, 3, 6)
     # The head is per position, so gathering before or after decoding agrees.
     np.testing.assert_allclose(masked, jnp.take_along_axis(full, pos[:, :, None], axis=1), atol=1e-5)
-    assert model.apply({"params": params}, x, method=model.encode).shape == (3, 120, 72)
+    assert encoded.shape == (3, 120, 72)
 
 
 def test_shorter_windows_use_the_first_positions_and_longer_ones_fail():
     cfg = LimuBertConfig(seq_len=20, hidden=16, hidden_ff=32, n_heads=2, n_layers=2)
     model = LimuBertModel4Pretrain(cfg)
     params = model.init_params(jax.random.key(0))
-    assert model.apply({"params": params}, jnp.ones((2, 12, 6))).shape == (2, 12, 6)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    assert apply(params, jnp.ones((2, 12, 6))).shape == (2, 12, 6)
     with pytest.raises(ValueError, match="seq_len=20"):
-        model.apply({"params": params}, jnp.ones((2, 21, 6)))
+        apply(params, jnp.ones((2, 21, 6)))
 
 
 def test_layer_count_reuses_one_block():
@@ -81,8 +84,8 @@ def test_layer_count_reuses_one_block():
     p6 = LimuBertModel4Pretrain(deep).init_params(jax.random.key(0))
     assert count_params(p1) == count_params(p6)
     x = jax.random.normal(jax.random.key(1), (2, 120, 6))
-    out1 = LimuBertModel4Pretrain(shallow).apply({"params": p1}, x)
-    out6 = LimuBertModel4Pretrain(deep).apply({"params": p1}, x)
+    out1, out6 = jax.jit(lambda p, x: (LimuBertModel4Pretrain(shallow).apply({"params": p}, x),
+                                       LimuBertModel4Pretrain(deep).apply({"params": p}, x)))(p1, x)
     assert not np.allclose(out1, out6)
 
 
@@ -108,10 +111,10 @@ def test_classifier_dropout_only_while_training():
     model = GRUClassifier(cfg)
     params = model.init_params(jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (4, 20, 72))
-    eval_a = model.apply({"params": params}, x)
-    eval_b = model.apply({"params": params}, x, train=False)
+    eval_a, eval_b, train = jax.jit(lambda p, x: (
+        model.apply({"params": p}, x), model.apply({"params": p}, x, train=False),
+        model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(2)})))(params, x)
     np.testing.assert_array_equal(eval_a, eval_b)
-    train = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})
     assert eval_a.shape == train.shape == (4, 3)
     assert not np.allclose(eval_a, train)
     with pytest.raises(ValueError, match="same non-zero length"):
@@ -155,14 +158,16 @@ def test_chunked_encoder_equals_whole_batch_values_and_gradients(with_positions,
     cfg, p, x, positions = _small_model()
     pos = positions if with_positions else None
 
-    def loss(fn, p, x):
-        return jnp.sum(jnp.sin(fn(p, x)))
+    def values_and_gradients(fn):
+        """fn's outputs and the gradients of sum(sin(outputs)) w.r.t. (p, x), as one program."""
+        def run(p, x):
+            out, vjp = jax.vjp(fn, p, x)
+            return out, vjp(jnp.cos(out))
+        return jax.jit(run)(p, x)
 
-    chunked = jax.jit(lambda p, x: encode(p, x, cfg, pos, chunk=chunk, streams=streams))
-    plain = jax.jit(lambda p, x: encode_plain(p, x, cfg, pos))
-    np.testing.assert_allclose(chunked(p, x), plain(p, x), atol=1e-5, rtol=0)
-    g_chunked = jax.jit(jax.grad(lambda p, x: loss(chunked, p, x), argnums=(0, 1)))(p, x)
-    g_plain = jax.jit(jax.grad(lambda p, x: loss(plain, p, x), argnums=(0, 1)))(p, x)
+    chunked, g_chunked = values_and_gradients(lambda p, x: encode(p, x, cfg, pos, chunk=chunk, streams=streams))
+    plain, g_plain = values_and_gradients(lambda p, x: encode_plain(p, x, cfg, pos))
+    np.testing.assert_allclose(chunked, plain, atol=1e-5, rtol=0)
     for a, b in zip(jax.tree_util.tree_leaves(g_chunked), jax.tree_util.tree_leaves(g_plain)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 

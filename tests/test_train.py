@@ -52,14 +52,27 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+# The main job's run that the tests below read: 4 epochs of 15 steps (a fifth of the
+# synthetic set), so that a kill right after the first checkpoint still leaves three epochs.
+EPOCHS = 4
+RUN_ARGS = (f"--config.train.num_epochs={EPOCHS}", "--config.dataset.train_rate=0.2")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_dir):
+    """The main job run to the end as a user runs it (`RUN_ARGS`); tests only read it."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    done = subprocess.run(_main_command(workdir, data_dir, *RUN_ARGS), cwd=workdir.parent,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
 @pytest.mark.slow
-def test_main_job_outputs_and_exports(tmp_path, data_dir):
-    workdir = tmp_path / "run"
-    result = subprocess.run(_main_command(workdir, data_dir, "--config.train.num_epochs=2"),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_main_job_outputs_and_exports(tmp_path, finished_run):
+    workdir = finished_run
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 1))
     for record in records:
         assert set(record) == {"step", "epoch", "train_loss", "val_loss", "learning_rate", "samples_per_second"}
         assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
@@ -84,14 +97,8 @@ def test_main_job_outputs_and_exports(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir):
-    epochs = 4
-    # 15 steps per epoch: the kill, right after the first checkpoint, still leaves three epochs.
-    args = (f"--config.train.num_epochs={epochs}", "--config.dataset.train_rate=0.2")
-    uninterrupted = tmp_path / "uninterrupted"
-    done = subprocess.run(_main_command(uninterrupted, data_dir, *args), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir, finished_run):
+    uninterrupted, epochs, args = finished_run, EPOCHS, RUN_ARGS
     total = json.loads((uninterrupted / "summary.json").read_text())["steps"]
     per_epoch = total // epochs
 

@@ -108,5 +108,22 @@ def fit(apply_fn: ApplyFn, params, train_x, train_y, vali_inputs, vali_y, *, num
 
 
 def predict(apply_fn: ApplyFn, params, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """Predicted classes [N] of the rows of `x` [N, ...] (eval mode), `batch_size` rows a call."""
     apply = jax.jit(lambda p, xb: jnp.argmax(apply_fn(p, xb, False, jax.random.key(0)), -1))
-    return np.concatenate([np.asarray(apply(params, x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+    return map_batches(lambda xb: apply(params, xb), x, batch_size)
+
+
+def map_batches(fn: Callable[[np.ndarray], jax.Array], x: np.ndarray, batch_size: int) -> np.ndarray:
+    """`fn` over the rows of `x` [N, ...] in batches of min(`batch_size`, N) rows, the last
+    one padded with zeros (every call has one shape: one compiled program); the results'
+    rows concatenated [N, ...]. `fn` must treat rows independently."""
+    x = np.asarray(x)
+    size = max(1, min(batch_size, len(x)))
+    outputs = []
+    for start in range(0, len(x), size):
+        chunk = x[start : start + size]
+        rows = len(chunk)
+        if rows < size:
+            chunk = np.concatenate([chunk, np.zeros((size - rows, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(np.asarray(fn(chunk))[:rows])
+    return np.concatenate(outputs)

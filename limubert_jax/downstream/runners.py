@@ -38,7 +38,7 @@ from etils import epath
 from limubert_jax.data import splits
 from limubert_jax.data.normalization import normalize
 from limubert_jax.downstream import evaluation, report, tsne
-from limubert_jax.downstream.fit import ApplyFn, FitResult, fit, predict
+from limubert_jax.downstream.fit import ApplyFn, FitResult, fit, map_batches, predict
 from limubert_jax.downstream.labels import LabelledData, ProtocolData, check_label, load_labelled, protocol_split
 from limubert_jax.io import checkpoint, plots, storage
 from limubert_jax.models import registry
@@ -267,8 +267,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     test_index = proto.split.test.index
     predictions = predict(apply_fn, result.params, test_index, batch_size=256)
     test_features = jax.jit(lambda p, i: pieces(encode(p, windows[i // per_window]), i % per_window))
-    features = np.concatenate([np.asarray(test_features(result.params["encoder"], test_index[i : i + 256]))
-                               for i in range(0, len(test_index), 256)])
+    features = map_batches(lambda rows: test_features(result.params["encoder"], rows), test_index, 256)
     return _write_outputs(run_dir(workdir, "finetune", method, config), method=method, task="finetune",
                           config=config, data=data, proto=proto, predictions=predictions,
                           tsne_features=features.mean(axis=1), result=result, seconds=time.perf_counter() - start)

@@ -43,8 +43,9 @@ def reconstruction_png(path, windows: np.ndarray, positions: np.ndarray, predict
         pos, pred = positions[i][order], predictions[i][order]
         for c in range(channels):
             ax = axes[i, c]
-            for p in pos:
-                ax.axvspan(p - 0.5, p + 0.5, color="tab:orange", alpha=0.15, linewidth=0)
+            # One artist for all masked steps (one per step doubles the drawing time).
+            ax.broken_barh([(p - 0.5, 1.0) for p in pos], (0, 1), transform=ax.get_xaxis_transform(),
+                           color="tab:orange", alpha=0.15, linewidth=0)
             ax.plot(t, windows[i, :, c], color="tab:blue", linewidth=1.0, label="original")
             ax.plot(pos, pred[:, c], "x", color="tab:red", markersize=4, label="reconstruction")
             if i == 0:

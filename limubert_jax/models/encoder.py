@@ -415,13 +415,19 @@ class LimuBertModel4Pretrain(nn.Module):
 
         Compiled as one program (eagerly, every parameter's draw compiles on its own: seconds).
         """
-        cfg = self.config
+        return _init_program(self.config)(rng)
 
-        def init(key):
-            dummy = jnp.zeros((1, cfg.seq_len, cfg.feature_num), jnp.float32)
-            return self.init(key, dummy, method=_init_all)["params"]
 
-        return compile_once(init)(rng)
+@functools.lru_cache(maxsize=8)
+def _init_program(cfg: LimuBertConfig):
+    """The initialisation program of `cfg`'s model, kept for later models of the same config."""
+    model = LimuBertModel4Pretrain(cfg, parent=None)  # not a child of the module asking
+
+    def init(key):
+        dummy = jnp.zeros((1, cfg.seq_len, cfg.feature_num), jnp.float32)
+        return model.init(key, dummy, method=_init_all)["params"]
+
+    return compile_once(init)
 
 
 def _init_all(module: LimuBertModel4Pretrain, x: jax.Array) -> jax.Array:

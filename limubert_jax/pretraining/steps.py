@@ -167,6 +167,13 @@ def eval_step(params, raw: jax.Array, weights: jax.Array, key: jax.Array, *, mod
     return jnp.sum(errors * weights), jnp.sum(weights) * per_window
 
 
+# The jit_* factories below are memoized on their (hashable) arguments: another run in the
+# same process with the same settings (a sweep, a notebook, a resume, the tests) gets the
+# program already traced and compiled instead of tracing, lowering and loading it again.
+_PROGRAMS_KEPT = 32
+
+
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
 def jit_train_step(mesh: Mesh, **step_kwargs):
     """`train_step(state, raw, rng, **step_kwargs)` compiled for `mesh`: state replicated
     (and donated), batch split on `data`."""
@@ -176,6 +183,7 @@ def jit_train_step(mesh: Mesh, **step_kwargs):
                    donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
 def jit_train_steps(mesh: Mesh, **step_kwargs):
     """`train_steps(state, raws, rng, **step_kwargs)` compiled for `mesh`: raws [K, B, ...]
     split on `data` along B; one compile per distinct K."""
@@ -185,6 +193,7 @@ def jit_train_steps(mesh: Mesh, **step_kwargs):
                    donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
 def jit_resident_epoch(mesh: Mesh, *, steps: int, batch_size: int, **step_kwargs):
     """`resident_epoch(state, windows, epoch_key, rng)` compiled for `mesh` (`step_kwargs`:
     `train_step`'s): the windows replicated on every device (IMU datasets are tens of MB),
@@ -195,6 +204,7 @@ def jit_resident_epoch(mesh: Mesh, *, steps: int, batch_size: int, **step_kwargs
     return jax.jit(epoch, in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=_PROGRAMS_KEPT)
 def jit_eval_step(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: MaskConfig):
     """`eval_step(params, raw, weights, key)` compiled for `mesh`."""
     step = functools.partial(eval_step, model_config=model_config, mask_config=mask_config)

@@ -21,6 +21,7 @@ TensorBoard events).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -180,6 +181,25 @@ def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch
     return run
 
 
+@functools.lru_cache(maxsize=8)
+def _optimizer(name: str, learning_rate: float, total_steps: int | None, warmup: float, decay_grouping: str):
+    """`optim.pretrain_optimizer`, one object per setting: the compiled steps are memoized on
+    it (`steps.jit_train_step`)."""
+    return optim.pretrain_optimizer(name, learning_rate=learning_rate, total_steps=total_steps, warmup=warmup,
+                                    decay_grouping=decay_grouping)
+
+
+@functools.lru_cache(maxsize=8)
+def _reconstruct_program(model_config: LimuBertConfig, mask_config: MaskConfig):
+    """(params, raw [N, S, F_raw], key) -> (masked positions [N, M], reconstructions [N, M, F]),
+    for the end-of-run plot: masked as validation masks them (`key`)."""
+    def reconstruct(params, raw, key):
+        masked, positions, _ = mask_batch(key, raw, model_config, mask_config)
+        return positions, LimuBertModel4Pretrain(model_config).apply({"params": params}, masked, positions)
+
+    return compile_once(reconstruct)
+
+
 def check_pretrain_config(config: ml_collections.ConfigDict, data: input_pipeline.PretrainData,
                           mesh=None) -> tuple[LimuBertConfig, MaskConfig]:
     """The model and masking configs, once every pretraining field is checked against `data`
@@ -207,10 +227,10 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     steps_per_epoch = input_pipeline.steps_per_epoch(data, config.train.batch_size)
     total_steps = steps_per_epoch * config.train.num_epochs
     try:
-        tx = optim.pretrain_optimizer(
-            config.optimizer.name, learning_rate=config.optimizer.learning_rate, total_steps=total_steps,
-            warmup=config.optimizer.warmup, decay_grouping=config.optimizer.decay_grouping,
-        )
+        # Constant-rate Adam has no schedule: runs of any length share its compiled steps.
+        schedule_steps = total_steps if config.optimizer.name == "bert_adam" else None
+        tx = _optimizer(config.optimizer.name, config.optimizer.learning_rate, schedule_steps, config.optimizer.warmup,
+                        config.optimizer.decay_grouping)
     except ValueError as e:
         raise LimuBertError(f"config.optimizer: {e}") from None
     learning_rate = (
@@ -296,11 +316,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         raw, _ = next(iter(input_pipeline.eval_batches(
             data, global_batch_size=config.train.plot_windows, shard_options=grain.sharding.NoSharding())))
 
-        def reconstruct(params, raw):
-            masked, positions, _ = mask_batch(val_key, raw, model_config, mask_config)
-            return positions, LimuBertModel4Pretrain(model_config).apply({"params": params}, masked, positions)
-
-        positions, predictions = compile_once(reconstruct)(best_params, jnp.asarray(raw))
+        reconstruct = _reconstruct_program(model_config, mask_config)
+        positions, predictions = reconstruct(best_params, jnp.asarray(raw), val_key)
         summary["plot"] = str(plots.reconstruction_png(
             workdir / "reconstruction.png", normalize(np.asarray(raw), model_config.feature_num),
             np.asarray(positions), np.asarray(predictions), title=f"best step {best_step}",
