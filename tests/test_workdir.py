@@ -20,6 +20,7 @@ import pytest
 from limubert_jax import config_lib, tasks
 from limubert_jax.io import checkpoint, workdir
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.pretraining import steps
 from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,17 @@ def test_a_corrupted_step_is_refused_or_skipped_when_asked_and_metrics_stay_uniq
     assert [p.name.split("-")[0] for p in (run / workdir.CORRUPT_DIR).iterdir()] == ["30"]
     kept = {int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()}
     assert {30, 45} <= kept <= {15, 30, 45}  # the new steps 30 and 45, and 15 if it is still the best
+
+
+def test_a_longer_run_in_the_same_process_reuses_the_compiled_steps(run, synthetic_data_dir):
+    # The module's run compiled them here; constant-rate Adam makes the run's length no setting.
+    programs = (steps.jit_train_step, steps.jit_eval_step)
+    before = [p.cache_info() for p in programs]
+    tasks.run(_config(synthetic_data_dir, 3), run)
+    after = [p.cache_info() for p in programs]
+    assert [a.misses for a in after] == [b.misses for b in before]
+    assert [a.hits for a in after] == [b.hits + 1 for b in before]
+    assert _steps(run) == [15, 30, 45]
 
 
 def test_unreadable_checkpoint_files_are_one_line(run, synthetic_data_dir):
