@@ -77,6 +77,23 @@ def test_bfloat16_compute_tracks_float32_and_keeps_float32_state():
     assert drift < 2 * 6 * 1e-3  # each run moves a parameter by about lr = 1e-3 per step
 
 
+def test_encoder_chunk_changes_the_work_split_not_the_step():
+    # Plain SGD at rate 1: the step moves each parameter by its gradient (Adam's first step
+    # would move each by about +-lr whatever the gradient's size, rounding noise included).
+    windows, rng, sgd = _windows(32), jax.random.key(1), optax.sgd(1.0)
+    state = TrainState.create(_state().params, sgd)
+    runs = {}
+    for chunk in (16, 0):
+        step = jax.jit(lambda s, raw, chunk=chunk: train_step(s, raw, rng, model_config=CFG, mask_config=MaskConfig(),
+                                                            tx=sgd, encoder_chunk=chunk))
+        runs[chunk] = (step.lower(state, windows).as_text(), *step(state, windows))
+    (chunked_text, chunked, m_chunked), (plain_text, plain, m_plain) = runs[16], runs[0]
+    assert chunked_text.count("stablehlo.while") > plain_text.count("stablehlo.while")  # the loop over chunks
+    np.testing.assert_allclose(m_chunked["loss"], m_plain["loss"], rtol=1e-6)
+    for a, b in zip(_leaves(chunked.params), _leaves(plain.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def _config(data_dir, **train_overrides):
     """The tiny test model on 320 windows of the user-array dataset (8 steps of 32 per epoch)."""
     config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()

@@ -136,6 +136,7 @@ def test_every_program_of_the_commands_is_full_float32_but_the_train_step(ir_dum
     config.task = "pretrain+report"
     config.train.num_epochs = 1
     config.train.batch_size = 128
+    config.train.encoder_chunk = -1  # the CPU default's chunked encoder, as users' runs compile it
     config.train.matmul_precision = "default"
     config.downstream.update(num_epochs=1, label_rate=0.05, tsne_points=60, methods="limu_cnn1_v1,dcnn")
     workdir = tmp_path / "work"

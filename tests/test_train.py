@@ -165,6 +165,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
         ({"optimizer.name": "sgd"}, "unknown optimizer 'sgd'"),
         ({"train.num_epochs": 0}, "num_epochs must be a positive integer"),
         ({"mask.mask_ratio": 2.0}, "mask"),
+        ({"train.encoder_chunk": 3}, r"encoder_chunk must be -1 \(the backend's default\), 0 \(whole batch\) or a "
+                                     r"positive multiple of 2, got 3"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, data_dir, overrides, message):

@@ -359,9 +359,10 @@ class Transformer(nn.Module):
     config: LimuBertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None, chunk: int | None = None) -> jax.Array:
         """x: [B, S, F] normalized windows -> representations [B, S, H], or the rows at
-        `positions` [B, M] -> [B, M, H]."""
+        `positions` [B, M] -> [B, M, H]. `chunk`: the work split of `encode` (None: the
+        backend's default)."""
         cfg = self.config
         seq = x.shape[1]
         if seq > cfg.seq_len:
@@ -373,7 +374,7 @@ class Transformer(nn.Module):
             _LayerNormParams(name="norm1")(cfg.hidden)
             PositionWiseFeedForward(cfg, name="pwff")()
             _LayerNormParams(name="norm2")(cfg.hidden)
-        return encode(self.variables["params"], x, cfg, positions)
+        return encode(self.variables["params"], x, cfg, positions, chunk=chunk)
 
 
 class LimuBertModel4Pretrain(nn.Module):
@@ -391,15 +392,16 @@ class LimuBertModel4Pretrain(nn.Module):
         self.norm = LayerNorm()
         self.decoder = Linear(cfg.feature_num)
 
-    def __call__(self, x: jax.Array, masked_pos: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, masked_pos: jax.Array | None = None, chunk: int | None = None) -> jax.Array:
         """Reconstructs inputs.
 
         x: [B, S, F] (masked) normalized windows; masked_pos: optional int [B, M].
         Returns [B, M, F] at the masked positions, or [B, S, F] when `masked_pos` is None.
+        `chunk`: the encoder's work split (`encode`; None: the backend's default).
         """
         # The encoder returns only the rows at masked_pos (= take_along_axis of its full
         # output, computed without the other rows of the last layer).
-        return self.decode(self.transformer(x, masked_pos))
+        return self.decode(self.transformer(x, masked_pos, chunk))
 
     def encode(self, x: jax.Array) -> jax.Array:
         """x: [B, S, F] normalized windows -> embeddings [B, S, H]."""

@@ -83,31 +83,33 @@ def cast_floats(tree, dtype):
 
 
 def squared_errors(params, model_config: LimuBertConfig, masked, positions, targets,
-                   compute_dtype=jnp.float32) -> jax.Array:
+                   compute_dtype=jnp.float32, encoder_chunk: int | None = None) -> jax.Array:
     """Per-window sum of squared reconstruction errors over the masked positions: [B].
 
     `compute_dtype` bfloat16 runs the model on bfloat16 copies of the parameters and inputs
     (LayerNorm and softmax statistics stay float32); the gradient of the cast returns float32
     gradients to the float32 parameters, and the error is summed in float32.
+    `encoder_chunk`: the encoder's work split (`encoder.encode`'s `chunk`; None: the backend's).
     """
     predictions = LimuBertModel4Pretrain(model_config).apply(
-        {"params": cast_floats(params, compute_dtype)}, masked.astype(compute_dtype), positions)
+        {"params": cast_floats(params, compute_dtype)}, masked.astype(compute_dtype), positions, encoder_chunk)
     return jnp.sum(jnp.square(predictions.astype(jnp.float32) - targets), axis=(1, 2))
 
 
 def train_step(state: TrainState, raw: jax.Array, rng: jax.Array, *, model_config: LimuBertConfig,
                mask_config: MaskConfig, tx: optax.GradientTransformation, compute_dtype=jnp.float32,
-               matmul_precision: str = "highest"):
+               matmul_precision: str = "highest", encoder_chunk: int | None = None):
     """One optimizer step on the mean squared error over all masked (B, M, F) targets.
 
     raw: [B, S, F_raw] raw windows. Returns (new state, {"loss": loss before the update}).
     Parameters and optimizer state stay float32 whatever `compute_dtype` (see `squared_errors`).
-    The forward and backward matmuls run at `matmul_precision` (see `limubert_jax.runtime.precision`).
+    The forward and backward matmuls run at `matmul_precision` (see `limubert_jax.runtime.precision`);
+    `encoder_chunk`: see `squared_errors`.
     """
     masked, positions, targets = mask_batch(jax.random.fold_in(rng, state.step), raw, model_config, mask_config)
 
     def loss_fn(params):
-        errors = squared_errors(params, model_config, masked, positions, targets, compute_dtype)
+        errors = squared_errors(params, model_config, masked, positions, targets, compute_dtype, encoder_chunk)
         return jnp.sum(errors) / targets.size
 
     with precision.matmul_precision(matmul_precision):
@@ -155,14 +157,14 @@ def resident_epoch(state: TrainState, windows: jax.Array, epoch_key: jax.Array, 
 
 
 def eval_step(params, raw: jax.Array, weights: jax.Array, key: jax.Array, *, model_config: LimuBertConfig,
-              mask_config: MaskConfig):
+              mask_config: MaskConfig, encoder_chunk: int | None = None):
     """Masked squared error of a validation batch with masks drawn from a fixed `key`.
 
     raw: [B, S, F_raw]; weights: [B], 1 for real windows and 0 for padding.
     Returns (sum of squared errors, number of target values), to be summed over batches.
     """
     masked, positions, targets = mask_batch(key, raw, model_config, mask_config)
-    errors = squared_errors(params, model_config, masked, positions, targets)
+    errors = squared_errors(params, model_config, masked, positions, targets, encoder_chunk=encoder_chunk)
     per_window = targets.shape[1] * targets.shape[2]
     return jnp.sum(errors * weights), jnp.sum(weights) * per_window
 
@@ -205,8 +207,10 @@ def jit_resident_epoch(mesh: Mesh, *, steps: int, batch_size: int, **step_kwargs
 
 
 @functools.lru_cache(maxsize=_PROGRAMS_KEPT)
-def jit_eval_step(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: MaskConfig):
+def jit_eval_step(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: MaskConfig,
+                  encoder_chunk: int | None = None):
     """`eval_step(params, raw, weights, key)` compiled for `mesh`."""
-    step = functools.partial(eval_step, model_config=model_config, mask_config=mask_config)
+    step = functools.partial(eval_step, model_config=model_config, mask_config=mask_config,
+                             encoder_chunk=encoder_chunk)
     rep, data = replicated(mesh), batch_sharded(mesh)
     return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep))

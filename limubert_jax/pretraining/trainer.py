@@ -42,7 +42,7 @@ from limubert_jax.data.normalization import normalize
 from limubert_jax.io import plots, storage
 from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, model_record
 from limubert_jax.io.workdir import RunCheckpoints, check_resume
-from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.models.encoder import ENCODER_STREAMS, LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.pretraining import optim
 from limubert_jax.pretraining.metrics import MetricsWriter
 from limubert_jax.pretraining.steps import (
@@ -81,6 +81,10 @@ def mask_config_from(config: ml_collections.ConfigDict) -> MaskConfig:
         raise LimuBertError(f"config.mask: {e}") from None
 
 
+# `config.train.encoder_chunk` that leaves the encoder's work split to the backend (`encoder.default_chunk`).
+DEFAULT_ENCODER_CHUNK = -1
+
+
 def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskConfig, mesh) -> None:
     train = config.train
     for name in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "checkpoint_every_epochs",
@@ -102,6 +106,10 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
         precision.check_matmul_precision(train.matmul_precision)
     except ValueError as e:
         raise LimuBertError(f"config.train: {e}") from None
+    chunk = train.encoder_chunk
+    if not isinstance(chunk, int) or chunk < DEFAULT_ENCODER_CHUNK or (chunk > 0 and chunk % ENCODER_STREAMS):
+        raise LimuBertError(f"config.train.encoder_chunk must be {DEFAULT_ENCODER_CHUNK} (the backend's default), "
+                            f"0 (whole batch) or a positive multiple of {ENCODER_STREAMS}, got {chunk!r}")
     try:
         check_batch_size(train.batch_size, mesh)
         check_batch_size(train.eval_batch_size, mesh)
@@ -251,14 +259,15 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         storage.write_text(workdir / CONFIG_FILE, json.dumps(model_record(model_config), indent=2) + "\n")
         storage.write_text(workdir / "config.json", config.to_json(indent=2) + "\n")
 
+    encoder_chunk = None if config.train.encoder_chunk == DEFAULT_ENCODER_CHUNK else config.train.encoder_chunk
     step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
                        compute_dtype=compute_dtype_of(config.train.compute_dtype),
-                       matmul_precision=config.train.matmul_precision)
+                       matmul_precision=config.train.matmul_precision, encoder_chunk=encoder_chunk)
     if config.train.device_resident:
         run_epoch = _resident_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch)
     else:
         run_epoch = _host_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, start_step)
-    eval_step = jit_eval_step(mesh, model_config=model_config, mask_config=mask_config)
+    eval_step = jit_eval_step(mesh, model_config=model_config, mask_config=mask_config, encoder_chunk=encoder_chunk)
     writer = MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None
     progress = tqdm(total=total_steps, initial=start_step, unit="step", desc="pretrain",
                     disable=jax.process_index() != 0, dynamic_ncols=True)
