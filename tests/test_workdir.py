@@ -116,6 +116,7 @@ def test_a_workdir_that_is_a_file_or_cannot_be_made(tmp_path, synthetic_data_dir
 # Resumes.
 
 
+@pytest.mark.slow  # the pretraining of `run`
 @pytest.mark.parametrize("section, field, value", [("model", "hidden", 32), ("mask", "mask_ratio", 0.2),
                                                    ("dataset", "seed", 7)])
 def test_a_resume_with_another_run_config_writes_nothing(run, synthetic_data_dir, section, field, value):
@@ -147,6 +148,7 @@ def test_a_corrupted_step_is_refused_or_skipped_when_asked_and_metrics_stay_uniq
     assert {30, 45} <= kept <= {15, 30, 45}  # the new steps 30 and 45, and 15 if it is still the best
 
 
+@pytest.mark.slow  # the pretraining of `run`
 def test_a_longer_run_in_the_same_process_reuses_the_compiled_steps(run, synthetic_data_dir):
     # The module's run compiled them here; constant-rate Adam makes the run's length no setting.
     programs = (steps.jit_train_step, steps.jit_eval_step)
@@ -158,6 +160,7 @@ def test_a_longer_run_in_the_same_process_reuses_the_compiled_steps(run, synthet
     assert _steps(run) == [15, 30, 45]
 
 
+@pytest.mark.slow  # the pretraining of `run`
 def test_unreadable_checkpoint_files_are_one_line(run, synthetic_data_dir):
     for data_file in (run / "checkpoints" / "30" / "state").rglob("d/*"):
         data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
@@ -170,6 +173,7 @@ def test_unreadable_checkpoint_files_are_one_line(run, synthetic_data_dir):
     assert len(result.stderr.splitlines()) < 15 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the pretraining of `run`
 def test_model_loads_verify_the_parameters(run, tmp_path):
     """embed, to-torch and the downstream tasks load through `checkpoint.load_model`."""
     best = checkpoint.best_step(run)
@@ -200,6 +204,7 @@ def test_a_failed_asynchronous_save_stops_the_run_at_the_next_epoch(run, synthet
     assert _steps(run) == [15, 30, 45]  # stopped at the end of the epoch after the failed save
 
 
+@pytest.mark.slow  # the pretraining of `run`
 def test_interrupted_saves_and_deletes_are_cleaned_on_start(run):
     checkpoints = run / "checkpoints"
     (checkpoints / "45.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)  # a save killed midway
