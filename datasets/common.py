@@ -22,6 +22,7 @@ import dataclasses
 import inspect
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -47,6 +48,15 @@ class ImuConfig(tfds.core.BuilderConfig):
 
     sampling_rate: int = 20
     seq_len: int = 120
+
+
+def parse_version(version: str) -> tuple[int, int]:
+    """'50_200' -> (50 Hz, 200 steps); a ValueError says what a version must look like."""
+    match = re.fullmatch(r"(\d+)_(\d+)", str(version))
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 2:
+        raise ValueError(f"version {version!r}: expected <rate Hz>_<window steps> with a rate of at least 1 Hz "
+                         f"and at least 2 steps, e.g. 20_120 or 50_200")
+    return int(match.group(1)), int(match.group(2))
 
 
 def version_configs(description: str) -> list[ImuConfig]:
@@ -170,6 +180,25 @@ class ImuBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ARCHIVES: tuple[str, ...] = ()  # archive names accepted in the manual directory
     URLS: tuple[str, ...] = ()  # official download URLs (checksums.tsv); empty: manual only
     EXTRA_METADATA: dict[str, Any] = {}
+    # The highest rate a version may ask for (the raw data's); any `<rate>_<steps>` up to it
+    # is built by the same procedure. None: only the BUILDER_CONFIGS versions.
+    MAX_RATE_HZ: float | None = None
+
+    @classmethod
+    def config_for(cls, version: str) -> ImuConfig:
+        """The builder config of `version`: a listed one, or any `<rate>_<steps>` the raw
+        data can make (ValueError naming the limit otherwise)."""
+        listed = {c.name: c for c in cls.BUILDER_CONFIGS}
+        if version in listed:
+            return listed[version]
+        if cls.MAX_RATE_HZ is None:
+            raise ValueError(f"dataset {cls.name!r} has no version {version!r}; versions: {', '.join(listed)}")
+        rate, steps = parse_version(version)
+        if rate > cls.MAX_RATE_HZ:
+            raise ValueError(f"dataset {cls.name!r} cannot make version {version}: its raw data is sampled at "
+                             f"{cls.MAX_RATE_HZ:g} Hz, and {rate} Hz would need up-sampling")
+        return ImuConfig(name=version, description=f"{cls.name} at {rate} Hz, {steps}-step windows "
+                         f"({steps / rate:g} s).", sampling_rate=rate, seq_len=steps)
 
     def __init_subclass__(cls, **kwargs):
         pin_to_own_folder(cls)  # before TFDS registers the class
@@ -200,10 +229,15 @@ class ImuBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, raw_dir: epath.Path):
         config = self.builder_config
+        key = -1
         for key, (imu, labels) in enumerate(self.windows(raw_dir)):
             if imu.shape != (config.seq_len, self.NUM_FEATURES):
                 raise ValueError(f"{self.name}/{config.name}: window {key} has shape {imu.shape}")
             yield key, {"imu": np.asarray(imu, np.float32), **{t: int(labels[t]) for t in self.TASKS}}
+        if key < 0:  # TFDS would only say that no examples were yielded
+            raise ValueError(f"{self.name}/{config.name}: the raw data in {raw_dir} makes no window of "
+                             f"{config.seq_len} steps at {config.sampling_rate} Hz (recordings too short, or "
+                             f"sampled too sparsely for this rate)")
 
     @abc.abstractmethod
     def windows(self, raw_dir: epath.Path) -> Iterator[tuple[np.ndarray, dict[str, int]]]:

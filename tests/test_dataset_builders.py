@@ -102,3 +102,48 @@ def test_prepare_command_names_the_missing_raw_file(tmp_path):
     assert result.returncode == 2
     assert "C_Gyroscope_data" in result.stderr and "Traceback" not in result.stderr
     assert not list((tmp_path / "tfds").rglob("*.array_record*"))
+
+
+# Any version the raw data can make: the builders that resample recordings build it with the
+# reference procedure at that rate and window length.
+@pytest.mark.parametrize("name, version, features", [("motionsense", "25_50", 6), ("uci_hapt", "50_100", 6),
+                                                     ("wisdm", "10_40", 6), ("shoaib", "50_128", 9),
+                                                     ("hhar", "25_60", 6)])
+def test_any_version_the_raw_data_can_make(name, version, features, tmp_path):
+    from limubert_jax.data import input_pipeline
+
+    rate, steps = (int(part) for part in version.split("_"))
+    data = input_pipeline.load_pretrain_data({"name": name, "version": version, "data_dir": str(tmp_path),
+                                              "manual_dir": str(ROOT / "datasets" / name / "dummy_data")})
+    assert (data.version, data.seq_len, data.num_features, data.sampling_rate_hz) == (version, steps, features, rate)
+    assert data.num_windows > 0 and np.isfinite(data.train[0]).all()
+    assert (tmp_path / name / version).is_dir()
+    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config(version)
+    assert config.model.seq_len == steps  # the model's window length follows the version
+
+
+@pytest.mark.parametrize("name, version, message", [
+    ("motionsense", "100_120", r"cannot make version 100_120: its raw data is sampled at 50 Hz, and 100 Hz would "
+                               r"need up-sampling"),
+    ("wisdm", "25_100", r"sampled at 20 Hz"),
+    ("uci_hapt", "20_1", r"version '20_1': expected <rate Hz>_<window steps> .* at least 2 steps"),
+    ("motionsense", "fast", r"version 'fast': expected <rate Hz>_<window steps>"),
+    ("imu_npy", "50_200", r"dataset 'imu_npy' has no version '50_200'; versions: 20_120, 10_100"),
+])
+def test_a_version_that_cannot_be_made_is_one_line(name, version, message, tmp_path):
+    from limubert_jax.data import input_pipeline
+
+    with pytest.raises(ValueError, match=message) as error:
+        input_pipeline.load_pretrain_data({"name": name, "version": version, "data_dir": str(tmp_path)})
+    assert "\n" not in str(error.value)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_version_without_any_window_names_the_raw_data(tmp_path):
+    from limubert_jax.data import input_pipeline
+
+    raw = ROOT / "datasets" / "hhar" / "dummy_data"
+    with pytest.raises(ValueError, match=r"hhar/40_60: the raw data in .* makes no window of 60 steps at 40 Hz"):
+        input_pipeline.load_pretrain_data({"name": "hhar", "version": "40_60", "data_dir": str(tmp_path),
+                                           "manual_dir": str(raw)})
+    assert not list(tmp_path.glob("hhar/40_60/*/*.array_record*"))  # nothing half-built

@@ -314,6 +314,7 @@ class Builder(common.ImuBuilder):
     """DatasetBuilder for hhar (see the module docstring and README.md)."""
 
     BUILDER_CONFIGS = common.version_configs("HHAR phones, acc + gyro means of paired time bins,")
+    MAX_RATE_HZ = 50  # the slowest phones' rate; faster ones are binned down to any rate up to it
     NUM_FEATURES = 6
     TASKS = {"user": USERS, "device_model": MODELS, "activity": ACTIVITIES}
     HOMEPAGE = "https://archive.ics.uci.edu/dataset/344/heterogeneity+activity+recognition"

@@ -189,6 +189,7 @@ class Builder(common.ImuBuilder):
     """DatasetBuilder for motionsense (see the module docstring and README.md)."""
 
     BUILDER_CONFIGS = common.version_configs("MotionSense front-pocket iPhone 6s, acc + gyro,")
+    MAX_RATE_HZ = RAW_RATE
     NUM_FEATURES = 6
     TASKS = {"activity": ACTIVITIES, "user": USERS}
     HOMEPAGE = "https://github.com/mmalekzadeh/motion-sense"

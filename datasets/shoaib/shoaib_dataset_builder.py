@@ -254,6 +254,7 @@ class Builder(common.ImuBuilder):
     """DatasetBuilder for shoaib (see the module docstring)."""
 
     BUILDER_CONFIGS = common.version_configs("Shoaib et al. (2014), 5 body positions, acc + gyro + mag,")
+    MAX_RATE_HZ = RAW_RATE
     NUM_FEATURES = 9
     TASKS = {"activity": ACTIVITIES, "position": POSITIONS, "user": USERS}
     HOMEPAGE = "https://www.utwente.nl/en/eemcs/ps/research/dataset/"

@@ -198,6 +198,7 @@ class Builder(common.ImuBuilder):
     """DatasetBuilder for uci_hapt (see the module docstring and README.md)."""
 
     BUILDER_CONFIGS = common.version_configs("UCI HAPT waist smartphone, acc + gyro,")
+    MAX_RATE_HZ = RAW_RATE
     NUM_FEATURES = 6
     TASKS = {"activity": ACTIVITIES, "user": USERS}
     HOMEPAGE = (

@@ -260,6 +260,7 @@ class Builder(common.ImuBuilder):
     """DatasetBuilder for wisdm (see the module docstring and README.md)."""
 
     BUILDER_CONFIGS = common.version_configs("WISDM 2019 phone, acc + gyro paired by timestamp,")
+    MAX_RATE_HZ = RAW_RATE
     NUM_FEATURES = 6
     TASKS = {"activity": ACTIVITIES, "user": USERS}
     HOMEPAGE = "https://archive.ics.uci.edu/dataset/507/wisdm+smartphone+and+smartwatch+activity+and+biometrics+dataset"

@@ -1,7 +1,7 @@
 """Input pipeline of the pretraining job: TFDS array_record data read through grain.
 
 * `load_pretrain_data(config.dataset)` prepares the TFDS builder when needed (array_record,
-  no TensorFlow), opens its `train` split with `tfds.data_source` (random access) and cuts it
+  no TensorFlow), opens its `train` split as a data source (random access) and cuts it
   with the reference split (`limubert_jax.data.splits.pretrain_split`, seed 3431, 80/10/10) into
   random-access `train` and `vali` views of the raw `imu` windows.
 * `train_batches(data, global_batch_size=..., seed=...)` is the infinite training stream:
@@ -129,7 +129,12 @@ def _builder(name: str, version: str, data_dir: str | None):
         raise ValueError(
             f"unknown dataset {name!r}; registered IMU datasets: {', '.join(sorted(builders))}"
         )
-    versions = [c.name for c in (builders[name].BUILDER_CONFIGS or [])]
+    builder_cls = builders[name]
+    if hasattr(builder_cls, "config_for"):  # any <rate>_<steps> its raw data can make
+        config = builder_cls.config_for(version)
+        if config.name not in {c.name for c in builder_cls.BUILDER_CONFIGS}:
+            return tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
+    versions = [c.name for c in (builder_cls.BUILDER_CONFIGS or [])]
     if versions and version not in versions:
         raise ValueError(
             f"dataset {name!r} has no version {version!r}; versions: {', '.join(versions)}"
@@ -195,7 +200,6 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
     `manual_dir` (TFDS manual directory: raw files or archives, or imu_npy's arrays), `seed` (3431), `train_rate` (0.8), `vali_rate` (0.1). Raises ValueError for an unknown dataset or version, an unprepared
     imu_npy without `manual_dir`, a stale imu_npy build, or too few windows to split.
     """
-    import tensorflow_datasets as tfds  # noqa: PLC0415
 
     name = _field(dataset_config, "name")
     if not name:
@@ -221,7 +225,7 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
             f"{name}/{version} in {builder.data_dir} was prepared as {file_format}, not array_record; "
             "delete it to rebuild it, or use another data_dir"
         )
-    source = tfds.data_source(f"{name}/{version}", split=SPLIT, data_dir=data_dir, download=False)
+    source = builder.as_data_source(split=SPLIT)
     info = getattr(source, "dataset_info", builder.info)
     num_windows = len(source)
     train_index, vali_index, _ = splits.pretrain_split(num_windows, seed, train_rate, vali_rate)
