@@ -125,6 +125,29 @@ def test_a_chain_checks_an_existing_encoder_against_the_data(synthetic_data_dir,
                           input_pipeline.load_data(_config(data_dir)))
 
 
+def test_npy_label_columns_name_the_tasks_and_their_classes(tmp_path):
+    raw = tmp_path / "arrays"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    activity = np.arange(60) % 3  # classes 0..2, named in the JSON
+    user = 5 + np.arange(60) % 2  # unnamed: named by their values
+    label = np.repeat(np.stack([activity, user], -1)[:, None, :], 120, axis=1)
+    np.save(raw / "data_20_120.npy", rng.normal(size=(60, 120, 6)).astype(np.float32))
+    np.save(raw / "label_20_120.npy", label)
+    (raw / "label_columns.json").write_text(json.dumps({"activity": ["sit", "stand", "walk"], "user": None}))
+    config = _config(tmp_path / "tfds")
+    config.dataset.update(name="imu_npy", manual_dir=str(raw))
+    data = labels.load_labelled(config)
+    assert data.labels.names == ("sit", "stand", "walk")
+    np.testing.assert_array_equal(data.labels.per_step[:, 0], activity)
+    config.downstream.label = "user"
+    data = labels.load_labelled(config)
+    assert data.labels.names == ("5", "6") and set(data.labels.per_step[:, 0]) == {0, 1}
+    config.downstream.label = "label_0"
+    with pytest.raises(LimuBertError, match=r"has no task 'label_0'; its tasks: activity, user$"):
+        labels.load_labelled(config)
+
+
 def test_fit_keeps_the_best_validation_epoch_and_respects_frozen_parameters():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 4)).astype(np.float32)

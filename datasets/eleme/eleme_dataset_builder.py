@@ -7,52 +7,26 @@ There is no public download. The manual directory holds the reference layout for
 (S, F) and `label` int64 (S, L), F and L taken from the files.
 
 The reference does not document the label columns. An optional `label_columns.json` in the
-manual directory, a JSON list of L strings, names them (recorded in the metadata as
-`label_columns`); without it they are `label_0`, ..., `label_<L-1>`.
+manual directory names them, and may name their classes (`imu_npy`'s module docstring);
+without it they are `label_0`, ..., `label_<L-1>`.
 
 `ReferenceNpyBuilder` (a mixin over `imu_npy.Builder`) is shared with the `huawei` builder.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from limubert_jax.datasets import common
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
-
-LABEL_COLUMNS_FILE = "label_columns.json"
-
-
-def label_columns(manual_dir: os.PathLike | str, num_labels: int) -> list[str]:
-    """Names of the L label columns: from `label_columns.json` in `manual_dir` if present
-    (a JSON list of `num_labels` non-empty, distinct strings), else `label_<i>`."""
-    path = epath.Path(manual_dir) / LABEL_COLUMNS_FILE
-    if not path.is_file():
-        return [f"label_{i}" for i in range(num_labels)]
-    try:
-        names = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if (
-        not isinstance(names, list)
-        or not all(isinstance(n, str) and n.strip() for n in names)
-        or len(set(names)) != len(names)
-    ):
-        raise ValueError(f"{path} must be a JSON list of distinct, non-empty strings (one name per label column)")
-    if len(names) != num_labels:
-        raise ValueError(f"{path} names {len(names)} label columns, but the label file has {num_labels}")
-    return names
 
 
 class ReferenceNpyBuilder:
     """Mixin for `imu_npy.Builder` subclasses that serve one named dataset in the reference
     .npy layout: README.md / CITATIONS.bib of the subclass's folder as description and
-    citation, error messages under the dataset's name, label column names in the metadata.
+    citation, error messages under the dataset's name.
 
     A subclass sets `BUILDER_CONFIGS`, `MANUAL_DOWNLOAD_INSTRUCTIONS` and `HOMEPAGE`; its
     `code_path` / `pkg_dir_path` are pinned to its own folder (imu_npy pins its own).
@@ -95,7 +69,6 @@ class ReferenceNpyBuilder:
             raise FileNotFoundError(f"{self._rename(e)} {self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}") from e
         except ValueError as e:
             raise ValueError(self._rename(e)) from e
-        self.info.metadata["label_columns"] = label_columns(dl_manager.manual_dir, self.info.metadata["num_labels"])
         return generators
 
     def _rename(self, error: Exception) -> str:

@@ -55,7 +55,7 @@ def copy_dummy(target: pathlib.Path, version: str) -> pathlib.Path:
 
 def test_label_columns_json_names_the_columns(tmp_path):
     raw = copy_dummy(tmp_path / "raw", "10_100")
-    (raw / eleme.LABEL_COLUMNS_FILE).write_text(json.dumps(["activity", "user"]))
+    (raw / imu_npy.LABEL_COLUMNS_FILE).write_text(json.dumps(["activity", "user"]))
     _, source = testing.build("eleme", "10_100", tmp_path / "tfds", manual_dir=raw)
     assert source.dataset_info.metadata["label_columns"] == ["activity", "user"]
 
@@ -63,16 +63,22 @@ def test_label_columns_json_names_the_columns(tmp_path):
 @pytest.mark.parametrize(
     "text, match",
     [
-        ('["activity"]', r"names 1 label columns, but the label file has 2"),
-        ('["a", "a"]', r"must be a JSON list of distinct, non-empty strings"),
-        ('{"activity": 0}', r"must be a JSON list"),
-        ("[activity", r"is not valid JSON"),
+        ('["activity"]', r" names 1 label columns, but the label file has 2"),
+        ('["a", "a"]', r" must be a JSON list of distinct, non-empty strings"),
+        ('{"activity": 0, "user": null}', r": the classes of 'activity' must be a list of distinct"),
+        ('{"activity": ["sit", "walk"], "user": null}', r": 'activity' names 2 classes, but its labels run from 0 "
+                                                        r"to 2 \(each label must index the names\)"),
+        ('{"activity": ["a", "b", "c"]}', r" names 1 label columns, but the label file has 2"),
+        ('"activity"', r" must be a JSON list of distinct, non-empty strings"),
+        ("[activity", r" is not valid JSON"),
     ],
 )
 def test_bad_label_columns_json(tmp_path, text, match):
-    (tmp_path / eleme.LABEL_COLUMNS_FILE).write_text(text)
-    with pytest.raises(ValueError, match=rf"label_columns\.json {match}"):
-        eleme.label_columns(tmp_path, 2)
+    (tmp_path / imu_npy.LABEL_COLUMNS_FILE).write_text(text)
+    label = np.zeros((4, 3, 2), np.int64)
+    label[2, :, 0] = 2  # activity labels 0..2
+    with pytest.raises(ValueError, match=rf"label_columns\.json{match}"):
+        imu_npy.label_columns(tmp_path, label)
 
 
 def test_missing_or_incomplete_manual_dir(tmp_path):

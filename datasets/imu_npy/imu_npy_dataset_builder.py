@@ -11,11 +11,18 @@ order of the files (so the reference split indices apply): `imu` float32 (S, F) 
 int64 (S, L). F and L are read from the files; the feature shapes are (S, None) and the
 metadata records `num_features`, `num_labels`, `feature_names`, the source directory and
 the SHA-256 of both files (the input pipeline uses them to refuse a stale build).
+
+An optional `label_columns.json` beside the arrays names the L label columns (the tasks of
+downstream training): a JSON list of L names, or an object from each column's name to its
+class names (a list indexed by the label value) or null, e.g.
+`{"activity": ["sit", "stand", "walk"], "user": null}`. The metadata records them as
+`label_columns` and `label_classes`; without the file the columns are `label_0`, `label_1`, ...
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -25,6 +32,7 @@ from limubert_jax.datasets import common
 
 _DESCRIPTION = __doc__
 _CHECK_ROWS = 4096  # windows validated per chunk (memory stays bounded for large files)
+LABEL_COLUMNS_FILE = "label_columns.json"
 
 
 def file_names(version: str) -> tuple[str, str]:
@@ -99,6 +107,45 @@ def load_arrays(manual_dir: os.PathLike | str, version: str, seq_len: int) -> tu
                 f"{start + int(np.argmax(bad))}"
             )
     return data, label
+
+
+def label_columns(manual_dir: os.PathLike | str, label: np.ndarray) -> tuple[list[str], dict[str, list[str]]]:
+    """(names of the L label columns, {column: class names} for the columns given them) from
+    `label_columns.json` in `manual_dir` (see the module docstring), else (`label_<i>`, {}).
+    label: the (N, S, L) labels, whose values must index the class names given."""
+    num_labels = int(label.shape[2])
+    path = epath.Path(manual_dir) / LABEL_COLUMNS_FILE
+    if not path.is_file():
+        return [f"label_{i}" for i in range(num_labels)], {}
+    try:
+        spec = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if isinstance(spec, dict):
+        names, classes = list(spec), {k: v for k, v in spec.items() if v is not None}
+    else:
+        names, classes = spec, {}
+    if (
+        not isinstance(names, list)
+        or not all(isinstance(n, str) and n.strip() for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError(f"{path} must be a JSON list of distinct, non-empty strings (one name per label column), "
+                         f"or an object from those names to class names or null")
+    if len(names) != num_labels:
+        raise ValueError(f"{path} names {len(names)} label columns, but the label file has {num_labels}")
+    for column, class_names in classes.items():
+        if (not isinstance(class_names, list) or not class_names
+                or not all(isinstance(n, str) and n.strip() for n in class_names)
+                or len(set(class_names)) != len(class_names)):
+            raise ValueError(f"{path}: the classes of {column!r} must be a list of distinct, non-empty strings or null")
+        values = label[..., names.index(column)]
+        low = min(int(np.asarray(values[i : i + _CHECK_ROWS]).min()) for i in range(0, len(values), _CHECK_ROWS))
+        high = max(int(np.asarray(values[i : i + _CHECK_ROWS]).max()) for i in range(0, len(values), _CHECK_ROWS))
+        if low < 0 or high >= len(class_names):
+            raise ValueError(f"{path}: {column!r} names {len(class_names)} classes, but its labels run from {low} "
+                             f"to {high} (each label must index the names)")
+    return names, classes
 
 
 def feature_names(num_features: int) -> list[str]:
@@ -179,6 +226,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             data_sha256=sha256(manual_dir / data_name),
             label_sha256=sha256(manual_dir / label_name),
         )
+        columns, classes = label_columns(manual_dir, label)
+        self.info.metadata["label_columns"] = columns
+        if classes:
+            self.info.metadata["label_classes"] = classes
         return {"train": self._generate_examples(data, label)}
 
     def _generate_examples(self, data: np.ndarray, label: np.ndarray):

@@ -36,7 +36,8 @@ def available_tasks(info) -> dict[str, tuple[str, ...] | None]:
     """Task name -> class names (None: unnamed integer classes) of a dataset's features.
 
     ClassLabel features are tasks; npy-layout builders (a `label` (S, L) feature) name their
-    columns `label_columns` in metadata, else `label_0`, `label_1`, ...
+    columns `label_columns` in metadata, else `label_0`, `label_1`, ..., and their classes
+    `label_classes` ({column: names indexed by the label value}) where given.
     """
     tasks: dict[str, tuple[str, ...] | None] = {}
     for key, feature in info.features.items():
@@ -46,7 +47,8 @@ def available_tasks(info) -> dict[str, tuple[str, ...] | None]:
     if "label" in info.features and not tasks:
         meta = dict(info.metadata or {})
         columns = meta.get("label_columns") or [f"label_{i}" for i in range(int(meta.get("num_labels", 0)))]
-        tasks.update({str(c): None for c in columns})
+        classes = meta.get("label_classes") or {}
+        tasks.update({str(c): tuple(classes[c]) if c in classes else None for c in columns})
     return tasks
 
 
@@ -74,14 +76,16 @@ def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
     rows = [source[i] for i in range(len(source))]
     windows = np.stack([np.asarray(r[input_pipeline.FEATURE], np.float32) for r in rows])
     seq = windows.shape[1]
-    if tasks[task] is not None:
+    if task in data.info.features:  # a ClassLabel
         per_step = np.repeat(np.array([int(r[task]) for r in rows], np.int64)[:, None], seq, axis=1)
         names = tasks[task]
-    else:  # unnamed integer classes: 0-based from the smallest value, named by their values
+    else:  # a column of the npy layout's `label`
         column = list(tasks).index(task)
         per_step = np.stack([np.asarray(r["label"])[:, column] for r in rows]).astype(np.int64)
-        names = tuple(str(v) for v in range(int(per_step.min()), int(per_step.max()) + 1))
-        per_step = per_step - per_step.min()
+        names = tasks[task]
+        if names is None:  # unnamed integer classes: 0-based from the smallest value, named by their values
+            names = tuple(str(v) for v in range(int(per_step.min()), int(per_step.max()) + 1))
+            per_step = per_step - per_step.min()
     return LabelledData(data.name, data.version, windows, TaskLabels(task, names, per_step))
 
 
