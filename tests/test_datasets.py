@@ -171,6 +171,18 @@ def test_imu_npy_extra_features_named(tmp_path):
     assert ds.dataset_info.metadata["feature_names"][-2:] == ["feature_9", "feature_10"]
 
 
+def test_imu_npy_without_a_label_file_is_unlabelled_windows(tmp_path):
+    only_data = tmp_path / "only_data"
+    only_data.mkdir()
+    data = np.random.default_rng(0).normal(size=(4, 120, 6))
+    np.save(only_data / "data_20_120.npy", data)
+    ds = _build("imu_npy/20_120", tmp_path / "tfds", only_data)
+    assert len(ds) == 4 and ds[3]["label"].shape == (120, 0)
+    np.testing.assert_array_equal(_column(ds, "imu"), data.astype(np.float32))
+    meta = ds.dataset_info.metadata
+    assert (meta["num_labels"], meta["label_columns"], meta["label_sha256"]) == (0, [], None)
+
+
 def _prepare_error(tmp_path, manual_dir):
     builder = tfds.builder("imu_npy/20_120", data_dir=tmp_path / "tfds")
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
@@ -185,11 +197,6 @@ def test_imu_npy_missing_directory_and_files(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="empty"):
         _prepare_error(tmp_path, empty)
-    only_data = tmp_path / "only_data"
-    only_data.mkdir()
-    np.save(only_data / "data_20_120.npy", np.zeros((4, 120, 6)))
-    with pytest.raises(FileNotFoundError, match=r"missing label_20_120\.npy in .*only_data"):
-        _prepare_error(tmp_path, only_data)
     wrong_version = _write(tmp_path / "v10", "10_100", np.zeros((4, 100, 6)), np.zeros((4, 100, 1)))
     with pytest.raises(FileNotFoundError, match=r"missing data_20_120\.npy .*data_10_100\.npy"):
         _prepare_error(tmp_path, wrong_version)

@@ -148,6 +148,24 @@ def test_npy_label_columns_name_the_tasks_and_their_classes(tmp_path):
         labels.load_labelled(config)
 
 
+def test_unlabelled_npy_windows_pretrain_and_downstream_tasks_say_there_are_no_labels(tmp_path, monkeypatch):
+    raw = tmp_path / "arrays"
+    raw.mkdir()
+    np.save(raw / "data_20_120.npy", np.random.default_rng(0).normal(size=(60, 120, 6)).astype(np.float32))
+    config = _config(tmp_path / "tfds", "pretrain+classify")
+    config.dataset.update(name="imu_npy", manual_dir=str(raw))
+    assert input_pipeline.load_data(config).num_windows == 60  # pretraining reads them
+    monkeypatch.setattr(trainer, "pretrain", lambda *a, **k: pytest.fail("the chain started"))
+    with pytest.raises(LimuBertError, match=r"^config\.downstream\.label: dataset imu_npy has no labels \(windows "
+                                            r"without labels pretrain only; downstream tasks need a labelled dataset\)$"):
+        tasks.run(config, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    # Labels added later are not silently ignored: the build without them is refused.
+    np.save(raw / "label_20_120.npy", np.zeros((60, 120, 1)))
+    with pytest.raises(LimuBertError, match=r"was built without label_20_120\.npy, and .* exists now; delete"):
+        input_pipeline.load_data(config)
+
+
 def test_fit_keeps_the_best_validation_epoch_and_respects_frozen_parameters():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(256, 4)).astype(np.float32)

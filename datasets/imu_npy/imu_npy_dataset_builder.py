@@ -4,7 +4,8 @@ The manual directory holds, for the builder config (version) `V` (`20_120` or `1
 
 * `data_V.npy`: (N, S, F) real numbers, IMU readings in physical units (acc m/s^2,
   gyro rad/s, mag as recorded; F = 6 or 9 for the released models);
-* `label_V.npy`: (N, S, L) integer-valued labels (e.g. activity, user, ...), any real dtype.
+* `label_V.npy`: (N, S, L) integer-valued labels (e.g. activity, user, ...), any real dtype;
+  without it the windows are unlabelled (L = 0), for pretraining only.
 
 S must be the version's window length (120 or 100). One example per window, in the row
 order of the files (so the reference split indices apply): `imu` float32 (S, F) and `label`
@@ -56,9 +57,11 @@ def _load(path: epath.Path) -> np.ndarray:
         raise ValueError(f"imu_npy: cannot read {path} as a .npy array: {e}") from e
 
 
-def load_arrays(manual_dir: os.PathLike | str, version: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(manual_dir: os.PathLike | str, version: str, seq_len: int,
+                labels_required: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Opens and validates the manual files (memory-mapped). Raises FileNotFoundError for a
-    missing directory or file, ValueError for bad shapes, dtypes or values."""
+    missing directory or file, ValueError for bad shapes, dtypes or values. Without
+    `labels_required`, a missing label file gives labels of shape (N, S, 0): unlabelled windows."""
     manual_dir = epath.Path(manual_dir)
     data_name, label_name = file_names(version)
     if not manual_dir.is_dir():
@@ -66,14 +69,19 @@ def load_arrays(manual_dir: os.PathLike | str, version: str, seq_len: int) -> tu
             f"imu_npy/{version}: the manual directory {manual_dir} does not exist; it must hold "
             f"{data_name} and {label_name}"
         )
-    for name in (data_name, label_name):
+    unlabelled = not labels_required and not (manual_dir / label_name).is_file()
+    for name in (data_name,) if unlabelled else (data_name, label_name):
         if not (manual_dir / name).is_file():
             present = sorted(p.name for p in manual_dir.iterdir() if p.name.endswith(".npy"))
             raise FileNotFoundError(
                 f"imu_npy/{version}: missing {name} in {manual_dir} (.npy files there: "
                 f"{', '.join(present) or 'none'})"
             )
-    data, label = _load(manual_dir / data_name), _load(manual_dir / label_name)
+    data = _load(manual_dir / data_name)
+    if unlabelled:  # (a data file of the wrong rank is reported below)
+        label = np.zeros((*data.shape[:2], 0) if data.ndim >= 2 else (0, 0, 0), np.int64)
+    else:
+        label = _load(manual_dir / label_name)
     for name, arr in ((data_name, data), (label_name, label)):
         if arr.ndim != 3:
             raise ValueError(f"imu_npy/{version}: {manual_dir / name} must be (N, S, ...) with 3 dims, got shape {arr.shape}")
@@ -85,7 +93,7 @@ def load_arrays(manual_dir: os.PathLike | str, version: str, seq_len: int) -> tu
             f"imu_npy/{version}: {data_name} {data.shape} and {label_name} {label.shape} in "
             f"{manual_dir} disagree on the {what}"
         )
-    if data.shape[0] == 0 or data.shape[2] == 0 or label.shape[2] == 0:
+    if data.shape[0] == 0 or data.shape[2] == 0 or (label.shape[2] == 0 and not unlabelled):
         raise ValueError(f"imu_npy/{version}: empty arrays in {manual_dir}: {data.shape}, {label.shape}")
     if data.shape[1] != seq_len:
         raise ValueError(
@@ -166,6 +174,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = common.version_configs("Windows from data_<version>.npy / label_<version>.npy,")
+    LABELS_REQUIRED = False  # without label_<version>.npy: unlabelled windows, for pretraining
     # See common.py: pin TFDS's code/metadata paths to this folder.
     code_path = epath.Path(__file__)
     pkg_dir_path = code_path.parent
@@ -212,7 +221,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 f"must hold {' and '.join(file_names(config.name))} (pass it with "
                 "tfds.download.DownloadConfig(manual_dir=...), or config.dataset.manual_dir)"
             ) from e
-        data, label = load_arrays(manual_dir, config.name, config.seq_len)
+        data, label = load_arrays(manual_dir, config.name, config.seq_len, self.LABELS_REQUIRED)
         data_name, label_name = file_names(config.name)
         num_features, num_labels = int(data.shape[2]), int(label.shape[2])
         # Recorded in metadata.json with the prepared data.
@@ -224,7 +233,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             feature_units=feature_units(num_features),
             source_dir=os.fspath(manual_dir),
             data_sha256=sha256(manual_dir / data_name),
-            label_sha256=sha256(manual_dir / label_name),
+            label_sha256=sha256(manual_dir / label_name) if (manual_dir / label_name).is_file() else None,
         )
         columns, classes = label_columns(manual_dir, label)
         self.info.metadata["label_columns"] = columns

@@ -153,6 +153,14 @@ def _check_manual_files(builder, manual_dir: str) -> None:
     data_name, label_name = imu_npy.file_names(builder.builder_config.name)
     for file_name, key in ((data_name, "data_sha256"), (label_name, "label_sha256")):
         path = os.path.join(manual_dir, file_name)
+        if meta.get(key) is None:  # built without labels
+            if os.path.isfile(path):
+                raise ValueError(
+                    f"{builder.name}/{builder.builder_config.name} in {builder.data_dir} was built without "
+                    f"{file_name}, and {path} exists now; delete {builder.data_dir} to rebuild it with its "
+                    f"labels, or use another data_dir"
+                )
+            continue
         if not os.path.isfile(path):  # never a silent fall-back to the earlier build
             raise ValueError(
                 f"{path} does not exist; {builder.name}/{builder.builder_config.name} in {builder.data_dir} "

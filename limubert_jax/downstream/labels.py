@@ -56,6 +56,11 @@ def check_label(config: ml_collections.ConfigDict, data) -> dict[str, tuple[str,
     """The dataset's tasks (`available_tasks`); one lacking `config.downstream.label` is an
     error listing the tasks it has."""
     tasks = available_tasks(data.info)
+    if not tasks:
+        raise LimuBertError(
+            f"config.downstream.label: dataset {data.name} has no labels (windows without labels pretrain "
+            f"only; downstream tasks need a labelled dataset)"
+        )
     if config.downstream.label not in tasks:
         raise LimuBertError(
             f"config.downstream.label: dataset {data.name} has no task {config.downstream.label!r}; its tasks: "
