@@ -23,6 +23,8 @@ def _kept(message: str, level: int = logging.WARNING, path: str = ORBAX) -> bool
     ("Given directory is read only=/w/checkpoints", ORBAX),
     ("CheckpointManagerOptions.read_only=True, setting save_interval_steps=0.", ORBAX),
     ("Metadata file does not exist: /w/checkpoints/60/state/_CHECKPOINT_METADATA", ORBAX),
+    ("Task exception was never retrieved\nfuture: <Task finished name='Task-9' coro=<_read_array_index() done> "
+     "exception=ValueError('OUT_OF_RANGE: Error opening \"zarr\" driver')>", "/lib/python3.11/asyncio/base_events.py"),
 ])
 def test_meaningless_messages_are_dropped_at_any_level(message, path):
     assert not _kept(message, logging.WARNING, path)

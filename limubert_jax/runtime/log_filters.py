@@ -16,6 +16,9 @@ MEANINGLESS = (
     "Given directory is read only",  # Orbax opening a workdir's checkpoints for reading
     "CheckpointManagerOptions.read_only=True",  # ... and adjusting its own options for that
     "Metadata file does not exist",  # Orbax restoring one item of a checkpoint step
+    # asyncio at exit, about the sibling reads of a restore that failed (Orbax reads arrays
+    # concurrently): the first failure is the one the command reports, in one line.
+    "Task exception was never retrieved",
 )
 
 
