@@ -67,14 +67,6 @@ def resolve_config(value: str) -> str:
     return f"{path}{colon}{arg}"
 
 
-def parse_version(version: str) -> tuple[int, int]:
-    """'20_120' -> (20 Hz, 120 steps)."""
-    match = re.fullmatch(r"(\d+)_(\d+)", version)
-    if not match:
-        raise ValueError(f"dataset version must look like <rate Hz>_<window steps>, e.g. 20_120; got {version!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
 def parse_config_arg(arg: str) -> tuple[str | None, str | None]:
     """A config argument such as '10_100', 'classify' or '10_100,classify' -> (version, task)."""
     version = task = None
@@ -91,6 +83,9 @@ def parse_config_arg(arg: str) -> tuple[str | None, str | None]:
 def with_dataset(config: ml_collections.ConfigDict, name: str, arg: str) -> ml_collections.ConfigDict:
     """Points `config` at a dataset version and task from a config argument ('20_120',
     'classify', '10_100,report', ...); the model's window length follows the version."""
+    # The builders' own parser (imported here, when a config is built: it registers them with TFDS).
+    from limubert_jax.datasets.common import parse_version  # noqa: PLC0415
+
     version, task = parse_config_arg(arg)
     version = version or config.dataset.version
     _, seq_len = parse_version(version)

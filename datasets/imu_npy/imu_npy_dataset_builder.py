@@ -147,9 +147,10 @@ def label_columns(manual_dir: os.PathLike | str, label: np.ndarray) -> tuple[lis
                 or not all(isinstance(n, str) and n.strip() for n in class_names)
                 or len(set(class_names)) != len(class_names)):
             raise ValueError(f"{path}: the classes of {column!r} must be a list of distinct, non-empty strings or null")
-        values = label[..., names.index(column)]
-        low = min(int(np.asarray(values[i : i + _CHECK_ROWS]).min()) for i in range(0, len(values), _CHECK_ROWS))
-        high = max(int(np.asarray(values[i : i + _CHECK_ROWS]).max()) for i in range(0, len(values), _CHECK_ROWS))
+        index = names.index(column)
+        chunks = (np.asarray(label[i : i + _CHECK_ROWS, :, index]) for i in range(0, len(label), _CHECK_ROWS))
+        bounds = [(chunk.min(), chunk.max()) for chunk in chunks]  # one pass, a chunk in memory at a time
+        low, high = int(min(b[0] for b in bounds)), int(max(b[1] for b in bounds))
         if low < 0 or high >= len(class_names):
             raise ValueError(f"{path}: {column!r} names {len(class_names)} classes, but its labels run from {low} "
                              f"to {high} (each label must index the names)")

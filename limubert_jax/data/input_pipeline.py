@@ -130,12 +130,11 @@ def _builder(name: str, version: str, data_dir: str | None):
             f"unknown dataset {name!r}; registered IMU datasets: {', '.join(sorted(builders))}"
         )
     builder_cls = builders[name]
-    if hasattr(builder_cls, "config_for"):  # any <rate>_<steps> its raw data can make
-        config = builder_cls.config_for(version)
-        if config.name not in {c.name for c in builder_cls.BUILDER_CONFIGS}:
-            return tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
     versions = [c.name for c in (builder_cls.BUILDER_CONFIGS or [])]
     if versions and version not in versions:
+        if hasattr(builder_cls, "config_for"):  # any <rate>_<steps> its raw data can make
+            return tfds.builder(name, config=builder_cls.config_for(version), data_dir=data_dir,
+                                file_format="array_record")
         raise ValueError(
             f"dataset {name!r} has no version {version!r}; versions: {', '.join(versions)}"
         )
