@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.hidden_ff = 144  # FF: feed-forward width
     config.model.n_layers = 4  # times the shared block is applied
     config.model.n_heads = 4  # attention heads (hidden must divide by it)
-    config.model.seq_len = 120  # S: window length; must match the dataset version
+    config.model.seq_len = ml_collections.config_dict.placeholder(int)  # S: window length; None: the dataset version's (120 for 20_120)
     config.model.emb_norm = True  # LayerNorm the input projection before adding positions
 
     config.mask = ml_collections.ConfigDict()
@@ -37,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.seed = 3431  # seed of the reference's 80/10/10 window shuffle-split
     config.dataset.train_rate = 0.8  # fraction of windows for training
     config.dataset.vali_rate = 0.1  # fraction for validation (the rest is test, unused here)
+    config.dataset.split_by = "window"  # 'window': the reference's window shuffle; 'recording'/'user': none in two splits
+    config.dataset.stride = 0  # recordings: steps between window starts; 0: the window length (no overlap)
+    config.dataset.max_gap_s = 1.0  # recordings: a longer pause between timestamps splits a recording
+    config.dataset.acc_unit = "m/s^2"  # recordings: accelerometer columns in 'm/s^2' or 'g' (x 9.80665)
+    config.dataset.gyro_unit = "rad/s"  # recordings: gyroscope columns in 'rad/s' or 'deg/s'
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "bert_adam"  # 'bert_adam' (the seed's) or 'adam' (the public release)
@@ -66,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.downstream.classifier = "gru_v2"  # head for classify/finetune: gru_v1, gru_v2, lstm_v1, cnn1_v1, cnn2_v1, attn_v1
     config.downstream.baseline = "rgru"  # model for the baseline task: dcnn, deepsense, rgru
     config.downstream.methods = "limu_gru_v2,dcnn,deepsense,rgru"  # report task: limu_<head>, finetune_<head>, baselines
+    config.downstream.dataset = ml_collections.config_dict.placeholder(str)  # merged name a+b: the source downstream tasks use; None: the first
     config.downstream.encoder = ml_collections.config_dict.placeholder(str)  # pretrained checkpoint or workdir; None: --workdir
     config.downstream.freeze_encoder = False  # finetune: train the head only
     config.downstream.num_epochs = 700  # classifier epochs (the reference's)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import inspect
+import json
 import math
 import os
 import re
@@ -48,6 +50,43 @@ class ImuConfig(tfds.core.BuilderConfig):
 
     sampling_rate: int = 20
     seq_len: int = 120
+
+
+@dataclasses.dataclass(eq=False)
+class SourceConfig(ImuConfig):
+    """A version built from one user folder (imu_npy, recordings): its name is
+    `<version>-<key>`, the key a hash of the folder and `options`, so that two folders (or
+    one folder read with other options) are two builds side by side in one data_dir."""
+
+    source_dir: str = ""
+    options: tuple[tuple[str, Any], ...] = ()  # (name, value) pairs that change what is built
+
+    @property
+    def window_version(self) -> str:
+        """`<rate>_<steps>` without the source key (the config name has it)."""
+        return f"{self.sampling_rate}_{self.seq_len}"
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.options).get(name, default)
+
+
+def source_config(builder_name: str, version: str, source_dir: os.PathLike | str, options: dict[str, Any] | None = None,
+                  ) -> SourceConfig:
+    """The `SourceConfig` of `version` built from `source_dir` (resolved to an absolute path,
+    or kept as a URI such as gs://...) with `options`."""
+    rate, steps = parse_version(version)
+    source = os.fspath(source_dir)
+    if "://" not in source:
+        source = os.path.abspath(os.path.expanduser(source))
+    options = tuple(sorted((options or {}).items()))
+    key = hashlib.sha256(json.dumps([source, options]).encode()).hexdigest()[:10]
+    shown = ", ".join(f"{k}={v}" for k, v in options)
+    return SourceConfig(
+        name=f"{version}-{key}",
+        description=f"{builder_name} from {source} at {rate} Hz, {steps}-step windows ({steps / rate:g} s)"
+        + (f"; {shown}" if shown else "") + ".",
+        sampling_rate=rate, seq_len=steps, source_dir=source, options=options,
+    )
 
 
 def parse_version(version: str) -> tuple[int, int]:
@@ -105,13 +144,21 @@ def downsample(x: np.ndarray, raw_rate: float, target_rate: float, *, include_la
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"downsample: expected [samples, features], got shape {x.shape}")
+    blocks = downsample_blocks(x.shape[0], raw_rate, target_rate, include_last=include_last)
+    if not blocks:
+        return np.zeros((0, x.shape[1]), dtype=np.float64)
+    return np.stack([x[i : i + size].mean(axis=0) for i, size in blocks])
+
+
+def downsample_blocks(length: int, raw_rate: float, target_rate: float, *,
+                      include_last: bool = False) -> list[tuple[int, int]]:
+    """(first sample, size) of each block `downsample` averages, for `length` raw samples."""
     ratio = raw_rate / target_rate
     if ratio < 1:
         raise ValueError(f"downsample: cannot go up from {raw_rate} Hz to {target_rate} Hz")
     base = math.floor(ratio)
     fraction = ratio - base
-    length = x.shape[0]
-    out, i, remainder = [], 0, 0.0
+    blocks, i, remainder = [], 0, 0.0
     while (i + base + 1 <= length) if include_last else (i + base + 1 < length):
         size = base
         if fraction:
@@ -119,11 +166,9 @@ def downsample(x: np.ndarray, raw_rate: float, target_rate: float, *, include_la
             if remainder >= 1:
                 remainder -= 1
                 size = base + 1
-        out.append(x[i : i + size].mean(axis=0))
+        blocks.append((i, size))
         i += size
-    if not out:
-        return np.zeros((0, x.shape[1]), dtype=np.float64)
-    return np.stack(out)
+    return blocks
 
 
 def cut_windows(x: np.ndarray, seq_len: int) -> np.ndarray:
@@ -162,7 +207,24 @@ def pin_to_own_folder(cls) -> None:
     cls.pkg_dir_path = cls.code_path.parent
 
 
-class ImuBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class RemovesFailedBuilds:
+    """Builder mixin: after a failed `download_and_prepare`, the folders of this build that
+    the call created are gone. TFDS removes its incomplete folder but leaves
+    `<name>/<config>/` behind, empty; only empty folders this call made are removed."""
+
+    def download_and_prepare(self, *args, **kwargs):
+        config_dir = epath.Path(self.data_dir).parent
+        created = [d for d in (config_dir, config_dir.parent) if not d.exists()]
+        try:
+            return super().download_and_prepare(*args, **kwargs)
+        except BaseException:
+            for directory in created:  # innermost first
+                if directory.is_dir() and not any(directory.iterdir()):
+                    directory.rmdir()
+            raise
+
+
+class ImuBuilder(RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the recorded-dataset builders: one `train` split of windows in source order.
 
     A subclass sets the class attributes below, `BUILDER_CONFIGS` (`version_configs`),

@@ -82,16 +82,16 @@ def parse_config_arg(arg: str) -> tuple[str | None, str | None]:
 
 def with_dataset(config: ml_collections.ConfigDict, name: str, arg: str) -> ml_collections.ConfigDict:
     """Points `config` at a dataset version and task from a config argument ('20_120',
-    'classify', '10_100,report', ...); the model's window length follows the version."""
+    'classify', '10_100,report', ...); the model's window length follows the version unless
+    `config.model.seq_len` is set (`trainer.model_config_from`)."""
     # The builders' own parser (imported here, when a config is built: it registers them with TFDS).
     from limubert_jax.datasets.common import parse_version  # noqa: PLC0415
 
     version, task = parse_config_arg(arg)
     version = version or config.dataset.version
-    _, seq_len = parse_version(version)
+    parse_version(version)  # an impossible version fails here, when the config loads
     config.dataset.name = name
     config.dataset.version = version
-    config.model.seq_len = seq_len
     if task is not None:
         config.task = task
     return config

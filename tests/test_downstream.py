@@ -46,7 +46,12 @@ def pretrained(tmp_path_factory, synthetic_data_dir):
 
 def test_config_argument_picks_version_and_task():
     config = config_lib.sibling_config(str(ROOT / "configs" / "motion.py"), "motion").get_config("10_100,classify")
-    assert (config.dataset.version, config.task, config.model.seq_len) == ("10_100", "classify", 100)
+    assert (config.dataset.version, config.task, trainer.model_config_from(config).seq_len) == ("10_100", "classify", 100)
+    # The model's window length follows a version given later (the command line) unless set.
+    config.dataset.version = "50_200"
+    assert trainer.model_config_from(config).seq_len == 200
+    config.model.seq_len = 120
+    assert trainer.model_config_from(config).seq_len == 120
     config = config_lib.sibling_config(str(ROOT / "configs" / "motion.py"), "motion").get_config("report")
     assert (config.dataset.version, config.task) == ("20_120", "report")
 
@@ -62,6 +67,38 @@ def test_labels_are_chosen_by_task_name(synthetic_data_dir):
     assert set(proto.labels("train")) == set(range(len(data.labels.names)))
     counts = np.bincount(proto.labels("train"))
     assert counts.min() == counts.max()
+
+
+def test_split_by_user_keeps_users_apart_in_the_classifier_protocol(synthetic_data_dir):
+    config = _config(synthetic_data_dir)
+    config.dataset.split_by = "user"
+    data = labels.load_labelled(config)
+    user = labels.load_labelled(_config(synthetic_data_dir, label="user")).labels.per_step[:, 0]
+    np.testing.assert_array_equal(data.groups, user)
+    proto = labels.protocol_split(data, config)
+    seq = data.windows.shape[1] // config.downstream.merge
+    users = [set(user[getattr(proto.split, part).index // seq]) for part in ("train", "vali", "test")]
+    assert all(users) and not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])
+
+
+def test_merged_datasets_downstream_uses_the_chosen_one(synthetic_data_dir, tmp_path):
+    raw = tmp_path / "arrays"
+    raw.mkdir()
+    np.save(raw / "data_20_120.npy", np.random.default_rng(0).normal(size=(40, 120, 6)).astype(np.float32))
+    config = _config(synthetic_data_dir)
+    config.dataset.update(name="imu_npy+synthetic_imu", manual_dir=f"{raw}+")
+    merged = input_pipeline.load_data(config)
+    assert merged.num_features == 6 and [s.name for s in merged.sources] == ["imu_npy", "synthetic_imu"]
+    # The first (unlabelled) by default; downstream.dataset picks another.
+    with pytest.raises(LimuBertError, match=r"dataset imu_npy has no labels"):
+        labels.load_labelled(config, merged)
+    config.downstream.dataset = "synthetic_imu"
+    data = labels.load_labelled(config, merged)
+    assert data.name == "synthetic_imu" and data.windows.shape[2] == 9 and data.labels.names[0] == "sit"
+    config.downstream.dataset = "hhar"
+    with pytest.raises(LimuBertError, match=r"config\.downstream\.dataset='hhar' is not one of the merged datasets "
+                                            r"imu_npy, synthetic_imu"):
+        labels.load_labelled(config, merged)
 
 
 @pytest.mark.slow  # the pretraining of `pretrained`

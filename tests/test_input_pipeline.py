@@ -202,11 +202,17 @@ def test_load_errors(tmp_path, dirs):
     data_dir, npy_dir = dirs
     with pytest.raises(ValueError, match=r"unknown dataset 'hhar_typo'; registered IMU datasets: .*imu_npy.*synthetic_imu"):
         ip.load_pretrain_data(_config(data_dir, npy_dir, name="hhar_typo"))
-    with pytest.raises(ValueError, match=r"no version '50_120'; versions: 20_120, 10_100"):
+    # Any version; the folder must hold its arrays.
+    with pytest.raises(FileNotFoundError, match=r"imu_npy/50_120: missing data_50_120\.npy in .*npy \(.npy files "
+                       r"there: data_20_120\.npy, label_20_120\.npy\)"):
         ip.load_pretrain_data(_config(data_dir, npy_dir, version="50_120"))
-    # imu_npy not yet built and no manual_dir: the error names the files and where it looked.
-    with pytest.raises(FileNotFoundError, match=r"downloads/manual .*data_20_120\.npy and label_20_120\.npy"):
+    with pytest.raises(ValueError, match=r"version '50_1': expected <rate Hz>_<window steps>"):
+        ip.load_pretrain_data(_config(data_dir, npy_dir, version="50_1"))
+    # imu_npy is the user's folder: without one, the error says how to give it.
+    with pytest.raises(ValueError, match=r"dataset 'imu_npy' is built from your files: set config\.dataset\.manual_dir"):
         ip.load_pretrain_data(_config(tmp_path / "fresh", None))
+    with pytest.raises(ValueError, match=r"config\.dataset\.split_by must be one of window, recording, user; got 'rec'"):
+        ip.load_pretrain_data(_config(data_dir, npy_dir, split_by="rec"))
     # Too few windows for the reference split.
     with pytest.raises(ValueError, match="too small"):
         ip.load_pretrain_data(_config(tmp_path / "tiny_tfds", _write_npy(tmp_path / "tiny", n=5)))
@@ -214,25 +220,94 @@ def test_load_errors(tmp_path, dirs):
 
 def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data):
     data_dir, npy_dir = dirs
-    # Already built: loads without manual_dir.
-    again = ip.load_pretrain_data(_config(data_dir, None))
+    builds = lambda: sorted(p.name for p in (data_dir / "imu_npy").iterdir() if p.name[0] != ".")  # noqa: E731
+    (built,) = builds()
+    assert built.startswith("20_120-")  # keyed by the folder
+    # Already built from this folder: read again, not rebuilt.
+    info_file = data_dir / "imu_npy" / built / "1.0.0" / "dataset_info.json"
+    stamp = info_file.stat().st_mtime_ns
+    again = ip.load_pretrain_data(_config(data_dir, npy_dir))
     np.testing.assert_array_equal(again.train_index, data.train_index)
-    # Other files than those it was built from: refused, naming both and the fix.
-    changed = _write_npy(tmp_path / "changed", seed=1)
-    with pytest.raises(ValueError, match=r"was built from .*npy.*differs.*delete .* or use another data_dir"):
+    assert info_file.stat().st_mtime_ns == stamp and builds() == [built]
+    # Another folder of the same version: its own build beside the first; both stay readable.
+    other = ip.load_pretrain_data(_config(data_dir, _write_npy(tmp_path / "other", n=50, seed=1)))
+    assert other.num_windows == 50 and len(builds()) == 2
+    assert ip.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N
+    # The first folder's files changed since its build: refused, naming the folder and the fix.
+    changed = _write_npy(tmp_path / "changed")
+    ip.load_pretrain_data(_config(data_dir, changed))
+    _write_npy(changed, seed=1)
+    with pytest.raises(ValueError, match=r"was built from .*changed.*differs.*delete .* or use another data_dir"):
         ip.load_pretrain_data(_config(data_dir, changed))
-    # A source that is not there is an error, never the earlier build.
+    # A source that is not there is an error, never an earlier build.
     with pytest.raises(ValueError, match=r"manual directory .*does/not/exist does not exist"):
         ip.load_pretrain_data(_config(data_dir, tmp_path / "does" / "not" / "exist"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"empty/data_20_120\.npy does not exist; .* was built from"):
+    with pytest.raises(FileNotFoundError, match=r"empty does not exist or is empty; it must hold data_20_120\.npy"):
         ip.load_pretrain_data(_config(data_dir, tmp_path / "empty"))
 
 
 def test_config_as_dict_and_defaults(dirs):
-    data_dir, _ = dirs
-    loaded = ip.load_pretrain_data({"name": "imu_npy", "data_dir": str(data_dir)})  # version, seed, rates default
-    np.testing.assert_array_equal(loaded.train_index, pretrain_split(N)[0])
+    data_dir, npy_dir = dirs
+    loaded = ip.load_pretrain_data({"name": "imu_npy", "data_dir": str(data_dir), "manual_dir": str(npy_dir)})
+    np.testing.assert_array_equal(loaded.train_index, pretrain_split(N)[0])  # version, seed, rates default
+
+
+def _write_labelled_npy(directory: Path, users: np.ndarray, n_features: int = F) -> Path:
+    """Windows whose imu[:, 0, 0] is their index, with a `user` label column."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = np.zeros((len(users), S, n_features), np.float32)
+    data[:, 0, 0] = np.arange(len(users))
+    label = np.zeros((len(users), S, 2))
+    label[:, :, 1] = users[:, None]
+    np.save(directory / "data_20_120.npy", data)
+    np.save(directory / "label_20_120.npy", label)
+    (directory / "label_columns.json").write_text('["activity", "user"]')
+    return directory
+
+
+def test_split_by_user_keeps_each_user_in_one_split(tmp_path):
+    users = np.repeat(np.arange(8), [10, 12, 9, 11, 10, 14, 8, 6])
+    npy = _write_labelled_npy(tmp_path / "npy", users)
+    loaded = ip.load_pretrain_data(_config(tmp_path / "tfds", npy, split_by="user"))
+    np.testing.assert_array_equal(loaded.groups, users)
+    train_users, vali_users = set(users[loaded.train_index]), set(users[loaded.vali_index])
+    assert train_users and vali_users and not train_users & vali_users
+    # The views read the split's windows.
+    np.testing.assert_array_equal(_ids(loaded.train.read(np.arange(len(loaded.train)))), loaded.train_index)
+    # A dataset without user labels says so.
+    with pytest.raises(ValueError, match=r"split_by='user': imu_npy/20_120 has no user labels"):
+        ip.load_pretrain_data(_config(tmp_path / "tfds", _write_npy(tmp_path / "plain"), split_by="user"))
+    with pytest.raises(ValueError, match=r"split_by='recording': imu_npy/20_120 does not record which recording"):
+        ip.load_pretrain_data(_config(tmp_path / "tfds", npy, split_by="recording"))
+
+
+def test_merged_datasets_concatenate_their_own_splits(tmp_path):
+    a = _write_npy(tmp_path / "a", n=60)
+    b = _write_labelled_npy(tmp_path / "b", np.arange(40) % 4, n_features=9)
+    merged = ip.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+imu_npy", manual_dir=f"{a}+{b}"))
+    assert merged.name == "imu_npy+imu_npy" and len(merged.sources) == 2
+    # Each dataset split as it is alone, window ids offset by the datasets before it.
+    for part, n, offset in zip(merged.sources, (60, 40), (0, 60)):
+        assert part.num_windows == n
+        np.testing.assert_array_equal(part.train_index, pretrain_split(n)[0])
+    np.testing.assert_array_equal(merged.train_index, np.concatenate([pretrain_split(60)[0], pretrain_split(40)[0] + 60]))
+    assert (merged.num_windows, merged.num_features, len(merged.train)) == (100, F, 48 + 32)
+    # Reads (batched, across both parts) give each part's windows, cut to the shared channels.
+    rows = np.array([50, 2, 70, 47, 48])
+    batch = merged.train.read(rows)
+    assert batch.shape == (5, S, F)
+    expected = [merged.sources[0].train[r] if r < 48 else merged.sources[1].train[r - 48][:, :F] for r in rows]
+    np.testing.assert_array_equal(batch, np.stack(expected))
+    np.testing.assert_array_equal(merged.train[70], expected[2])
+    assert next(ip.train_batches(merged, global_batch_size=16, seed=0)).shape == (16, S, F)
+    assert merged.source().num_windows == 60 and merged.source("imu_npy") is merged.sources[0]
+    with pytest.raises(ValueError, match=r"config\.dataset\.manual_dir: 1 folders for the 2 datasets"):
+        ip.load_pretrain_data(_config(tmp_path / "tfds", a, name="imu_npy+synthetic_imu"))
+    with pytest.raises(ValueError, match=r"merge datasets as a\+b\+c"):
+        ip.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+"))
+    with pytest.raises(ValueError, match=r"a dataset appears twice"):
+        ip.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+imu_npy", manual_dir=f"{a}+{a}"))
 
 
 def test_synthetic_imu_end_to_end(tmp_path, monkeypatch):
@@ -248,3 +323,28 @@ def test_synthetic_imu_end_to_end(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded.train_index, pretrain_split(180)[0])
     batch = next(ip.train_batches(loaded, global_batch_size=32, seed=0))
     assert batch.shape == (32, 120, 9) and np.isfinite(batch).all()
+
+
+def test_recordings_build_per_folder_split_by_recording_and_refuse_a_changed_folder(tmp_path):
+    from limubert_jax.datasets.recordings import example
+
+    folder = tmp_path / "recordings"
+    example.write_recordings(folder, num_recordings=4, seconds=60.0)
+    config = _config(tmp_path / "tfds", folder, name="recordings", version="20_80", split_by="recording")
+    data = ip.load_pretrain_data(config)
+    meta = data.info.metadata
+    assert data.seq_len == 80 and data.sampling_rate_hz == 20.0 and meta["label_columns"] == ["activity", "user"]
+    recording = np.repeat(np.arange(4), [r["windows"] for r in meta["recordings"]])
+    np.testing.assert_array_equal(data.groups, recording)
+    assert not set(recording[data.train_index]) & set(recording[data.vali_index])
+    # Options are part of the build's key: another stride is another build beside the first.
+    overlapping = ip.load_pretrain_data(_config(tmp_path / "tfds", folder, name="recordings", version="20_80",
+                                                stride=40))
+    assert overlapping.num_windows > data.num_windows
+    assert len([p for p in (tmp_path / "tfds" / "recordings").iterdir() if p.name[0] != "."]) == 2
+    # A recording rewritten since the build: refused, never read from the old build.
+    path = sorted(folder.glob("*.csv"))[0]
+    path.write_text(path.read_text().replace("\n", "\r\n", 1))
+    with pytest.raises(ValueError, match=r"recordings/20_80 in .* was built from .*recordings.*, and its recordings "
+                                         r"have changed since .*; delete .* to rebuild it, or use another data_dir"):
+        ip.load_pretrain_data(config)

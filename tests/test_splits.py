@@ -9,8 +9,10 @@ from limubert_jax.data.splits import (
     REFERENCE_SEED,
     ClassifierSplit,
     classifier_split,
+    group_split,
     pretrain_split,
     subwindows,
+    window_split,
 )
 
 # ---------------------------------------------------------------------------------------
@@ -338,3 +340,61 @@ def test_other_bad_arguments():
         pretrain_split(100, train_rate=1.0)
     with pytest.raises(ValueError, match="<= 1"):
         pretrain_split(100, train_rate=0.8, vali_rate=0.3)
+
+
+# ---------------------------------------------------------------------------------------
+# Splits by group (config.dataset.split_by 'recording' / 'user') and missing labels.
+
+
+def test_group_split_keeps_groups_whole_and_follows_the_rates():
+    sizes = [30, 5, 12, 40, 8, 22, 17, 9, 25, 11, 3, 18]
+    groups = np.repeat(np.arange(len(sizes)) * 7 + 100, sizes)  # arbitrary ids
+    train, vali, test = group_split(groups, seed=3431, train_rate=0.6, vali_rate=0.2)
+    parts = [set(groups[p]) for p in (train, vali, test)]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, vali, test])), np.arange(len(groups)))
+    # The rule: groups in a seeded shuffle; train while the windows before a group are < 60 %.
+    order = np.unique(groups)
+    shuffled = order[np.random.RandomState(3431).permutation(len(order))]
+    before = np.cumsum([sizes[(g - 100) // 7] for g in shuffled]) - [sizes[(g - 100) // 7] for g in shuffled]
+    assert parts[0] == set(shuffled[before < 0.6 * len(groups)])
+    assert parts[1] == set(shuffled[(before >= 0.6 * len(groups)) & (before < 0.8 * len(groups))])
+    # Windows follow their group's shuffled position, then their index.
+    first = shuffled[0]
+    np.testing.assert_array_equal(train[: sizes[(first - 100) // 7]], np.flatnonzero(groups == first))
+    # Deterministic, and window_split dispatches on groups.
+    for a, b in zip(window_split(len(groups), 3431, 0.6, 0.2, groups), (train, vali, test)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(window_split(len(groups), 3431, 0.8, 0.1), pretrain_split(len(groups))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_group_split_gives_every_split_a_group():
+    # One huge group first would take all of train; the others still reach vali and test.
+    groups = np.repeat([0, 1, 2], [100, 1, 1])
+    train, vali, test = group_split(groups, seed=0)
+    assert len(train) and len(vali) and len(test)
+    with pytest.raises(ValueError, match=r"at least 3 groups \(train, validation, test\); the data has 2"):
+        group_split(np.array([0, 0, 1]))
+    assert all(len(p) for p in group_split(np.array([0, 1]), train_rate=0.5, vali_rate=0.5)[:2])
+    with pytest.raises(ValueError, match="3 group ids for 4 windows"):
+        window_split(4, groups=np.zeros(3))
+
+
+def test_classifier_split_by_group_and_missing_labels():
+    n, s = 60, 40
+    rng = np.random.RandomState(1)
+    labels = np.repeat(rng.randint(0, 3, (n, 1, 1)), s, axis=1)
+    labels[5, :, 0] = -1  # a window without a label
+    labels[7, 25:, 0] = -1  # half a window without
+    groups = np.arange(n) // 6  # 10 groups of 6 windows
+    split = classifier_split(labels, 0, label_rate=1.0, merge=20, groups=groups, missing=-1, balance=False)
+    train_w, vali_w, test_w = group_split(groups)
+    for part, windows in ((split.train, train_w), (split.vali, vali_w), (split.test, test_w)):
+        assert set(part.index // 2) <= set(windows)  # sub-windows of the group split's windows
+        assert (part.labels >= 0).all()
+    kept = np.concatenate([split.train.index, split.vali.index, split.test.index])
+    assert 10 not in kept and 11 not in kept and 14 in kept and 15 not in kept  # window 5 gone, 7 keeps [0, 20)
+    assert len(kept) == 2 * n - 3
+    with pytest.raises(ValueError, match="no window has a label"):
+        classifier_split(np.full((n, s, 1), -1), 0, missing=-1)

@@ -34,6 +34,7 @@ class ReferenceNpyBuilder:
 
     HOMEPAGE: str | None = None
     LABELS_REQUIRED = True  # the reference's arrays come with their labels
+    KEYED_BY_SOURCE = False  # one dataset: its reference versions only
 
     def __init_subclass__(cls, **kwargs):
         common.pin_to_own_folder(cls)  # before TFDS registers the class

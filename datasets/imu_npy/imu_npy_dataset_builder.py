@@ -1,13 +1,16 @@
 """imu_npy: bring-your-own IMU windows in the reference's .npy layout.
 
-The manual directory holds, for the builder config (version) `V` (`20_120` or `10_100`):
+The manual directory holds, for a version `V` (`<rate>_<steps>`: `20_120`, `10_100`, or any
+other, e.g. `50_200`, through `Builder.config_for`):
 
 * `data_V.npy`: (N, S, F) real numbers, IMU readings in physical units (acc m/s^2,
   gyro rad/s, mag as recorded; F = 6 or 9 for the released models);
 * `label_V.npy`: (N, S, L) integer-valued labels (e.g. activity, user, ...), any real dtype;
   without it the windows are unlabelled (L = 0), for pretraining only.
 
-S must be the version's window length (120 or 100). One example per window, in the row
+S must be the version's window length (e.g. 120 or 100). The training job builds each folder
+as its own config, `<version>-<key>` (`Builder.config_for`: the key hashes the folder's path),
+so that several folders of one version live side by side in a data_dir. One example per window, in the row
 order of the files (so the reference split indices apply): `imu` float32 (S, F) and `label`
 int64 (S, L). F and L are read from the files; the feature shapes are (S, None) and the
 metadata records `num_features`, `num_labels`, `feature_names`, the source directory and
@@ -39,6 +42,11 @@ LABEL_COLUMNS_FILE = "label_columns.json"
 def file_names(version: str) -> tuple[str, str]:
     """(data, label) file names for a version, e.g. ('data_20_120.npy', 'label_20_120.npy')."""
     return f"data_{version}.npy", f"label_{version}.npy"
+
+
+def config_version(config) -> str:
+    """`<rate>_<steps>` of a builder config: its name, without a source key."""
+    return getattr(config, "window_version", config.name)
 
 
 def sha256(path: os.PathLike | str) -> str:
@@ -169,13 +177,17 @@ def feature_units(num_features: int) -> list[str]:
     return units + ["unknown"] * (num_features - len(units))
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for imu_npy (see the module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = common.version_configs("Windows from data_<version>.npy / label_<version>.npy,")
     LABELS_REQUIRED = False  # without label_<version>.npy: unlabelled windows, for pretraining
+    # The input pipeline builds `config_for(version, source_dir)`: one build per folder, so two
+    # folders of one version coexist in a data_dir (the listed configs serve direct TFDS use).
+    KEYED_BY_SOURCE = True
+    SOURCE_OPTIONS: dict = {}  # config.dataset fields that change the build (none: the arrays are final)
     # See common.py: pin TFDS's code/metadata paths to this folder.
     code_path = epath.Path(__file__)
     pkg_dir_path = code_path.parent
@@ -185,6 +197,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     `download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=DIR))`
     (or `config.dataset.manual_dir = DIR` for the training job).
     """
+
+    @classmethod
+    def config_for(cls, version: str, source_dir, **options) -> common.SourceConfig:
+        """The build of the arrays in `source_dir` at any `<rate>_<steps>` (the arrays' window
+        length must be `steps`), keyed by the folder."""
+        unknown = sorted(set(options) - set(cls.SOURCE_OPTIONS))
+        if unknown:
+            raise ValueError(f"{cls.name} has no option {unknown[0]!r}")
+        return common.source_config(cls.name, version, source_dir, options)
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
@@ -218,12 +239,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         except (AssertionError, ValueError) as e:  # TFDS: missing or empty directory
             where = getattr(dl_manager, "_manual_dir", None)
             raise FileNotFoundError(
-                f"imu_npy/{config.name}: the manual directory {where} does not exist or is empty; it "
-                f"must hold {' and '.join(file_names(config.name))} (pass it with "
+                f"imu_npy/{config_version(config)}: the manual directory {where} does not exist or is empty; "
+                f"it must hold {' and '.join(file_names(config_version(config)))} (pass it with "
                 "tfds.download.DownloadConfig(manual_dir=...), or config.dataset.manual_dir)"
             ) from e
-        data, label = load_arrays(manual_dir, config.name, config.seq_len, self.LABELS_REQUIRED)
-        data_name, label_name = file_names(config.name)
+        data, label = load_arrays(manual_dir, config_version(config), config.seq_len, self.LABELS_REQUIRED)
+        data_name, label_name = file_names(config_version(config))
         num_features, num_labels = int(data.shape[2]), int(label.shape[2])
         # Recorded in metadata.json with the prepared data.
         self.info.metadata.update(

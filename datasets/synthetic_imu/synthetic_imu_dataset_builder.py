@@ -172,7 +172,7 @@ def generate(
     )
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for synthetic_imu (see the module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")

@@ -69,6 +69,38 @@ class WindowView(Sequence):
         return f"WindowView({len(self)} windows, feature={self.feature!r})"
 
 
+class MergedView(Sequence):
+    """Several `WindowView`s one after the other, each cut to its first `num_features`
+    channels (merged pretraining); `indices` are positions in the merged dataset."""
+
+    def __init__(self, parts: Sequence[WindowView], offsets: Sequence[int], num_features: int):
+        self.parts, self.num_features = list(parts), int(num_features)
+        self.starts = np.cumsum([0] + [len(p) for p in self.parts])  # row where each part begins
+        self.indices = np.concatenate([p.indices + o for p, o in zip(self.parts, offsets)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        part = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[part][int(i) - int(self.starts[part])][:, : self.num_features]
+
+    def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        out = None
+        for p in np.unique(part):  # one batched read per part, rows put back in order
+            where = np.flatnonzero(part == p)
+            block = self.parts[p].read(rows[where] - self.starts[p])[..., : self.num_features]
+            if out is None:
+                out = np.empty((len(rows), *block.shape[1:]), np.float32)
+            out[where] = block
+        return out
+
+    def __repr__(self) -> str:
+        return f"MergedView({len(self)} windows from {len(self.parts)} datasets, {self.num_features} features)"
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainData:
     """The pretraining data of one dataset version, split as the reference splits it.
@@ -89,10 +121,30 @@ class PretrainData:
     feature_names: tuple[str, ...] | None
     info: Any
     data_dir: str | None = None
+    # Split groups, one id per window (config.dataset.split_by 'recording' / 'user'); None: by window.
+    groups: np.ndarray | None = None
+    split_by: str = "window"
+    # Merged pretraining (name 'a+b'): the datasets, each loaded and split as it is alone.
+    sources: tuple[PretrainData, ...] = ()
 
     @property
     def train_index(self) -> np.ndarray:
         return self.train.indices
+
+    def source(self, name: str | None = None) -> PretrainData:
+        """One dataset of a merged one, by name (None: the first); this one if not merged."""
+        if not self.sources:
+            if name not in (None, self.name):
+                raise ValueError(f"config.downstream.dataset={name!r}, but the dataset is {self.name!r} "
+                                 f"(a choice among merged datasets a+b)")
+            return self
+        names = [s.name for s in self.sources]
+        if name is None:
+            return self.sources[0]
+        if name not in names:
+            raise ValueError(f"config.downstream.dataset={name!r} is not one of the merged datasets "
+                             f"{', '.join(names)}")
+        return self.sources[names.index(name)]
 
     @property
     def vali_index(self) -> np.ndarray:
@@ -119,7 +171,7 @@ def registered_datasets() -> list[str]:
     return limubert_jax.datasets.registered_names()
 
 
-def _builder(name: str, version: str, data_dir: str | None):
+def _builder(name: str, version: str, data_dir: str | None, manual_dir: str | None = None, dataset_config: Any = None):
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     import limubert_jax.datasets  # noqa: PLC0415
@@ -130,6 +182,13 @@ def _builder(name: str, version: str, data_dir: str | None):
             f"unknown dataset {name!r}; registered IMU datasets: {', '.join(sorted(builders))}"
         )
     builder_cls = builders[name]
+    if getattr(builder_cls, "KEYED_BY_SOURCE", False):  # built from the user's folder, one build per folder
+        if manual_dir is None:
+            raise ValueError(f"dataset {name!r} is built from your files: set config.dataset.manual_dir=DIR "
+                             f"(see datasets/{name}/README.md)")
+        options = {k: _field(dataset_config or {}, k, default) for k, default in builder_cls.SOURCE_OPTIONS.items()}
+        config = builder_cls.config_for(version, source_dir=manual_dir, **options)
+        return tfds.builder(name, config=config, data_dir=data_dir, file_format="array_record")
     versions = [c.name for c in (builder_cls.BUILDER_CONFIGS or [])]
     if versions and version not in versions:
         if hasattr(builder_cls, "config_for"):  # any <rate>_<steps> its raw data can make
@@ -142,32 +201,41 @@ def _builder(name: str, version: str, data_dir: str | None):
 
 
 def _check_manual_files(builder, manual_dir: str) -> None:
-    """Refuses an npy-layout build (imu_npy, eleme, huawei: the builds that record the
-    files' SHA-256) made from other files than those in `manual_dir` now."""
+    """Refuses a build made from other files than those in `manual_dir` now: an npy-layout
+    build (imu_npy, eleme, huawei: they record the files' SHA-256) or a recordings build (its
+    folder's fingerprint: paths, sizes, modification times)."""
     meta = builder.info.metadata or {}
+    if "source_fingerprint" in meta:
+        if builder.fingerprint(manual_dir) != meta["source_fingerprint"]:
+            raise ValueError(
+                f"{builder.name}/{builder.builder_config.window_version} in {builder.data_dir} was built from "
+                f"{meta.get('source_dir')!r}, and its recordings have changed since (files added, removed or "
+                f"rewritten); delete {builder.data_dir} to rebuild it, or use another data_dir"
+            )
+        return
     if "data_sha256" not in meta:
         return
     from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy  # noqa: PLC0415
 
-    data_name, label_name = imu_npy.file_names(builder.builder_config.name)
+    data_name, label_name = imu_npy.file_names(imu_npy.config_version(builder.builder_config))
     for file_name, key in ((data_name, "data_sha256"), (label_name, "label_sha256")):
         path = os.path.join(manual_dir, file_name)
         if meta.get(key) is None:  # built without labels
             if os.path.isfile(path):
                 raise ValueError(
-                    f"{builder.name}/{builder.builder_config.name} in {builder.data_dir} was built without "
+                    f"{builder.name}/{imu_npy.config_version(builder.builder_config)} in {builder.data_dir} was built without "
                     f"{file_name}, and {path} exists now; delete {builder.data_dir} to rebuild it with its "
                     f"labels, or use another data_dir"
                 )
             continue
         if not os.path.isfile(path):  # never a silent fall-back to the earlier build
             raise ValueError(
-                f"{path} does not exist; {builder.name}/{builder.builder_config.name} in {builder.data_dir} "
+                f"{path} does not exist; {builder.name}/{imu_npy.config_version(builder.builder_config)} in {builder.data_dir} "
                 f"was built from {meta.get('source_dir')!r}: point the config at the files to train on"
             )
         if imu_npy.sha256(path) != meta[key]:
             raise ValueError(
-                f"{builder.name}/{builder.builder_config.name} in {builder.data_dir} was built from "
+                f"{builder.name}/{imu_npy.config_version(builder.builder_config)} in {builder.data_dir} was built from "
                 f"{meta.get('source_dir')!r}, and {path} differs from the file it was built from; "
                 f"delete {builder.data_dir} to rebuild it, or use another data_dir"
             )
@@ -199,18 +267,27 @@ def _prepare(builder, manual_dir: str | None) -> None:
         prepare()
 
 
+SPLIT_BY = ("window", "recording", "user")  # config.dataset.split_by
+_GROUP_READ_ROWS = 4096  # windows read at once when collecting user ids
+
+
 def load_pretrain_data(dataset_config: Any) -> PretrainData:
     """Prepares (if needed) and opens a dataset version, split as the reference splits it.
 
     dataset_config (an ml_collections ConfigDict, a dict or any object with attributes):
-    `name` (TFDS builder), `version` ('20_120'), `data_dir` (None: TFDS's default),
-    `manual_dir` (TFDS manual directory: raw files or archives, or imu_npy's arrays), `seed` (3431), `train_rate` (0.8), `vali_rate` (0.1). Raises ValueError for an unknown dataset or version, an unprepared
-    imu_npy without `manual_dir`, a stale imu_npy build, or too few windows to split.
+    `name` (TFDS builder; 'a+b' merges datasets), `version` ('20_120'), `data_dir` (None:
+    TFDS's default), `manual_dir` (TFDS manual directory: raw files or archives, or the user's
+    folder for imu_npy / recordings; 'dir_a+dir_b' for merged datasets), `seed` (3431),
+    `train_rate` (0.8), `vali_rate` (0.1), `split_by` ('window'; 'recording' or 'user': no
+    group in two splits) and the source options of imu_npy / recordings (`stride`, ...).
+    Raises ValueError for an unknown dataset or version, a user-folder dataset without
+    `manual_dir`, a stale imu_npy build, or too few windows (or groups) to split.
     """
-
     name = _field(dataset_config, "name")
     if not name:
         raise ValueError(f"config.dataset.name is not set; registered IMU datasets: {registered_datasets()}")
+    if "+" in name:
+        return _load_merged(dataset_config, name)
     version = str(_field(dataset_config, "version", DEFAULT_VERSION))
     data_dir = _field(dataset_config, "data_dir")
     data_dir = os.fspath(data_dir) if data_dir is not None else None
@@ -219,10 +296,13 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
     seed = int(_field(dataset_config, "seed", splits.REFERENCE_SEED))
     train_rate = float(_field(dataset_config, "train_rate", splits.TRAIN_RATE))
     vali_rate = float(_field(dataset_config, "vali_rate", splits.VALI_RATE))
+    split_by = str(_field(dataset_config, "split_by", "window"))
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"config.dataset.split_by must be one of {', '.join(SPLIT_BY)}; got {split_by!r}")
 
-    builder = _builder(name, version, data_dir)
     if manual_dir is not None and not epath.Path(manual_dir).expanduser().is_dir():
         raise ValueError(f"the manual directory {manual_dir} does not exist (config.dataset.manual_dir)")
+    builder = _builder(name, version, data_dir, manual_dir, dataset_config)
     if manual_dir is not None and builder.is_prepared():
         _check_manual_files(builder, manual_dir)
     _prepare(builder, manual_dir)
@@ -235,7 +315,8 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
     source = builder.as_data_source(split=SPLIT)
     info = getattr(source, "dataset_info", builder.info)
     num_windows = len(source)
-    train_index, vali_index, _ = splits.pretrain_split(num_windows, seed, train_rate, vali_rate)
+    groups = split_groups(source, info, split_by, f"{name}/{version}")
+    train_index, vali_index, _ = splits.window_split(num_windows, seed, train_rate, vali_rate, groups)
     train = WindowView(source, train_index)
     first = train[0]
     if first.ndim != 2:
@@ -255,7 +336,101 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
         feature_names=None if names is None else tuple(names),
         info=info,
         data_dir=data_dir,
+        groups=groups,
+        split_by=split_by,
     )
+
+
+def split_groups(source: Sequence, info: Any, split_by: str, what: str) -> np.ndarray | None:
+    """One split-group id per window for `split_by` 'recording' or 'user' (None for 'window').
+
+    Recordings come from the builder's metadata (`recordings`: windows per recording, in
+    order); users from the `user` task (a ClassLabel, or a `user` column of the npy layout's
+    `label`), one pass over the windows. ValueError when the dataset has no such ids.
+    """
+    if split_by == "window":
+        return None
+    meta = dict(info.metadata or {})
+    if split_by == "recording":
+        recordings = meta.get("recordings")
+        if not recordings:
+            raise ValueError(f"config.dataset.split_by='recording': {what} does not record which recording each "
+                             f"window comes from (the recordings builder does); split by 'user' or 'window'")
+        groups = np.repeat(np.arange(len(recordings)), [int(r["windows"]) for r in recordings])
+        if len(groups) != len(source):
+            raise ValueError(f"{what}: its metadata lists {len(groups)} windows in recordings, the data has "
+                             f"{len(source)}; delete the build to rebuild it")
+        return groups
+    columns = [str(c) for c in meta.get("label_columns") or ()]
+    if "user" in info.features:
+        user = lambda records: [int(r["user"]) for r in records]  # noqa: E731
+    elif "user" in columns:
+        column = columns.index("user")
+        user = lambda records: [int(np.asarray(r["label"])[0, column]) for r in records]  # noqa: E731
+    else:
+        raise ValueError(f"config.dataset.split_by='user': {what} has no user labels (a `user` task); split by "
+                         f"{'recording' if meta.get('recordings') else 'window'}")
+    getitems = getattr(source, "__getitems__", None)
+    groups = []
+    for start in range(0, len(source), _GROUP_READ_ROWS):
+        keys = list(range(start, min(start + _GROUP_READ_ROWS, len(source))))
+        groups.extend(user(getitems(keys) if getitems is not None else [source[k] for k in keys]))
+    groups = np.asarray(groups, np.int64)
+    if (groups < 0).any():
+        raise ValueError(f"config.dataset.split_by='user': {np.count_nonzero(groups < 0)} windows of {what} have no "
+                         f"user label")
+    return groups
+
+
+def _load_merged(dataset_config: Any, name: str) -> PretrainData:
+    """Merged pretraining: every dataset of 'a+b+...' loaded and split as it is alone, the
+    training and validation windows concatenated, cut to the channels they all have."""
+    names = name.split("+")
+    if not all(names):
+        raise ValueError(f"config.dataset.name={name!r}: merge datasets as a+b+c")
+    config = _as_dict(dataset_config)
+    manual = config.get("manual_dir")
+    manual_dirs = [None] * len(names) if manual is None else [m or None for m in os.fspath(manual).split("+")]
+    if len(manual_dirs) != len(names):
+        raise ValueError(f"config.dataset.manual_dir: {len(manual_dirs)} folders for the {len(names)} datasets of "
+                         f"{name} (give one per dataset, joined by '+', empty for a dataset's default)")
+    if len(set(zip(names, manual_dirs))) != len(names):
+        raise ValueError(f"config.dataset.name={name!r}: a dataset appears twice (with the same manual_dir)")
+    parts = []
+    for part_name, part_manual in zip(names, manual_dirs):
+        try:
+            parts.append(load_pretrain_data({**config, "name": part_name, "manual_dir": part_manual}))
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{part_name} (of {name}): {e}") from None
+    for part in parts[1:]:
+        if (part.seq_len, part.sampling_rate_hz) != (parts[0].seq_len, parts[0].sampling_rate_hz):
+            raise ValueError(f"{name}: {part.name} has {part.seq_len}-step windows at {part.sampling_rate_hz:g} Hz, "
+                             f"{parts[0].name} {parts[0].seq_len} at {parts[0].sampling_rate_hz:g} Hz")
+    num_features = min(p.num_features for p in parts)
+    offsets = np.cumsum([0] + [p.num_windows for p in parts])[:-1]
+    first = parts[0]
+    return PretrainData(
+        name=name,
+        version=first.version,
+        train=MergedView([p.train for p in parts], offsets, num_features),
+        vali=MergedView([p.vali for p in parts], offsets, num_features),
+        num_windows=sum(p.num_windows for p in parts),
+        seq_len=first.seq_len,
+        num_features=num_features,
+        sampling_rate_hz=first.sampling_rate_hz,
+        feature_names=None if first.feature_names is None else first.feature_names[:num_features],
+        info=first.info,
+        data_dir=first.data_dir,
+        sources=tuple(parts),
+    )
+
+
+def _as_dict(config: Any) -> dict:
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if isinstance(config, dict):
+        return dict(config)
+    return dict(vars(config))
 
 
 def load_data(config: Any) -> PretrainData:

@@ -75,6 +75,61 @@ def pretrain_split(
     return order[:n_train], order[n_train : n_train + n_vali], order[n_train + n_vali :]
 
 
+def group_split(
+    groups: np.ndarray,
+    seed: int = REFERENCE_SEED,
+    train_rate: float = TRAIN_RATE,
+    vali_rate: float = VALI_RATE,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / validation / test window indices with every group (recording, user) in one split.
+
+    groups: (N,) one id per window. The distinct ids are shuffled by a `RandomState(seed)`
+    and taken in that order: a group goes to train while the windows before it number less
+    than N * train_rate, then to validation while less than N * (train_rate + vali_rate),
+    then to test; train and validation get at least one group each, and test one when the
+    rates leave room for it. Windows keep their group's order, then their own. Raises
+    ValueError for too few groups.
+    """
+    groups = np.asarray(groups)
+    _check_rates(train_rate, vali_rate)
+    if groups.ndim != 1:
+        raise ValueError(f"groups must have shape (N,), got {groups.shape}")
+    order, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    num_groups, needed = len(order), 2 if train_rate + vali_rate >= 1.0 else 3
+    if num_groups < needed:
+        raise ValueError(f"a split by group needs at least {needed} groups (train, validation"
+                         f"{', test' if needed == 3 else ''}); the data has {num_groups}")
+    shuffled = np.arange(num_groups)
+    np.random.RandomState(seed).shuffle(shuffled)
+    starts = np.cumsum(counts[shuffled]) - counts[shuffled]  # windows before each group, in shuffled order
+    n = len(groups)
+    k_train = int(np.clip(np.count_nonzero(starts < n * train_rate), 1, num_groups - needed + 1))
+    k_vali = int(np.clip(np.count_nonzero(starts < n * (train_rate + vali_rate)) - k_train, 1,
+                         num_groups - k_train - (needed - 2)))
+    rank = np.empty(num_groups, np.int64)
+    rank[shuffled] = np.arange(num_groups)  # position of each group in the shuffled order
+    window_rank = rank[inverse]
+    ordered = np.argsort(window_rank, kind="stable")  # by group position, then window index
+    ranks = window_rank[ordered]
+    return (ordered[ranks < k_train], ordered[(ranks >= k_train) & (ranks < k_train + k_vali)],
+            ordered[ranks >= k_train + k_vali])
+
+
+def window_split(
+    num_windows: int,
+    seed: int = REFERENCE_SEED,
+    train_rate: float = TRAIN_RATE,
+    vali_rate: float = VALI_RATE,
+    groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`pretrain_split` (the reference's window shuffle), or `group_split` when `groups` is given."""
+    if groups is None:
+        return pretrain_split(num_windows, seed, train_rate, vali_rate)
+    if len(groups) != num_windows:
+        raise ValueError(f"{len(groups)} group ids for {num_windows} windows")
+    return group_split(groups, seed, train_rate, vali_rate)
+
+
 @dataclass(frozen=True)
 class SubwindowSplit:
     """One split of the classifier protocol (all arrays have the same length M).
@@ -129,7 +184,7 @@ def _constant_subwindows(
     """Sub-windows of `windows` (original indices, in split order) whose label is constant."""
     per_window = task.shape[1] // merge
     cut = task[windows].reshape(len(windows), per_window, merge)
-    constant = np.all(cut == cut[..., :1], axis=-1)
+    constant = np.all(cut == cut[..., :1], axis=-1) & (cut[..., 0] >= 0)  # negative: no label (see classifier_split)
     sample, j = np.nonzero(constant)  # row-major: split order, then step order, as the reference
     sample = windows[sample]
     return SubwindowSplit(
@@ -153,6 +208,8 @@ def classifier_split(
     balance: bool = True,
     train_rate: float = TRAIN_RATE,
     vali_rate: float = VALI_RATE,
+    groups: np.ndarray | None = None,
+    missing: int | None = None,
 ) -> ClassifierSplit:
     """The classifier data protocol of SPEC section 7 (the reference's
     `prepare_classifier_dataset` with `merge_mode='all'`).
@@ -167,6 +224,10 @@ def classifier_split(
       per class; each class's ascending row list is shuffled in ascending class order and
       its first k rows kept; the kept rows stay in training-split order.
     * balance=False: the first int(n_train * label_rate) rows of one shuffle, in shuffled order.
+
+    groups: (N,) split groups (`group_split`: no recording or user in two splits); None: the
+    reference's window shuffle. missing: a label value meaning "no label" (below every class);
+    sub-windows holding it are dropped like those whose label changes.
 
     Returns a ClassifierSplit; slice sub-window data with `subwindows(x, merge)[split.index]`
     (or embeddings (N, S, H) the same way). Raises ValueError for a bad `label_index`,
@@ -184,10 +245,16 @@ def classifier_split(
     if merge < 1 or seq_len % merge:
         raise ValueError(f"merge={merge} must be >= 1 and divide the window length {seq_len}")
 
-    train_w, vali_w, test_w = pretrain_split(num_windows, seed, train_rate, vali_rate)
+    train_w, vali_w, test_w = window_split(num_windows, seed, train_rate, vali_rate, groups)
     task = labels[..., label_index]
-    # The offset uses the whole dataset, not one split, so classes line up across splits.
-    task = _to_class_labels(task - task.min())
+    known = task if missing is None else task[task != missing]
+    if known.size == 0:
+        raise ValueError("no window has a label for this task")
+    if missing is not None and missing >= known.min():
+        raise ValueError(f"the missing-label value {missing} must be below every label")
+    # The offset uses the whole dataset, not one split, so classes line up across splits;
+    # missing labels fall below 0 and their sub-windows are dropped.
+    task = _to_class_labels(task - known.min())
     train, vali, test = (_constant_subwindows(w, task, merge) for w in (train_w, vali_w, test_w))
     for name, split in (("train", train), ("vali", vali), ("test", test)):
         if len(split) == 0:

@@ -12,6 +12,10 @@ import numpy as np
 from limubert_jax.data import input_pipeline, splits
 from limubert_jax.runtime.errors import LimuBertError
 
+# A step without a label (recordings: an empty cell, or a window whose label changes inside
+# it); named classes are >= 0, so this value is never a class.
+MISSING_LABEL = -1
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskLabels:
@@ -30,6 +34,7 @@ class LabelledData:
     version: str
     windows: np.ndarray  # (N, S, F) float32 raw readings in physical units
     labels: TaskLabels
+    groups: np.ndarray | None = None  # (N,) split groups (config.dataset.split_by); None: by window
 
 
 def available_tasks(info) -> dict[str, tuple[str, ...] | None]:
@@ -52,9 +57,19 @@ def available_tasks(info) -> dict[str, tuple[str, ...] | None]:
     return tasks
 
 
+def downstream_data(config: ml_collections.ConfigDict, data):
+    """The dataset downstream tasks use: `data`, or of merged datasets the one named by
+    `config.downstream.dataset` (default: the first)."""
+    try:
+        return data.source(config.downstream.get("dataset"))
+    except ValueError as e:
+        raise LimuBertError(str(e)) from None
+
+
 def check_label(config: ml_collections.ConfigDict, data) -> dict[str, tuple[str, ...] | None]:
     """The dataset's tasks (`available_tasks`); one lacking `config.downstream.label` is an
     error listing the tasks it has."""
+    data = downstream_data(config, data)
     tasks = available_tasks(data.info)
     if not tasks:
         raise LimuBertError(
@@ -77,6 +92,7 @@ def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
         data = input_pipeline.load_data(config)
     task = config.downstream.label
     tasks = check_label(config, data)
+    data = downstream_data(config, data)
     source = data.train.source
     rows = [source[i] for i in range(len(source))]
     windows = np.stack([np.asarray(r[input_pipeline.FEATURE], np.float32) for r in rows])
@@ -91,7 +107,7 @@ def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
         if names is None:  # unnamed integer classes: 0-based from the smallest value, named by their values
             names = tuple(str(v) for v in range(int(per_step.min()), int(per_step.max()) + 1))
             per_step = per_step - per_step.min()
-    return LabelledData(data.name, data.version, windows, TaskLabels(task, names, per_step))
+    return LabelledData(data.name, data.version, windows, TaskLabels(task, names, per_step), data.groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +130,12 @@ def protocol_split(data: LabelledData, config: ml_collections.ConfigDict) -> Pro
         split = splits.classifier_split(
             per_step[:, :, None], 0, label_rate=d.label_rate, seed=config.dataset.seed, merge=d.merge,
             balance=d.balance, train_rate=config.dataset.train_rate, vali_rate=config.dataset.vali_rate,
+            groups=data.groups, missing=MISSING_LABEL,
         )
     except ValueError as e:
         raise LimuBertError(f"config.downstream ({data.name}, task {data.labels.task}): {e}") from None
-    offset = int(per_step.min())  # labels index `names`; the split subtracted the minimum
+    known = per_step[per_step != MISSING_LABEL]
+    offset = int(known.min())  # labels index `names`; the split subtracted the minimum
     if offset:
         shift = lambda s: dataclasses.replace(s, labels=s.labels + offset)  # noqa: E731
         split = dataclasses.replace(split, train=shift(split.train), vali=shift(split.vali), test=shift(split.test))

@@ -39,7 +39,14 @@ from limubert_jax.data import splits
 from limubert_jax.data.normalization import normalize
 from limubert_jax.downstream import evaluation, report, tsne
 from limubert_jax.downstream.fit import ApplyFn, FitResult, fit, map_batches, predict
-from limubert_jax.downstream.labels import LabelledData, ProtocolData, check_label, load_labelled, protocol_split
+from limubert_jax.downstream.labels import (
+    LabelledData,
+    ProtocolData,
+    check_label,
+    downstream_data,
+    load_labelled,
+    protocol_split,
+)
 from limubert_jax.io import checkpoint, plots, storage
 from limubert_jax.models import registry
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
@@ -353,6 +360,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, tasks: 
         return
     d = config.downstream
     label_tasks = check_label(config, dataset)
+    dataset = downstream_data(config, dataset)  # of merged datasets, the one downstream tasks use
     for field in ("num_epochs", "batch_size", "merge", "tsne_points"):
         value = d[field]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

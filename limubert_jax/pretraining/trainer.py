@@ -65,10 +65,24 @@ class NonFiniteLossError(LimuBertError):
     """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
 
 
-def model_config_from(config: ml_collections.ConfigDict) -> LimuBertConfig:
-    """The frozen model config from the `model` section, with a clear error for bad values."""
+def model_seq_len(config: ml_collections.ConfigDict) -> int:
+    """The model's window length: `config.model.seq_len`, or when unset (None) the steps of
+    `config.dataset.version`, so that `--config.dataset.version=50_200` alone is enough."""
+    if config.model.get("seq_len") is not None:
+        return config.model.seq_len
+    from limubert_jax.datasets.common import parse_version  # noqa: PLC0415  (registers the builders)
+
     try:
-        return LimuBertConfig.from_dict(dict(config.model))
+        return parse_version(config.dataset.version)[1]
+    except ValueError as e:
+        raise LimuBertError(f"config.dataset.version: {e}") from None
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> LimuBertConfig:
+    """The frozen model config from the `model` section (the window length per
+    `model_seq_len`), with a clear error for bad values."""
+    try:
+        return LimuBertConfig.from_dict({**dict(config.model), "seq_len": model_seq_len(config)})
     except (TypeError, ValueError) as e:
         raise LimuBertError(f"config.model: {e}") from None
 

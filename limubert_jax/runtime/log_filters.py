@@ -13,6 +13,7 @@ _LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/grain/")
 MEANINGLESS = (
     "Unable to initialize backend",  # JAX probing for accelerators this machine does not have
     "has no dataset_info.json",  # TFDS about a dataset it is about to build
+    "Using custom data configuration",  # TFDS on every version built on demand (50_200, a user's folder)
     "Given directory is read only",  # Orbax opening a workdir's checkpoints for reading
     "CheckpointManagerOptions.read_only=True",  # ... and adjusting its own options for that
     "Metadata file does not exist",  # Orbax restoring one item of a checkpoint step

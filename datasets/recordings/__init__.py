@@ -1,0 +1,1 @@
+"""recordings: your own continuous IMU recordings, one CSV / Parquet file each (see recordings_dataset_builder.py)."""

@@ -1,0 +1,406 @@
+"""recordings: small CSV / Parquet folders written by the tests; one TFDS build read back
+(module fixture), the processing (`read_source`) checked against common.downsample and
+np.interp, labels, options and every malformed input."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from limubert_jax.datasets import common
+from limubert_jax.datasets.recordings import example
+from limubert_jax.datasets.recordings import recordings_dataset_builder as rec
+from limubert_jax.datasets.recordings.recordings_dataset_builder import Builder
+
+CHANNELS = list(common.FEATURE_NAMES[:6])
+
+
+def _signals(t: np.ndarray, num_features: int = 6) -> np.ndarray:
+    """Channel j = (j + 1) * t + j: every step's time can be read back from acc_x."""
+    return np.stack([(j + 1) * t + j for j in range(num_features)], axis=1)
+
+
+def _write(path: pathlib.Path, t, x=None, labels: dict | None = None, *, columns=None) -> pathlib.Path:
+    """A CSV recording: timestamp, channels (x, default `_signals(t)`), label columns
+    ({name: values}; None: an empty cell). Floats written with repr (exact)."""
+    t = np.asarray(t, np.float64)
+    x = _signals(t) if x is None else np.asarray(x)
+    labels = labels or {}
+    names = columns or ["timestamp", *common.FEATURE_NAMES[: x.shape[1]], *labels]
+    lines = [",".join(names)]
+    for i in range(len(t)):
+        cells = [repr(float(t[i])), *(repr(float(v)) for v in x[i])]
+        cells += ["" if labels[c][i] is None else str(labels[c][i]) for c in labels]
+        lines.append(",".join(cells))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _read(folder, version="20_10", **options):
+    rate, steps = common.parse_version(version)
+    return rec.read_source(folder, rate, steps, **options)
+
+
+def _windows(source):
+    imu, label, recording = zip(*source.windows())
+    return np.stack(imu), np.stack(label), np.array(recording)
+
+
+def _build(folder, data_dir, version="20_40", **options):
+    builder = tfds.builder("recordings", config=Builder.config_for(version, source_dir=folder, **options),
+                           data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare(file_format="array_record",
+                                 download_config=tfds.download.DownloadConfig(manual_dir=folder))
+    return builder
+
+
+# ---------------------------------------------------------------------------------------
+# One build, read back.
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("recordings")
+    t = np.arange(500) / 50  # 10 s, regular 50 Hz
+    _write(folder / "a.csv", t, labels={"activity": ["walk"] * 250 + ["sit"] * 250, "user": [1] * 500})
+    rng = np.random.default_rng(0)
+    t = np.cumsum(rng.uniform(0.015, 0.025, 380))  # ~7.6 s, irregular
+    _write(folder / "sub" / "b.csv", t, labels={"user": [2] * 380, "place": ["home"] * 380})
+    (folder / ".notes.txt").write_text("hidden files are skipped")
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "x.bin").write_bytes(b"\0\1")
+    builder = _build(folder, tmp_path_factory.mktemp("tfds"))
+    source = builder.as_data_source(split="train")
+    rows = [source[i] for i in range(len(source))]
+    return folder, builder, {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+
+
+def test_build_and_read_back(built):
+    folder, builder, data = built
+    expected = _read(folder, "20_40")
+    imu, label, recording = _windows(expected)
+    assert len(data["imu"]) == expected.num_windows == 4 + 3  # 10 s -> 199 steps -> 4; ~7.6 s -> ~152 steps -> 3
+    assert data["imu"].shape == (7, 40, 6) and data["imu"].dtype == np.float32
+    assert data["label"].shape == (7, 40, 3) and data["label"].dtype == np.int64
+    np.testing.assert_array_equal(data["imu"], imu)
+    np.testing.assert_array_equal(data["label"], label)
+    assert data["recording"].tolist() == recording.tolist() == [0] * 4 + [1] * 3
+    meta = builder.info.metadata
+    assert (meta["sampling_rate_hz"], meta["seq_len"], meta["num_windows"]) == (20, 40, 7)
+    assert (meta["num_features"], meta["num_labels"], meta["missing_label"]) == (6, 3, -1)
+    assert meta["feature_names"] == CHANNELS and meta["feature_units"] == ["m/s^2"] * 3 + ["rad/s"] * 3
+    assert meta["label_columns"] == ["activity", "user", "place"]  # the union, in order of appearance
+    assert meta["label_classes"] == {"activity": ["sit", "walk"], "user": ["1", "2"], "place": ["home"]}
+    assert meta["source_dir"] == str(folder)
+    assert meta["options"] == {"stride": 0, "max_gap_s": 1.0, "acc_unit": "m/s^2", "gyro_unit": "rad/s"}
+    assert [r["file"] for r in meta["recordings"]] == ["a.csv", "sub/b.csv"]
+    assert [r["windows"] for r in meta["recordings"]] == [4, 3]
+    assert [r["segments"] for r in meta["recordings"]] == [1, 1]
+    assert meta["recordings"][0]["raw_rate_hz"] == 50.0 and 40 < meta["recordings"][1]["raw_rate_hz"] < 60
+    features = builder.info.features
+    assert features["imu"].shape == (40, None) and features["label"].shape == (40, None)
+    assert builder.info.disable_shuffling
+    assert "timestamp" in builder.info.description  # README.md is the description
+
+
+def test_labels_of_the_build(built):
+    _, _, data = built
+    activity, user, place = (data["label"][..., j] for j in range(3))
+    # a.csv: walk for 5 s, sit after: window 2 (4-6 s) holds the change; b.csv has no activity.
+    assert activity[:, 0].tolist() == [1, 1, -1, 0, -1, -1, -1]
+    assert user[:, 0].tolist() == [0] * 4 + [1] * 3  # user is the same in window 2
+    assert place[:, 0].tolist() == [-1] * 4 + [0] * 3
+    assert (data["label"] == data["label"][:, :1]).all()  # one label per window and column
+
+
+# ---------------------------------------------------------------------------------------
+# Resampling.
+
+
+def test_block_averaging_is_the_reference_downsampler(tmp_path):
+    t = np.arange(503) / 50
+    x = np.random.default_rng(1).standard_normal((503, 6))
+    _write(tmp_path / "r.csv", t, x)
+    imu, _, _ = _windows(_read(tmp_path, "20_10"))
+    reference = common.downsample(x, 50, 20)
+    n = len(reference) // 10
+    assert len(imu) == n == 20
+    np.testing.assert_array_equal(imu.reshape(-1, 6), reference[: n * 10].astype(np.float32))
+
+
+def test_interpolation_of_an_irregular_recording(tmp_path):
+    t = np.cumsum(np.random.default_rng(2).uniform(0.012, 0.028, 600))
+    t -= t[0]
+    x = np.random.default_rng(3).standard_normal((600, 6))
+    _write(tmp_path / "r.csv", t, x)
+    imu, _, _ = _windows(_read(tmp_path, "20_10"))
+    steps = np.arange(len(imu) * 10) / 20
+    expected = np.stack([np.interp(steps, t, x[:, c]) for c in range(6)], axis=1)
+    assert len(imu) == math.floor(t[-1] * 20 + 1) // 10
+    np.testing.assert_array_equal(imu.reshape(-1, 6), expected.astype(np.float32))
+
+
+def test_a_gap_splits_the_recording(tmp_path):
+    t = np.concatenate([np.arange(130) / 50, 10 + np.arange(110) / 50])  # 7.4 s pause
+    t = t + np.random.default_rng(4).uniform(-0.002, 0.002, len(t))  # irregular: interpolated
+    _write(tmp_path / "r.csv", t)
+    source = _read(tmp_path, "20_10")
+    imu, _, _ = _windows(source)
+    times = imu[..., 0].astype(np.float64)  # acc_x is the time
+    assert np.allclose(np.diff(times, axis=1), 1 / 20, atol=1e-5)  # no window spans the pause
+    assert len(imu) == 5 + 4 and times[5, 0] >= 10
+    assert source.metadata()["recordings"][0]["segments"] == 2
+    one = _read(tmp_path, "20_10", max_gap_s=10.0)  # one segment, interpolated over the pause
+    assert one.num_windows == math.floor(t[-1] * 20 + 1) // 10 and one.metadata()["recordings"][0]["segments"] == 1
+
+
+def test_stride_makes_overlapping_windows(tmp_path):
+    _write(tmp_path / "r.csv", np.arange(100) / 20)  # 20 Hz, regular: blocks of 1 (the last two dropped)
+    imu, _, _ = _windows(_read(tmp_path, "20_10", stride=3))
+    assert len(imu) == (98 - 10) // 3 + 1
+    np.testing.assert_array_equal(imu[1, :7], imu[0, 3:])
+    np.testing.assert_array_equal(imu[:, 0, 0], (np.arange(len(imu)) * 3 / 20).astype(np.float32))
+
+
+def test_units(tmp_path):
+    x = np.tile([1.0, -2.0, 0.5, 90.0, 180.0, -45.0], (60, 1))
+    _write(tmp_path / "r.csv", np.arange(60) / 20, x)
+    imu, _, _ = _windows(_read(tmp_path, "20_10", acc_unit="g", gyro_unit="deg/s"))
+    expected = [9.80665, -19.6133, 4.903325, math.pi / 2, math.pi, -math.pi / 4]
+    np.testing.assert_allclose(imu.reshape(-1, 6), np.tile(expected, (imu.shape[0] * 10, 1)), rtol=1e-6)
+
+
+def test_nine_features_with_magnetometer_in_every_recording(tmp_path):
+    t = np.arange(60) / 20
+    _write(tmp_path / "a.csv", t, _signals(t, 9))
+    source = _read(tmp_path)
+    assert source.num_features == 9 and _windows(source)[0].shape[2] == 9
+    np.testing.assert_array_equal(_windows(source)[0][0, :, 6], (7 * t[:10] + 6).astype(np.float32))
+    _write(tmp_path / "b.csv", t)  # without mag: mag is dropped everywhere, and is no label
+    source = _read(tmp_path)
+    assert source.num_features == 6 and source.label_columns == []
+
+
+def test_unlabelled_with_magnetometer_builds(tmp_path):
+    t = np.arange(60) / 20
+    _write(tmp_path / "src" / "a.csv", t, _signals(t, 9))
+    builder = _build(tmp_path / "src", tmp_path / "tfds", "20_10")
+    example_ = builder.as_data_source(split="train")[0]
+    assert example_["imu"].shape == (10, 9) and example_["label"].shape == (10, 0)
+    meta = builder.info.metadata
+    assert (meta["num_features"], meta["num_labels"], meta["label_columns"], meta["label_classes"]) == (9, 0, [], {})
+    assert meta["feature_units"][6:] == ["uT"] * 3
+
+
+def test_parquet_reads_like_csv(tmp_path):
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    t = np.arange(80) / 40
+    labels = {"activity": ["a"] * 40 + ["b"] * 40, "user": [3] * 80}
+    _write(tmp_path / "csv" / "r.csv", t, labels=labels)
+    columns = {"timestamp": t, **{c: _signals(t)[:, j] for j, c in enumerate(CHANNELS)}, **labels}
+    (tmp_path / "pq").mkdir()
+    pq.write_table(pa.table(columns), tmp_path / "pq" / "r.parquet")
+    from_csv, from_parquet = _read(tmp_path / "csv"), _read(tmp_path / "pq")
+    for a, b in zip(_windows(from_csv), _windows(from_parquet)):
+        np.testing.assert_array_equal(a, b)
+    assert from_parquet.label_classes == {"activity": ["a", "b"], "user": ["3"]}
+    # pandas' integer labels with missing ones (float, NaN) and categoricals (dictionary)
+    columns["user"] = np.where(np.arange(80) < 50, 3.0, np.nan)
+    columns["activity"] = pa.array(labels["activity"]).dictionary_encode()
+    pq.write_table(pa.table(columns), tmp_path / "pq" / "r.parquet")
+    source = _read(tmp_path / "pq")
+    assert source.label_classes == {"activity": ["a", "b"], "user": ["3"]}
+    assert _windows(source)[1][:, 0].tolist() == [[0, 0], [0, 0], [1, -1]]
+
+
+def test_upsampling_is_refused(tmp_path):
+    _write(tmp_path / "slow.csv", np.arange(100) / 20)  # 20 Hz
+    with pytest.raises(ValueError, match=r"^recordings/50_10: .*slow\.csv row 2: sampled at 20 Hz .* below the 50 Hz"):
+        _read(tmp_path, "50_10")
+    assert _read(tmp_path, "20_10").num_windows == 9  # at its own rate
+
+
+# ---------------------------------------------------------------------------------------
+# Labels.
+
+
+def test_label_classes_changes_and_missing_cells(tmp_path):
+    n = 40  # 20 Hz, regular: 38 steps -> 3 windows of 10 (steps 0-9, 10-19, 20-29)
+    activity = ["walk"] * 15 + ["run"] * 25  # changes inside window 1
+    user = [None if i == 25 else 10 for i in range(n)]  # an empty cell inside window 2
+    session = [9] * 20 + [10] * 20  # integers: sorted numerically, not as strings
+    _write(tmp_path / "a.csv", np.arange(n) / 20, labels={"activity": activity, "user": user, "session": session})
+    _write(tmp_path / "b.csv", np.arange(n) / 20, labels={"activity": ["sit"] * n, "user": [2] * n})
+    source = _read(tmp_path)
+    assert source.label_columns == ["activity", "user", "session"]
+    assert source.label_classes == {"activity": ["run", "sit", "walk"], "user": ["2", "10"], "session": ["9", "10"]}
+    _, label, recording = _windows(source)
+    assert recording.tolist() == [0, 0, 0, 1, 1, 1]
+    assert label[:, 0].tolist() == [[2, 1, 0], [-1, 1, 0], [0, -1, 1], [1, 0, -1], [1, 0, -1], [1, 0, -1]]
+    assert (label == label[:, :1]).all()
+
+
+def test_labels_at_interpolated_steps_are_the_nearest_samples(tmp_path):
+    t = np.array([0.0, 0.04, 0.07, 0.11, 0.15, 0.19, 0.24, 0.26, 0.3, 0.34, 0.38, 0.41, 0.45, 0.5, 0.55])
+    _, rows = rec.resample(t, _signals(t), 20)
+    steps = np.arange(len(rows)) / 20
+    assert rows.tolist() == [int(np.argmin(np.abs(t - s))) for s in steps]
+
+
+def test_labels_of_averaged_blocks_are_their_first_samples():
+    t = np.arange(20) / 50
+    out, rows = rec.resample(t, _signals(t), 20)
+    assert rows.tolist() == [0, 2, 5, 7, 10, 12, 15] and len(out) == len(common.downsample(_signals(t), 50, 20))
+
+
+# ---------------------------------------------------------------------------------------
+# Configs.
+
+
+def test_a_build_needs_a_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"recordings is built from your folder: .*config=Builder\.config_for"):
+        tfds.builder("recordings", data_dir=tmp_path)
+
+
+def test_config_names_key_folder_and_options(tmp_path):
+    a, b = Builder.config_for("50_200", tmp_path / "a"), Builder.config_for("50_200", tmp_path / "b")
+    assert a.name.startswith("50_200-") and a.name != b.name
+    assert a.name == Builder.config_for("50_200", tmp_path / "a", stride=0, max_gap_s=1, acc_unit="m/s^2").name
+    assert a.name == Builder.config_for("50_200", tmp_path / "a", stride=None).name  # None: the default
+    for options in ({"stride": 100}, {"max_gap_s": 2.0}, {"acc_unit": "g"}, {"gyro_unit": "deg/s"}):
+        assert Builder.config_for("50_200", tmp_path / "a", **options).name != a.name, options
+    assert a.source_dir == str(tmp_path / "a") and (a.sampling_rate, a.seq_len) == (50, 200)
+    assert dict(a.options) == Builder.SOURCE_OPTIONS
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"acc_unit": "G"}, r"config\.dataset\.acc_unit must be 'm/s\^2' or 'g', got 'G'"),
+    ({"gyro_unit": "deg"}, r"config\.dataset\.gyro_unit must be 'rad/s' or 'deg/s', got 'deg'"),
+    ({"stride": -1}, r"config\.dataset\.stride must be a whole number of steps >= 0"),
+    ({"stride": 2.5}, r"config\.dataset\.stride must be"),
+    ({"max_gap_s": 0}, r"config\.dataset\.max_gap_s must be a number of seconds > 0, got 0"),
+    ({"max_gap_s": "1"}, r"config\.dataset\.max_gap_s must be"),
+    ({"strides": 1}, r"config\.dataset\.strides is not an option of recordings"),
+])  # fmt: skip
+def test_bad_options(tmp_path, options, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        Builder.config_for("50_200", tmp_path, **options)
+
+
+# ---------------------------------------------------------------------------------------
+# Errors.
+
+HEADER = "timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,activity"
+ROW = "{t},1,2,3,4,5,6,walk"
+GOOD = [ROW.format(t=i / 20) for i in range(30)]
+
+CSV_ERRORS = {
+    "missing columns": ("timestamp,acc_x,acc_y,acc_z,gyro_x\n0,1,2,3,4\n", r": missing columns gyro_y, gyro_z"),
+    "upper case": (HEADER.replace("timestamp", "Timestamp") + "\n", r": missing column timestamp \(names are lower case"),
+    "not a number": ("\n".join([HEADER, *GOOD[:3], "", ROW.format(t="0.2").replace(",3,", ",x3,"), *GOOD[5:]]),
+                     r" row 6: acc_z value 'x3' is not a number"),  # line 5 is blank
+    "timestamp not a number": ("\n".join([HEADER, *GOOD[:2], ROW.format(t="soon")]), r" row 4: timestamp value 'soon'"),
+    "empty value": ("\n".join([HEADER, *GOOD[:6], ROW.format(t=0.3).replace(",5,", ",,"), *GOOD[7:]]),
+                    r" row 8: gyro_y is empty, NaN or infinite"),
+    "NaN value": ("\n".join([HEADER, *GOOD[:6], ROW.format(t=0.3).replace(",5,", ",nan,")]), r" row 8: gyro_y is empty"),
+    "empty timestamp": ("\n".join([HEADER, *GOOD[:6], ROW.format(t="")]), r" row 8: timestamp is empty"),
+    "repeated timestamp": ("\n".join([HEADER, *GOOD[:9], ROW.format(t=0.4)]),
+                           r" row 11: timestamp 0\.4 does not increase \(the row before has 0\.4\)"),
+    "decreasing timestamp": ("\n".join([HEADER, *GOOD[:9], ROW.format(t=0.1), *GOOD[10:]]), r" row 11: timestamp 0\.1"),
+    "too few fields": ("\n".join([HEADER, *GOOD[:3], "0.15,1,2"]), r" row 5: 3 fields, the header has 8"),
+    "no header": ("\n".join(GOOD), r": no header row naming the columns timestamp, acc_x"),
+    "empty file": ("", r": empty file"),
+    "partial magnetometer": (HEADER + ",mag_x\n", r": has mag_x but not mag_y, mag_z"),
+    "repeated column": (HEADER + ",acc_x\n", r": column 'acc_x' appears twice"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CSV_ERRORS))
+def test_malformed_csv_names_file_and_row(tmp_path, case):
+    text, message = CSV_ERRORS[case]
+    _write(tmp_path / "fine.csv", np.arange(40) / 20)
+    (tmp_path / "z" / "bad.csv").parent.mkdir()
+    (tmp_path / "z" / "bad.csv").write_text(text)
+    with pytest.raises(ValueError, match=f"^recordings/20_10: {tmp_path}/z/bad\\.csv{message}") as error:
+        _read(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_binary_and_foreign_files(tmp_path):
+    (tmp_path / "a.csv").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match=r"a\.csv: not a CSV text file \(binary content\); only \.csv and \.parquet"):
+        _read(tmp_path)
+    (tmp_path / "a.csv").unlink()
+    (tmp_path / "b.parquet").write_text(HEADER + "\n")
+    with pytest.raises(ValueError, match=r"b\.parquet: not a Parquet file"):
+        _read(tmp_path)
+    (tmp_path / "b.parquet").unlink()
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"c\.json: not a recording: only \.csv and \.parquet files are read"):
+        _read(tmp_path)
+
+
+def test_parquet_errors_name_the_data_row(tmp_path):
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    columns = {"timestamp": np.arange(30) / 20, **{c: np.ones(30) for c in CHANNELS}}
+    columns["gyro_x"] = np.where(np.arange(30) == 4, np.nan, 1.0)
+    pq.write_table(pa.table(columns), tmp_path / "r.parquet")
+    with pytest.raises(ValueError, match=r"r\.parquet row 5: gyro_x is empty, NaN or infinite"):
+        _read(tmp_path)
+    columns["gyro_x"] = ["1"] * 6 + ["one"] + ["1"] * 23
+    pq.write_table(pa.table(columns), tmp_path / "r.parquet")
+    with pytest.raises(ValueError, match=r"r\.parquet row 7: gyro_x value 'one' is not a number"):
+        _read(tmp_path)
+
+
+def test_empty_folders_and_no_window(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"recordings/20_10: the folder .*nowhere does not exist"):
+        _read(tmp_path / "nowhere")
+    (tmp_path / ".hidden.csv").write_text(HEADER + "\n")
+    with pytest.raises(ValueError, match=r"^recordings/20_10: .*: no recordings \(\.csv or \.parquet files\)"):
+        _read(tmp_path)
+    _write(tmp_path / "short.csv", np.arange(15) / 20)  # 13 steps: no window of 40
+    (tmp_path / "header_only.csv").write_text(HEADER + "\n")
+    _write(tmp_path / "one_row.csv", [0.0])
+    with pytest.raises(ValueError, match=r"the recordings are shorter than one window \(40 steps at 20 Hz = 2 s"):
+        _read(tmp_path, "20_40")
+    assert [r.windows for r in _read(tmp_path, "20_10").recordings] == [0, 0, 1]  # short ones add none
+
+
+def test_nothing_half_built_after_an_error(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "bad.csv").write_text("\n".join([HEADER, *GOOD[:5], ROW.format(t=0)]))
+    with pytest.raises(ValueError, match=r"bad\.csv row 7: timestamp 0\.0 does not increase"):
+        _build(tmp_path / "src", tmp_path / "tfds", "20_10")
+    assert not (tmp_path / "tfds" / "recordings").exists()
+    (tmp_path / "src" / "bad.csv").write_text("\n".join([HEADER, *GOOD]))  # fixed: builds
+    builder = _build(tmp_path / "src", tmp_path / "tfds", "20_10")
+    assert len(builder.as_data_source(split="train")) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# example.py
+
+
+def test_example_recordings_build(tmp_path):
+    paths = example.write_recordings(tmp_path / "ex", num_recordings=3, seconds=150, seed=1)
+    assert [p.name for p in paths] == ["recording_00.csv", "recording_01.csv", "recording_02.csv"]
+    source = _read(tmp_path / "ex", "50_200")
+    meta = source.metadata()
+    assert source.label_columns == ["activity", "user"]
+    assert set(source.label_classes["activity"]) <= set(example.ACTIVITIES) and source.label_classes["user"] == ["1", "2"]
+    assert [r["segments"] for r in meta["recordings"]] == [1, 2, 1]  # the second has a pause
+    assert all(r["raw_rate_hz"] == 50.0 for r in meta["recordings"])
+    _, label, _ = _windows(source)
+    assert 100 < len(label) <= 3 * 150 / 4 and (label[:, 0, 0] == -1).any() and (label[:, 0, 0] >= 0).sum() > 90
+    assert example.main([str(tmp_path / "ex")]) == 2  # not empty: refused
+    assert example.main(["--num_recordings=1", "--seconds=5", str(tmp_path / "new")]) == 0
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["recording_00.csv"]
