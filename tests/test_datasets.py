@@ -3,6 +3,7 @@ in a temporary data_dir without TensorFlow, read back with `tfds.data_source`.""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import tomllib
 from pathlib import Path
@@ -162,6 +163,21 @@ def test_imu_npy_roundtrip(tmp_path, version, features, label_dtype):
     assert (meta["num_windows"], meta["num_features"], meta["num_labels"]) == (n, features, 2)
     assert meta["feature_names"] == list(common.FEATURE_NAMES[:features])
     assert meta["data_sha256"] == imu_npy.sha256(manual / f"data_{version}.npy")
+
+
+def test_a_build_larger_than_the_shuffler_memory_spills_without_tensorflow(tmp_path, monkeypatch):
+    """TFDS's writer spills examples past its in-memory limit (1 GB) to bucket files through
+    tf.io.gfile; without TensorFlow (CI has none) `common` gives it etils.epath instead."""
+    from tensorflow_datasets.core import shuffle
+
+    assert importlib.util.find_spec("tensorflow") is None  # the condition this test is about
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 10_000)  # a few windows: the rest spills
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(40, 120, 6))
+    data[:, 0, 0] = np.arange(40)
+    ds = _build("imu_npy/20_120", tmp_path / "tfds", _write(tmp_path / "npy", "20_120", data, np.zeros((40, 120, 1))))
+    np.testing.assert_array_equal(_column(ds, "imu"), data.astype(np.float32))  # every window, in order
+    assert not [p for p in (tmp_path / "tfds").rglob("*") if "incomplete" in p.name or "bucket" in p.name]
 
 
 def test_imu_npy_extra_features_named(tmp_path):
