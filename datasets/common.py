@@ -73,6 +73,19 @@ def _spill_shuffler_buckets_without_tensorflow() -> None:
 
 _spill_shuffler_buckets_without_tensorflow()
 
+def ordered_key(index: int, total: int) -> int:
+    """The example key of window `index` of `total` for a `disable_shuffling` build.
+
+    TFDS writes such a build in the order of its keys, spilling examples past 1 GB to 1,000
+    bucket files by key range (the top of a 128-bit key space) and sorting each bucket in
+    memory when it writes the array_record files. Keys 0, 1, 2, ... all fall in the first
+    bucket, so a corpus larger than that limit would be sorted in memory whole; keys spread
+    evenly over the space keep the order and fill the buckets evenly (about 1/1000 of the
+    corpus in memory at a time).
+    """
+    return index * ((1 << 128) // max(int(total), 1))
+
+
 # The reference's feature layout (SPEC section 1): acc 0-2, gyro 3-5, mag 6-8.
 FEATURE_NAMES = (
     "acc_x", "acc_y", "acc_z",

@@ -180,6 +180,19 @@ def test_a_build_larger_than_the_shuffler_memory_spills_without_tensorflow(tmp_p
     assert not [p for p in (tmp_path / "tfds").rglob("*") if "incomplete" in p.name or "bucket" in p.name]
 
 
+def test_ordered_keys_keep_the_order_and_spread_over_the_shuffler_buckets():
+    """A disable_shuffling build is sorted per bucket in memory: keys 0, 1, 2, ... would put
+    a whole corpus in TFDS's first bucket (all of it in memory at once)."""
+    from tensorflow_datasets.core import shuffle
+
+    n = 100_000
+    keys = [common.ordered_key(i, n) for i in range(n)]
+    assert keys == sorted(keys) and len(set(keys)) == n and keys[-1] < 1 << 128
+    buckets = np.bincount([shuffle.get_bucket_number(k, shuffle.BUCKETS_NUMBER) for k in keys],
+                          minlength=shuffle.BUCKETS_NUMBER)
+    assert buckets.max() <= n // shuffle.BUCKETS_NUMBER + 1  # about 1/1000 of the corpus each
+
+
 def test_imu_npy_extra_features_named(tmp_path):
     data, label = np.zeros((3, 120, 11)), np.zeros((3, 120, 1))
     ds = _build("imu_npy/20_120", tmp_path / "tfds", _write(tmp_path / "npy", "20_120", data, label))

@@ -266,4 +266,4 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, data: np.ndarray, label: np.ndarray):
         to_int = (lambda y: np.rint(y).astype(np.int64)) if label.dtype.kind == "f" else (lambda y: y.astype(np.int64))
         for i in range(data.shape[0]):
-            yield i, {"imu": np.asarray(data[i], dtype=np.float32), "label": to_int(np.asarray(label[i]))}
+            yield common.ordered_key(i, data.shape[0]), {"imu": np.asarray(data[i], dtype=np.float32), "label": to_int(np.asarray(label[i]))}

@@ -642,5 +642,5 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
         return {"train": self._generate_examples(source)}
 
     def _generate_examples(self, source: Source):
-        for key, (imu, label, recording) in enumerate(source.windows()):
-            yield key, {"imu": imu, "label": label, "recording": recording}
+        for index, (imu, label, recording) in enumerate(source.windows()):
+            yield common.ordered_key(index, source.num_windows), {"imu": imu, "label": label, "recording": recording}
