@@ -403,3 +403,25 @@ def test_outputs_follow_the_umask(tmp_path, checkpoints):
         os.umask(previous)
     modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("e.npy", "out.pt", "out.json", "ckpt")}
     assert modes == {"e.npy": 0o644, "out.pt": 0o644, "out.json": 0o644, "ckpt": 0o755}
+
+
+def test_a_sigterm_whose_exception_was_lost_still_ends_the_command():
+    """The SIGTERM handler's exception can vanish where the main thread happened to be (a
+    callback from compiled code); the next `check_terminated` of a long loop ends the command."""
+    import signal
+
+    from limubert_jax.runtime import errors
+
+    def main(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
+                pass
+        except errors.Terminated:
+            pass  # what a swallowing caller does
+        errors.check_terminated()
+        raise AssertionError("the command went on after SIGTERM")
+
+    assert errors.run_cli(main, []) == 143
+    errors.check_terminated()  # cleared: the next command in this process is not ended by it
+    assert errors.run_cli(lambda argv: None, []) == 0

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from limubert_jax.data.normalization import normalize
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
-from limubert_jax.runtime.errors import LimuBertError
+from limubert_jax.runtime.errors import LimuBertError, check_terminated
 
 
 def check_windows(shape: tuple[int, ...], config: LimuBertConfig, *, normalized: bool, source: str) -> None:
@@ -82,6 +82,7 @@ def embed_windows(
     # A context, so that an error closes the progress bar's line before it is reported.
     with tqdm(range(0, n, batch_size), desc="embed", unit="batch", disable=not progress) as starts:
         for start in starts:
+            check_terminated()
             batch = np.asarray(windows[start : start + batch_size])
             if not batch.dtype.isnative:  # e.g. a big-endian .npy; JAX takes native byte order only
                 batch = batch.astype(batch.dtype.newbyteorder("="))

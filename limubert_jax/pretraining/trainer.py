@@ -56,7 +56,7 @@ from limubert_jax.pretraining.steps import (
     mask_batch,
 )
 from limubert_jax.runtime import precision
-from limubert_jax.runtime.errors import LimuBertError
+from limubert_jax.runtime.errors import LimuBertError, check_terminated
 from limubert_jax.runtime.sharding import check_batch_size, global_batch, make_mesh, replicated
 from limubert_jax.runtime.xla_options import compile_once
 
@@ -288,6 +288,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     step = start_step  # checkpoints are written at epoch ends, so a run resumes at one
     try:
         while step < total_steps:
+            check_terminated()
             epoch_start = time.perf_counter()
             state, epoch_losses = run_epoch(state, step // steps_per_epoch, progress)
             step += steps_per_epoch

@@ -21,10 +21,24 @@ class Terminated(BaseException):
     remove staging files) run before the process exits."""
 
 
+# Set by the SIGTERM handler. The handler runs wherever the main thread is, and its exception
+# can vanish there (inside a callback from compiled code): long loops call `check_terminated`
+# (seen: `embed` ran to its end and exited 0 after a SIGTERM).
+_TERMINATION = threading.Event()
+
+
 def _raise_terminated(signum, frame):
     # A second SIGTERM must not cut the cleanup short (SIGKILL still can).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _TERMINATION.set()
     raise Terminated()
+
+
+def check_terminated() -> None:
+    """Raises `Terminated` if a SIGTERM arrived whose exception did not end the command; for
+    the loops of long work (batches, steps)."""
+    if _TERMINATION.is_set():
+        raise Terminated()
 
 
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
@@ -40,6 +54,7 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
     # Signal handlers can only be installed from the main thread.
     handle_term = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if handle_term else None
+    _TERMINATION.clear()
     try:
         main(argv)
     except LimuBertError as e:
@@ -56,6 +71,7 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
             os._exit(128 + signum)
         return 128 + signum
     finally:
+        _TERMINATION.clear()
         if handle_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
