@@ -73,6 +73,7 @@ def _spill_shuffler_buckets_without_tensorflow() -> None:
 
 _spill_shuffler_buckets_without_tensorflow()
 
+
 def ordered_key(index: int, total: int) -> int:
     """The example key of window `index` of `total` for a `disable_shuffling` build.
 
@@ -119,9 +120,6 @@ class SourceConfig(ImuConfig):
     def window_version(self) -> str:
         """`<rate>_<steps>` without the source key (the config name has it)."""
         return f"{self.sampling_rate}_{self.seq_len}"
-
-    def option(self, name: str, default: Any = None) -> Any:
-        return dict(self.options).get(name, default)
 
 
 def source_config(builder_name: str, version: str, source_dir: os.PathLike | str, options: dict[str, Any] | None = None,
