@@ -6,13 +6,25 @@ from limubert_jax.models.recurrent import GRUClassifier, GRUClassifierConfig, gr
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Loading a trained classifier needs Orbax; imported on first use, not with the package.
+    if name in ("load_classifier", "TrainedClassifier"):
+        from limubert_jax import predict
+
+        return getattr(predict, name)
+    raise AttributeError(f"module 'limubert_jax' has no attribute {name!r}")
+
+
 __all__ = [
     "GRUClassifier",
     "GRUClassifierConfig",
     "LimuBertConfig",
     "LimuBertModel4Pretrain",
     "MODEL_CONFIGS",
+    "TrainedClassifier",
     "count_params",
     "gru_v2",
+    "load_classifier",
     "normalize",
 ]

@@ -69,12 +69,8 @@ def embed_file(
     reserved on disk first, and renamed into place only on success; an object is written
     whole once every window is embedded.
     """
-    input_path, output_path = storage.as_path(input_path), storage.as_path(output_path)
-    storage.check_not_input(output_path, input_path, checkpoint_path)
-    if output_path.is_dir():
-        raise LimuBertError(f"{output_path}: is a directory")
-    if output_path.exists() and not overwrite:
-        raise LimuBertError(f"{output_path}: already exists (pass --overwrite to replace it)")
+    input_path = storage.as_path(input_path)
+    output_path = storage.check_output_file(output_path, input_path, checkpoint_path, overwrite=overwrite)
     kind, config, params = checkpoint.load_model(checkpoint_path)
     if kind != LIMU_BERT:
         raise LimuBertError(f"{checkpoint_path}: is a {kind} checkpoint; embedding needs a LIMU-BERT one")

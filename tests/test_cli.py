@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from limubert_jax import config_lib, convert, demo, embed, main, prepare_data
+from limubert_jax import config_lib, convert, demo, embed, main, predict, prepare_data
 from limubert_jax.runtime import cli, errors
 from limubert_jax.runtime.errors import LimuBertError
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPTS = PYPROJECT["project"]["scripts"]
 COMMANDS = {"limubert-train": main, "limubert-prepare-data": prepare_data, "limubert-embed": embed,
-            "limubert-convert": convert, "limubert-demo": demo}
+            "limubert-convert": convert, "limubert-demo": demo, "limubert-predict": predict}
 
 
 def test_every_command_has_a_console_script_that_runs_without_arguments():
@@ -82,13 +82,16 @@ def test_embed_usage_errors_are_one_line(argv, message, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["to-torch", "a", "b"], "error: unknown command 'to-torch' (commands: from_torch, to_torch); "
-                             "spelled with underscores now: to_torch"),
+    (["to-torch", "a", "b"], "error: unknown command 'to-torch' (commands: from_torch, to_torch, to_onnx, "
+                             "to_tflite); spelled with underscores now: to_torch"),
+    (["to-onnx", "a", "b"], "error: unknown command 'to-onnx' (commands: from_torch, to_torch, to_onnx, "
+                            "to_tflite); spelled with underscores now: to_onnx"),
     (["from_torch", "a", "b", "--n-layers=2"],
      "error: unknown flag --n-layers: flags are spelled with underscores: --n_layers"),
     (["from_torch", "a", "b", "--no-emb-norm"],
      "error: unknown flag --no-emb-norm: flags are spelled with underscores: --noemb_norm"),
-    (["from_torch", "a"], "error: expected {from_torch,to_torch} IN OUT; got: from_torch a (see --help)"),
+    (["from_torch", "a"], "error: expected {from_torch,to_torch,to_onnx,to_tflite} IN OUT; got: from_torch a "
+                          "(see --help)"),
 ])
 def test_convert_usage_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -97,10 +100,14 @@ def test_convert_usage_errors_are_one_line(argv, message, capsys):
     assert capsys.readouterr().err.strip() == message
 
 
-def test_from_torch_flags_are_refused_for_to_torch(tmp_path, capsys):
-    assert convert.main(["to_torch", str(tmp_path / "ckpt"), str(tmp_path / "out.pt"), "--n_layers=2"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: --n_layers: for from_torch only (to_torch reads the config from the checkpoint)")
+@pytest.mark.parametrize("argv, message", [
+    (["to_torch", "ckpt", "out.pt", "--n_layers=2"], "error: --n_layers: for from_torch only, not to_torch"),
+    (["to_onnx", "ckpt", "out.onnx", "--format=pt"], "error: --format: for to_torch only, not to_onnx"),
+    (["to_torch", "ckpt", "out.pt", "--batch=4"], "error: --batch: for to_tflite only, not to_torch"),
+])
+def test_flags_of_one_command_are_refused_for_the_others(tmp_path, capsys, argv, message):
+    assert convert.main([argv[0], str(tmp_path / argv[1]), str(tmp_path / argv[2]), *argv[3:]]) == 2
+    assert capsys.readouterr().err.strip() == message
 
 
 def test_flags_do_not_leak_between_calls_in_one_process():

@@ -4,6 +4,7 @@ with the tiny test config (a short pretraining first)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from limubert_jax import config_lib, tasks
+from limubert_jax import config_lib, predict, tasks
 from limubert_jax.data import input_pipeline
 from limubert_jax.downstream import fit, labels, runners
 from limubert_jax.io import checkpoint
@@ -243,6 +244,37 @@ def test_task_end_to_end_writes_metrics_and_plots(pretrained, task, method):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
     assert len(history["vali_accuracy"]) == config.downstream.num_epochs
+    _predict_reproduces_the_test_accuracy(config, out, saved, via_cli=task == "classify")
+
+
+def _predict_reproduces_the_test_accuracy(config, out, saved, *, via_cli):
+    """The saved model, run by `predict` on the raw test windows, gives the run's accuracy:
+    it normalizes, encodes whole windows and cuts sub-windows as training did."""
+    data = labels.load_labelled(config)
+    proto = labels.protocol_split(data, config)
+    per_window = data.windows.shape[1] // config.downstream.merge
+    index = proto.split.test.index
+    windows = np.unique(index // per_window)  # the test windows, raw readings
+    rows = np.searchsorted(windows, index // per_window) * per_window + index % per_window  # their sub-windows
+    classifier = predict.load_classifier(out)
+    assert classifier.class_names == tuple(proto.names) and classifier.config.method == saved["method"]
+    if via_cli:
+        np.save(out / "test_windows.npy", data.windows[windows])
+        args = ["--model", str(out), "--input", str(out / "test_windows.npy"), "--output", str(out / "p.csv"),
+                "--subwindow_output", str(out / "s.csv"), "--batch_size", "100"]
+        assert predict.main(args) == 0
+        with open(out / "s.csv") as f:
+            named = [row["predicted"] for row in csv.DictReader(f)]
+        with open(out / "p.csv") as f:
+            per_window_rows = list(csv.DictReader(f))
+        assert len(per_window_rows) == len(windows) and len(named) == len(windows) * per_window
+        predicted = np.asarray([proto.names.index(n) for n in named])[rows]
+        probabilities = np.asarray([[float(r[f"prob_{c}"]) for c in proto.names] for r in per_window_rows])
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    else:
+        predictions = classifier.predict(data.windows[windows], batch_size=100)
+        predicted = predictions.predicted_subwindows.reshape(-1)[rows]
+    assert np.mean(predicted == proto.labels("test")) == saved["accuracy"]
 
 
 @pytest.mark.slow

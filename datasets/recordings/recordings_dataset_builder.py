@@ -417,6 +417,7 @@ class Recording:
     num_segments: int
     segments: list[tuple[np.ndarray, np.ndarray]]
     windows: int = 0
+    segment_starts_s: list[float] = dataclasses.field(default_factory=list)  # each segment's first timestamp
 
 
 @dataclasses.dataclass
@@ -452,6 +453,14 @@ class Source:
                     keep = (y == first).all(axis=0) & (first >= 0)
                     label = np.broadcast_to(np.where(keep, first, MISSING_LABEL).astype(np.int64), y.shape)
                     yield imu[start : start + self.seq_len], np.ascontiguousarray(label), index
+
+    def window_times(self) -> Iterator[tuple[int, float]]:
+        """(recording index, start time in the recording's seconds) of every window, in the
+        order of `windows`."""
+        for index, recording in enumerate(self.recordings):
+            for (imu, _), first in zip(recording.segments, recording.segment_starts_s):
+                for start in self.starts(len(imu)):
+                    yield index, first + start / self.sampling_rate
 
     def metadata(self) -> dict[str, Any]:
         return dict(
@@ -526,7 +535,7 @@ def read_source(source_dir: epath.PathLike, sampling_rate: int, seq_len: int, *,
             out, rows = resample(ts, x[a:b], sampling_rate)
             if len(out) >= seq_len:
                 codes = np.stack([c[rows + a] for c, _ in table.labels.values()], axis=1) if table.labels else None
-                segments.append((out.astype(np.float32), codes))
+                segments.append((out.astype(np.float32), codes, float(ts[0])))
         parsed.append((rel, segments, rate, len(bounds), {c: v for c, (_, v) in table.labels.items()}))
 
     classes, lookup = {}, {}
@@ -539,12 +548,12 @@ def read_source(source_dir: epath.PathLike, sampling_rate: int, seq_len: int, *,
         luts = [np.asarray([lookup[c][v] for v in values] + [MISSING_LABEL], np.int32) for c, values in labels.items()]
         positions = [label_columns.index(c) for c in labels]
         kept = []
-        for imu, codes in segments:
+        for imu, codes, _ in segments:
             y = np.full((len(imu), len(label_columns)), MISSING_LABEL, np.int32)
             for k, (j, lut) in enumerate(zip(positions, luts)):
                 y[:, j] = lut[codes[:, k]]
             kept.append((imu, y))
-        recordings.append(Recording(rel, rate, count, kept))
+        recordings.append(Recording(rel, rate, count, kept, segment_starts_s=[first for *_, first in segments]))
     options = dict(stride=int(stride), max_gap_s=float(max_gap_s), acc_unit=acc_unit, gyro_unit=gyro_unit)
     source = Source(str(root), sampling_rate, seq_len, step, len(features), label_columns, classes, recordings,
                     options)

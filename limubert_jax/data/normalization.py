@@ -9,6 +9,7 @@ import numpy as np
 GRAVITY = 9.8  # m/s^2; the reference divides accelerometer readings by this constant.
 # Quirk: the reference code scales unit-norm magnetometer readings by 1.0 (the paper says 2).
 MAG_GAMMA = 1.0
+MAG_EPS = 1e-5  # added to the magnetometer's per-step norm before dividing by it
 
 
 def normalize(x, feature_num: int, mag_gamma: float = MAG_GAMMA):
@@ -30,5 +31,5 @@ def normalize(x, feature_num: int, mag_gamma: float = MAG_GAMMA):
     if feature_num == 9:
         mag = x[..., 6:9]
         mag_norm = xp.sqrt(xp.sum(mag * mag, axis=-1, keepdims=True))
-        parts = [parts[0], x[..., 3:6], mag / (mag_norm + 1e-5) * mag_gamma]
+        parts = [parts[0], x[..., 3:6], mag / (mag_norm + MAG_EPS) * mag_gamma]
     return xp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]

@@ -18,7 +18,9 @@ re-cut into 20-step sub-windows with a constant label, and a balanced labelled s
 epochs, the parameters of the epoch with the best validation accuracy kept; the epochs run
 as compiled chunks (`lax.scan` over epochs and batches, data on device). Each run writes
 `metrics.json` (test accuracy, macro-F1, per-class scores, confusion matrix),
-`confusion.png`, `tsne.png` (test sub-windows coloured by label) and `history.json` to
+`confusion.png`, `tsne.png` (test sub-windows coloured by label), `history.json` and the
+trained model `model/` (a checkpoint of the selected epoch with everything needed to run it
+on raw windows: `models.pipeline`, `limubert_jax.predict`) to
 `workdir/<task>/<method>-<label>-<rate>/`.
 """
 
@@ -51,6 +53,7 @@ from limubert_jax.io import checkpoint, plots, storage
 from limubert_jax.models import registry
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.models.inference import embed_windows
+from limubert_jax.models.pipeline import MODEL_DIR, ClassifierPipelineConfig
 from limubert_jax.runtime.errors import LimuBertError
 
 DOWNSTREAM_TASKS = ("embed", "classify", "finetune", "baseline", "report")
@@ -189,20 +192,52 @@ def embed_dataset(config: ml_collections.ConfigDict, workdir: epath.Path, inputs
     return summary
 
 
+def sampling_rate_hz(version: str) -> float | None:
+    """The sampling rate of a dataset version `<rate>_<steps>` (20 for 20_120); None if the
+    version does not say."""
+    rate, _, steps = version.partition("_")
+    try:
+        return float(rate) if steps.isdigit() else None
+    except ValueError:
+        return None
+
+
+def save_trained(out: epath.Path, *, method: str, model: str, config, data: LabelledData, proto: ProtocolData,
+                 head_params, encoder: tuple[LimuBertConfig, dict] | None) -> epath.Path:
+    """The trained model of a run as a checkpoint `out/model/` (`models.pipeline`): the head's
+    selected parameters, the encoder it runs behind (None: a baseline on readings) and
+    everything between raw windows and classes. Returns the checkpoint directory."""
+    encoder_config, encoder_params = encoder if encoder is not None else (None, None)
+    pipeline_config = ClassifierPipelineConfig(
+        method=method, head=model, class_names=tuple(proto.names), label=data.labels.task,
+        seq_len=int(data.windows.shape[1]), merge=config.downstream.merge,
+        feature_num=encoder_config.feature_num if encoder_config else config.model.feature_num,
+        encoder=encoder_config, sampling_rate_hz=sampling_rate_hz(data.version), dataset=f"{data.name}/{data.version}")
+    params = {"head": head_params}
+    if encoder_params is not None:
+        params["encoder"] = {"transformer": encoder_params["transformer"]}  # the decoder is not used
+    return checkpoint.save_model(out / MODEL_DIR, jax.device_get(params), pipeline_config, overwrite=True)
+
+
 def _train_on_features(config, workdir: epath.Path, *, task: str, method: str, model: str, windows: np.ndarray,
-                       data: LabelledData, proto: ProtocolData, start: float) -> dict:
+                       data: LabelledData, proto: ProtocolData, start: float,
+                       encoder: tuple[LimuBertConfig, dict] | None = None) -> dict:
     """Trains `model` on the labelled sub-windows of per-window features `windows` (N, S, D)
-    (embeddings or normalized readings), evaluates on the test split, writes the outputs."""
+    (embeddings of `encoder`, or normalized readings), evaluates on the test split, writes the
+    outputs and the trained model."""
     sub = splits.subwindows(windows, config.downstream.merge)
     part = {k: sub[getattr(proto.split, k).index] for k in ("train", "vali", "test")}
     apply_fn, params = _head(model, proto, windows.shape[-1], config)
     result = fit(apply_fn, params, part["train"], proto.labels("train"), jnp.asarray(part["vali"]),
                  proto.labels("vali"), desc=method, **_fit_kwargs(config))
     predictions = predict(apply_fn, result.params, part["test"])
-    return _write_outputs(run_dir(workdir, task, method, config), method=method, task=task, config=config,
-                          data=data, proto=proto, predictions=predictions,
-                          tsne_features=part["test"].mean(axis=1), result=result,
-                          seconds=time.perf_counter() - start)
+    out = run_dir(workdir, task, method, config)
+    metrics = _write_outputs(out, method=method, task=task, config=config, data=data, proto=proto,
+                             predictions=predictions, tsne_features=part["test"].mean(axis=1), result=result,
+                             seconds=time.perf_counter() - start)
+    save_trained(out, method=method, model=model, config=config, data=data, proto=proto, head_params=result.params,
+                 encoder=encoder)
+    return metrics
 
 
 def classify(config: ml_collections.ConfigDict, workdir: epath.Path, head: str | None = None,
@@ -212,7 +247,8 @@ def classify(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     start = time.perf_counter()
     inputs = inputs or Inputs(config, workdir)
     return _train_on_features(config, workdir, task="classify", method=f"limu_{head}", model=head,
-                              windows=inputs.embeddings, data=inputs.data, proto=inputs.proto, start=start)
+                              windows=inputs.embeddings, data=inputs.data, proto=inputs.proto, start=start,
+                              encoder=inputs.encoder)
 
 
 def baseline(config: ml_collections.ConfigDict, workdir: epath.Path, name: str | None = None,
@@ -275,9 +311,13 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     predictions = predict(apply_fn, result.params, test_index, batch_size=256)
     test_features = jax.jit(lambda p, i: pieces(encode(p, windows[i // per_window]), i % per_window))
     features = map_batches(lambda rows: test_features(result.params["encoder"], rows), test_index, 256)
-    return _write_outputs(run_dir(workdir, "finetune", method, config), method=method, task="finetune",
-                          config=config, data=data, proto=proto, predictions=predictions,
-                          tsne_features=features.mean(axis=1), result=result, seconds=time.perf_counter() - start)
+    out = run_dir(workdir, "finetune", method, config)
+    metrics = _write_outputs(out, method=method, task="finetune", config=config, data=data, proto=proto,
+                             predictions=predictions, tsne_features=features.mean(axis=1), result=result,
+                             seconds=time.perf_counter() - start)
+    save_trained(out, method=method, model=head, config=config, data=data, proto=proto,
+                 head_params=result.params["head"], encoder=(model_config, result.params["encoder"]))
+    return metrics
 
 
 def method_task(method: str) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 
 Layout of a model checkpoint directory (what `limubert-convert from_torch` writes):
 
-    DIR/model_config.json   {"kind": "limu_bert" | "gru_classifier", "config": {...}}
+    DIR/model_config.json   {"kind": "limu_bert" | "gru_classifier" | "classifier_pipeline", "config": {...}}
     DIR/params/             Orbax (StandardCheckpointer) pytree of the Flax parameters
 
 Local writes go to a hidden sibling directory that is renamed into place only when
@@ -25,8 +25,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from limubert_jax.io import storage
-from limubert_jax.io.state_dict import GRU_CLASSIFIER, LIMU_BERT
+from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE, GRU_CLASSIFIER, LIMU_BERT
 from limubert_jax.models.encoder import LimuBertConfig
+from limubert_jax.models.pipeline import MODEL_DIR, ClassifierPipelineConfig
 from limubert_jax.models.recurrent import GRUClassifierConfig
 from limubert_jax.runtime.errors import LimuBertError, first_line
 
@@ -38,7 +39,8 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_ITEM = "state"
 META_ITEM = "meta"
 BEST_METRIC = "val_loss"  # a training run's best step has the lowest validation loss
-_CONFIG_CLASSES = {LIMU_BERT: LimuBertConfig, GRU_CLASSIFIER: GRUClassifierConfig}
+_CONFIG_CLASSES = {LIMU_BERT: LimuBertConfig, GRU_CLASSIFIER: GRUClassifierConfig,
+                   CLASSIFIER_PIPELINE: ClassifierPipelineConfig}
 
 
 def leaf_name(path) -> str:
@@ -145,12 +147,15 @@ def _is_workdir(path: epath.Path) -> bool:
 
 
 def resolve_model_dir(path: str | os.PathLike) -> epath.Path:
-    """The model checkpoint or training workdir that `path` names (it holds `model_config.json`)."""
+    """The model checkpoint or training workdir that `path` names (it holds `model_config.json`),
+    or the trained model of a downstream run directory (its `model/`)."""
     path = storage.as_path(path)
     if not path.exists():
         raise LimuBertError(f"{path}: no such checkpoint directory")
     if (path / CONFIG_FILE).is_file():
         return path
+    if (path / MODEL_DIR / CONFIG_FILE).is_file():
+        return path / MODEL_DIR
     raise LimuBertError(
         f"{path}: not a model checkpoint (no {CONFIG_FILE}); expected the output of "
         "'limubert-convert from_torch' or a training workdir"

@@ -18,6 +18,8 @@ from limubert_jax.runtime.errors import LimuBertError
 
 LIMU_BERT = "limu_bert"
 GRU_CLASSIFIER = "gru_classifier"
+# A trained classifier run: normalization, encoder (or none), sub-windows, head (`models.pipeline`).
+CLASSIFIER_PIPELINE = "classifier_pipeline"
 
 StateDict = dict[str, np.ndarray]
 
@@ -89,17 +91,19 @@ def limu_bert_shapes(cfg: LimuBertConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def gru_classifier_shapes(cfg: GRUClassifierConfig) -> dict[str, tuple[int, ...]]:
-    """Reference keys and shapes of `ClassifierGRU`, in the reference's order."""
+def gru_classifier_shapes(cfg: GRUClassifierConfig, cell: str = "gru") -> dict[str, tuple[int, ...]]:
+    """Reference keys and shapes of `ClassifierGRU` (`ClassifierLSTM` with cell "lstm"), in
+    the reference's order."""
     shapes: dict[str, tuple[int, ...]] = {}
     width = cfg.input_dim
+    gates = {"gru": 3, "lstm": 4}[cell]
     for i, (hidden, layers) in enumerate(zip(cfg.rnn_hidden, cfg.rnn_layers)):
         for k in range(layers):
             n_in = width if k == 0 else hidden
-            shapes[f"gru{i}.weight_ih_l{k}"] = (3 * hidden, n_in)
-            shapes[f"gru{i}.weight_hh_l{k}"] = (3 * hidden, hidden)
-            shapes[f"gru{i}.bias_ih_l{k}"] = (3 * hidden,)
-            shapes[f"gru{i}.bias_hh_l{k}"] = (3 * hidden,)
+            shapes[f"{cell}{i}.weight_ih_l{k}"] = (gates * hidden, n_in)
+            shapes[f"{cell}{i}.weight_hh_l{k}"] = (gates * hidden, hidden)
+            shapes[f"{cell}{i}.bias_ih_l{k}"] = (gates * hidden,)
+            shapes[f"{cell}{i}.bias_hh_l{k}"] = (gates * hidden,)
         width = hidden
     for i, n_out in enumerate(cfg.linear_dims):
         shapes[f"lin{i}.weight"] = (n_out, width)
@@ -108,8 +112,25 @@ def gru_classifier_shapes(cfg: GRUClassifierConfig) -> dict[str, tuple[int, ...]
     return shapes
 
 
+def pipeline_shapes(cfg) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of a trained classifier (`models.pipeline`) with a recurrent head, as the
+    standalone PyTorch `ClassifierPipeline` names them: `encoder.transformer.*` (when it has
+    an encoder) and `head.*`."""
+    module = cfg.head_module()
+    cell = getattr(module, "cell", None)
+    if cell is None:
+        raise LimuBertError(f"the {cfg.head} head has no PyTorch version (recurrent heads only: gru_v1, gru_v2, "
+                            "lstm_v1, rgru)")
+    shapes = {}
+    if cfg.encoder is not None:
+        shapes = {f"encoder.{k}": v for k, v in limu_bert_shapes(cfg.encoder).items() if k.startswith("transformer.")}
+    return shapes | {f"head.{k}": v for k, v in gru_classifier_shapes(module.config, cell).items()}
+
+
 def expected_shapes(kind: str, cfg) -> dict[str, tuple[int, ...]]:
     """Reference keys and shapes for a model kind and its config."""
+    if kind == CLASSIFIER_PIPELINE:
+        return pipeline_shapes(cfg)
     return limu_bert_shapes(cfg) if kind == LIMU_BERT else gru_classifier_shapes(cfg)
 
 

@@ -323,3 +323,16 @@ def check_not_input(output: str | os.PathLike, *inputs: str | os.PathLike) -> No
             same = os.path.samefile(output, source)
         if same:
             raise LimuBertError(f"{output}: is also an input ({source}); writing it would destroy the input")
+
+
+def check_output_file(output: str | os.PathLike, *inputs: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Raises `LimuBertError` unless a command may write the file `output`: never one of its
+    `inputs` (`check_not_input`), never a directory, and an existing file only with
+    `overwrite`. Returns `output` as a path."""
+    check_not_input(output, *inputs)
+    output = as_path(output)
+    if output.is_dir():
+        raise LimuBertError(f"{output}: is a directory; name the file to write")
+    if output.exists() and not overwrite:
+        raise LimuBertError(f"{output}: already exists (pass --overwrite to replace it)")
+    return output

@@ -1,7 +1,7 @@
 """The one command-line convention of every command: absl flags, spelled with underscores.
 
 Every command (`limubert-train`, `limubert-prepare-data`, `limubert-embed`,
-`limubert-convert`, `limubert-demo`, or `python -m limubert_jax.<module>`) is a
+`limubert-predict`, `limubert-convert`, `limubert-demo`, or `python -m limubert_jax.<module>`) is a
 `main(argv=None) -> int` built on `run_command`:
 
 * flags are absl flags, `--name=value` or `--name value`, booleans `--name`/`--noname`, all

@@ -1,0 +1,6 @@
+"""Trained models for runtimes without JAX: ONNX graphs written from the parameters
+(`onnx_export`), TFLite files through PyTorch (`tflite_export`), and one self-contained
+PyTorch file (`limubert_torch`, importing only torch) that users copy into their projects.
+
+May import: runtime, data, models, io.
+"""

@@ -1,0 +1,192 @@
+"""`limubert-predict` and `load_classifier` on a saved classifier (random weights: the
+end-to-end runs in test_downstream.py check that predictions reproduce a trained run's test
+accuracy): batches, CSV outputs, recordings input, and refusals of wrong input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from limubert_jax import predict
+from limubert_jax.io import checkpoint
+from limubert_jax.models import pipeline, registry
+from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.models.pipeline import ClassifierPipelineConfig
+
+SEQ, MERGE, RATE = 40, 20, 20
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run directory with a saved LIMU-GRU classifier (tiny encoder, random weights)."""
+    encoder = LimuBertConfig(feature_num=6, hidden=24, hidden_ff=48, n_layers=2, n_heads=4, seq_len=SEQ)
+    config = ClassifierPipelineConfig(method="limu_gru_v2", head="gru_v2", class_names=("run", "sit", "walk"),
+                                      label="activity", seq_len=SEQ, merge=MERGE, feature_num=6, encoder=encoder,
+                                      sampling_rate_hz=RATE, dataset="test/20_40")
+    params = {"encoder": {"transformer": LimuBertModel4Pretrain(encoder).init_params(jax.random.key(0))["transformer"]},
+              "head": registry.init_classifier(config.head_module(), jax.random.key(1), seq_len=MERGE,
+                                               input_dim=config.head_input_dim)}
+    out = tmp_path_factory.mktemp("run")
+    checkpoint.save_model(out / pipeline.MODEL_DIR, params, config)
+    return out
+
+
+def _windows(n: int, seed: int = 0, features: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, (n, SEQ, features)).astype(np.float32)
+    x[..., 2] += 9.8  # gravity on z, as raw readings in m/s^2 have it
+    return x
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predictions_do_not_depend_on_the_batching(run_dir):
+    classifier = predict.load_classifier(run_dir)
+    x = _windows(7)
+    whole = classifier.predict(x, batch_size=64)
+    assert whole.probabilities.shape == (7, 3) and whole.subwindow_logits.shape == (7, SEQ // MERGE, 3)
+    batched = classifier.predict(x, batch_size=3)  # 3 + 3 + 1 padded
+    np.testing.assert_allclose(batched.probabilities, whole.probabilities, atol=1e-6)
+    # A window's probabilities: the mean of its sub-windows' softmax.
+    np.testing.assert_allclose(whole.subwindow_probabilities.mean(axis=1), whole.probabilities, atol=1e-6)
+    assert whole.labels == [classifier.class_names[i] for i in whole.predicted]
+
+
+def test_the_model_normalizes_raw_readings(run_dir):
+    """Readings in g instead of m/s^2 change the answer: the model divides by gravity itself."""
+    classifier = predict.load_classifier(run_dir)
+    x = _windows(4)
+    direct = predict.pipeline.predict_batch(classifier.params, x, config=classifier.config)["probabilities"]
+    np.testing.assert_allclose(classifier.predict(x).probabilities, np.asarray(direct), atol=1e-6)
+    assert not np.allclose(classifier.predict(x / 9.8).probabilities, classifier.predict(x).probabilities, atol=1e-4)
+
+
+def test_cli_writes_window_and_subwindow_rows(run_dir, tmp_path, capsys):
+    x = _windows(5, features=8)  # extra trailing columns are ignored, as in training
+    np.save(tmp_path / "x.npy", x)
+    args = ["--model", str(run_dir / "model"), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv"),
+            "--subwindow_output", str(tmp_path / "s.csv"), "--batch_size", "2"]
+    assert predict.main(args) == 0
+    assert "5 windows" in capsys.readouterr().out
+    rows, sub = _rows(tmp_path / "p.csv"), _rows(tmp_path / "s.csv")
+    expected = predict.load_classifier(run_dir).predict(x[..., :6])
+    assert [r["window"] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert [r["predicted"] for r in rows] == expected.labels
+    got = np.asarray([[float(r[f"prob_{c}"]) for c in ("run", "sit", "walk")] for r in rows])
+    np.testing.assert_allclose(got, expected.probabilities, atol=1e-5)
+    assert [(r["window"], r["subwindow"], r["first_step"]) for r in sub[:3]] == [("0", "0", "0"), ("0", "1", "20"),
+                                                                                  ("1", "0", "0")]
+    assert len(sub) == 10
+
+
+@pytest.mark.parametrize("shape, fragment", [
+    ((3, 30, 6), "windows of 30 steps x 6 features; the model"),
+    ((3, SEQ, 3), "windows of 40 steps x 3 features"),
+    ((3, SEQ), "is not (N, 40, 6+) raw windows"),
+])
+def test_windows_of_the_wrong_shape_are_refused_in_one_line(run_dir, tmp_path, capsys, shape, fragment):
+    np.save(tmp_path / "x.npy", np.zeros(shape, np.float32))
+    args = ["--model", str(run_dir), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv")]
+    assert predict.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1, err
+    assert "20 Hz" in err or len(shape) == 2
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_failure_midway_leaves_no_output(run_dir, tmp_path, capsys):
+    x = _windows(6)
+    x[4, 3, 1] = np.nan  # in the third batch of 2
+    np.save(tmp_path / "x.npy", x)
+    args = ["--model", str(run_dir), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv"),
+            "--subwindow_output", str(tmp_path / "s.csv"), "--batch_size", "2"]
+    assert predict.main(args) == 2
+    assert "window 4 contains NaN or Inf" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]  # neither output, no staging file
+
+
+def test_existing_outputs_are_refused_unless_overwrite(run_dir, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", _windows(2))
+    (tmp_path / "p.csv").write_text("mine\n")
+    args = ["--model", str(run_dir), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv")]
+    assert predict.main(args) == 2
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "p.csv").read_text() == "mine\n"
+    assert predict.main([*args, "--overwrite"]) == 0
+    assert len(_rows(tmp_path / "p.csv")) == 2
+    assert predict.main(["--model", str(run_dir), "--input", str(tmp_path / "x.npy"),
+                         "--output", str(tmp_path / "x.npy")]) == 2
+    assert "is also an input" in capsys.readouterr().err
+
+
+def test_models_that_are_not_classifiers_are_refused(tmp_path, capsys):
+    config = LimuBertConfig(feature_num=6, hidden=24, hidden_ff=48, n_layers=1, n_heads=4, seq_len=SEQ)
+    checkpoint.save_model(tmp_path / "bert", LimuBertModel4Pretrain(config).init_params(jax.random.key(0)), config)
+    np.save(tmp_path / "x.npy", _windows(2))
+    for model, fragment in ((tmp_path / "bert", "holds a limu_bert model, not a trained classifier"),
+                            (tmp_path, "no trained classifier here"), (tmp_path / "nope", "no such run directory")):
+        args = ["--model", str(model), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv")]
+        assert predict.main(args) == 2
+        assert fragment in capsys.readouterr().err
+
+
+def _recording(path: Path, seconds: float, activity: list[str], rate: float = 50.0) -> None:
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(len(activity))
+    x = rng.normal(0, 1, (len(t), 6))
+    x[:, 2] += 9.8
+    lines = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,activity"]
+    for i in range(len(t)):
+        lines.append(",".join([repr(float(t[i])), *(repr(float(v)) for v in x[i]), activity[i * len(activity) // len(t)]]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_folder_of_recordings_is_resampled_and_cut_like_the_training_windows(run_dir, tmp_path):
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    _recording(folder / "a.csv", 8.0, ["walk", "sit"])
+    _recording(folder / "b.csv", 4.0, ["run"])
+    assert predict.main(["--model", str(run_dir), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
+                         "--stride", "20"]) == 0  # half-overlapping windows
+    rows = _rows(tmp_path / "p.csv")
+    from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
+
+    source = recordings.read_source(folder, RATE, SEQ, stride=20)
+    windows = np.stack([imu for imu, _, _ in source.windows()])
+    per_file = [r.windows for r in source.recordings]
+    assert len(rows) == len(windows) and per_file[0] >= 5 and per_file[1] >= 2
+    assert [r["recording"] for r in rows] == ["a.csv"] * per_file[0] + ["b.csv"] * per_file[1]
+    assert [float(r["start_s"]) for r in rows[: per_file[0]]] == [float(i) for i in range(per_file[0])]  # 20 steps
+    # The recordings' own label column comes along (empty where a window's label changes).
+    true = [r["true_activity"] for r in rows]
+    assert true[0] == "walk" and true[per_file[0] - 1] == "sit" and "" in true[: per_file[0]]
+    assert set(true[per_file[0]:]) == {"run"}
+    expected = predict.load_classifier(run_dir).predict(windows)
+    assert [r["predicted"] for r in rows] == expected.labels
+
+
+def test_recording_options_are_refused_for_npy_input(run_dir, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", _windows(2))
+    args = ["--model", str(run_dir), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv"),
+            "--acc_unit", "g"]
+    assert predict.main(args) == 2
+    assert "--acc_unit: for a folder of recordings" in capsys.readouterr().err
+
+
+def test_the_saved_config_says_everything_predict_needs(run_dir):
+    record = json.loads((run_dir / "model" / checkpoint.CONFIG_FILE).read_text())
+    assert record["kind"] == "classifier_pipeline"
+    config = ClassifierPipelineConfig.from_dict(record["config"])
+    assert config == predict.load_classifier(run_dir).config
+    assert (config.seq_len, config.merge, config.feature_num, config.sampling_rate_hz) == (SEQ, MERGE, 6, RATE)
+    with pytest.raises(ValueError, match="unknown ClassifierPipelineConfig field"):
+        ClassifierPipelineConfig.from_dict({**record["config"], "typo": 1})
