@@ -32,6 +32,31 @@ def child_env(*, xla_cache: str = "shared") -> dict[str, str]:
     return env
 
 
+def random_params(init, seed: int = 0, scale: float = 0.2):
+    """Parameters shaped like `init(key)` (e.g. `model.init_params`), drawn with NumPy: traced,
+    never compiled. Tests of export and inference need weights of the right shapes, not the
+    initialisers' (whose programs take seconds each to compile)."""
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: rng.normal(0.0, scale, s.shape).astype(s.dtype),
+                        jax.eval_shape(init, jax.random.key(0)))
+
+
+def random_pipeline_params(config, seed: int = 0) -> dict:
+    """`random_params` for a trained classifier (`models.pipeline`): head, and encoder if any."""
+    from limubert_jax.models import registry
+    from limubert_jax.models.encoder import LimuBertModel4Pretrain
+
+    params = {"head": random_params(lambda k: registry.init_classifier(
+        config.head_module(), k, seq_len=config.merge, input_dim=config.head_input_dim), seed)}
+    if config.encoder is not None:
+        encoder = random_params(LimuBertModel4Pretrain(config.encoder).init_params, seed + 1)
+        params["encoder"] = {"transformer": encoder["transformer"]}
+    return params
+
+
 @pytest.fixture(autouse=True)
 def _optimized_compiles(request):
     """A test marked `optimized` compiles with XLA's backend optimisation, as users' runs do."""

@@ -247,10 +247,16 @@ def test_task_end_to_end_writes_metrics_and_plots(pretrained, task, method):
     _predict_reproduces_the_test_accuracy(config, out, saved, via_cli=task == "classify")
 
 
+_LABELLED: dict = {}
+
+
 def _predict_reproduces_the_test_accuracy(config, out, saved, *, via_cli):
     """The saved model, run by `predict` on the raw test windows, gives the run's accuracy:
     it normalizes, encodes whole windows and cuts sub-windows as training did."""
-    data = labels.load_labelled(config)
+    key = str(config.dataset.data_dir)
+    if key not in _LABELLED:  # the same windows and split for every method of the module
+        _LABELLED[key] = labels.load_labelled(config)
+    data = _LABELLED[key]
     proto = labels.protocol_split(data, config)
     per_window = data.windows.shape[1] // config.downstream.merge
     index = proto.split.test.index

@@ -9,14 +9,15 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import random_params, random_pipeline_params
+
 onnx = pytest.importorskip("onnx", reason="ONNX export tests need 'onnx' (pip install 'limubert-jax[onnx]')")
 pytest.importorskip("onnxruntime", reason="ONNX export tests need 'onnxruntime' (pip install 'limubert-jax[onnx]')")
 
-import jax  # noqa: E402
 
 from limubert_jax.export import onnx_export  # noqa: E402
 from limubert_jax.io import checkpoint  # noqa: E402
-from limubert_jax.models import pipeline, registry  # noqa: E402
+from limubert_jax.models import pipeline  # noqa: E402
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain  # noqa: E402
 from limubert_jax.models.pipeline import ClassifierPipelineConfig  # noqa: E402
 from limubert_jax.runtime.errors import LimuBertError  # noqa: E402
@@ -41,7 +42,7 @@ def _raw_windows(batch: int, feature_num: int, seed: int = 0) -> np.ndarray:
 
 def _save_encoder(path, feature_num: int = 6):
     cfg = _encoder_config(feature_num)
-    checkpoint.save_model(path, LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), cfg)
+    checkpoint.save_model(path, random_params(LimuBertModel4Pretrain(cfg).init_params), cfg)
     return path
 
 
@@ -50,11 +51,7 @@ def _save_pipeline(run_dir, head: str, *, feature_num: int = 6, with_encoder: bo
     cfg = ClassifierPipelineConfig(method=f"limu_{head}" if with_encoder else head, head=head, class_names=CLASSES,
                                    label="activity", seq_len=SEQ_LEN, merge=MERGE, feature_num=feature_num,
                                    encoder=enc_cfg)
-    params = {"head": registry.init_classifier(cfg.head_module(), jax.random.key(seed), seq_len=cfg.merge,
-                                               input_dim=cfg.head_input_dim)}
-    if with_encoder:
-        enc = LimuBertModel4Pretrain(enc_cfg).init_params(jax.random.key(seed + 100))
-        params["encoder"] = {"transformer": enc["transformer"]}
+    params = random_pipeline_params(cfg, seed)
     checkpoint.save_model(run_dir / pipeline.MODEL_DIR, params, cfg)
     return run_dir
 

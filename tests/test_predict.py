@@ -9,13 +9,13 @@ import json
 import os
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
+from conftest import random_params, random_pipeline_params
 from limubert_jax import predict
 from limubert_jax.io import checkpoint
-from limubert_jax.models import pipeline, registry
+from limubert_jax.models import pipeline
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.models.pipeline import ClassifierPipelineConfig
 
@@ -29,9 +29,7 @@ def run_dir(tmp_path_factory) -> Path:
     config = ClassifierPipelineConfig(method="limu_gru_v2", head="gru_v2", class_names=("run", "sit", "walk"),
                                       label="activity", seq_len=SEQ, merge=MERGE, feature_num=6, encoder=encoder,
                                       sampling_rate_hz=RATE, dataset="test/20_40")
-    params = {"encoder": {"transformer": LimuBertModel4Pretrain(encoder).init_params(jax.random.key(0))["transformer"]},
-              "head": registry.init_classifier(config.head_module(), jax.random.key(1), seq_len=MERGE,
-                                               input_dim=config.head_input_dim)}
+    params = random_pipeline_params(config)
     out = tmp_path_factory.mktemp("run")
     checkpoint.save_model(out / pipeline.MODEL_DIR, params, config)
     return out
@@ -51,10 +49,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_predictions_do_not_depend_on_the_batching(run_dir):
     classifier = predict.load_classifier(run_dir)
-    x = _windows(7)
-    whole = classifier.predict(x, batch_size=64)
-    assert whole.probabilities.shape == (7, 3) and whole.subwindow_logits.shape == (7, SEQ // MERGE, 3)
-    batched = classifier.predict(x, batch_size=3)  # 3 + 3 + 1 padded
+    # Batch sizes 4 and 2 throughout this module: few compiled programs.
+    x = _windows(6)
+    whole = classifier.predict(x, batch_size=2)
+    assert whole.probabilities.shape == (6, 3) and whole.subwindow_logits.shape == (6, SEQ // MERGE, 3)
+    batched = classifier.predict(x, batch_size=4)  # 4 + 2 padded
     np.testing.assert_allclose(batched.probabilities, whole.probabilities, atol=1e-6)
     # A window's probabilities: the mean of its sub-windows' softmax.
     np.testing.assert_allclose(whole.subwindow_probabilities.mean(axis=1), whole.probabilities, atol=1e-6)
@@ -74,11 +73,11 @@ def test_cli_writes_window_and_subwindow_rows(run_dir, tmp_path, capsys):
     x = _windows(5, features=8)  # extra trailing columns are ignored, as in training
     np.save(tmp_path / "x.npy", x)
     args = ["--model", str(run_dir / "model"), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv"),
-            "--subwindow_output", str(tmp_path / "s.csv"), "--batch_size", "2"]
+            "--subwindow_output", str(tmp_path / "s.csv"), "--batch_size", "4"]
     assert predict.main(args) == 0
     assert "5 windows" in capsys.readouterr().out
     rows, sub = _rows(tmp_path / "p.csv"), _rows(tmp_path / "s.csv")
-    expected = predict.load_classifier(run_dir).predict(x[..., :6])
+    expected = predict.load_classifier(run_dir).predict(x[..., :6], batch_size=4)
     assert [r["window"] for r in rows] == ["0", "1", "2", "3", "4"]
     assert [r["predicted"] for r in rows] == expected.labels
     got = np.asarray([[float(r[f"prob_{c}"]) for c in ("run", "sit", "walk")] for r in rows])
@@ -130,7 +129,7 @@ def test_existing_outputs_are_refused_unless_overwrite(run_dir, tmp_path, capsys
 
 def test_models_that_are_not_classifiers_are_refused(tmp_path, capsys):
     config = LimuBertConfig(feature_num=6, hidden=24, hidden_ff=48, n_layers=1, n_heads=4, seq_len=SEQ)
-    checkpoint.save_model(tmp_path / "bert", LimuBertModel4Pretrain(config).init_params(jax.random.key(0)), config)
+    checkpoint.save_model(tmp_path / "bert", random_params(LimuBertModel4Pretrain(config).init_params), config)
     np.save(tmp_path / "x.npy", _windows(2))
     for model, fragment in ((tmp_path / "bert", "holds a limu_bert model, not a trained classifier"),
                             (tmp_path, "no trained classifier here"), (tmp_path / "nope", "no such run directory")):
@@ -156,7 +155,7 @@ def test_a_folder_of_recordings_is_resampled_and_cut_like_the_training_windows(r
     _recording(folder / "a.csv", 8.0, ["walk", "sit"])
     _recording(folder / "b.csv", 4.0, ["run"])
     assert predict.main(["--model", str(run_dir), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
-                         "--stride", "20"]) == 0  # half-overlapping windows
+                         "--stride", "20", "--batch_size", "4"]) == 0  # half-overlapping windows
     rows = _rows(tmp_path / "p.csv")
     from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
 
@@ -170,7 +169,7 @@ def test_a_folder_of_recordings_is_resampled_and_cut_like_the_training_windows(r
     true = [r["true_activity"] for r in rows]
     assert true[0] == "walk" and true[per_file[0] - 1] == "sit" and "" in true[: per_file[0]]
     assert set(true[per_file[0]:]) == {"run"}
-    expected = predict.load_classifier(run_dir).predict(windows)
+    expected = predict.load_classifier(run_dir).predict(windows, batch_size=4)
     assert [r["predicted"] for r in rows] == expected.labels
 
 

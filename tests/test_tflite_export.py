@@ -11,15 +11,16 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import random_params, random_pipeline_params
+
 pytest.importorskip("torch", reason="TFLite export tests need PyTorch (pip install 'limubert-jax[tflite]')")
 pytest.importorskip("litert_torch", reason="TFLite export tests need 'litert-torch' (pip install 'limubert-jax[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="TFLite export tests need 'ai-edge-litert' (pip install 'limubert-jax[tflite]')")
 
-import jax  # noqa: E402
 
 from limubert_jax.export import tflite_export  # noqa: E402
 from limubert_jax.io import checkpoint  # noqa: E402
-from limubert_jax.models import pipeline, registry  # noqa: E402
+from limubert_jax.models import pipeline  # noqa: E402
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain  # noqa: E402
 from limubert_jax.models.pipeline import ClassifierPipelineConfig  # noqa: E402
 from limubert_jax.runtime.errors import LimuBertError  # noqa: E402
@@ -43,11 +44,7 @@ def _save_pipeline(run_dir, head: str = "gru_v2", seed: int = 1):
     enc_cfg = LimuBertConfig(feature_num=FEATURES, hidden=24, hidden_ff=48, n_layers=2, n_heads=4, seq_len=SEQ_LEN)
     cfg = ClassifierPipelineConfig(method=f"limu_{head}", head=head, class_names=CLASSES, label="activity",
                                    seq_len=SEQ_LEN, merge=MERGE, feature_num=FEATURES, encoder=enc_cfg)
-    params = {
-        "encoder": {"transformer": LimuBertModel4Pretrain(enc_cfg).init_params(jax.random.key(0))["transformer"]},
-        "head": registry.init_classifier(cfg.head_module(), jax.random.key(seed), seq_len=cfg.merge,
-                                         input_dim=cfg.head_input_dim),
-    }
+    params = random_pipeline_params(cfg, seed)
     checkpoint.save_model(run_dir / pipeline.MODEL_DIR, params, cfg)
     return run_dir, cfg, params
 
@@ -120,7 +117,7 @@ def test_missing_extra_names_it(saved_run, tmp_path, monkeypatch):
 
 def test_non_classifier_and_unsupported_head_refused(tmp_path):
     enc_cfg = LimuBertConfig(feature_num=FEATURES, hidden=24, hidden_ff=48, n_layers=2, n_heads=4, seq_len=SEQ_LEN)
-    checkpoint.save_model(tmp_path / "bert", LimuBertModel4Pretrain(enc_cfg).init_params(jax.random.key(0)), enc_cfg)
+    checkpoint.save_model(tmp_path / "bert", random_params(LimuBertModel4Pretrain(enc_cfg).init_params), enc_cfg)
     with pytest.raises(LimuBertError, match="cannot be exported to TFLite") as e:
         tflite_export.export_tflite(tmp_path / "bert", tmp_path / "bert.tflite")
     assert "\n" not in str(e.value)

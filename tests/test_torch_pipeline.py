@@ -13,12 +13,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import random_pipeline_params
+
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
 from limubert_jax import convert  # noqa: E402
 from limubert_jax.export import limubert_torch, torch_export  # noqa: E402
 from limubert_jax.io import checkpoint, safetensors  # noqa: E402
-from limubert_jax.models import pipeline, registry  # noqa: E402
+from limubert_jax.models import pipeline  # noqa: E402
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain  # noqa: E402
 from limubert_jax.models.pipeline import ClassifierPipelineConfig  # noqa: E402
 
@@ -33,10 +35,7 @@ def _save(root: Path, name: str, head: str, *, features: int = 6, encoder: bool 
     config = ClassifierPipelineConfig(method=f"limu_{head}" if encoder else head, head=head,
                                       class_names=("a", "b", "c"), label="activity", seq_len=SEQ, merge=MERGE,
                                       feature_num=features, encoder=enc if encoder else None, sampling_rate_hz=20.0)
-    params = {"head": registry.init_classifier(config.head_module(), jax.random.key(1), seq_len=MERGE,
-                                               input_dim=config.head_input_dim)}
-    if encoder:
-        params["encoder"] = {"transformer": LimuBertModel4Pretrain(enc).init_params(jax.random.key(0))["transformer"]}
+    params = random_pipeline_params(config)
     run = root / name
     checkpoint.save_model(run / pipeline.MODEL_DIR, params, config)
     return run
@@ -182,3 +181,16 @@ def test_unsupported_heads_and_existing_outputs_are_one_line_errors(runs, tmp_pa
     assert (tmp_path / "m.json").read_text() == "mine" and not (tmp_path / "m.pt").exists()
     assert convert.main(["to_torch", str(runs["rgru"]), str(tmp_path / "m.pt"), "--format=safetensors"]) == 2
     assert "--format=safetensors but the name ends in .pt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, out, blocked, extra", [
+    ("to_torch", "m.pt", "torch", "torch"),
+    ("to_onnx", "m.onnx", "onnx", "onnx"),
+    ("to_tflite", "m.tflite", "litert_torch", "tflite"),
+])
+def test_a_missing_extra_is_one_line_naming_it(runs, tmp_path, capsys, monkeypatch, command, out, blocked, extra):
+    monkeypatch.setitem(sys.modules, blocked, None)  # `import <blocked>` now fails
+    assert convert.main([command, str(runs["limu_gru_v2"]), str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"pip install 'limubert-jax[{extra}]'" in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
