@@ -95,6 +95,11 @@ FEATURE_NAMES = (
 )  # fmt: skip
 FEATURE_UNITS = ("m/s^2",) * 3 + ("rad/s",) * 3 + ("uT",) * 3
 
+# A label value meaning "no label" (an empty cell of a recording, a window whose label changes
+# inside it); classes are >= 0, so it is never one. Builders write it, the downstream protocol
+# drops the sub-windows that hold it.
+MISSING_LABEL = -1
+
 # version name -> (sampling rate in Hz, steps per window)
 VERSIONS = {"20_120": (20, 120), "10_100": (10, 100)}
 

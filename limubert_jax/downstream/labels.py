@@ -10,11 +10,8 @@ import ml_collections
 import numpy as np
 
 from limubert_jax.data import input_pipeline, splits
+from limubert_jax.datasets.common import MISSING_LABEL
 from limubert_jax.runtime.errors import LimuBertError
-
-# A step without a label (recordings: an empty cell, or a window whose label changes inside
-# it); named classes are >= 0, so this value is never a class.
-MISSING_LABEL = -1
 
 
 @dataclasses.dataclass(frozen=True)
