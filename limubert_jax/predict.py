@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE
 from limubert_jax.models import pipeline
+from limubert_jax.models.inference import check_finite
 from limubert_jax.models.pipeline import MODEL_DIR, ClassifierPipelineConfig
 from limubert_jax.runtime import cli
 from limubert_jax.runtime.errors import LimuBertError, check_terminated
@@ -130,9 +131,7 @@ class TrainedClassifier:
             for start in starts:
                 check_terminated()
                 batch = np.asarray(windows[start : start + size], np.float32)  # native byte order too
-                finite = np.isfinite(batch).all(axis=(1, 2))
-                if not finite.all():
-                    raise LimuBertError(f"{source}: window {start + int(np.argmin(finite))} contains NaN or Inf")
+                check_finite(batch, source=source, first=start)
                 rows = len(batch)
                 if rows < size:
                     batch = np.concatenate([batch, np.zeros((size - rows, *batch.shape[1:]), np.float32)])

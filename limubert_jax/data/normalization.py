@@ -10,6 +10,8 @@ GRAVITY = 9.8  # m/s^2; the reference divides accelerometer readings by this con
 # Quirk: the reference code scales unit-norm magnetometer readings by 1.0 (the paper says 2).
 MAG_GAMMA = 1.0
 MAG_EPS = 1e-5  # added to the magnetometer's per-step norm before dividing by it
+# The constants above by name, for runtimes that reimplement `normalize` (PyTorch, ONNX files).
+CONSTANTS = {"gravity": GRAVITY, "mag_gamma": MAG_GAMMA, "mag_eps": MAG_EPS}
 
 
 def normalize(x, feature_num: int, mag_gamma: float = MAG_GAMMA):

@@ -39,6 +39,7 @@ from etils import epath
 
 from limubert_jax.data import splits
 from limubert_jax.data.normalization import normalize
+from limubert_jax.datasets.common import parse_version
 from limubert_jax.downstream import evaluation, report, tsne
 from limubert_jax.downstream.fit import ApplyFn, FitResult, fit, map_batches, predict
 from limubert_jax.downstream.labels import (
@@ -195,9 +196,8 @@ def embed_dataset(config: ml_collections.ConfigDict, workdir: epath.Path, inputs
 def sampling_rate_hz(version: str) -> float | None:
     """The sampling rate of a dataset version `<rate>_<steps>` (20 for 20_120); None if the
     version does not say."""
-    rate, _, steps = version.partition("_")
     try:
-        return float(rate) if steps.isdigit() else None
+        return float(parse_version(version)[0])
     except ValueError:
         return None
 

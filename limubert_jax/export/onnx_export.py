@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from limubert_jax.data.normalization import GRAVITY, MAG_EPS, MAG_GAMMA
+from limubert_jax.data.normalization import CONSTANTS, GRAVITY, MAG_EPS, MAG_GAMMA
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE, LIMU_BERT
+from limubert_jax.models import registry
 from limubert_jax.models.encoder import LAYER_NORM_EPS, LimuBertConfig
 from limubert_jax.models.pipeline import AGGREGATION
 from limubert_jax.runtime.errors import LimuBertError
@@ -46,8 +47,7 @@ OPSET = 17
 IR_VERSION = 8
 BATCH = "batch"  # the symbolic batch dimension
 
-# Classifier heads the export knows how to write (all recurrent, `recurrent.RecurrentClassifier`).
-SUPPORTED_HEADS = ("gru_v1", "gru_v2", "rgru", "lstm_v1")
+SUPPORTED_HEADS = registry.RECURRENT_HEADS
 ENCODER_KIND = LIMU_BERT
 CLASSIFIER_KIND = CLASSIFIER_PIPELINE
 INSTALL_HINT = "pip install 'limubert-jax[onnx]'"
@@ -290,9 +290,6 @@ def _encoder_model(onnx, helper, numpy_helper, config: LimuBertConfig, params: d
 
 
 def _classifier_model(onnx, helper, numpy_helper, config, params: dict):
-    if config.head not in SUPPORTED_HEADS:
-        raise LimuBertError(f"ONNX export does not support the classifier head '{config.head}'; "
-                            f"supported: {', '.join(SUPPORTED_HEADS)}")
     g = _Graph(helper, numpy_helper)
     s, f, k, c = config.seq_len, config.feature_num, config.subwindows, config.num_classes
     h = _normalize(g, "windows", f)
@@ -320,7 +317,7 @@ def _metadata(kind: str, config: dict, inputs: dict, outputs: dict) -> dict[str,
     return {
         "kind": kind,
         "config": json.dumps(config, sort_keys=True),
-        "normalization": json.dumps({"gravity": GRAVITY, "mag_gamma": MAG_GAMMA, "mag_eps": MAG_EPS}),
+        "normalization": json.dumps(CONSTANTS),
         "inputs": json.dumps(inputs),
         "outputs": json.dumps(outputs),
     }

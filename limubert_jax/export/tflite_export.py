@@ -43,14 +43,14 @@ import numpy as np
 
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE
+from limubert_jax.models import registry
 from limubert_jax.runtime.errors import LimuBertError, first_line
 
 INSTALL_HINT = "pip install 'limubert-jax[tflite]'"
 INPUT = "windows"
 OUTPUTS = ("probabilities", "subwindow_logits")
 SIGNATURE = "serving_default"
-# Classifier heads the PyTorch pipeline (and so this export) supports: the recurrent ones.
-SUPPORTED_HEADS = ("gru_v1", "gru_v2", "rgru", "lstm_v1")
+SUPPORTED_HEADS = registry.RECURRENT_HEADS
 _PROGRESS_ENV = "LITERT_TORCH_SHOW_PROGRESS"  # litert-torch's switch for its progress lines
 
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from limubert_jax.models import registry
 from limubert_jax.models.encoder import LimuBertConfig
 from limubert_jax.models.recurrent import GRUClassifierConfig
 from limubert_jax.runtime.errors import LimuBertError
@@ -116,15 +117,14 @@ def pipeline_shapes(cfg) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of a trained classifier (`models.pipeline`) with a recurrent head, as the
     standalone PyTorch `ClassifierPipeline` names them: `encoder.transformer.*` (when it has
     an encoder) and `head.*`."""
-    module = cfg.head_module()
-    cell = getattr(module, "cell", None)
-    if cell is None:
+    if cfg.head not in registry.RECURRENT_HEADS:
         raise LimuBertError(f"the {cfg.head} head has no PyTorch version (recurrent heads only: gru_v1, gru_v2, "
                             "lstm_v1, rgru)")
     shapes = {}
     if cfg.encoder is not None:
         shapes = {f"encoder.{k}": v for k, v in limu_bert_shapes(cfg.encoder).items() if k.startswith("transformer.")}
-    return shapes | {f"head.{k}": v for k, v in gru_classifier_shapes(module.config, cell).items()}
+    module = cfg.head_module()
+    return shapes | {f"head.{k}": v for k, v in gru_classifier_shapes(module.config, module.cell).items()}
 
 
 def expected_shapes(kind: str, cfg) -> dict[str, tuple[int, ...]]:

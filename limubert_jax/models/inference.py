@@ -34,15 +34,16 @@ def check_windows(shape: tuple[int, ...], config: LimuBertConfig, *, normalized:
         )
 
 
-def check_finite(windows: np.ndarray, *, source: str, chunk: int = 16384) -> None:
-    """Raises `LimuBertError` naming the first window holding NaN or Inf.
+def check_finite(windows: np.ndarray, *, source: str, chunk: int = 16384, first: int = 0) -> None:
+    """Raises `LimuBertError` naming the first window holding NaN or Inf, counted from `first`
+    (the index of `windows[0]` in the input: a batch of a larger one).
 
     Scans in chunks (bounded memory on memory-mapped input) before any compute starts.
     """
     for start in range(0, len(windows), chunk):
         finite = np.isfinite(np.asarray(windows[start : start + chunk])).all(axis=(1, 2))
         if not finite.all():
-            raise LimuBertError(f"{source}: window {start + int(np.argmin(finite))} contains NaN or Inf")
+            raise LimuBertError(f"{source}: window {first + start + int(np.argmin(finite))} contains NaN or Inf")
 
 
 @functools.partial(jax.jit, static_argnames=("config", "normalized"))

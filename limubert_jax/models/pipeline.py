@@ -24,7 +24,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from limubert_jax.data.normalization import GRAVITY, MAG_EPS, MAG_GAMMA, normalize
+from limubert_jax.data import normalization
+from limubert_jax.data.normalization import normalize
 from limubert_jax.models import encoder as encoder_lib
 from limubert_jax.models import registry
 from limubert_jax.models.encoder import LimuBertConfig
@@ -83,7 +84,7 @@ class ClassifierPipelineConfig:
     @property
     def normalization(self) -> dict[str, Any]:
         """SPEC 1's constants, for runtimes that reimplement it (PyTorch, ONNX)."""
-        return {"gravity": GRAVITY, "mag_gamma": MAG_GAMMA, "mag_eps": MAG_EPS}
+        return dict(normalization.CONSTANTS)
 
     def head_module(self):
         return registry.make_classifier(self.head, num_classes=self.num_classes, input_dim=self.head_input_dim,
@@ -124,8 +125,6 @@ def window_probabilities(subwindow_logits: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames="config")
 def predict_batch(params, windows: jax.Array, *, config: ClassifierPipelineConfig) -> dict[str, jax.Array]:
-    """One jitted batch: {"subwindow_logits" [B, K, C], "subwindow_probabilities" [B, K, C],
-    "probabilities" [B, C]} of raw windows [B, S, F]."""
+    """One jitted batch: {"subwindow_logits" [B, K, C], "probabilities" [B, C]} of raw windows [B, S, F]."""
     logits = subwindow_logits(params, config, windows)
-    return {"subwindow_logits": logits, "subwindow_probabilities": jax.nn.softmax(logits, axis=-1),
-            "probabilities": window_probabilities(logits)}
+    return {"subwindow_logits": logits, "probabilities": window_probabilities(logits)}

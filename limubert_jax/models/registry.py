@@ -28,6 +28,8 @@ from limubert_jax.runtime.xla_options import compile_once
 
 HEADS = ("gru_v1", "gru_v2", "lstm_v1", "cnn1_v1", "cnn2_v1", "attn_v1")  # over LIMU-BERT embeddings
 BASELINES = ("dcnn", "deepsense", "rgru")  # over raw normalized IMU windows
+# The recurrent classifiers (PyTorch's GRU/LSTM equations): the ones with PyTorch, ONNX and TFLite exports.
+RECURRENT_HEADS = ("gru_v1", "gru_v2", "rgru", "lstm_v1")
 
 
 def _released_gru(num_classes: int, input_dim: int, seq_len: int) -> GRUClassifierConfig:
