@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 128  # global batch (all devices together)
     config.train.num_epochs = 3200  # passes over the training split
-    config.train.eval_batch_size = 512  # validation batch (padded; any size works)
+    config.train.eval_batch_size = 512  # validation batch, at most: a smaller split is one batch (padded to the devices)
     config.train.log_every_steps = 50  # progress-bar refresh of the running loss
     config.train.checkpoint_every_epochs = 1  # latest-checkpoint interval (resume point)
     config.train.plot_windows = 4  # validation windows drawn in reconstruction.png

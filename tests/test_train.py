@@ -62,8 +62,10 @@ RUN_ARGS = (f"--config.train.num_epochs={EPOCHS}", "--config.dataset.train_rate=
 def finished_run(tmp_path_factory, data_dir):
     """The main job run to the end as a user runs it (`RUN_ARGS`); tests only read it."""
     workdir = tmp_path_factory.mktemp("finished") / "run"
+    start = time.monotonic()
     done = subprocess.run(_main_command(workdir, data_dir, *RUN_ARGS), cwd=workdir.parent,
                           capture_output=True, text=True, timeout=600)
+    (workdir.parent / "wall_s").write_text(str(time.monotonic() - start))
     assert done.returncode == 0, done.stderr[-3000:]
     return workdir
 
@@ -80,6 +82,9 @@ def test_main_job_outputs_and_exports(tmp_path, finished_run):
     assert (workdir / "reconstruction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["best_val_loss"] == min(r["val_loss"] for r in records)
+    # Startup is counted from the process's launch, so it lies within the command's wall time.
+    assert 0.5 < summary["startup_s"] < float((workdir.parent / "wall_s").read_text())
+    assert summary["peak_host_bytes"] > 100e6 and summary["peak_device_bytes"] is None  # XLA:CPU reports none
 
     # The workdir exports like a checkpoint directory, taking the best step.
     pytest.importorskip("torch")
@@ -94,6 +99,20 @@ def test_main_job_outputs_and_exports(tmp_path, finished_run):
     assert embed.main(["--checkpoint", str(workdir), "--input", str(tmp_path / "x.npy"),
                        "--output", str(tmp_path / "e.npy")]) == 0
     assert np.load(tmp_path / "e.npy").shape == (3, 120, 24)
+
+
+@pytest.mark.parametrize("configured, windows, devices, expected", [
+    (512, 208, 1, 208),  # a split smaller than the batch is one batch, unpadded
+    (512, 30, 8, 32),  # padded to the devices only
+    (16, 208, 1, 16),
+    (512, 2000, 8, 512),
+])
+def test_validation_batch_is_no_larger_than_the_split(configured, windows, devices, expected):
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(train=SimpleNamespace(eval_batch_size=configured))
+    data, mesh = SimpleNamespace(vali=range(windows)), SimpleNamespace(shape={"data": devices})
+    assert trainer.eval_batch_size(config, data, mesh) == expected
 
 
 @pytest.mark.slow

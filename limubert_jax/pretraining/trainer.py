@@ -55,7 +55,7 @@ from limubert_jax.pretraining.steps import (
     jit_train_steps,
     mask_batch,
 )
-from limubert_jax.runtime import precision
+from limubert_jax.runtime import precision, resources
 from limubert_jax.runtime.errors import LimuBertError, check_terminated
 from limubert_jax.runtime.sharding import check_batch_size, global_batch, make_mesh, replicated
 from limubert_jax.runtime.xla_options import compile_once
@@ -137,10 +137,17 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
         raise LimuBertError(f"config.mask: {e}") from None
 
 
-def _evaluate(eval_step, params, data, config, mesh, key) -> float:
+def eval_batch_size(config, data, mesh) -> int:
+    """`config.train.eval_batch_size`, or where the validation split is smaller, the split
+    rounded up to a multiple of the devices: padding rows cost as much as real ones."""
+    devices = mesh.shape["data"]
+    return min(config.train.eval_batch_size, max(1, -(-len(data.vali) // devices)) * devices)
+
+
+def _evaluate(eval_step, params, data, batch_size: int, mesh, key) -> float:
     """Mean masked squared error over the validation split, masks fixed by `key`."""
     total, count = 0.0, 0.0
-    for raw, weights in input_pipeline.eval_batches(data, global_batch_size=config.train.eval_batch_size):
+    for raw, weights in input_pipeline.eval_batches(data, global_batch_size=batch_size):
         sse, n = eval_step(params, global_batch(raw, mesh), global_batch(weights, mesh), key)
         total, count = total + float(sse), count + float(n)
     return total / count
@@ -153,7 +160,21 @@ RESIDENT_SHUFFLE_STREAM = 0x5F
 EpochRunner = Callable[[TrainState, int, Any], tuple[TrainState, jax.Array]]
 
 
-def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int, start_step: int) -> EpochRunner:
+class StartupClock:
+    """When training started: seconds from the process's launch (imports, data, compiling or
+    loading the programs) until its first train step was dispatched."""
+
+    def __init__(self):
+        self.seconds: float | None = None
+
+    def mark(self) -> None:
+        if self.seconds is None:
+            self.seconds = resources.seconds_since_launch()
+            logging.info("training started %.1f s after launch", self.seconds)
+
+
+def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int, start_step: int,
+                 clock: StartupClock) -> EpochRunner:
     """Epochs fed by the host input pipeline, `config.train.steps_per_dispatch` steps per
     compiled call (a `lax.scan` over a stack of batches; 1: the plain step). An epoch's
     remainder, fewer steps than a call, goes through the plain step one by one: a program
@@ -177,6 +198,7 @@ def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: in
                 stack = np.stack([next(batches) for _ in range(n)])
                 state, metrics = many_steps(state, global_batch(stack, mesh, stacked=True), rng)
                 losses.append(metrics["loss"])
+            clock.mark()
             step = epoch * steps_per_epoch + done
             done += n
             if (step + n) // log_every > step // log_every:
@@ -187,7 +209,8 @@ def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: in
     return run
 
 
-def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int) -> EpochRunner:
+def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int,
+                     clock: StartupClock) -> EpochRunner:
     """Epochs on training windows held on every device: each epoch, its shuffle and masking
     included, is one compiled call (`steps.resident_epoch`)."""
     windows = data.train.read(np.arange(len(data.train)))  # [N, S, F] float32
@@ -197,6 +220,7 @@ def _resident_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch
 
     def run(state, epoch, progress):
         state, metrics = run_epoch(state, resident, jax.random.fold_in(shuffle_key, epoch), rng)
+        clock.mark()
         progress.update(steps_per_epoch)
         return state, metrics["loss"]
 
@@ -277,10 +301,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
                        compute_dtype=compute_dtype_of(config.train.compute_dtype),
                        matmul_precision=config.train.matmul_precision, encoder_chunk=encoder_chunk)
+    clock = StartupClock()
     if config.train.device_resident:
-        run_epoch = _resident_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch)
+        run_epoch = _resident_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, clock)
     else:
-        run_epoch = _host_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, start_step)
+        run_epoch = _host_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, start_step, clock)
+    validation_batch = eval_batch_size(config, data, mesh)
     eval_step = jit_eval_step(mesh, model_config=model_config, mask_config=mask_config, encoder_chunk=encoder_chunk)
     writer = MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None
     progress = tqdm(total=total_steps, initial=start_step, unit="step", desc="pretrain",
@@ -301,7 +327,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
                     f"stopped, the last good checkpoint in {workdir / CHECKPOINTS_DIR} is kept"
                 )
             checkpoints.check_saved()  # a failed asynchronous save stops the run here
-            val_loss = _evaluate(eval_step, state.params, data, config, mesh, val_key)
+            val_loss = _evaluate(eval_step, state.params, data, validation_batch, mesh, val_key)
             epoch = step // steps_per_epoch
             seconds = time.perf_counter() - epoch_start
             record = {
@@ -331,7 +357,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     best_step = checkpoints.best_step()
     best = checkpoints.record(best_step)
     summary = {"steps": total_steps, "best_step": best_step, "best_val_loss": best["val_loss"],
-               "checkpoints": str(workdir / CHECKPOINTS_DIR)}
+               "checkpoints": str(workdir / CHECKPOINTS_DIR), "startup_s": clock.seconds,
+               "peak_host_bytes": resources.peak_host_bytes(), "peak_device_bytes": resources.peak_device_bytes()}
     # Every process takes part in the restore (Orbax); process 0 plots from its host copy
     # of the replicated parameters, on its own devices only.
     best_params = checkpoints.restore(best_step, state).params

@@ -9,6 +9,7 @@ Every command (`limubert-train`, `limubert-prepare-data`, `limubert-embed`,
   one named. Positional arguments follow the flags (a subcommand word is the first one).
 * `--help` (`-h`, `--helpshort`) prints the command's usage and its own flags;
   `--helpfull` adds absl's global flags (logging: `--verbosity`, `--logtostderr`, ...).
+* programs compiled by one run are kept for the next (`compilation_cache`);
 * a usage error is one `error: ...` line on stderr and status 2; a `LimuBertError` while the
   command runs is one line and status 2 too, and a signal ends it through its cleanup
   (`errors.run_cli`).
@@ -31,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 from absl import flags, logging
 
+from limubert_jax.runtime import compilation_cache
 from limubert_jax.runtime.errors import LimuBertError, one_line, run_cli
 
 # (fv, argv) -> None: defines a command's flags on fv; argv is the whole command line (the
@@ -76,6 +78,7 @@ def run_command(doc: str, define: Define, body: Body, argv: Sequence[str] | None
         sys.exit(2)
     if process and flags.FLAGS["verbosity"].using_default_value:
         flags.FLAGS.verbosity = 0  # INFO, app.run's level for a command
+    compilation_cache.enable()
     return run_cli(lambda _: body(fv, args), None if process else full_argv)
 
 
