@@ -16,7 +16,9 @@ this is the check to run on a GPU or TPU. In about 3 minutes on one GPU it:
   synthetic windows and masks) at each `train.matmul_precision` and with bfloat16 compute:
   ms per step and how far each loss curve strays from full float32. On a CPU the reduced
   precisions are emulated by rounding every matmul operand (TF32: 10 mantissa bits,
-  one bfloat16 pass: 7), which is what the accelerators' units do to their inputs.
+  one bfloat16 pass: 7), which is what the accelerators' units do to their inputs. Each
+  mode's row also gives the process's peak resident memory and the device's peak memory in
+  use (`memory_stats()`, where the device keeps it), both the peaks up to that mode.
 
 Prints one markdown table (and writes `accelerator_check.json`, `accelerator_check.md` and
 `training_precision.png` to `--out`); exits 1 when a parity row or a test failed.
@@ -45,6 +47,23 @@ PRECISION_MODES = ("highest", "high", "default", "bfloat16")  # the last: comput
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def peak_memory() -> dict:
+    """This process's peak resident memory so far (MB, `ru_maxrss`) and its JAX device's
+    `peak_bytes_in_use` so far (None where the device keeps no statistics: XLA:CPU)."""
+    import resource
+
+    import jax
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+    stats = jax.local_devices()[0].memory_stats()
+    return {"peak_rss_mb": rss, "peak_device_bytes": (stats or {}).get("peak_bytes_in_use")}
+
+
+def _memory_note(memory: dict) -> str:
+    device = memory["peak_device_bytes"]
+    return f"peak RSS {memory['peak_rss_mb']:.0f} MB" + ("" if device is None else f", device {device / 2**20:.0f} MB")
 
 
 def _max_error(a, b) -> float:
@@ -180,10 +199,11 @@ def training_rows(steps: int, out: Path) -> list[dict]:
         curves[mode] = np.asarray(losses)
         ms = 1e3 * float(np.median(times[2:] if steps > 4 else times))
         drift = float(np.max(np.abs(curves[mode] / curves["highest"] - 1.0)))
+        memory = peak_memory()  # the process's peaks so far (the modes run in this order)
         rows.append({"section": "training", "check": f"matmul {mode}, {steps} steps", "value": f"{ms:.2f} ms/step",
-                     "limit": f"loss vs float32: largest relative difference {drift:.2%}", "ok": True,
-                     "ms_per_step": ms, "loss_drift": drift, "final_loss": losses[-1]})
-        _log(f"training {mode}: {ms:.2f} ms/step, drift {drift:.2%}")
+                     "limit": f"loss vs float32: largest relative difference {drift:.2%}; {_memory_note(memory)}",
+                     "ok": True, "ms_per_step": ms, "loss_drift": drift, "final_loss": losses[-1], **memory})
+        _log(f"training {mode}: {ms:.2f} ms/step, drift {drift:.2%}, {_memory_note(memory)}")
     try:
         import matplotlib
 

@@ -18,7 +18,9 @@ Latency is one window at a time (batch 1), as an app classifies the window it ju
 recorded: the median and 90th percentile over `--repeats` calls after `--warmup` calls, on
 ONE CPU thread for every runtime (ONNX Runtime intra/inter-op threads 1,
 `torch.set_num_threads(1)`, XLA:CPU without its thread pool), inputs already in memory,
-outputs copied back to NumPy. Sizes are the files' bytes on disk. Without `--model` the
+outputs copied back to NumPy. After each row the process's peak resident memory so far
+(`ru_maxrss`) and the JAX device's peak memory in use (where it keeps statistics) are
+recorded. Sizes are the files' bytes on disk. Without `--model` the
 weights are random (a run's weights do not change the work); the model is then saved as a
 classify run would save it. Writes `export_latency.json` and `export_latency.png` to `--out`
 and prints a table. The machine should be otherwise idle (the load average is recorded).
@@ -53,7 +55,20 @@ def _timings(fn, x, warmup: int, repeats: int) -> dict[str, float]:
         fn(x)
         times.append(time.perf_counter() - start)
     ms = np.asarray(times) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "calls": repeats}
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "calls": repeats,
+            **_peak_memory()}
+
+
+def _peak_memory() -> dict:
+    """This process's peak resident memory so far (MB, `ru_maxrss`) and the JAX device's
+    `peak_bytes_in_use` so far (None where the device keeps no statistics: XLA:CPU)."""
+    import resource
+
+    import jax
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+    stats = jax.local_devices()[0].memory_stats()
+    return {"peak_rss_mb": rss, "peak_device_bytes": (stats or {}).get("peak_bytes_in_use")}
 
 
 def _size(path: Path) -> int:
@@ -214,12 +229,17 @@ def main(argv=None) -> int:
     print(f"{'file':<28}{'bytes':>10}")
     for name, size in sizes.items():
         print(f"{name:<28}{size:>10,}")
-    print(f"\n{'model':<20}{'runtime':<16}{'median ms':>10}{'p90 ms':>9}{'vs PyTorch':>12}   (1 CPU thread, batch 1)")
+    print(f"\n{'model':<20}{'runtime':<16}{'median ms':>10}{'p90 ms':>9}{'vs PyTorch':>12}{'peak RSS MB':>13}"
+          f"{'device MB':>11}   (1 CPU thread, batch 1)")
     for model, runtimes in latency.items():
         torch_ms = runtimes["pytorch"]["median_ms"]
         for runtime, t in runtimes.items():
             t["speedup_vs_pytorch"] = torch_ms / t["median_ms"]
-            print(f"{model:<20}{runtime:<16}{t['median_ms']:>10.3f}{t['p90_ms']:>9.3f}{t['speedup_vs_pytorch']:>11.2f}x")
+            device = "-" if t["peak_device_bytes"] is None else f"{t['peak_device_bytes'] / 2**20:.0f}"
+            print(f"{model:<20}{runtime:<16}{t['median_ms']:>10.3f}{t['p90_ms']:>9.3f}{t['speedup_vs_pytorch']:>11.2f}x"
+                  f"{t['peak_rss_mb']:>13.0f}{device:>11}")
+    print("(peak memory: the process's peaks up to the end of each row; the rows run in this order, all exports "
+          "loaded before the first)")
     (out / "export_latency.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(out / "export_latency.png", latency, sizes)
     print(f"\nload average {load_before:.2f} -> {result['machine']['load_after']:.2f}; wrote {out / 'export_latency.json'}")

@@ -46,6 +46,21 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def peak_memory(jax_device: bool) -> dict:
+    """This process's peak resident memory so far (MB, `ru_maxrss`) and, with `jax_device` (a
+    JAX mode: querying initializes JAX's backend, which would take GPU memory from PyTorch),
+    the JAX device's `peak_bytes_in_use` so far where it keeps statistics (not XLA:CPU)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+    stats = None
+    if jax_device:
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats()
+    return {"peak_rss_mb": rss, "peak_device_bytes": (stats or {}).get("peak_bytes_in_use")}
+
+
 def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
     """(run_epoch(epoch) -> last loss, steps per epoch) for a JAX mode, from fresh parameters."""
     import jax
@@ -113,6 +128,8 @@ def _torch_epoch_fn(args, windows: np.ndarray):
     from limubert_jax.models.encoder import MODEL_CONFIGS
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     np.random.seed(0)  # the reference masks with NumPy's legacy global generator
     cfg = MODEL_CONFIGS["base_v1"]
@@ -158,7 +175,12 @@ def measure(mode: str, args, windows: np.ndarray) -> dict:
         "epoch_s": times, "median_epoch_s": median, "samples_per_s": samples / median,
         "ms_per_step": 1e3 * median / steps, "compile_s": max(0.0, first - median),
         "projected_full_s": max(0.0, first - median) + PAPER_EPOCHS * median, "losses": losses,
+        **peak_memory(jax_device=mode != "torch"),  # the process's peaks so far: the modes run one after another
     }
+    if mode == "torch":
+        import torch
+
+        result["peak_device_bytes"] = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
     _log(f"{mode}: {result['samples_per_s']:.0f} samples/s, {result['ms_per_step']:.2f} ms/step, "
          f"first epoch {first:.1f} s; full run ~{result['projected_full_s'] / 60:.1f} min ({framework})")
     return result, run_epoch
@@ -183,14 +205,19 @@ def full_run(result: dict, run_epoch, args) -> None:
 def _table(results: list[dict], args) -> str:
     torch_rate = next((r["samples_per_s"] for r in results if r["mode"] == "torch"), None)
     lines = [f"{args.windows} windows x {PAPER_EPOCHS} epochs, batch {args.batch_size} (base_v1, BertAdam)", "",
-             "| mode | samples/s | ms/step | first epoch s | full run (projected) | measured full run | vs torch |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| mode | samples/s | ms/step | first epoch s | full run (projected) | measured full run | vs torch "
+             "| peak RSS MB | peak device MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         full = r.get("full_run")
         measured = f"{full['seconds']:.0f} s ({full['epochs']} epochs)" if full else "-"
         ratio = f"{r['samples_per_s'] / torch_rate:.1f}x" if torch_rate else "-"
+        device_mb = "-" if r.get("peak_device_bytes") is None else f"{r['peak_device_bytes'] / 2**20:.0f}"
         lines.append(f"| {r['mode']} | {r['samples_per_s']:.0f} | {r['ms_per_step']:.2f} | {r['first_epoch_s']:.1f} | "
-                     f"{r['projected_full_s'] / 60:.1f} min | {measured} | {ratio} |")
+                     f"{r['projected_full_s'] / 60:.1f} min | {measured} | {ratio} | {r['peak_rss_mb']:.0f} | {device_mb} |")
+    lines.append("")
+    lines.append("peak RSS and JAX device memory are the process's peaks up to the end of each mode (the modes run "
+                 "in this order in one process); PyTorch's device memory is its own peak (max_memory_allocated)")
     return "\n".join(lines)
 
 

@@ -10,7 +10,8 @@ builder reads the .npy memory-mapped). Both are kept in `--cache-dir`, so a reru
 to the measurements. Each phase runs in its own interpreter, which reports its peak resident
 memory: anonymous (RssAnon, sampled every 0.1 s: what the process itself holds) and in all
 (VmHWM, which also counts the file pages it maps, e.g. the .npy the build reads
-memory-mapped: page cache that the kernel reclaims under pressure):
+memory-mapped: page cache that the kernel reclaims under pressure), and the training phases
+their JAX device's peak memory (`peak_bytes_in_use`; not on CPU, which keeps no statistics):
 
 * build: preparing the array_record build from the .npy (windows/s, wall time, peak memory);
 * streaming: `base_v1` pretraining steps (Adam, batch `--batch-size`, the jitted
@@ -81,6 +82,15 @@ class _MemoryPeaks:
     def read(self) -> dict[str, float]:
         self.anon = max(self.anon, _status_mb("RssAnon").get("RssAnon", 0.0))
         return {"peak_rss_anon_mb": self.anon, "peak_rss_mb": _status_mb("VmHWM")["VmHWM"]}
+
+
+def _peak_device_bytes() -> int | None:
+    """`peak_bytes_in_use` of the first JAX device, None where the device keeps no statistics
+    (XLA:CPU). Only for phases that use the device (this initializes JAX's backend)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats()
+    return (stats or {}).get("peak_bytes_in_use")
 
 
 def _corpus_dir(args, windows: int) -> Path:
@@ -206,6 +216,7 @@ def phase_train(args) -> dict:
     return {"windows": data.num_windows, "train_windows": len(data.train), "block_seconds": blocks,
             "windows_per_s_median": float(np.median(rates)), "windows_per_s_blocks": rates.tolist(),
             "peak_rss_anon_mb_before_training": rss_before_training, **peaks.read(),
+            "peak_device_bytes": _peak_device_bytes(),
             "load_avg_1min": [load_before, os.getloadavg()[0]], "jax": jax.__version__}
 
 
@@ -300,7 +311,9 @@ def main() -> None:
     b, m, s = results["build"], results["memory"], results["streaming"]
     print(f"corpus: {args.windows:,} windows, {results['corpus_gb']:.2f} GB ({os.cpu_count()} CPUs, jax {s['jax']})")
     def mem(r):
-        return f"peak RSS {r['peak_rss_anon_mb']:6,.0f} MB anonymous, {r['peak_rss_mb']:6,.0f} MB with mapped files"
+        device = r.get("peak_device_bytes")
+        return (f"peak RSS {r['peak_rss_anon_mb']:6,.0f} MB anonymous, {r['peak_rss_mb']:6,.0f} MB with mapped files"
+                + ("" if device is None else f", device {device / 2**20:,.0f} MB"))
 
     print(f"build:      {b['seconds']:8.1f} s, {b['windows_per_s']:8,.0f} windows/s    {mem(b)}")
     print(f"in memory:  {m['windows_per_s_median']:8.1f} windows/s ({m['windows']:,} windows in RAM)    {mem(m)}")

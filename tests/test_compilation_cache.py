@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from limubert_jax.runtime import compilation_cache
 
@@ -41,12 +42,37 @@ def test_a_rerun_loads_what_the_first_run_compiled_from_the_default_folder(tmp_p
     assert second[0] == folder and int(second[2]) >= 1  # loaded, not compiled
 
 
-def test_the_environment_variable_moves_or_turns_off_the_cache(tmp_path):
-    assert _run(tmp_path, LIMUBERT_XLA_CACHE=str(tmp_path / "mine"))[0] == str(tmp_path / "mine")
-    assert _run(tmp_path, LIMUBERT_XLA_CACHE="off")[:2] == ["None", "0"]
-    assert not (tmp_path / "xdg").exists()
-    # JAX's own settings, given through its environment, stay the user's.
-    assert float(_run(tmp_path, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="5")[3]) == 5.0
+@pytest.fixture
+def unconfigured(monkeypatch, tmp_path):
+    """This process as a user's command starts it: no cache configured through JAX, none of the
+    cache's environment variables; JAX's settings are put back afterwards (nothing compiles
+    meanwhile, so the session's cache is never switched)."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_compilation_cache_max_size")
+    saved = {name: getattr(jax.config, name) for name in names}
+    for name in (compilation_cache.ENV, *(n.upper() for n in names)):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    jax.config.update("jax_compilation_cache_dir", None)
+    yield monkeypatch
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+def test_the_environment_variable_moves_or_turns_off_the_cache(unconfigured, tmp_path):
+    unconfigured.setenv(compilation_cache.ENV, "off")
+    assert compilation_cache.enable() is None and jax.config.jax_compilation_cache_dir is None
+    unconfigured.setenv(compilation_cache.ENV, str(tmp_path / "mine"))
+    assert compilation_cache.enable() == str(tmp_path / "mine") == jax.config.jax_compilation_cache_dir
+    assert (tmp_path / "mine").is_dir() and not (tmp_path / "xdg").exists()
+    assert jax.config.jax_compilation_cache_max_size == compilation_cache.MAX_BYTES
+
+
+def test_jax_settings_from_the_environment_stay_the_users(unconfigured):
+    unconfigured.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "5")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 5.0)  # as JAX read it at import
+    assert compilation_cache.enable() == str(compilation_cache.default_dir())
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 5.0
 
 
 def test_a_cache_configured_through_jax_is_left_alone():

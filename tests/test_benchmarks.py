@@ -1,0 +1,209 @@
+"""The benchmarks' own logic, without training anything real: the whole-job arithmetic and
+tables of `benchmarks/pretrain_throughput.py`, its process launcher, and the reference
+pretraining job `benchmarks/reference_pretrain.py` on a tiny dataset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    return _load("pretrain_throughput")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _load("reference_pretrain")
+
+
+def test_epoch_cost_cancels_startup(throughput):
+    # 10 s of startup and 5 s per epoch: 2 epochs take 20 s, 6 take 40 s.
+    cost = throughput.epoch_cost(2, 20.0, 6, 40.0)
+    assert cost["per_epoch_s"] == pytest.approx(5.0)
+    assert cost["startup_s"] == pytest.approx(10.0)
+    for bad in ((2, 20.0, 2, 30.0), (6, 40.0, 2, 20.0), (0, 5.0, 2, 20.0)):
+        with pytest.raises(ValueError):
+            throughput.epoch_cost(*bad)
+
+
+def test_epoch_ratio(throughput):
+    assert throughput.epoch_ratio(10.0, 4.0) == pytest.approx(2.5)
+    assert throughput.epoch_ratio(None, 4.0) is None
+    assert throughput.epoch_ratio(10.0, -0.1) is None  # noise larger than the epochs: no ratio
+
+
+def _run(side, epochs, wall, rss, tag="r0", **extra):
+    return {"side": side, "epochs": epochs, "wall_s": wall, "peak_rss_mb": rss, "tag": tag,
+            "load_avg_1min": [0.1, 0.2], **extra}
+
+
+def _batch(throughput, batch=128):
+    runs = [
+        _run("reference", 2, 23.0, 400.0, script={"epoch_seconds": [10.0, 10.0], "train_windows": 1670,
+                                                   "vali_windows": 208, "steps_per_epoch": 13}),
+        _run("limubert_jax", 2, 18.0, 900.0, time_to_first_step_s=6.0, peak_device_bytes=None,
+             epoch_seconds=[6.0, 5.0]),
+        _run("reference", 6, 63.0, 410.0, script={"epoch_seconds": [10.0] * 6}),
+        _run("limubert_jax", 6, 38.0, 950.0, time_to_first_step_s=7.0, peak_device_bytes=3 * 2**20,
+             epoch_seconds=[6.0] + [5.0] * 5),
+    ]
+    first = _run("limubert_jax", 2, 40.0, 1200.0, tag="first", time_to_first_step_s=28.0, peak_device_bytes=None)
+    return throughput.summarize_batch(batch, 2, 6, runs, [first], windows=2088)
+
+
+def test_summarize_batch(throughput):
+    b = _batch(throughput)
+    assert b["reference"]["per_epoch_s"] == pytest.approx(10.0)
+    assert b["reference"]["startup_s"] == pytest.approx(3.0)
+    assert b["limubert_jax"]["per_epoch_s"] == pytest.approx(5.0)
+    assert b["limubert_jax"]["startup_s"] == pytest.approx(8.0)
+    assert b["limubert_jax"]["first_run"]["startup_s"] == pytest.approx(30.0)  # 40 s - 2 x 5 s
+    assert b["limubert_jax"]["time_to_first_step_s"] == pytest.approx(6.5)
+    assert b["limubert_jax"]["peak_rss_mb"] == 950.0 and b["reference"]["peak_rss_mb"] == 410.0
+    assert b["limubert_jax"]["peak_device_bytes"] == 3 * 2**20 and b["reference"]["peak_device_bytes"] is None
+    assert b["limubert_jax"]["script_epoch_s_median"] == pytest.approx(5.0)
+    assert b["ratio"] == pytest.approx(2.0) and b["goal"] == 2.0
+    assert b["wall_ratio"]["6"] == pytest.approx(63.0 / 38.0)
+    json.dumps(b)  # goes into the JSON as it is
+
+
+def test_whole_job_table_and_line(throughput):
+    b128, b32 = _batch(throughput, 128), _batch(throughput, 32)
+    table = throughput.whole_job_table(b128)
+    lines = table.splitlines()
+    assert "batch 128" in lines[0] and "1670 train / 208 validation" in lines[0]
+    per_epoch = next(l for l in lines if l.startswith("seconds per epoch"))
+    assert per_epoch.split()[-3:] == ["10.00", "5.00", "2.00x"]
+    assert "8.0" in next(l for l in lines if l.startswith("startup seconds: rerun"))
+    assert "30.0" in next(l for l in lines if l.startswith("startup seconds: first run"))
+    assert "6.5 / 28.0" in table
+    assert next(l for l in lines if l.startswith("peak host RSS")).split()[-2:] == ["410", "950"]
+    assert next(l for l in lines if l.startswith("peak device memory")).split()[-2:] == ["-", "3"]
+    assert len({len(l) for l in lines[2:]}) == 1  # aligned columns
+    assert throughput.whole_job_line([b128, b32]) == \
+        "whole job, batch 128: 2.00x (goal 2.0x); batch 32: 2.00x (goal 1.5x)"
+    b32.pop("reference")
+    b32["ratio"] = None
+    assert "batch 32: n/a (goal 1.5x)" in throughput.whole_job_line([b32])
+    assert "seconds per epoch" in throughput.whole_job_table(b32)  # limubert_jax alone (--skip-torch)
+
+
+def test_throughput_flags(throughput):
+    args = throughput.parse_args([])
+    assert args.whole_job_batch_sizes == (128, 32) and args.whole_job_epochs == (2, 6)
+    assert args.whole_job_windows == 2088 and not args.skip_whole_job and not args.whole_job_only
+    assert throughput.parse_args(["--whole-job-batch-sizes", "64"]).whole_job_batch_sizes == (64,)
+    for bad in (["--whole-job-epochs", "6,2"], ["--whole-job-epochs", "2"], ["--whole-job-batch-sizes", "0"],
+                ["--skip-whole-job", "--whole-job-only"], ["--whole-job-windows", "100"]):
+        with pytest.raises(SystemExit):
+            throughput.parse_args(bad)
+
+
+def test_launch_reports_the_childs_own_peak_memory(throughput, tmp_path):
+    code = "b = bytearray(120 * 2**20); b[::4096] = b'x' * len(b[::4096]); print('done')"
+    record = throughput.launch([sys.executable, "-c", code], log_path=tmp_path / "child.log", cwd=tmp_path)
+    assert record["returncode"] == 0 and record["wall_s"] > 0
+    assert record["peak_rss_mb"] >= 120
+    assert (tmp_path / "child.log").read_text().strip() == "done"
+    failed = throughput.launch([sys.executable, "-c", "raise SystemExit(3)"], log_path=tmp_path / "f.log", cwd=tmp_path)
+    assert failed["returncode"] == 3
+    with pytest.raises(SystemExit, match="exit 3"):
+        throughput._check_exit(failed, "the child")
+
+
+def test_jax_child_environment(throughput, monkeypatch, tmp_path):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere")
+    env = throughput._jax_env(tmp_path)
+    assert "JAX_COMPILATION_CACHE_DIR" not in env and env["LIMUBERT_XLA_CACHE"] == str(tmp_path)
+
+
+def test_jax_epoch_seconds_from_metrics(throughput, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps({"step": s, "samples_per_second": 128 * 13 / t})
+                              for s, t in ((13, 4.0), (26, 2.0))) + "\n")
+    assert throughput._jax_epoch_seconds(path, 128) == pytest.approx([4.0, 2.0])
+    assert throughput._jax_epoch_seconds(tmp_path / "missing.jsonl", 128) == []
+
+
+def test_reference_split_is_the_projects(reference):
+    from limubert_jax.data import splits
+
+    state = np.random.get_state()
+    try:
+        for got, want in zip(reference.reference_split(2088, 3431, 0.8, 0.1), splits.pretrain_split(2088)):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        np.random.set_state(state)
+
+
+def test_reference_base_v1_is_the_projects(reference):
+    import dataclasses
+
+    from limubert_jax.models.encoder import LAYER_NORM_EPS, MODEL_CONFIGS
+
+    assert dataclasses.asdict(reference.MODELS["base_v1"]) == MODEL_CONFIGS["base_v1"].to_dict()
+    assert reference.LAYER_NORM_EPS == LAYER_NORM_EPS
+
+
+def test_reference_argument_validation(reference, tmp_path):
+    data = tmp_path / "data_20_120.npy"
+    np.save(data, np.zeros((4, 120, 6), np.float32))
+    common = ["--data", str(data), "--save", str(tmp_path / "out")]
+    assert reference.parse_args(common + ["--epochs", "1"]).batch_size == 128
+    for bad in (["--epochs", "0"], ["--epochs", "1", "--batch-size", "0"], ["--epochs", "1", "--threads", "-1"],
+                ["--epochs", "1", "--train-rate", "0.95"], ["--epochs", "1", "--model", "huge"]):
+        with pytest.raises(SystemExit):
+            reference.parse_args(common + bad)
+    with pytest.raises(SystemExit):
+        reference.parse_args(["--data", str(tmp_path / "missing.npy"), "--save", "x", "--epochs", "1"])
+    with pytest.raises(SystemExit):
+        reference.parse_args(["--data", str(data), "--epochs", "1"])  # --save is required
+
+
+def test_reference_job_on_a_tiny_dataset(tmp_path):
+    from limubert_jax.data.synthetic import synthetic_windows
+
+    np.save(tmp_path / "data_20_120.npy", synthetic_windows(64, seed=1))
+    np.save(tmp_path / "label_20_120.npy", np.zeros((64, 120, 2), np.float32))
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "reference_pretrain.py"), "--data", str(tmp_path / "data_20_120.npy"),
+         "--epochs", "1", "--batch-size", "8", "--save", str(tmp_path / "save"), "--threads", "1", "--model", "tiny",
+         "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "epoch 1/1: train loss" in proc.stdout
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT_JSON "))
+    result = json.loads(line[len("RESULT_JSON "):])
+    assert result["epochs"] == 1 and len(result["epoch_seconds"]) == 1
+    assert (result["train_windows"], result["vali_windows"], result["steps_per_epoch"]) == (51, 6, 7)
+    assert result["best_epoch"] == 1 and np.isfinite(result["best_val_loss"])
+    assert result["total_seconds"] > 0 and result["peak_rss_mb"] > 0 and result["peak_device_bytes"] is None
+    assert result["labels_loaded"] and not result["jax_imported"]  # the reference job never loads JAX
+    best = tmp_path / "save" / "model.pt"
+    assert Path(result["best_model"]) == best and best.is_file()
+
+    import torch
+    from torch_reference import LIMUBertModel4Pretrain
+
+    from limubert_jax.models.encoder import LimuBertConfig
+
+    model = LIMUBertModel4Pretrain(LimuBertConfig(hidden=24, hidden_ff=48, n_layers=2, n_heads=2))
+    model.load_state_dict(torch.load(best, weights_only=True), strict=True)
