@@ -50,15 +50,11 @@ def _log(msg: str) -> None:
 
 
 def peak_memory() -> dict:
-    """This process's peak resident memory so far (MB, `ru_maxrss`) and its JAX device's
-    `peak_bytes_in_use` so far (None where the device keeps no statistics: XLA:CPU)."""
-    import resource
+    """This process's peak resident memory so far (MB) and its JAX devices' peak memory in use
+    so far (None where the device keeps no statistics: XLA:CPU)."""
+    from limubert_jax.runtime import resources
 
-    import jax
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-    stats = jax.local_devices()[0].memory_stats()
-    return {"peak_rss_mb": rss, "peak_device_bytes": (stats or {}).get("peak_bytes_in_use")}
+    return {"peak_rss_mb": resources.peak_host_bytes() / 2**20, "peak_device_bytes": resources.peak_device_bytes()}
 
 
 def _memory_note(memory: dict) -> str:

@@ -50,15 +50,10 @@ def peak_memory(jax_device: bool) -> dict:
     """This process's peak resident memory so far (MB, `ru_maxrss`) and, with `jax_device` (a
     JAX mode: querying initializes JAX's backend, which would take GPU memory from PyTorch),
     the JAX device's `peak_bytes_in_use` so far where it keeps statistics (not XLA:CPU)."""
-    import resource
+    from limubert_jax.runtime import resources
 
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-    stats = None
-    if jax_device:
-        import jax
-
-        stats = jax.local_devices()[0].memory_stats()
-    return {"peak_rss_mb": rss, "peak_device_bytes": (stats or {}).get("peak_bytes_in_use")}
+    return {"peak_rss_mb": resources.peak_host_bytes() / 2**20,
+            "peak_device_bytes": resources.peak_device_bytes() if jax_device else None}
 
 
 def _jax_epoch_fn(mode: str, args, windows: np.ndarray):

@@ -64,7 +64,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -105,18 +104,17 @@ def _log(msg: str) -> None:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS) in MB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    """This process's peak resident memory in MB."""
+    from limubert_jax.runtime import resources
+
+    return resources.peak_host_bytes() / 2**20
 
 
 def _jax_peak_device_bytes() -> int | None:
-    """`peak_bytes_in_use` of the first local JAX device; None where the backend keeps no
-    statistics (XLA:CPU)."""
-    import jax
+    """The JAX devices' peak memory in use; None where the backend keeps no statistics (XLA:CPU)."""
+    from limubert_jax.runtime import resources
 
-    stats = jax.local_devices()[0].memory_stats()
-    return None if not stats else stats.get("peak_bytes_in_use")
+    return resources.peak_device_bytes()
 
 
 def run_jax(args) -> dict:

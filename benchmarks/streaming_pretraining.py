@@ -87,10 +87,9 @@ class _MemoryPeaks:
 def _peak_device_bytes() -> int | None:
     """`peak_bytes_in_use` of the first JAX device, None where the device keeps no statistics
     (XLA:CPU). Only for phases that use the device (this initializes JAX's backend)."""
-    import jax
+    from limubert_jax.runtime import resources
 
-    stats = jax.local_devices()[0].memory_stats()
-    return (stats or {}).get("peak_bytes_in_use")
+    return resources.peak_device_bytes()
 
 
 def _corpus_dir(args, windows: int) -> Path:
