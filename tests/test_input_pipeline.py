@@ -7,12 +7,14 @@ can be traced back to the original window indices."""
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import grain
 import ml_collections
 import numpy as np
 import pytest
+from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
 
 from limubert_jax.data import input_pipeline as ip
 from limubert_jax.data.splits import pretrain_split
@@ -218,7 +220,7 @@ def test_load_errors(tmp_path, dirs):
         ip.load_pretrain_data(_config(tmp_path / "tiny_tfds", _write_npy(tmp_path / "tiny", n=5)))
 
 
-def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data):
+def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data, monkeypatch):
     data_dir, npy_dir = dirs
     builds = lambda: sorted(p.name for p in (data_dir / "imu_npy").iterdir() if p.name[0] != ".")  # noqa: E731
     (built,) = builds()
@@ -233,6 +235,15 @@ def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data):
     other = ip.load_pretrain_data(_config(data_dir, _write_npy(tmp_path / "other", n=50, seed=1)))
     assert other.num_windows == 50 and len(builds()) == 2
     assert ip.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N
+    # Files whose size and modification time are the build's are not hashed again; a file
+    # touched since is hashed, and the same content is accepted.
+    with monkeypatch.context() as patched:
+        patched.setattr(imu_npy, "sha256", lambda path: pytest.fail(f"{path} hashed again"))
+        assert ip.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N
+    hashed = []
+    monkeypatch.setattr(imu_npy, "sha256", lambda path, real=imu_npy.sha256: hashed.append(path) or real(path))
+    os.utime(npy_dir / "data_20_120.npy")
+    assert ip.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N and len(hashed) == 1
     # The first folder's files changed since its build: refused, naming the folder and the fix.
     changed = _write_npy(tmp_path / "changed")
     ip.load_pretrain_data(_config(data_dir, changed))

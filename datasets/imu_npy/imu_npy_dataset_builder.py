@@ -58,6 +58,13 @@ def sha256(path: os.PathLike | str) -> str:
     return digest.hexdigest()
 
 
+def file_stat(path: os.PathLike | str) -> list[int]:
+    """[size in bytes, modification time in ns] of a file: while both are unchanged the file is
+    taken as unchanged, and its SHA-256 (seconds for a corpus of gigabytes) is not read again."""
+    stat = os.stat(path)
+    return [int(stat.st_size), int(stat.st_mtime_ns)]
+
+
 def _load(path: epath.Path) -> np.ndarray:
     try:
         return np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
@@ -256,6 +263,8 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
             source_dir=os.fspath(manual_dir),
             data_sha256=sha256(manual_dir / data_name),
             label_sha256=sha256(manual_dir / label_name) if (manual_dir / label_name).is_file() else None,
+            data_stat=file_stat(manual_dir / data_name),
+            label_stat=file_stat(manual_dir / label_name) if (manual_dir / label_name).is_file() else None,
         )
         columns, classes = label_columns(manual_dir, label)
         self.info.metadata["label_columns"] = columns

@@ -202,7 +202,8 @@ def _builder(name: str, version: str, data_dir: str | None, manual_dir: str | No
 
 def _check_manual_files(builder, manual_dir: str) -> None:
     """Refuses a build made from other files than those in `manual_dir` now: an npy-layout
-    build (imu_npy, eleme, huawei: they record the files' SHA-256) or a recordings build (its
+    build (imu_npy, eleme, huawei: they record the files' SHA-256, read again only where a
+    file's size or modification time differs from the build's) or a recordings build (its
     folder's fingerprint: paths, sizes, modification times)."""
     meta = builder.info.metadata or {}
     if "source_fingerprint" in meta:
@@ -233,6 +234,9 @@ def _check_manual_files(builder, manual_dir: str) -> None:
                 f"{path} does not exist; {builder.name}/{imu_npy.config_version(builder.builder_config)} in {builder.data_dir} "
                 f"was built from {meta.get('source_dir')!r}: point the config at the files to train on"
             )
+        recorded_stat = meta.get(key.replace("sha256", "stat"))  # builds before it recorded none
+        if recorded_stat is not None and imu_npy.file_stat(path) == list(recorded_stat):
+            continue
         if imu_npy.sha256(path) != meta[key]:
             raise ValueError(
                 f"{builder.name}/{imu_npy.config_version(builder.builder_config)} in {builder.data_dir} was built from "
