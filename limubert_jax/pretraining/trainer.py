@@ -286,13 +286,19 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     )
 
     init_key, mask_key, val_key = jax.random.split(jax.random.key(config.seed), 3)
-    params = LimuBertModel4Pretrain(model_config).init_params(init_key)
-    state = jax.device_put(TrainState.create(params, tx), replicated(mesh))
 
+    def initial_state(key) -> TrainState:
+        return TrainState.create(LimuBertModel4Pretrain(model_config).init_params(key), tx)
+
+    # A resumed run restores into the state's shapes; only a new one computes (and compiles) the init.
+    like = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)),
+                                  jax.eval_shape(initial_state, init_key))
     checkpoints = RunCheckpoints(workdir)
-    start_step, state = checkpoints.restore_latest(state, fall_back=config.train.fall_back_to_good_checkpoint)
+    start_step, state = checkpoints.restore_latest(like, fall_back=config.train.fall_back_to_good_checkpoint)
     if start_step:
         logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
+    else:
+        state = jax.device_put(initial_state(init_key), replicated(mesh))
     if jax.process_index() == 0:
         storage.write_text(workdir / CONFIG_FILE, json.dumps(model_record(model_config), indent=2) + "\n")
         storage.write_text(workdir / "config.json", config.to_json(indent=2) + "\n")
