@@ -41,7 +41,7 @@ from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE, LIMU_BERT
 from limubert_jax.models import registry
 from limubert_jax.models.encoder import LAYER_NORM_EPS, LimuBertConfig
 from limubert_jax.models.pipeline import AGGREGATION
-from limubert_jax.runtime.errors import LimuBertError
+from limubert_jax.runtime.errors import LimuBertError, import_extra
 
 OPSET = 17
 IR_VERSION = 8
@@ -50,15 +50,12 @@ BATCH = "batch"  # the symbolic batch dimension
 SUPPORTED_HEADS = registry.RECURRENT_HEADS
 ENCODER_KIND = LIMU_BERT
 CLASSIFIER_KIND = CLASSIFIER_PIPELINE
-INSTALL_HINT = "pip install 'limubert-jax[onnx]'"
 
 
 def _import_onnx():
-    try:
-        import onnx
-        from onnx import helper, numpy_helper
-    except ImportError:
-        raise LimuBertError(f"ONNX export needs the 'onnx' package, which is not installed: {INSTALL_HINT}") from None
+    onnx = import_extra("onnx", extra="onnx", reason="ONNX export needs the 'onnx' package, which is not installed")
+    from onnx import helper, numpy_helper  # noqa: PLC0415  (parts of the package just imported)
+
     return onnx, helper, numpy_helper
 
 
@@ -372,10 +369,8 @@ def _reference_outputs(kind: str, config, params: dict, windows: np.ndarray) -> 
 
 def run_onnx(out_path: str | os.PathLike, windows: np.ndarray, *, threads: int = 1) -> dict[str, np.ndarray]:
     """Runs an exported model with ONNX Runtime on raw windows [B, S, F]: {output name: array}."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise LimuBertError(f"running ONNX models needs 'onnxruntime', which is not installed: {INSTALL_HINT}") from None
+    ort = import_extra("onnxruntime", extra="onnx",
+                       reason="running ONNX models needs 'onnxruntime', which is not installed")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = threads

@@ -44,9 +44,8 @@ import numpy as np
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE
 from limubert_jax.models import registry
-from limubert_jax.runtime.errors import LimuBertError, first_line
+from limubert_jax.runtime.errors import LimuBertError, first_line, import_extra
 
-INSTALL_HINT = "pip install 'limubert-jax[tflite]'"
 INPUT = "windows"
 OUTPUTS = ("probabilities", "subwindow_logits")
 SIGNATURE = "serving_default"
@@ -56,24 +55,15 @@ _PROGRESS_ENV = "LITERT_TORCH_SHOW_PROGRESS"  # litert-torch's switch for its pr
 
 def _import_converter():
     """(torch, litert_torch), or a one-line `LimuBertError` naming the extra."""
-    try:
-        import torch
-    except ImportError:
-        raise LimuBertError(f"TFLite export needs PyTorch, which is not installed: {INSTALL_HINT}") from None
-    try:
-        import litert_torch
-    except ImportError:
-        raise LimuBertError(f"TFLite export needs 'litert-torch', which is not installed: {INSTALL_HINT}") from None
+    torch = import_extra("torch", extra="tflite", reason="TFLite export needs PyTorch, which is not installed")
+    litert_torch = import_extra("litert_torch", extra="tflite",
+                                reason="TFLite export needs 'litert-torch', which is not installed")
     return torch, litert_torch
 
 
 def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise LimuBertError(f"running TFLite models needs 'ai-edge-litert', which is not installed: "
-                            f"{INSTALL_HINT}") from None
-    return Interpreter
+    return import_extra("ai_edge_litert.interpreter", extra="tflite",
+                        reason="running TFLite models needs 'ai-edge-litert', which is not installed").Interpreter
 
 
 def _torch_pipeline(directory, workdir: str):

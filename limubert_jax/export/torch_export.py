@@ -35,7 +35,7 @@ from limubert_jax.io.state_dict import (
     validate_state_dict,
 )
 from limubert_jax.models.pipeline import AGGREGATION
-from limubert_jax.runtime.errors import LimuBertError, first_line
+from limubert_jax.runtime.errors import LimuBertError, first_line, import_extra
 
 # Shared with the standalone file (limubert_torch.py imports nothing of the package; a test
 # checks that the two agree).
@@ -47,11 +47,7 @@ FORMATS = ("pt", "safetensors")
 
 def import_torch():
     """torch, or a one-line `LimuBertError` naming the extra to install."""
-    try:
-        import torch
-    except ImportError:
-        raise LimuBertError("PyTorch is needed for this: pip install 'limubert-jax[torch]'") from None
-    return torch
+    return import_extra("torch", extra="torch", reason="PyTorch is needed for this")
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> StateDict:

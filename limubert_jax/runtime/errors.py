@@ -3,6 +3,7 @@ lines: `limubert_jax.runtime.cli`)."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -14,6 +15,15 @@ from limubert_jax.runtime.log_filters import quiet_libraries
 
 class LimuBertError(Exception):
     """Bad input (a file, a key, a shape, a value) explained in one line for the user."""
+
+
+def import_extra(module: str, *, extra: str, reason: str):
+    """`module` imported, or a one-line `LimuBertError`: `reason`, then the command that
+    installs the package's optional `extra` holding it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise LimuBertError(f"{reason}: pip install 'limubert-jax[{extra}]'") from None
 
 
 class Terminated(BaseException):
