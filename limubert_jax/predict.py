@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import io
 import os
 import sys
@@ -57,11 +58,12 @@ def model_dir(path: str | os.PathLike) -> epath.Path:
     path = storage.as_path(path)
     if not path.exists():
         raise LimuBertError(f"{path}: no such run directory")
-    if not ((path / checkpoint.CONFIG_FILE).is_file() or (path / MODEL_DIR / checkpoint.CONFIG_FILE).is_file()):
-        raise LimuBertError(f"{path}: no trained classifier here (no {MODEL_DIR}/{checkpoint.CONFIG_FILE}); a classify, "
-                            "finetune or baseline run saves one in its run directory, "
-                            "workdir/<task>/<method>-<label>-<rate>/")
-    return checkpoint.resolve_model_dir(path)
+    try:
+        return checkpoint.resolve_model_dir(path)
+    except LimuBertError:  # its message speaks of checkpoints and workdirs; this command takes runs
+        raise LimuBertError(f"{path}: no trained classifier here (no {MODEL_DIR}/{checkpoint.CONFIG_FILE}); a "
+                            "classify, finetune or baseline run saves one in its run directory, "
+                            "workdir/<task>/<method>-<label>-<rate>/") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,7 +276,9 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
             "outputs": [str(p) for p in outputs]}
 
 
-_RECORDING_DEFAULTS = {"stride": 0, "max_gap_s": 1.0, "acc_unit": "m/s^2", "gyro_unit": "rad/s"}
+# The recording options and their defaults, as `recordings_input` declares them (the flags' defaults too).
+_RECORDING_DEFAULTS = {name: p.default for name, p in inspect.signature(recordings_input).parameters.items()
+                       if p.kind is p.KEYWORD_ONLY}
 
 
 class _in_memory:
@@ -306,12 +310,15 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_string("subwindow_output", None, "Also write this CSV: one row per sub-window.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 256, "Windows per compiled batch.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.", flag_values=fv)
-    flags.DEFINE_integer("stride", 0, "Recordings: steps between window starts (0: the window length).",
-                         lower_bound=0, flag_values=fv)
-    flags.DEFINE_float("max_gap_s", 1.0, "Recordings: a longer pause between samples splits a recording.",
-                       flag_values=fv)
-    flags.DEFINE_enum("acc_unit", "m/s^2", ["m/s^2", "g"], "Recordings: accelerometer unit.", flag_values=fv)
-    flags.DEFINE_enum("gyro_unit", "rad/s", ["rad/s", "deg/s"], "Recordings: gyroscope unit.", flag_values=fv)
+    defaults = _RECORDING_DEFAULTS
+    flags.DEFINE_integer("stride", defaults["stride"], "Recordings: steps between window starts (0: the window "
+                         "length).", lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("max_gap_s", defaults["max_gap_s"], "Recordings: a longer pause between samples splits a "
+                       "recording.", flag_values=fv)
+    flags.DEFINE_enum("acc_unit", defaults["acc_unit"], ["m/s^2", "g"], "Recordings: accelerometer unit.",
+                      flag_values=fv)
+    flags.DEFINE_enum("gyro_unit", defaults["gyro_unit"], ["rad/s", "deg/s"], "Recordings: gyroscope unit.",
+                      flag_values=fv)
 
 
 def _run(fv: flags.FlagValues, args: list[str]) -> None:
