@@ -252,6 +252,7 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
             ) from e
         data, label = load_arrays(manual_dir, config_version(config), config.seq_len, self.LABELS_REQUIRED)
         data_name, label_name = file_names(config_version(config))
+        labelled = (manual_dir / label_name).is_file()
         num_features, num_labels = int(data.shape[2]), int(label.shape[2])
         # Recorded in metadata.json with the prepared data.
         self.info.metadata.update(
@@ -262,9 +263,9 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
             feature_units=feature_units(num_features),
             source_dir=os.fspath(manual_dir),
             data_sha256=sha256(manual_dir / data_name),
-            label_sha256=sha256(manual_dir / label_name) if (manual_dir / label_name).is_file() else None,
+            label_sha256=sha256(manual_dir / label_name) if labelled else None,
             data_stat=file_stat(manual_dir / data_name),
-            label_stat=file_stat(manual_dir / label_name) if (manual_dir / label_name).is_file() else None,
+            label_stat=file_stat(manual_dir / label_name) if labelled else None,
         )
         columns, classes = label_columns(manual_dir, label)
         self.info.metadata["label_columns"] = columns

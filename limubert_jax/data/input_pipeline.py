@@ -219,7 +219,8 @@ def _check_manual_files(builder, manual_dir: str) -> None:
     from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy  # noqa: PLC0415
 
     data_name, label_name = imu_npy.file_names(imu_npy.config_version(builder.builder_config))
-    for file_name, key in ((data_name, "data_sha256"), (label_name, "label_sha256")):
+    for file_name, key, stat_key in ((data_name, "data_sha256", "data_stat"),
+                                     (label_name, "label_sha256", "label_stat")):
         path = os.path.join(manual_dir, file_name)
         if meta.get(key) is None:  # built without labels
             if os.path.isfile(path):
@@ -234,7 +235,7 @@ def _check_manual_files(builder, manual_dir: str) -> None:
                 f"{path} does not exist; {builder.name}/{imu_npy.config_version(builder.builder_config)} in {builder.data_dir} "
                 f"was built from {meta.get('source_dir')!r}: point the config at the files to train on"
             )
-        recorded_stat = meta.get(key.replace("sha256", "stat"))  # builds before it recorded none
+        recorded_stat = meta.get(stat_key)  # older builds recorded none
         if recorded_stat is not None and imu_npy.file_stat(path) == list(recorded_stat):
             continue
         if imu_npy.sha256(path) != meta[key]:
