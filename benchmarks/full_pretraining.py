@@ -117,7 +117,7 @@ def _torch_epoch_fn(args, windows: np.ndarray):
 
     # The SPEC-faithful PyTorch model is test code (tests/torch_reference.py), not package code.
     sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
-    from reference_pipeline import PretrainDataset
+    from reference_pipeline import PretrainDataset, train_step
     from torch_reference import LIMUBertModel4Pretrain
 
     from limubert_jax.models.encoder import MODEL_CONFIGS
@@ -136,12 +136,8 @@ def _torch_epoch_fn(args, windows: np.ndarray):
 
     def run_epoch(epoch):
         loss = None
-        for masked, positions, targets in loader:
-            masked, positions, targets = masked.to(device), positions.to(device), targets.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(masked, positions), targets).mean()
-            loss.backward()
-            optimizer.step()
+        for batch in loader:
+            loss = train_step(model, optimizer, criterion, batch, device)
         return float(loss.item())
 
     return run_epoch, len(loader), f"torch {torch.__version__} on {device}"

@@ -211,6 +211,7 @@ def run_torch(args) -> dict:
     # The SPEC-faithful PyTorch model is test code (tests/torch_reference.py), not package code.
     sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
     from reference_pipeline import PretrainDataset
+    from reference_pipeline import train_step as reference_step
     from torch_reference import LIMUBertModel4Pretrain
 
     from limubert_jax.models.encoder import MODEL_CONFIGS
@@ -228,12 +229,7 @@ def run_torch(args) -> dict:
                                          shuffle=True, drop_last=True, num_workers=args.torch_workers)
 
     def train_step(batch) -> float:
-        masked, positions, targets = batch
-        optimizer.zero_grad()
-        loss = criterion(model(masked, positions), targets).mean()
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+        return reference_step(model, optimizer, criterion, batch).item()
 
     fixed = next(iter(loader))
     for _ in range(args.warmup_steps + 1):

@@ -83,3 +83,15 @@ class PretrainDataset(torch.utils.data.Dataset):
         masked, positions, targets = self.mask(normalize_window(self.raw[index], self.feature_num))
         return (torch.from_numpy(masked).float(), torch.from_numpy(positions).long(),
                 torch.from_numpy(targets).float())
+
+
+def train_step(model, optimizer, criterion, batch, device="cpu") -> torch.Tensor:
+    """One optimizer step of the reference's pretraining loop on a `PretrainDataset` batch
+    (masked, positions, targets): the mean masked squared error, backward, the optimizer's
+    step. Returns the loss tensor, not synchronized (the caller decides when to read it)."""
+    masked, positions, targets = (t.to(device) for t in batch)
+    optimizer.zero_grad()
+    loss = criterion(model(masked, positions), targets).mean()
+    loss.backward()
+    optimizer.step()
+    return loss

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from reference_pipeline import PretrainDataset
+    from reference_pipeline import PretrainDataset, train_step
 
     torch_reference = load_torch_reference()
     imported = time.perf_counter() - _STARTED
@@ -221,13 +221,8 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         model.train()
         loss_sum = 0.0
-        for masked, positions, targets in train_loader:
-            masked, positions, targets = masked.to(device), positions.to(device), targets.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(masked, positions), targets).mean()
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
+        for batch in train_loader:
+            loss_sum += train_step(model, optimizer, criterion, batch, device).item()
         train_loss = loss_sum / len(train_loader)
         trained = time.perf_counter() - started
 
