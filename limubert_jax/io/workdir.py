@@ -280,10 +280,14 @@ class RunCheckpoints:
                                          "differs from what was saved (SHA-256 mismatch)")
         return state
 
+    def steps(self) -> list[int]:
+        """The saved steps, oldest first."""
+        return sorted(self.manager.all_steps())
+
     def restore_latest(self, like, *, fall_back: bool) -> tuple[int, Any]:
         """(step, state) of the newest step, or (0, `like`) when there is none. A bad step is
         an error, or with `fall_back` moved to CORRUPT_DIR and the next newest tried."""
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        for step in reversed(self.steps()):
             try:
                 return step, self.restore(step, like)
             except CorruptCheckpointError as e:

@@ -291,10 +291,12 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         return TrainState.create(LimuBertModel4Pretrain(model_config).init_params(key), tx)
 
     # A resumed run restores into the state's shapes; only a new one computes (and compiles) the init.
-    like = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)),
-                                  jax.eval_shape(initial_state, init_key))
     checkpoints = RunCheckpoints(workdir)
-    start_step, state = checkpoints.restore_latest(like, fall_back=config.train.fall_back_to_good_checkpoint)
+    start_step, state = 0, None
+    if checkpoints.steps():
+        like = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)),
+                                      jax.eval_shape(initial_state, init_key))
+        start_step, state = checkpoints.restore_latest(like, fall_back=config.train.fall_back_to_good_checkpoint)
     if start_step:
         logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
     else:
