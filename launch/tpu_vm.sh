@@ -208,25 +208,21 @@ if [[ -z "$RUNTIME" ]]; then
     *) if [[ "$SUBCOMMAND" == run ]]; then die "no default runtime for --type=$TYPE; pass --runtime=VERSION"; fi ;;
   esac
 fi
-# Zones where the Cloud TPU documentation lists the type's generation, for a warning only: a
-# given zone always wins (the list grows, and gcloud says when a zone lacks the type).
+# The type's default zone, and the zones where the Cloud TPU documentation lists its generation
+# (for a warning only: a given zone always wins; the list grows, and gcloud says when a zone
+# lacks the type).
 case "$TYPE" in
-  v5litepod-*) DOCUMENTED_ZONES="us-central1-a us-south1-a us-west1-c us-west4-a" ;;
-  v5p-*) DOCUMENTED_ZONES="us-central1-a us-east5-a" ;;
-  v6e-*) DOCUMENTED_ZONES="us-central1-b us-east1-d us-east5-a us-east5-b europe-west4-a" ;;
-  v4-*) DOCUMENTED_ZONES="us-central2-b" ;;
-  *) DOCUMENTED_ZONES="" ;;
+  v5litepod-*) DEFAULT_ZONE="$ZONE_V5E" DOCUMENTED_ZONES="us-central1-a us-south1-a us-west1-c us-west4-a" ;;
+  v5p-*) DEFAULT_ZONE="$ZONE_V5P" DOCUMENTED_ZONES="us-central1-a us-east5-a" ;;
+  v6e-*) DEFAULT_ZONE="$ZONE_V6E" DOCUMENTED_ZONES="us-central1-b us-east1-d us-east5-a us-east5-b europe-west4-a" ;;
+  v4-*) DEFAULT_ZONE="$ZONE_V4" DOCUMENTED_ZONES="us-central2-b" ;;
+  v2-8 | v3-8) DEFAULT_ZONE="$ZONE_V2_V3_8" DOCUMENTED_ZONES="" ;;
+  v2-* | v3-*) DEFAULT_ZONE="$ZONE_V2_V3" DOCUMENTED_ZONES="" ;;
+  *) DEFAULT_ZONE="" DOCUMENTED_ZONES="" ;;
 esac
 if [[ -z "$ZONE" ]]; then
-  case "$TYPE" in
-    v5litepod-*) ZONE="$ZONE_V5E" ;;
-    v5p-*) ZONE="$ZONE_V5P" ;;
-    v6e-*) ZONE="$ZONE_V6E" ;;
-    v4-*) ZONE="$ZONE_V4" ;;
-    v2-8 | v3-8) ZONE="$ZONE_V2_V3_8" ;;
-    v2-* | v3-*) ZONE="$ZONE_V2_V3" ;;
-    *) die "no default zone for --type=$TYPE; pass --zone=ZONE" ;;
-  esac
+  [[ -n "$DEFAULT_ZONE" ]] || die "no default zone for --type=$TYPE; pass --zone=ZONE"
+  ZONE="$DEFAULT_ZONE"
 elif [[ -n "$DOCUMENTED_ZONES" && " $DOCUMENTED_ZONES " != *" $ZONE "* ]]; then
   echo "tpu_vm.sh: warning: --zone=$ZONE is not among the zones the Cloud TPU documentation lists" \
     "for ${TYPE%%-*} ($DOCUMENTED_ZONES); without that type there, gcloud will refuse" >&2
