@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.plot_windows = 4  # validation windows drawn in reconstruction.png
     config.train.steps_per_dispatch = 1  # train steps per compiled call (a lax.scan over a stack of host batches)
     config.train.compute_dtype = "float32"  # 'bfloat16': bf16 compute, float32 parameters and optimizer state
-    config.train.encoder_chunk = -1  # encoder work split: windows per chunk (>0), 0 whole batch, -1 16 on CPU else 0
+    config.train.encoder_chunk = -1  # CPU work split, windows per chunk (>0); 0 whole batch; -1: on CPU 8 (train) / 16 (eval)
     config.train.matmul_precision = "highest"  # train-step matmuls: 'highest' full fp32 (the reference); 'high'/'default' TF32 (GPU), bf16 passes (TPU)
     config.train.device_resident = False  # training windows on device; each epoch (shuffle, masking) one call
     config.train.fall_back_to_good_checkpoint = False  # resume: move a corrupted step aside and resume from the newest good one

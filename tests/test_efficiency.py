@@ -16,7 +16,16 @@ import pytest
 from limubert_jax import config_lib, tasks
 from limubert_jax.io import checkpoint
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
-from limubert_jax.pretraining.steps import MaskConfig, TrainState, epoch_order, eval_step, resident_epoch, train_step
+from limubert_jax.pretraining.steps import (
+    MaskConfig,
+    TrainState,
+    epoch_order,
+    eval_step,
+    loss_and_grads,
+    mask_batch,
+    resident_epoch,
+    train_step,
+)
 from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +84,21 @@ def test_bfloat16_compute_tracks_float32_and_keeps_float32_state():
     assert np.abs(loss16 - loss32).max() > 0  # it did compute in bfloat16
     drift = max(np.abs(a - b).max() for a, b in zip(_leaves(state16.params), _leaves(state32.params)))
     assert drift < 2 * 6 * 1e-3  # each run moves a parameter by about lr = 1e-3 per step
+
+
+@pytest.mark.parametrize("batch,chunk", [(11, 4), (8, 4), (3, 4)])
+def test_gradient_over_chunks_equals_the_whole_batch(batch, chunk):
+    # 11 = 3 chunks, the last padded; 8 = 2 whole chunks; 3 = less than a chunk (no loop).
+    # Float32 sums in another order: 1e-6 on the loss, 1e-5 on the gradients.
+    params = _state().params
+    masked, positions, targets = mask_batch(jax.random.key(3), jnp.asarray(_windows(batch)), CFG, MaskConfig())
+    run = jax.jit(lambda chunk: loss_and_grads(params, masked, positions, targets, model_config=CFG,
+                                               encoder_chunk=chunk), static_argnums=0)
+    (loss, grads), (whole_loss, whole_grads) = run(chunk), run(0)
+    np.testing.assert_allclose(loss, whole_loss, rtol=1e-6)
+    for a, b in zip(_leaves(grads), _leaves(whole_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert max(np.abs(g).max() for g in _leaves(grads)) > 1e-3  # gradients that say something
 
 
 def test_encoder_chunk_reaches_the_pretraining_programs():

@@ -1,4 +1,7 @@
-"""The jitted pretraining step: it learns, and its results do not depend on the device count."""
+"""The jitted pretraining step: it learns, and its results do not depend on the device count.
+
+Batches of 24 windows: on CPU the gradient is taken over chunks of 16 (`steps.loss_and_grads`),
+so the chunks, their padding and their split over the devices are part of the comparison."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ _SCRIPT = textwrap.dedent(
     state = TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx)
     step = jit_train_step(mesh, model_config=cfg, mask_config=MaskConfig(), tx=tx)
     evaluate = jit_eval_step(mesh, model_config=cfg, mask_config=MaskConfig())
-    data = np.random.default_rng(0).normal(size=(5, 16, 40, 6)).astype(np.float32) * 5
+    data = np.random.default_rng(0).normal(size=(5, 24, 40, 6)).astype(np.float32) * 5
     rng = jax.random.key(1)
     losses = []
     for raw in data:
@@ -43,9 +46,9 @@ _SCRIPT = textwrap.dedent(
         state0, global_batch(data, mesh, stacked=True), rng)
     windows = data.reshape(-1, 40, 6)
     state0 = TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx)
-    _, resident = jit_resident_epoch(mesh, steps=4, batch_size=16, model_config=cfg, mask_config=MaskConfig(),
+    _, resident = jit_resident_epoch(mesh, steps=4, batch_size=24, model_config=cfg, mask_config=MaskConfig(),
                                      tx=tx)(state0, windows, jax.random.key(5), rng)
-    weights = np.ones(16, np.float32)
+    weights = np.ones(24, np.float32)
     sse, count = evaluate(state.params, global_batch(data[0], mesh), global_batch(weights, mesh), jax.random.key(2))
     try:
         global_batch(np.zeros((len(jax.devices()) + 1, 40, 6), np.float32), mesh)

@@ -9,10 +9,11 @@ NH heads, M masked positions per window.
 
 Performance (the parameters and outputs are those of the plain formulation; see
 `encode`): the encoder is written as pure functions of the parameter tree; the Flax modules
-only declare the parameters. On CPU the encoder runs over chunks of ENCODER_CHUNK windows in
-a loop, recomputing each chunk's activations in the backward pass (`jax.checkpoint`), so
+only declare the parameters. On CPU the encoder runs over chunks of ENCODER_CHUNK windows, so
 that its intermediates stay in cache instead of streaming [B, NH, S, S] attention tensors
-through memory; the three attention projections run as one matmul; and when only the
+through memory (pretraining's train step takes each chunk's gradient in turn, see
+`pretraining.steps.loss_and_grads`; elsewhere a loop recomputes each chunk's activations in
+the backward pass); the three attention projections run as one matmul; and when only the
 masked positions are decoded, the last layer computes only those rows.
 """
 
@@ -309,6 +310,21 @@ def default_chunk() -> int:
     return ENCODER_CHUNK if jax.default_backend() == "cpu" else 0
 
 
+def encode_streams(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = None,
+                   streams: int = ENCODER_STREAMS) -> jax.Array:
+    """`encode_plain` over `streams` interleaved sub-batches (rows i, i + streams, ...), same
+    shapes and values. The sub-batches are independent in the graph, so XLA:CPU's runtime can
+    run them on different cores instead of splitting every small op between threads. A batch
+    that does not divide by `streams` runs whole."""
+    batch = x.shape[0]
+    if streams <= 1 or batch % streams:
+        return encode_plain(p, x, cfg, positions)
+    parts = [encode_plain(p, x[i::streams], cfg, None if positions is None else positions[i::streams])
+             for i in range(streams)]
+    out = jnp.stack(parts, axis=1)  # [B / streams, streams, T, H]: rows back in order
+    return out.reshape(batch, *out.shape[2:])
+
+
 def encode(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = None,
            chunk: int | None = None, streams: int = ENCODER_STREAMS) -> jax.Array:
     """`encode_plain` computed over chunks of `chunk` windows (None: `default_chunk()`;
@@ -319,17 +335,18 @@ def encode(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = N
     [B, S, FF] activations. Here the chunks run in a loop (`lax.map`) and `jax.checkpoint`
     keeps only each chunk's input for the backward pass, which recomputes the chunk's
     activations and uses them while they are in cache; the parameter gradients are summed
-    over the chunks. Each chunk is split into `streams` interleaved sub-batches that are
-    independent in the graph, so the runtime can put them on different cores instead of
-    splitting every small op between threads. The batch is zero-padded to a multiple of
-    `chunk` and the padding dropped.
+    over the chunks. A batch of at most `chunk` windows is one chunk without the loop. Each
+    chunk runs as `encode_streams`. The batch is zero-padded to a multiple of `chunk` and
+    the padding dropped.
     """
     chunk = default_chunk() if chunk is None else chunk
     batch = x.shape[0]
-    if chunk <= 0 or batch <= chunk:
+    if chunk <= 0:
         return encode_plain(p, x, cfg, positions)
     if chunk % streams:
         raise ValueError(f"encode: chunk ({chunk}) must divide by streams ({streams})")
+    if batch <= chunk:
+        return encode_streams(p, x, cfg, positions, streams)
     n = -(-batch // chunk)
     pad = n * chunk - batch
 
@@ -341,10 +358,7 @@ def encode(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = N
     @jax.checkpoint
     def run_chunk(chunk_inputs):
         xc, pc = chunk_inputs
-        parts = [encode_plain(p, xc[i::streams], cfg, None if pc is None else pc[i::streams])
-                 for i in range(streams)]
-        out = jnp.stack(parts, axis=1)  # [chunk / streams, streams, T, H]: rows back in order
-        return out.reshape(chunk, *out.shape[2:])
+        return encode_streams(p, xc, cfg, pc, streams)
 
     out = jax.lax.map(run_chunk, (split(x), None if positions is None else split(positions)))
     return out.reshape(n * chunk, *out.shape[2:])[:batch]
