@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,148 @@ def test_reference_job_on_a_tiny_dataset(tmp_path):
 
     model = LIMUBertModel4Pretrain(LimuBertConfig(hidden=24, hidden_ff=48, n_layers=2, n_heads=2))
     model.load_state_dict(torch.load(best, weights_only=True), strict=True)
+
+
+# benchmarks/gpu_variants.py: the GPU speed variants, checked on CPU at smoke sizes.
+
+
+@pytest.fixture(scope="module")
+def gpu_variants():
+    return _load("gpu_variants")
+
+
+# Runs gpu_variants.py as __main__ in a Python where the packages the GPU image lacks cannot be
+# imported (a meta-path finder refuses them and records every attempt, also one a library would
+# catch), and reports the attempts at exit.
+_WITHOUT_GPU_IMAGE_MISSING = """
+import atexit, importlib.abc, runpy, sys
+unavailable, attempts = set({unavailable!r}), []
+class Unavailable(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in unavailable:
+            attempts.append(name)
+            raise ModuleNotFoundError(name + " is not installed on the GPU image")
+        return None
+sys.meta_path.insert(0, Unavailable())
+atexit.register(lambda: print("UNAVAILABLE_IMPORTS_ATTEMPTED", sorted(set(attempts)), file=sys.stderr))
+sys.argv = [{script!r}, *{argv!r}]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_gpu_variants_smoke_without_the_packages_the_gpu_image_lacks(gpu_variants, tmp_path):
+    ran = ("f32_highest", "bf16_fused_pad32")  # each variant compiles for seconds: the reference and one patched
+    argv = ["--smoke", "--in-process", "--out", str(tmp_path), "--variants", ",".join((*ran, "bf16_cmdbuf_unrolled"))]
+    code = _WITHOUT_GPU_IMAGE_MISSING.format(unavailable=gpu_variants.UNAVAILABLE_ON_GPU_IMAGE,
+                                             script=str(BENCHMARKS / "gpu_variants.py"), argv=argv)
+    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # its programs serve no other test
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "UNAVAILABLE_IMPORTS_ATTEMPTED []" in proc.stderr
+
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "gpu_variants.json").read_text())["results"]}
+    assert list(rows) == [v.name for v in gpu_variants.VARIANTS]  # every variant has its row, in order
+    assert {name for name, r in rows.items() if r["status"] == "ok"} == set(ran)
+    for name, r in rows.items():
+        if name not in ran:
+            assert r["status"] == "skipped" and r["reason"], name
+    assert "XLA flags" in rows["bf16_cmdbuf_unrolled"]["reason"]  # needs a child process
+    assert rows["f32_highest"]["loss_deviation"] == 0.0
+    for name in ran:
+        r = rows[name]
+        assert r["finite"] and r["loss_ok"] and r["loss_deviation"] < gpu_variants.LOSS_TOLERANCE, name
+        assert r["windows_per_s"] > 0 and r["projected_full_s"] > r["compile_s"] > 0 and r["batch_size"] == 16
+    assert rows["bf16_fused_pad32"]["attention"] == "dot_product_attention xla, head 32"  # no cuDNN on CPU
+
+    text = (tmp_path / "gpu_variants.md").read_text()
+    assert text.strip() in proc.stdout  # the printed table is the file's
+    lines = text.splitlines()
+    assert lines[1].startswith("device: cpu") and "jax " in lines[1] and "Python " in lines[1]
+    assert lines[2].startswith("command: ") and "--smoke" in lines[2]
+    table = [line for line in lines if line.startswith("| ")]
+    assert [line.split(" | ")[0][2:] for line in table[1:]] == list(rows)
+    deviation_column = table[0].split(" | ").index("vs f32_highest")
+    for line in table[1:]:
+        if line.split(" | ")[0][2:] in ran:
+            assert line.split(" | ")[deviation_column].endswith("%")
+    assert (tmp_path / "gpu_variants.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_padded_fused_attention_is_the_encoders(gpu_variants):
+    import jax
+    import jax.numpy as jnp
+
+    from limubert_jax.models import encoder
+
+    rng = np.random.default_rng(0)
+    batch, seq, heads, head = 3, 120, 4, 18  # base_v1's heads
+    qkv = jnp.asarray(rng.normal(size=(batch, seq, 3 * heads * head)), jnp.float32)
+    positions = jnp.asarray(np.stack([rng.choice(seq, 18, replace=False) for _ in range(batch)]), jnp.int32)
+    weights = jnp.asarray(rng.normal(size=(batch, seq, heads * head)), jnp.float32)
+
+    def value_and_grad(attention, rows):
+        # the output and the gradient of a weighted sum of it: training differentiates through the padding
+        def weighted(x):
+            out = attention(x, heads, rows)
+            return jnp.sum(out * weights[:, : out.shape[1]]), out
+
+        (_, out), grad = jax.jit(jax.value_and_grad(weighted, has_aux=True))(qkv)
+        return out, grad
+
+    with jax.default_matmul_precision("highest"):
+        for rows in (None, positions):
+            want, want_grad = value_and_grad(encoder.attention, rows)
+            assert want.shape == (batch, seq if rows is None else 18, heads * head)
+            for head_size in (24, 32):
+                got, got_grad = value_and_grad(gpu_variants.fused_attention(head_size, "xla"), rows)
+                # Zero padding adds exact zeros to every dot product; what remains is float32
+                # rounding in another summation order (scores up to ~15 here, values ~1).
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="head size 16"):
+        gpu_variants.fused_attention(16, "xla")(qkv, heads)
+
+
+def test_flat_bert_adam_is_the_packages(gpu_variants):
+    import jax
+    import optax
+
+    from limubert_jax.pretraining import optim
+
+    rng = np.random.default_rng(0)
+    shapes = {"fc": {"bias": (3,), "kernel": (4, 3)}, "linear": {"bias": (5,), "kernel": (3, 5)}, "pos_embed": (7, 2)}
+
+    def draw(scale):  # a tree shaped like `shapes`
+        return jax.tree.map(lambda s: (scale * rng.normal(size=s)).astype(np.float32), shapes,
+                            is_leaf=lambda s: isinstance(s, tuple))
+
+    start = draw(1.0)
+    schedule = dict(learning_rate=1e-2, total_steps=10, warmup=0.2)  # a ramp of 2 steps, then the decay
+    txs = optim.pretrain_optimizer("bert_adam", **schedule), gpu_variants.flat_bert_adam(start, **schedule)
+    params = [start, start]
+    states = [tx.init(p) for tx, p in zip(txs, params)]
+    moments = jax.tree.leaves(states[1])
+    assert len({id(m) for m in moments}) == len(moments)  # the train step donates each buffer once
+    for step in range(4):
+        grads = draw(3.0 if step % 2 else 0.1)  # large ones: clipped; small ones: not
+        updates = []
+        for i, tx in enumerate(txs):
+            update, states[i] = jax.jit(tx.update)(grads, states[i], params[i])
+            params[i] = optax.apply_updates(params[i], update)
+            updates.append(update)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), *updates)
+        assert not np.any(updates[1]["fc"]["kernel"])  # the unused head stays frozen
+    assert np.any(updates[1]["linear"]["kernel"])
+
+
+def test_gpu_variants_flags(gpu_variants):
+    args = gpu_variants.parse_args(["--out", "x"])
+    assert (args.windows, args.batch_size, args.epochs, args.in_process) == (7333, 128, 3, False)
+    assert args.variants.split(",") == [v.name for v in gpu_variants.VARIANTS]
+    assert gpu_variants.VARIANTS[0].name == gpu_variants.REFERENCE  # the loss reference runs first
+    smoke = gpu_variants.parse_args(["--out", "x", "--smoke", "--epochs", "2"])
+    assert (smoke.windows, smoke.batch_size, smoke.epochs) == (64, 16, 2)
+    for bad in (["--variants", "f32_highest,fastest"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit):
+            gpu_variants.parse_args(["--out", "x", *bad])
