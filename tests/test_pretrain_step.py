@@ -1,7 +1,7 @@
 """The jitted pretraining step: it learns, and its results do not depend on the device count.
 
-Batches of 24 windows: on CPU the gradient is taken over chunks of 16 (`steps.loss_and_grads`),
-so the chunks, their padding and their split over the devices are part of the comparison."""
+Batches of 24 windows: on CPU the gradient is taken over three chunks of 8 (`steps.loss_and_grads`),
+so the chunks and their split over the devices are part of the comparison."""
 
 from __future__ import annotations
 
