@@ -107,6 +107,36 @@ def test_deterministic_and_seeded(data):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+def test_windows_kept_in_memory_give_the_same_stream_and_are_read_once(data, monkeypatch):
+    kept = _take(ip.train_batches(data, global_batch_size=BATCH, seed=3), 25)
+    monkeypatch.setattr(ip, "KEEP_IN_MEMORY_BYTES", 0)  # every epoch read from the records
+    read_through = _take(ip.train_batches(data, global_batch_size=BATCH, seed=3), 25)
+    for x, y in zip(kept, read_through):
+        np.testing.assert_array_equal(x, y)
+
+    class CountingView:
+        def __init__(self, view):
+            self.view, self.rows_read = view, 0
+
+        def __len__(self):
+            return len(self.view)
+
+        def read(self, rows):
+            self.rows_read += len(rows)
+            return self.view.read(rows)
+
+    source = CountingView(data.train)
+    view = ip.RowsKeptOnRead(source, limit_bytes=len(data.train) * S * F * 4)
+    everything = np.arange(len(data.train))
+    np.testing.assert_array_equal(view.read(everything[::-1]), data.train.read(everything[::-1]))
+    np.testing.assert_array_equal(view.read(everything[:7]), data.train.read(everything[:7]))
+    assert source.rows_read == len(data.train)  # the second read came from memory
+    too_small = ip.RowsKeptOnRead(CountingView(data.train), limit_bytes=len(data.train) * S * F * 4 - 1)
+    too_small.read(everything[:3])
+    too_small.read(everything[:3])
+    assert too_small.view.rows_read == 9 and not too_small.enabled  # read through, nothing kept
+
+
 @pytest.mark.parametrize("start", [1, 9, 10, 23])
 def test_resume_at_start_step(data, start):
     stream = _take(ip.train_batches(data, global_batch_size=BATCH, seed=1), start + 4)
