@@ -305,9 +305,9 @@ ENCODER_CHUNK = 16
 ENCODER_STREAMS = 2
 
 
-def default_chunk() -> int:
-    """ENCODER_CHUNK on the CPU backend, 0 (whole batch) elsewhere."""
-    return ENCODER_CHUNK if jax.default_backend() == "cpu" else 0
+def default_chunk(cpu_chunk: int = ENCODER_CHUNK) -> int:
+    """`cpu_chunk` on the CPU backend, 0 (whole batch) elsewhere."""
+    return cpu_chunk if jax.default_backend() == "cpu" else 0
 
 
 def encode_streams(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = None,

@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from limubert_jax.data import masking
 from limubert_jax.data.normalization import normalize
+from limubert_jax.models import encoder as encoder_lib
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.runtime import precision
 from limubert_jax.runtime.sharding import batch_sharded, replicated, stacked_batch_sharded
@@ -103,17 +104,12 @@ def squared_errors(params, model_config: LimuBertConfig, masked, positions, targ
 GRADIENT_CHUNK = 8
 
 
-def default_gradient_chunk() -> int:
-    """GRADIENT_CHUNK on the CPU backend, 0 (whole batch) elsewhere."""
-    return GRADIENT_CHUNK if jax.default_backend() == "cpu" else 0
-
-
 def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBertConfig,
                    compute_dtype=jnp.float32, encoder_chunk: int | None = None):
     """(mean squared error over all masked targets, its gradient) for masked [B, S, F],
     positions [B, M], targets [B, M, F].
 
-    With chunks (`encoder_chunk` windows, None: `default_gradient_chunk()`, i.e. 8 on CPU)
+    With chunks (`encoder_chunk` windows, None: GRADIENT_CHUNK on CPU, else 0)
     and more windows than a chunk, the gradient is taken chunk by chunk in a `lax.scan` and
     summed: each chunk's backward pass runs right after its forward pass, on activations
     still in cache, instead of recomputing them later (`encoder.encode`'s loop does that
@@ -122,7 +118,7 @@ def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBert
     split over devices stays split inside every chunk. The batch is padded to whole chunks by
     repeating its windows at weight 0.
     """
-    chunk = default_gradient_chunk() if encoder_chunk is None else encoder_chunk
+    chunk = encoder_lib.default_chunk(GRADIENT_CHUNK) if encoder_chunk is None else encoder_chunk
     batch = masked.shape[0]
     total = targets.size
 
