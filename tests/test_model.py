@@ -207,3 +207,41 @@ def test_hand_written_attention_and_layer_norm_gradients_match_autodiff():
     auto = jax.jit(lambda *a: jax.vjp(layer_norm_reference, *a)[1](cot))(x, gamma, beta)
     for a, b in zip(custom, auto):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(5, 9), (2, 7, 9)])
+def test_matmul_keeping_x_transposed_matches_autodiff_of_dot(shape, dtype):
+    """The layers' matmul (its CPU backward pass takes the kernel's gradient from x kept
+    transposed) has the values and gradients of a plain dot, for [rows, K] and [B, S, K]."""
+    from limubert_jax.models.layers import _matmul_keeping_x_transposed, matmul
+    from limubert_jax.runtime.precision import dot
+
+    keys = jax.random.split(jax.random.key(4), 3)
+    x = jax.random.normal(keys[0], shape).astype(dtype)
+    kernel = jax.random.normal(keys[1], (9, 4)).astype(dtype)
+    cot = jax.random.normal(keys[2], (*shape[:-1], 4)).astype(dtype)
+    tol = 1e-6 if dtype == jnp.float32 else 2e-2
+    assert jax.default_backend() != "cpu" or matmul(x, kernel).dtype == dtype
+    for fn in (matmul, _matmul_keeping_x_transposed):
+        np.testing.assert_allclose(np.float32(fn(x, kernel)), np.float32(dot(x, kernel)), atol=tol, rtol=tol)
+        custom = jax.jit(lambda *a, fn=fn: jax.vjp(fn, *a)[1](cot))(x, kernel)
+        auto = jax.jit(lambda *a: jax.vjp(dot, *a)[1](cot))(x, kernel)
+        for got, want in zip(custom, auto):
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_allclose(np.float32(got), np.float32(want), atol=5 * tol, rtol=tol)
+
+
+def test_layers_take_the_kernel_gradient_as_a_plain_matmul_on_cpu():
+    """On CPU a Linear layer's gradient contracts no dot over its rows (autodiff's kernel
+    gradient x^T dy does, and XLA:CPU then copies x transposed outside its fast path): the
+    three dots (forward, dx, dkernel) all contract the lhs's last with the rhs's first axis."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the transposed-input backward pass is the CPU path")
+    from limubert_jax.models.layers import linear
+
+    p = {"kernel": jnp.ones((9, 4)), "bias": jnp.zeros(4)}
+    x = jnp.ones((2, 6, 9))
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p, x: linear(p, x).sum(), argnums=(0, 1)))(p, x))
+    assert jaxpr.count("dot_general[") == 3
+    assert jaxpr.count("dimension_numbers=(([2], [0])") + jaxpr.count("dimension_numbers=(([1], [0])") == 3, jaxpr

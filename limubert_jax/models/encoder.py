@@ -28,8 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from limubert_jax.models.layers import Linear, dataclass_from_dict, linear, linear_params
-from limubert_jax.runtime.precision import dot, einsum
+from limubert_jax.models.layers import Linear, dataclass_from_dict, linear, linear_params, matmul
+from limubert_jax.runtime.precision import einsum
 from limubert_jax.runtime.xla_options import compile_once
 
 # TF-style LayerNorm epsilon of the reference, applied inside the square root.
@@ -214,7 +214,7 @@ def attention_qkv(p, h: jax.Array, cfg: LimuBertConfig) -> jax.Array:
     scale = 1.0 / math.sqrt(cfg.hidden // cfg.n_heads)
     kernel = jnp.concatenate([p["proj_q"]["kernel"] * scale, p["proj_k"]["kernel"], p["proj_v"]["kernel"]], axis=1)
     bias = jnp.concatenate([p["proj_q"]["bias"] * scale, p["proj_k"]["bias"], p["proj_v"]["bias"]])
-    return dot(h, kernel) + bias
+    return matmul(h, kernel) + bias
 
 
 def attention(qkv: jax.Array, n_heads: int, positions: jax.Array | None = None) -> jax.Array:

@@ -59,4 +59,35 @@ def linear_params(module: nn.Module, fan_in: int, features: int) -> tuple[jax.Ar
 
 def linear(p, x: jax.Array) -> jax.Array:
     """`Linear` as a function of its parameters {kernel, bias}."""
-    return dot(x, p["kernel"]) + p["bias"]
+    return matmul(x, p["kernel"]) + p["bias"]
+
+
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [..., K] @ kernel [K, N] -> [..., N] at `dot_precision()`: a layer's matmul with its
+    parameters. On CPU its backward pass is `_matmul_keeping_x_transposed`'s (same values)."""
+    if jax.default_backend() == "cpu":
+        return _matmul_keeping_x_transposed(x, kernel)
+    return dot(x, kernel)
+
+
+@jax.custom_vjp
+def _matmul_keeping_x_transposed(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`dot(x, kernel)` whose forward pass keeps x transposed, x^T [K, rows], for the kernel's
+    gradient x^T @ dy. Autodiff keeps x and contracts its leading (rows) dimension, which
+    XLA:CPU does by copying x transposed in the backward pass and running the dot outside its
+    fast (YNNPACK) path; transposed in the forward pass, while x is in cache, the copy fuses
+    with x's producer and the gradient is a plain matmul: a train step of base_v1 on 2 cores
+    runs ~9% faster."""
+    return dot(x, kernel)
+
+
+def _matmul_fwd(x, kernel):
+    return dot(x, kernel), (x.reshape(-1, x.shape[-1]).T, kernel)
+
+
+def _matmul_bwd(residuals, dy):
+    x_t, kernel = residuals
+    return dot(dy, kernel.T), dot(x_t, dy.reshape(-1, dy.shape[-1]))
+
+
+_matmul_keeping_x_transposed.defvjp(_matmul_fwd, _matmul_bwd)
