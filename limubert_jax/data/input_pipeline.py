@@ -106,7 +106,7 @@ class RowsKeptOnRead:
                 if self.rows is None:
                     if len(self.view) * values[0].nbytes > self.limit_bytes:
                         self.enabled = False
-                        return self.view.read(rows)
+                        return values  # nothing kept yet, so `missing` is all of `rows`
                     self.rows = np.empty((len(self.view), *values.shape[1:]), values.dtype)
                 self.rows[missing] = values
                 self.kept[missing] = True
