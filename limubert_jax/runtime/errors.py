@@ -87,12 +87,40 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
     return 0
 
 
-def _redeliver(signum: int) -> None:
-    """Sends `signum` to this process from another thread, shortly: sent from here, its
-    handler would run at once, inside the hook, and its exception be dropped again."""
-    timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+def _redeliver(signum: int, delay: float) -> None:
+    """Sends `signum` to this process from another thread after `delay` seconds: sent from
+    here, its handler would run at once, inside the hook, and its exception be dropped again."""
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
     timer.daemon = True
     timer.start()
+
+
+def _dropped_signal(value: BaseException) -> int | None:
+    """The signal whose handler raised `value`, made ready to be taken again; None for any
+    other exception."""
+    if isinstance(value, KeyboardInterrupt):
+        return signal.SIGINT
+    # Our handler set SIG_IGN when it raised: it is put back to take the signal again.
+    if isinstance(value, Terminated) and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        return signal.SIGTERM
+    return None
+
+
+def _redeliver_from_hook(signum: int) -> None:
+    """`_redeliver(signum)` from the unraisable hook. On a loaded machine the hook can still be
+    running when the signal comes back; its exception, raised here, is caught and the signal
+    sent again, later each time, instead of being dropped a second time."""
+    delay = 0.01
+    while True:
+        try:
+            _redeliver(signum, delay)
+            return
+        except (KeyboardInterrupt, Terminated) as e:
+            signum = _dropped_signal(e)
+            if signum is None:
+                raise
+            delay *= 2
 
 
 def _without_closed_loop_noise(hook):
@@ -110,13 +138,9 @@ def _without_closed_loop_noise(hook):
         value = unraisable.exc_value
         if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
             return
-        if isinstance(value, KeyboardInterrupt):
-            _redeliver(signal.SIGINT)
-            return
-        # Our handler set SIG_IGN when it raised: it is put back to take the signal again.
-        if isinstance(value, Terminated) and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
-            signal.signal(signal.SIGTERM, _raise_terminated)
-            _redeliver(signal.SIGTERM)
+        signum = _dropped_signal(value)
+        if signum is not None:
+            _redeliver_from_hook(signum)
             return
         hook(unraisable)
 
