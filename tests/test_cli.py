@@ -200,12 +200,9 @@ def python_sigint_handler():
     signal.signal(signal.SIGINT, previous)
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-@pytest.mark.usefixtures("python_sigint_handler")
-def test_a_signal_whose_exception_python_drops_still_ends_the_command(capsys, signum, status):
-    """A signal's handler runs wherever the main thread is; raised inside a destructor (or
-    JAX's garbage-collection callback) its exception is printed and ignored by Python."""
-    finished = []
+def _signalled_in_a_destructor(signum: int, finished: list):
+    """A command whose `signum` arrives inside a destructor, where the handler's exception is
+    printed and ignored by Python; left alone, it runs 5 s and appends to `finished`."""
 
     class SignalsInDestructor:
         def __del__(self):
@@ -219,10 +216,23 @@ def test_a_signal_whose_exception_python_drops_still_ends_the_command(capsys, si
             time.sleep(0.01)
         finished.append(True)
 
-    assert errors.run_cli(command, []) == status
-    assert not finished
+    return command
+
+
+def _assert_ended_by(signum: int, capsys) -> None:
     err = capsys.readouterr().err
     assert "Exception ignored" not in err and err.strip().endswith(f"({signum.name})")
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.usefixtures("python_sigint_handler")
+def test_a_signal_whose_exception_python_drops_still_ends_the_command(capsys, signum, status):
+    """A signal's handler runs wherever the main thread is; raised inside a destructor (or
+    JAX's garbage-collection callback) its exception is printed and ignored by Python."""
+    finished = []
+    assert errors.run_cli(_signalled_in_a_destructor(signum, finished), []) == status
+    assert not finished
+    _assert_ended_by(signum, capsys)
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -241,20 +251,6 @@ def test_a_redelivered_signal_that_finds_the_hook_still_running_is_not_lost(monk
             time.sleep(0.5)  # the first redelivery (after 10 ms) arrives here, inside the hook
 
     monkeypatch.setattr(errors, "_redeliver", held_in_the_hook)
-
-    class SignalsInDestructor:
-        def __del__(self):
-            os.kill(os.getpid(), signum)
-            time.sleep(0.5)
-
-    def command(argv):
-        SignalsInDestructor()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            time.sleep(0.01)
-        finished.append(True)
-
-    assert errors.run_cli(command, []) == status
+    assert errors.run_cli(_signalled_in_a_destructor(signum, finished), []) == status
     assert not finished and len(calls) == 2
-    err = capsys.readouterr().err
-    assert "Exception ignored" not in err and err.strip().endswith(f"({signum.name})")
+    _assert_ended_by(signum, capsys)
