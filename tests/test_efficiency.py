@@ -5,6 +5,8 @@ bf16 tolerance, parameters and optimizer state staying float32), and the main jo
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -102,10 +104,24 @@ def test_gradient_over_chunks_equals_the_whole_batch(batch, chunk):
     assert max(np.abs(g).max() for g in _leaves(grads)) > 1e-3  # gradients that say something
 
 
+def test_the_train_step_takes_two_chunk_gradients_per_loop_iteration():
+    # Two independent gradients per iteration are what the two CPU cores run side by side
+    # (`steps.GRADIENT_CHUNKS_PER_ITERATION`): 32 windows in chunks of 4 = 8 chunks, 4 iterations.
+    state, raw = jax.eval_shape(_state), jax.ShapeDtypeStruct((32, 40, 6), jnp.float32)
+
+    def trip_counts(chunk):
+        step = jax.jit(lambda s, raw: train_step(s, raw, jax.random.key(1), model_config=CFG, mask_config=MaskConfig(),
+                                                 tx=TX, encoder_chunk=chunk))
+        return Counter(re.findall(r'"known_trip_count":\{"n":"(\d+)"\}', step.lower(state, raw).compile().as_text()))
+
+    assert trip_counts(4) - trip_counts(0) == Counter({"4": 1})  # the masking's loops are in both
+
+
 def test_encoder_chunk_reaches_the_pretraining_programs():
     # The values do not depend on the split (`test_model`: chunked = whole batch, values and
-    # gradients); here the setting must reach the train and eval steps' programs.
-    windows, rng, state = _windows(32), jax.random.key(1), jax.eval_shape(_state)  # lowered, never run
+    # gradients); here the setting must reach the train and eval steps' programs. 4 chunks: the
+    # train step's loop takes 2 per iteration, and a loop of one iteration would be unrolled.
+    windows, rng, state = _windows(64), jax.random.key(1), jax.eval_shape(_state)  # lowered, never run
     loops = {}
     for chunk in (16, 0):
         step = jax.jit(lambda s, raw, chunk=chunk: train_step(s, raw, rng, model_config=CFG, mask_config=MaskConfig(),

@@ -98,10 +98,15 @@ def squared_errors(params, model_config: LimuBertConfig, masked, positions, targ
 
 
 # The train step's work split on CPU (see `loss_and_grads`), measured on 2 cores with base_v1
-# and BertAdam: chunks of 8 windows (two streams of 4) train 13% faster than chunks of 16 at
-# batch 32 and as fast at batch 128. Forward passes alone (validation, embeddings) keep the
-# encoder's 16 (`encoder.ENCODER_CHUNK`: 8 is 25% slower there).
+# and BertAdam: chunks of 8 windows train 13% faster than chunks of 16 at batch 32 and as fast
+# at batch 128. Forward passes alone (validation, embeddings) keep the encoder's 16
+# (`encoder.ENCODER_CHUNK`: 8 is 25% slower there).
 GRADIENT_CHUNK = 8
+# Chunk gradients taken side by side in each iteration of the loop over chunks: two
+# independent gradients that XLA:CPU's runtime puts on the two cores. At batch 128 this ran 4-7%
+# faster than two encoder streams inside each chunk (`encoder.encode_streams`), and as fast at 32;
+# four side by side, or two of 4 or 16 windows, were slower.
+GRADIENT_CHUNKS_PER_ITERATION = 2
 
 
 def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBertConfig,
@@ -114,16 +119,17 @@ def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBert
     summed: each chunk's backward pass runs right after its forward pass, on activations
     still in cache, instead of recomputing them later (`encoder.encode`'s loop does that
     when differentiated as a whole). Same values up to the order of float32 sums; ~20%
-    faster on 2 CPU cores. Chunk k holds rows k, k + n, k + 2n, ... (n chunks), so a batch
-    split over devices stays split inside every chunk. The batch is padded to whole chunks by
-    repeating its windows at weight 0.
+    faster on 2 CPU cores. Each loop iteration takes GRADIENT_CHUNKS_PER_ITERATION chunks'
+    gradients, independent of each other, each chunk's encoder whole (no streams). Chunk k
+    holds rows k, k + n, k + 2n, ... (n chunks), so a batch split over devices stays split
+    inside every chunk. The batch is padded to whole chunks by repeating its windows at weight 0.
     """
     chunk = encoder_lib.default_chunk(GRADIENT_CHUNK) if encoder_chunk is None else encoder_chunk
     batch = masked.shape[0]
     total = targets.size
 
-    def loss_of(params, masked, positions, targets, weights=None):
-        errors = squared_errors(params, model_config, masked, positions, targets, compute_dtype, chunk)
+    def loss_of(params, masked, positions, targets, weights=None, encoder_chunk=chunk):
+        errors = squared_errors(params, model_config, masked, positions, targets, compute_dtype, encoder_chunk)
         return jnp.sum(errors if weights is None else errors * weights) / total
 
     if chunk <= 0 or batch <= chunk:
@@ -138,13 +144,13 @@ def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBert
         return a if n * chunk == batch else a[rows % batch]
 
     def add_chunk(totals, chunk_inputs):
-        value_and_grads = jax.value_and_grad(loss_of)(params, *chunk_inputs)
+        value_and_grads = jax.value_and_grad(loss_of)(params, *chunk_inputs, encoder_chunk=0)
         return jax.tree_util.tree_map(jnp.add, totals, value_and_grads), None
 
     zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
     weights = (rows < batch).astype(jnp.float32)
     inputs = tuple(chunked(padded(a)) for a in (masked, positions, targets)) + (chunked(weights),)
-    (loss, grads), _ = jax.lax.scan(add_chunk, zeros, inputs)
+    (loss, grads), _ = jax.lax.scan(add_chunk, zeros, inputs, unroll=GRADIENT_CHUNKS_PER_ITERATION)
     return loss, grads
 
 
