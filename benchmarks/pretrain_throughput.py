@@ -506,11 +506,44 @@ def summarize_batch(batch: int, short: int, long: int, runs: list[dict], jax_war
     result["ratio"] = epoch_ratio(result["reference"]["per_epoch_s"] if ref_runs else None, jx["per_epoch_s"])
     result["wall_ratio"] = ({str(e): float(result["reference"]["wall_s"][str(e)] / jx["wall_s"][str(e)])
                              for e in (short, long)} if ref_runs else None)
+    result["repeat_ratios"] = repeat_ratios(runs, short, long)
     return result
+
+
+def repeat_ratios(runs: list[dict], short: int, long: int) -> list[float]:
+    """The ratio of each interleaved repeat (tag) from its own four runs, both sides at both
+    lengths. `ratio` takes the median run per length instead; the spread of these shows how
+    much of it is the machine's noise. Repeats missing a run, or too noisy for a positive
+    per-epoch cost, are left out."""
+    walls: dict[str, dict] = {}
+    for r in runs:
+        walls.setdefault(r["tag"], {})[r["side"], r["epochs"]] = r["wall_s"]
+    ratios = []
+    for wall in walls.values():
+        try:
+            per_epoch = [epoch_cost(short, wall[side, short], long, wall[side, long])["per_epoch_s"]
+                         for side in ("reference", "limubert_jax")]
+        except KeyError:
+            continue
+        ratio = epoch_ratio(*per_epoch)
+        if ratio is not None:
+            ratios.append(ratio)
+    return ratios
 
 
 def _fmt(value, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _fmt_startup(value) -> str:
+    """A startup estimate; below zero it is the two run lengths' noise, not a time."""
+    return "noise" if value is not None and value < 0 else _fmt(value)
+
+
+def _spread(values) -> str:
+    if not values:
+        return "-"
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}x"
 
 
 def _mb(nbytes) -> str:
@@ -533,8 +566,10 @@ def whole_job_table(batch: dict) -> str:
          _fmt(jx["wall_s"][str(short)]), _fmt(walls.get(str(short)), ".2f") + ("x" if walls else "")),
         (f"wall seconds, {long} epochs (launch to exit)", _fmt(ref.get("wall_s", {}).get(str(long))),
          _fmt(jx["wall_s"][str(long)]), _fmt(walls.get(str(long)), ".2f") + ("x" if walls else "")),
-        ("startup seconds: rerun (jax: warm XLA cache)", _fmt(ref.get("startup_s")), _fmt(jx["startup_s"]), ""),
-        ("startup seconds: first run (jax: cold XLA cache)", "", _fmt(first.get("startup_s")), ""),
+        ("  ... ratio of each repeat on its own: min / median / max", "", "", _spread(batch.get("repeat_ratios"))),
+        ("startup seconds: rerun (jax: warm XLA cache)", _fmt_startup(ref.get("startup_s")),
+         _fmt_startup(jx["startup_s"]), ""),
+        ("startup seconds: first run (jax: cold XLA cache)", "", _fmt_startup(first.get("startup_s")), ""),
         ("time to first step, s: rerun / first run", "",
          f"{_fmt(jx.get('time_to_first_step_s'))} / {_fmt(first.get('time_to_first_step_s'))}", ""),
         ("peak host RSS, MB (per process)", _fmt(ref.get("peak_rss_mb"), ".0f"), _fmt(jx.get("peak_rss_mb"), ".0f"), ""),
@@ -543,9 +578,10 @@ def whole_job_table(batch: dict) -> str:
     train = f", {ref['train_windows']} train / {ref['vali_windows']} validation" if ref.get("train_windows") else ""
     head_name = f"whole job, batch {batch['batch_size']}: {batch.get('windows') or '?'} windows{train}"
     width = max(len(head_name), max(len(r[0]) for r in rows)) + 1
-    head = f"{head_name:{width}s} {'reference':>11s} {'limubert_jax':>13s} {'ref / jax':>10s}"
+    last = max(10, max(len(r[3]) for r in rows))
+    head = f"{head_name:{width}s} {'reference':>11s} {'limubert_jax':>13s} {'ref / jax':>{last}s}"
     lines = [head, "-" * len(head)]
-    lines += [f"{name:{width}s} {a:>11s} {b:>13s} {c:>10s}" for name, a, b, c in rows]
+    lines += [f"{name:{width}s} {a:>11s} {b:>13s} {c:>{last}s}" for name, a, b, c in rows]
     return "\n".join(lines)
 
 

@@ -83,7 +83,21 @@ def test_summarize_batch(throughput):
     assert b["limubert_jax"]["script_epoch_s_median"] == pytest.approx(5.0)
     assert b["ratio"] == pytest.approx(2.0) and b["goal"] == 2.0
     assert b["wall_ratio"]["6"] == pytest.approx(63.0 / 38.0)
+    assert b["repeat_ratios"] == [pytest.approx(2.0)]
     json.dumps(b)  # goes into the JSON as it is
+
+
+def test_repeat_ratios_show_the_spread_the_medians_hide(throughput):
+    # Repeat r0: reference 10 s / epoch, limubert_jax 5; r1: 12 and 4 (3x); r2 lacks a run.
+    runs = [_run("reference", 2, 23.0, 1.0), _run("limubert_jax", 2, 18.0, 1.0),
+            _run("reference", 6, 63.0, 1.0), _run("limubert_jax", 6, 38.0, 1.0),
+            _run("reference", 2, 27.0, 1.0, tag="r1"), _run("limubert_jax", 2, 16.0, 1.0, tag="r1"),
+            _run("reference", 6, 75.0, 1.0, tag="r1"), _run("limubert_jax", 6, 32.0, 1.0, tag="r1"),
+            _run("reference", 2, 20.0, 1.0, tag="r2")]
+    assert throughput.repeat_ratios(runs, 2, 6) == [pytest.approx(2.0), pytest.approx(3.0)]
+    b = throughput.summarize_batch(128, 2, 6, runs, [], windows=2088)
+    row = next(l for l in throughput.whole_job_table(b).splitlines() if "each repeat" in l)
+    assert row.endswith("2.00 / 2.50 / 3.00x")
 
 
 def test_whole_job_table_and_line(throughput):
@@ -94,6 +108,7 @@ def test_whole_job_table_and_line(throughput):
     per_epoch = next(l for l in lines if l.startswith("seconds per epoch"))
     assert per_epoch.split()[-3:] == ["10.00", "5.00", "2.00x"]
     assert "8.0" in next(l for l in lines if l.startswith("startup seconds: rerun"))
+    assert next(l for l in lines if "each repeat" in l).endswith("2.00 / 2.00 / 2.00x")
     assert "30.0" in next(l for l in lines if l.startswith("startup seconds: first run"))
     assert "6.5 / 28.0" in table
     assert next(l for l in lines if l.startswith("peak host RSS")).split()[-2:] == ["410", "950"]
@@ -105,6 +120,9 @@ def test_whole_job_table_and_line(throughput):
     b32["ratio"] = None
     assert "batch 32: n/a (goal 1.5x)" in throughput.whole_job_line([b32])
     assert "seconds per epoch" in throughput.whole_job_table(b32)  # limubert_jax alone (--skip-torch)
+    b128["reference"]["startup_s"] = -4.6  # run lengths too close for the machine's noise
+    assert next(l for l in throughput.whole_job_table(b128).splitlines()
+                if l.startswith("startup seconds: rerun")).split()[-2:] == ["noise", "8.0"]
 
 
 def test_throughput_flags(throughput):
