@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,12 @@ def child_env(*, xla_cache: str = "shared") -> dict[str, str]:
     elif xla_cache != "shared":
         raise ValueError(xla_cache)
     return env
+
+
+def loop_trip_counts(compiled_hlo: str) -> Counter:
+    """How many loops of each known trip count a compiled program (`.compile().as_text()`)
+    has, e.g. Counter({"4": 1}): XLA records the count in each while loop's backend config."""
+    return Counter(re.findall(r'"known_trip_count":\{"n":"(\d+)"\}', compiled_hlo))
 
 
 def random_params(init, seed: int = 0, scale: float = 0.2):

@@ -5,7 +5,6 @@ bf16 tolerance, parameters and optimizer state staying float32), and the main jo
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import loop_trip_counts
 from limubert_jax import config_lib, tasks
 from limubert_jax.io import checkpoint
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
@@ -112,7 +112,7 @@ def test_the_train_step_takes_two_chunk_gradients_per_loop_iteration():
     def trip_counts(chunk):
         step = jax.jit(lambda s, raw: train_step(s, raw, jax.random.key(1), model_config=CFG, mask_config=MaskConfig(),
                                                  tx=TX, encoder_chunk=chunk))
-        return Counter(re.findall(r'"known_trip_count":\{"n":"(\d+)"\}', step.lower(state, raw).compile().as_text()))
+        return loop_trip_counts(step.lower(state, raw).compile().as_text())
 
     assert trip_counts(4) - trip_counts(0) == Counter({"4": 1})  # the masking's loops are in both
 
