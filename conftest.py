@@ -10,7 +10,9 @@ A persistent XLA compilation cache in a fresh temporary folder serves the whole 
 the test process and every subprocess it starts (the main job, the CLIs, fake-device runs)
 find the programs compiled before them instead of compiling them again. It is removed at the
 end of the session; a user's own cache (`JAX_COMPILATION_CACHE_DIR`) is never read or written.
-Executables loaded from it are the ones compiled, so results do not change.
+Executables loaded from it are the ones compiled, so results do not change. The test process
+runs on one CPU device; the main job and CLIs in child processes split the cores into devices
+as they do for users.
 
 Compiling is most of the suite's time on CPU, and most tests run a program a few times: the
 session compiles without XLA's backend (LLVM) optimisation (`jax_disable_most_optimizations`,
@@ -74,6 +76,12 @@ def pytest_configure(config):
 
         for name, value in settings.items():
             jax.config.update(name, value)
+    # The tests run on one CPU device in this process (those of other counts start their own).
+    # Pinned, not inherited by the children: a test that calls the main job first would
+    # otherwise split the cores into devices for every test after it (`runtime.cpu_devices`).
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", 1)
 
 
 def pytest_unconfigure(config):

@@ -37,7 +37,8 @@ Both sides train LIMU-BERT `base_v1` with Adam (lr 1e-3) on the same synthetic r
    (`summary.json` `peak_device_bytes`; the reference's `torch.cuda.max_memory_allocated`).
 2. The train step and loop, in-process (each side in its own worker interpreter,
    `--num-windows` 1,670 windows, `--batch-size`):
-   * limubert_jax: `steps.jit_train_step` on a `sharding.make_mesh()` mesh, the optimizer of
+   * limubert_jax: `steps.jit_train_step` on `sharding.training_mesh`'s mesh, the cores split
+     into CPU devices as the main job splits them (`runtime.cpu_devices`), the optimizer of
      `optim.pretrain_optimizer("adam")` (Adam with the unused head `fc` frozen, as PyTorch
      skips it); normalization and span masking run on device inside the step. Batches come
      from a NumPy feed (a per-epoch permutation of the windows, `sharding.global_batch`) or,
@@ -124,13 +125,13 @@ def run_jax(args) -> dict:
     from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
     from limubert_jax.pretraining import optim
     from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_train_step
-    from limubert_jax.runtime import sharding
+    from limubert_jax.runtime import cpu_devices, sharding
 
+    cpu_devices.split_cores()  # as the main job does, before JAX starts
     raw = _windows(args)
     cfg = MODEL_CONFIGS["base_v1"]
     batch_size = args.batch_size
-    mesh = sharding.make_mesh()
-    sharding.check_batch_size(batch_size, mesh)
+    mesh = sharding.training_mesh(batch_size)
     tx = optim.pretrain_optimizer("adam", learning_rate=args.lr)
     state = TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(args.seed)), tx)
     step = jit_train_step(mesh, model_config=cfg, mask_config=MaskConfig(), tx=tx)
@@ -141,7 +142,7 @@ def run_jax(args) -> dict:
     state, metrics = step(state, fixed, key)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
-    _log(f"jax: compiled the train step in {compile_s:.1f} s ({len(jax.devices())} device(s))")
+    _log(f"jax: compiled the train step in {compile_s:.1f} s ({mesh.devices.size} device(s))")
     for _ in range(args.warmup_steps):
         state, metrics = step(state, fixed, key)
     jax.block_until_ready(metrics)
@@ -190,7 +191,7 @@ def run_jax(args) -> dict:
         _log(f"jax: epoch {epoch + 1}/{args.epochs}: {epoch_times[-1]:.2f} s, loss {losses[-1]:.4f}")
     e2e = _stats(epoch_times, steps_per_epoch * batch_size)
     return {
-        "framework": f"jax {jax.__version__} ({jax.default_backend()}, {len(jax.devices())} device(s))",
+        "framework": f"jax {jax.__version__} ({jax.default_backend()}, {mesh.devices.size} device(s))",
         "input": "grain input_pipeline.train_batches" if args.input == "grain" else "numpy permutation feed",
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "compile_s": compile_s,

@@ -11,6 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.task = "pretrain"  # pretrain, embed, classify, finetune, baseline, report; 'a+b' runs a then b
     config.seed = 3431  # init, masking and shuffling seed (the reference's)
+    config.cpu_devices = -1  # CPU backend: devices the cores are split into, pretraining data parallel over them; -1 one per core
 
     config.model = ml_collections.ConfigDict()
     config.model.feature_num = 6  # F: input channels used (6 = acc + gyro, 9 = + magnetometer)

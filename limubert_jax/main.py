@@ -20,7 +20,8 @@ from typing import Sequence
 from absl import flags
 
 from limubert_jax import config_lib, tasks
-from limubert_jax.runtime import cli, distributed
+from limubert_jax.runtime import cli, cpu_devices, distributed
+from limubert_jax.runtime.errors import LimuBertError
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -42,8 +43,13 @@ def _show(task: str, summary: dict) -> None:
 
 
 def _run(fv: flags.FlagValues, args: list[str]) -> None:
+    config = cli.flag_value(fv["config"])
+    try:  # before JAX starts: the CPU device count is fixed then
+        cpu_devices.split_cores(config.get("cpu_devices", cpu_devices.ONE_PER_CORE))
+    except ValueError as e:
+        raise LimuBertError(f"config.{e}") from None
     distributed.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
-    tasks.run(cli.flag_value(fv["config"]), fv.workdir, on_done=_show)
+    tasks.run(config, fv.workdir, on_done=_show)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

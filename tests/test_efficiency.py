@@ -28,6 +28,7 @@ from limubert_jax.pretraining.steps import (
     resident_epoch,
     train_step,
 )
+from limubert_jax.runtime import cpu_devices
 from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,9 +105,12 @@ def test_gradient_over_chunks_equals_the_whole_batch(batch, chunk):
     assert max(np.abs(g).max() for g in _leaves(grads)) > 1e-3  # gradients that say something
 
 
-def test_the_train_step_takes_two_chunk_gradients_per_loop_iteration():
-    # Two independent gradients per iteration are what the two CPU cores run side by side
-    # (`steps.GRADIENT_CHUNKS_PER_ITERATION`): 32 windows in chunks of 4 = 8 chunks, 4 iterations.
+@pytest.mark.parametrize("cores, iterations", [(2, "4"), (1, "8")])
+def test_the_train_step_takes_a_chunk_gradient_per_core_in_each_loop_iteration(monkeypatch, cores, iterations):
+    # A device with two cores takes two independent gradients per iteration, which the cores
+    # run side by side (`steps.GRADIENT_CHUNKS_PER_ITERATION`); a device with one core (one CPU
+    # device per core, `runtime.cpu_devices`) one. 32 windows in chunks of 4 = 8 chunks.
+    monkeypatch.setattr(cpu_devices, "usable_cores", lambda: cores)  # this process has one CPU device
     state, raw = jax.eval_shape(_state), jax.ShapeDtypeStruct((32, 40, 6), jnp.float32)
 
     def trip_counts(chunk):
@@ -114,7 +118,7 @@ def test_the_train_step_takes_two_chunk_gradients_per_loop_iteration():
                                                  tx=TX, encoder_chunk=chunk))
         return loop_trip_counts(step.lower(state, raw).compile().as_text())
 
-    assert trip_counts(4) - trip_counts(0) == Counter({"4": 1})  # the masking's loops are in both
+    assert trip_counts(4) - trip_counts(0) == Counter({iterations: 1})  # the masking's loops are in both
 
 
 def test_encoder_chunk_reaches_the_pretraining_programs():

@@ -17,6 +17,7 @@ from conftest import child_env
 from limubert_jax import config_lib, convert, embed, tasks
 from limubert_jax.io import checkpoint
 from limubert_jax.pretraining import trainer
+from limubert_jax.runtime import cpu_devices
 from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,8 @@ def _main_command(workdir, data_dir, *extra):
 
 
 def _final_params(workdir, step):
+    # Read without a target: the job saves host copies, so a step of its run on several CPU
+    # devices reads back in this process of one device (`RunCheckpoints.save`).
     state = checkpoint.ocp.StandardCheckpointer().restore((Path(workdir) / "checkpoints" / str(step) / "state").absolute())
     return state["params"], int(state["step"])
 
@@ -85,6 +88,11 @@ def test_main_job_outputs_and_exports(tmp_path, finished_run):
     # Startup is counted from the process's launch, so it lies within the command's wall time.
     assert 0.5 < summary["startup_s"] < float((workdir.parent / "wall_s").read_text())
     assert summary["peak_host_bytes"] > 100e6 and summary["peak_device_bytes"] is None  # XLA:CPU reports none
+    # The main job splits the cores into CPU devices and trains data parallel over as many
+    # as the batch divides by (`runtime.cpu_devices`, `sharding.training_mesh`).
+    batch = json.loads((workdir / "config.json").read_text())["train"]["batch_size"]
+    cores = cpu_devices.usable_cores()
+    assert summary["devices"] == max(n for n in range(1, cores + 1) if batch % n == 0)
 
     # The workdir exports like a checkpoint directory, taking the best step.
     pytest.importorskip("torch")

@@ -48,17 +48,24 @@ def leaf_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
+def host_copy(tree):
+    """The pytree with every array leaf as a NumPy array on this host; a replicated
+    `jax.Array` spanning processes is read from this process's first copy."""
+    def to_host(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        return np.asarray(leaf)
+
+    return jax.tree_util.tree_map(to_host, tree)
+
+
 def content_digest(tree) -> str:
     """SHA-256 of a pytree's arrays: each leaf's path (dict keys, attribute names, indices),
     dtype, shape and bytes, in path order. Containers do not matter (a `TrainState` and the
-    dict Orbax restores without a target give the same digest of the same arrays); a replicated
-    `jax.Array` is read from this process's first copy."""
-    entries = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = leaf_name(path)
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            leaf = leaf.addressable_data(0)
-        entries.append((name, np.ascontiguousarray(np.asarray(leaf))))
+    dict Orbax restores without a target give the same digest of the same arrays), nor where
+    the arrays are (`host_copy`)."""
+    entries = [(leaf_name(path), np.ascontiguousarray(leaf))
+               for path, leaf in jax.tree_util.tree_flatten_with_path(host_copy(tree))[0]]
     digest = hashlib.sha256()
     for name, array in sorted(entries, key=lambda e: e[0]):
         digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())

@@ -15,14 +15,14 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from limubert_jax.data import masking
 from limubert_jax.data.normalization import normalize
 from limubert_jax.models import encoder as encoder_lib
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
-from limubert_jax.runtime import precision
-from limubert_jax.runtime.sharding import batch_sharded, replicated, stacked_batch_sharded
+from limubert_jax.runtime import cpu_devices, precision
+from limubert_jax.runtime.sharding import DATA_AXIS, batch_sharded, replicated, stacked_batch_sharded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +102,20 @@ def squared_errors(params, model_config: LimuBertConfig, masked, positions, targ
 # at batch 128. Forward passes alone (validation, embeddings) keep the encoder's 16
 # (`encoder.ENCODER_CHUNK`: 8 is 25% slower there).
 GRADIENT_CHUNK = 8
-# Chunk gradients taken side by side in each iteration of the loop over chunks: two
-# independent gradients that XLA:CPU's runtime puts on the two cores. At batch 128 this ran 4-7%
-# faster than two encoder streams inside each chunk (`encoder.encode_streams`), and as fast at 32;
-# four side by side, or two of 4 or 16 windows, were slower.
+# Chunk gradients taken side by side in each iteration of the loop over chunks, on a CPU device
+# with more than one core: two independent gradients that XLA:CPU's runtime puts on two cores.
+# At batch 128 on one device of 2 cores this ran 4-7% faster than two encoder streams inside
+# each chunk (`encoder.encode_streams`), and as fast at 32; four side by side, or two of 4 or 16
+# windows, were slower. A device with one core (`runtime.cpu_devices`) takes one chunk at a
+# time: two were 10-20% slower there.
 GRADIENT_CHUNKS_PER_ITERATION = 2
+
+
+def chunks_per_iteration() -> int:
+    """GRADIENT_CHUNKS_PER_ITERATION where a CPU device has several cores (or off CPU), else 1."""
+    if jax.default_backend() == "cpu" and cpu_devices.cores_per_device() == 1:
+        return 1
+    return GRADIENT_CHUNKS_PER_ITERATION
 
 
 def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBertConfig,
@@ -119,7 +128,7 @@ def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBert
     summed: each chunk's backward pass runs right after its forward pass, on activations
     still in cache, instead of recomputing them later (`encoder.encode`'s loop does that
     when differentiated as a whole). Same values up to the order of float32 sums; ~20%
-    faster on 2 CPU cores. Each loop iteration takes GRADIENT_CHUNKS_PER_ITERATION chunks'
+    faster on 2 CPU cores. Each loop iteration takes `chunks_per_iteration()` chunks'
     gradients, independent of each other, each chunk's encoder whole (no streams). Chunk k
     holds rows k, k + n, k + 2n, ... (n chunks), so a batch split over devices stays split
     inside every chunk. The batch is padded to whole chunks by repeating its windows at weight 0.
@@ -150,24 +159,52 @@ def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBert
     zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
     weights = (rows < batch).astype(jnp.float32)
     inputs = tuple(chunked(padded(a)) for a in (masked, positions, targets)) + (chunked(weights),)
-    (loss, grads), _ = jax.lax.scan(add_chunk, zeros, inputs, unroll=GRADIENT_CHUNKS_PER_ITERATION)
+    (loss, grads), _ = jax.lax.scan(add_chunk, zeros, inputs, unroll=chunks_per_iteration())
     return loss, grads
+
+
+def over_devices(fn, mesh: Mesh | None, reduce):
+    """`fn(params, *batch)` run on each device's rows of the batch arrays (a `shard_map` over
+    the mesh's `data` axis, params replicated) and its outputs combined over the devices by
+    `reduce` (`jax.lax.pmean` or `psum`); `fn` itself without a mesh.
+
+    Each device runs its part on its own, instead of XLA partitioning one program across
+    them: on CPU, with one device per core (`runtime.cpu_devices`), each core computes its
+    rows' gradient without sharing ops with the other, and the devices combine their results
+    once. Elsewhere it is the same data parallelism that XLA's partitioner would compile.
+    """
+    if mesh is None:
+        return fn
+
+    def per_device(params, *batch):
+        return reduce(fn(params, *batch), DATA_AXIS)
+
+    def run(params, *batch):
+        in_specs = (PartitionSpec(),) + (PartitionSpec(DATA_AXIS),) * len(batch)
+        # check_vma off: the chunk loop's carry starts replicated (zeros) and becomes per-device.
+        return jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(),
+                             check_vma=False)(params, *batch)
+
+    return run
 
 
 def train_step(state: TrainState, raw: jax.Array, rng: jax.Array, *, model_config: LimuBertConfig,
                mask_config: MaskConfig, tx: optax.GradientTransformation, compute_dtype=jnp.float32,
-               matmul_precision: str = "highest", encoder_chunk: int | None = None):
+               matmul_precision: str = "highest", encoder_chunk: int | None = None, mesh: Mesh | None = None):
     """One optimizer step on the mean squared error over all masked (B, M, F) targets.
 
     raw: [B, S, F_raw] raw windows. Returns (new state, {"loss": loss before the update}).
     Parameters and optimizer state stay float32 whatever `compute_dtype` (see `squared_errors`).
     The forward and backward matmuls run at `matmul_precision` (see `limubert_jax.runtime.precision`);
-    `encoder_chunk`: see `loss_and_grads`.
+    `encoder_chunk`: see `loss_and_grads`. With a `mesh`, each device takes the loss and
+    gradient of its rows of the batch (every device the same number) and the devices average
+    them (`over_devices`).
     """
     masked, positions, targets = mask_batch(jax.random.fold_in(rng, state.step), raw, model_config, mask_config)
+    gradient = functools.partial(loss_and_grads, model_config=model_config, compute_dtype=compute_dtype,
+                                 encoder_chunk=encoder_chunk)
     with precision.matmul_precision(matmul_precision):
-        loss, grads = loss_and_grads(state.params, masked, positions, targets, model_config=model_config,
-                                     compute_dtype=compute_dtype, encoder_chunk=encoder_chunk)
+        loss, grads = over_devices(gradient, mesh, jax.lax.pmean)(state.params, masked, positions, targets)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {"loss": loss}
@@ -211,16 +248,21 @@ def resident_epoch(state: TrainState, windows: jax.Array, epoch_key: jax.Array, 
 
 
 def eval_step(params, raw: jax.Array, weights: jax.Array, key: jax.Array, *, model_config: LimuBertConfig,
-              mask_config: MaskConfig, encoder_chunk: int | None = None):
+              mask_config: MaskConfig, encoder_chunk: int | None = None, mesh: Mesh | None = None):
     """Masked squared error of a validation batch with masks drawn from a fixed `key`.
 
     raw: [B, S, F_raw]; weights: [B], 1 for real windows and 0 for padding.
     Returns (sum of squared errors, number of target values), to be summed over batches.
+    With a `mesh`, each device computes its rows' sums (`over_devices`).
     """
     masked, positions, targets = mask_batch(key, raw, model_config, mask_config)
-    errors = squared_errors(params, model_config, masked, positions, targets, encoder_chunk=encoder_chunk)
-    per_window = targets.shape[1] * targets.shape[2]
-    return jnp.sum(errors * weights), jnp.sum(weights) * per_window
+
+    def sums(params, masked, positions, targets, weights):
+        errors = squared_errors(params, model_config, masked, positions, targets, encoder_chunk=encoder_chunk)
+        per_window = targets.shape[1] * targets.shape[2]
+        return jnp.sum(errors * weights), jnp.sum(weights) * per_window
+
+    return over_devices(sums, mesh, jax.lax.psum)(params, masked, positions, targets, weights)
 
 
 # The jit_* factories below are memoized on their (hashable) arguments: another run in the
@@ -233,7 +275,7 @@ _PROGRAMS_KEPT = 32
 def jit_train_step(mesh: Mesh, **step_kwargs):
     """`train_step(state, raw, rng, **step_kwargs)` compiled for `mesh`: state replicated
     (and donated), batch split on `data`."""
-    step = functools.partial(train_step, **step_kwargs)
+    step = functools.partial(train_step, mesh=mesh, **step_kwargs)
     rep = replicated(mesh)
     return jax.jit(step, in_shardings=(rep, batch_sharded(mesh), rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))
@@ -243,7 +285,7 @@ def jit_train_step(mesh: Mesh, **step_kwargs):
 def jit_train_steps(mesh: Mesh, **step_kwargs):
     """`train_steps(state, raws, rng, **step_kwargs)` compiled for `mesh`: raws [K, B, ...]
     split on `data` along B; one compile per distinct K."""
-    steps = functools.partial(train_steps, **step_kwargs)
+    steps = functools.partial(train_steps, mesh=mesh, **step_kwargs)
     rep = replicated(mesh)
     return jax.jit(steps, in_shardings=(rep, stacked_batch_sharded(mesh), rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))
@@ -255,7 +297,7 @@ def jit_resident_epoch(mesh: Mesh, *, steps: int, batch_size: int, **step_kwargs
     `train_step`'s): the windows replicated on every device (IMU datasets are tens of MB),
     each batch split on `data`."""
     epoch = functools.partial(resident_epoch, steps=steps, batch_size=batch_size,
-                              batch_sharding=batch_sharded(mesh), **step_kwargs)
+                              batch_sharding=batch_sharded(mesh), mesh=mesh, **step_kwargs)
     rep = replicated(mesh)
     return jax.jit(epoch, in_shardings=(rep, rep, rep, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
@@ -265,6 +307,6 @@ def jit_eval_step(mesh: Mesh, *, model_config: LimuBertConfig, mask_config: Mask
                   encoder_chunk: int | None = None):
     """`eval_step(params, raw, weights, key)` compiled for `mesh`."""
     step = functools.partial(eval_step, model_config=model_config, mask_config=mask_config,
-                             encoder_chunk=encoder_chunk)
+                             encoder_chunk=encoder_chunk, mesh=mesh)
     rep, data = replicated(mesh), batch_sharded(mesh)
     return jax.jit(step, in_shardings=(rep, data, data, rep), out_shardings=(rep, rep))

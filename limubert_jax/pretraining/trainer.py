@@ -57,7 +57,7 @@ from limubert_jax.pretraining.steps import (
 )
 from limubert_jax.runtime import precision, resources
 from limubert_jax.runtime.errors import LimuBertError, check_terminated
-from limubert_jax.runtime.sharding import check_batch_size, global_batch, make_mesh, replicated
+from limubert_jax.runtime.sharding import check_batch_size, global_batch, replicated, training_mesh
 from limubert_jax.runtime.xla_options import compile_once
 
 
@@ -249,9 +249,10 @@ def _reconstruct_program(model_config: LimuBertConfig, mask_config: MaskConfig):
 def check_pretrain_config(config: ml_collections.ConfigDict, data: input_pipeline.PretrainData,
                           mesh=None) -> tuple[LimuBertConfig, MaskConfig]:
     """The model and masking configs, once every pretraining field is checked against `data`
-    and the device mesh (default: all devices); a bad field is a `LimuBertError` naming it."""
+    and the device mesh (default: `training_mesh`'s); a bad field is a `LimuBertError` naming it."""
     model_config, mask_config = model_config_from(config), mask_config_from(config)
-    _check_config(config, data, model_config, mask_config, make_mesh() if mesh is None else mesh)
+    mesh = training_mesh(config.train.batch_size) if mesh is None else mesh
+    _check_config(config, data, model_config, mask_config, mesh)
     return model_config, mask_config
 
 
@@ -264,7 +265,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     `workdir/summary.json` (by process 0).
     """
     workdir = storage.as_path(workdir)
-    mesh = make_mesh()
+    mesh = training_mesh(config.train.batch_size)
     data = load_data(config) if data is None else data
     model_config, mask_config = check_pretrain_config(config, data, mesh)
     check_resume(workdir, config)  # before anything is written
@@ -365,7 +366,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     best_step = checkpoints.best_step()
     best = checkpoints.record(best_step)
     summary = {"steps": total_steps, "best_step": best_step, "best_val_loss": best["val_loss"],
-               "checkpoints": str(workdir / CHECKPOINTS_DIR), "startup_s": clock.seconds,
+               "checkpoints": str(workdir / CHECKPOINTS_DIR), "devices": int(mesh.devices.size),
+               "startup_s": clock.seconds,
                "peak_host_bytes": resources.peak_host_bytes(), "peak_device_bytes": resources.peak_device_bytes()}
     # Every process takes part in the restore (Orbax); process 0 plots from its host copy
     # of the replicated parameters, on its own devices only.

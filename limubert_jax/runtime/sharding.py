@@ -15,6 +15,18 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def training_mesh(global_batch_size: int) -> Mesh:
+    """The mesh that batches of `global_batch_size` train on: every device, except that the
+    CPU devices of a single process (its cores, see `runtime.cpu_devices`) are cut down to
+    the most that the batch divides by, so that any batch size runs on any core count."""
+    devices = jax.devices()
+    if (jax.process_count() > 1 or any(device.platform != "cpu" for device in devices)
+            or not isinstance(global_batch_size, int) or global_batch_size < 1):  # a bad size: the config check's
+        return make_mesh(devices)
+    count = max(n for n in range(1, len(devices) + 1) if global_batch_size % n == 0)
+    return make_mesh(devices[:count])
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     """Every device holds the whole array (parameters, optimizer state, scalars)."""
     return NamedSharding(mesh, PartitionSpec())
