@@ -6,7 +6,7 @@ threads. The ops of LIMU-BERT's train step are small (chunks of 8 windows, see
 package is measured on from being used fully. With one CPU device per core, each device takes
 the gradient of its rows of the batch on its own core and the devices average their gradients
 once per step (`pretraining.steps`): a train step of 128 windows took 166-173 instead of
-203-204 ms, and one of 32 windows 46 instead of 69-92 ms (2 cores). Programs without a mesh
+203-204 ms, and one of 32 windows 46 instead of 92 ms (2 cores). Programs without a mesh
 (inference, the downstream classifiers) run on the first device and still use every core.
 
 JAX fixes the device count when its backend starts, so `split_cores` must run before any JAX
