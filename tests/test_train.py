@@ -4,6 +4,7 @@ kill, the non-finite guard and config errors. Uses the tiny `configs/test.py`.""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,6 +155,24 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, data_dir, finished_
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
     epochs_logged = [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert epochs_logged[-1] == epochs and sorted(set(epochs_logged)) == list(range(1, epochs + 1))
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_another_device_count(tmp_path, data_dir, finished_run):
+    # The finished run trained in a child process on one CPU device per core; this process
+    # has one device. Its steps hold host copies, restored onto the resuming run's mesh.
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir)
+    before = json.loads((finished_run / "summary.json").read_text())
+    config = _config(data_dir, **{"train.num_epochs": EPOCHS + 1, "dataset.train_rate": 0.2})
+    after = trainer.pretrain(config, workdir)
+    assert after["devices"] == 1
+    assert after["steps"] == before["steps"] // EPOCHS * (EPOCHS + 1)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, EPOCHS + 2))
+    # It went on from the saved state: its one new epoch is where the run had got to, not
+    # where a fresh start is.
+    assert records[-1]["train_loss"] < 1.1 * records[-2]["train_loss"] < records[0]["train_loss"]
 
 
 @pytest.mark.slow
