@@ -130,8 +130,10 @@ def loss_and_grads(params, masked, positions, targets, *, model_config: LimuBert
     when differentiated as a whole). Same values up to the order of float32 sums; ~20%
     faster on 2 CPU cores. Each loop iteration takes `chunks_per_iteration()` chunks'
     gradients, independent of each other, each chunk's encoder whole (no streams). Chunk k
-    holds rows k, k + n, k + 2n, ... (n chunks), so a batch split over devices stays split
-    inside every chunk. The batch is padded to whole chunks by repeating its windows at weight 0.
+    holds rows k, k + n, k + 2n, ... (n chunks), so a batch that a caller hands over split
+    across devices stays split inside every chunk (the jitted steps hand each device its own
+    rows instead, `over_devices`). The batch is padded to whole chunks by repeating its
+    windows at weight 0.
     """
     chunk = encoder_lib.default_chunk(GRADIENT_CHUNK) if encoder_chunk is None else encoder_chunk
     batch = masked.shape[0]

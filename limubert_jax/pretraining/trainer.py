@@ -40,7 +40,7 @@ from limubert_jax.data import input_pipeline
 from limubert_jax.data.input_pipeline import load_data
 from limubert_jax.data.normalization import normalize
 from limubert_jax.io import plots, storage
-from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, model_record
+from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, host_copy, model_record
 from limubert_jax.io.workdir import RunCheckpoints, check_resume
 from limubert_jax.models.encoder import ENCODER_STREAMS, LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.pretraining import optim
@@ -373,7 +373,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     # of the replicated parameters, on its own devices only.
     best_params = checkpoints.restore(best_step, state).params
     if jax.process_index() == 0:
-        best_params = jax.tree_util.tree_map(np.asarray, best_params)
+        best_params = host_copy(best_params)
         raw, _ = next(iter(input_pipeline.eval_batches(
             data, global_batch_size=config.train.plot_windows, shard_options=grain.sharding.NoSharding())))
 
