@@ -1,6 +1,6 @@
 """Activities (or any trained task) from raw IMU windows with a trained classifier (`limubert-predict`).
 
-    limubert-predict --model=RUN_DIR --input=X.npy --output=P.csv [--subwindow_output=S.csv] [--overwrite]
+    limubert-predict --model=RUN_DIR --input=X.npy --output=P.csv [--labels=Y.npy] [--subwindow_output=S.csv] [--overwrite]
     limubert-predict --model=RUN_DIR --input=RECORDINGS_DIR --output=P.csv [--stride=STEPS] [--acc_unit=g]
 
 RUN_DIR is a classify, finetune or baseline run (`workdir/<task>/<method>-<label>-<rate>/`; its
@@ -21,6 +21,10 @@ class (`models.pipeline.AGGREGATION`). P.csv has one row per window: `window` (i
 for recordings also `recording` and `start_s`, and `true_<label>` when the recordings carry
 that label column), `predicted` (the class name) and `prob_<class>` for every class.
 `--subwindow_output` adds S.csv with one row per sub-window (`subwindow`, `first_step`).
+Where the true classes are known (recordings with the model's label column, or `--labels
+Y.npy` for an .npy input: (N,) or (N, S) class indices or names), the command also prints the
+accuracy and macro-F1 over the labelled windows and writes them, with per-class scores and
+the confusion matrix, to P.metrics.json beside P.csv (`true_<label>` is then a column of P.csv).
 Outputs appear complete or not at all, and an existing output is refused unless
 `--overwrite`. Paths may be object-store paths (`gs://`), read or assembled in memory.
 
@@ -33,6 +37,7 @@ import csv
 import dataclasses
 import inspect
 import io
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -47,7 +52,7 @@ from tqdm.auto import tqdm
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE
 from limubert_jax.models import pipeline
-from limubert_jax.models.inference import check_finite
+from limubert_jax.models.inference import check_finite, check_finite_outputs
 from limubert_jax.models.pipeline import MODEL_DIR, ClassifierPipelineConfig
 from limubert_jax.runtime import cli
 from limubert_jax.runtime.errors import LimuBertError, check_terminated
@@ -138,8 +143,9 @@ class TrainedClassifier:
                 if rows < size:
                     batch = np.concatenate([batch, np.zeros((size - rows, *batch.shape[1:]), np.float32)])
                 out = pipeline.predict_batch(self.params, batch, config=self.config)
-                yield start, Predictions(self.class_names, np.asarray(out["probabilities"])[:rows],
-                                         np.asarray(out["subwindow_logits"])[:rows])
+                probabilities = np.asarray(out["probabilities"])[:rows]
+                check_finite_outputs(probabilities, batch, what="prediction", source=source, first=start)
+                yield start, Predictions(self.class_names, probabilities, np.asarray(out["subwindow_logits"])[:rows])
 
     def predict(self, windows, *, batch_size: int = 256, progress: bool = False) -> Predictions:
         """`Predictions` for all windows (N, S, F) raw readings."""
@@ -172,10 +178,81 @@ class WindowsInput:
     columns: dict[str, Sequence[Any]] = dataclasses.field(default_factory=dict)  # name -> N values
 
 
-def npy_input(path: str | os.PathLike) -> WindowsInput:
+def npy_input(path: str | os.PathLike, config: ClassifierPipelineConfig,
+              labels_path: str | os.PathLike | None = None) -> WindowsInput:
+    """Windows of an .npy file; with `labels_path`, each window's true class (`npy_labels`)
+    as the `true_<label>` column."""
     from limubert_jax.embed import open_windows  # one reader of window files
 
-    return WindowsInput(open_windows(path))
+    windows = open_windows(path)
+    if labels_path is None:
+        return WindowsInput(windows)
+    return WindowsInput(windows, {f"true_{config.label}": npy_labels(labels_path, len(windows), config.class_names)})
+
+
+def npy_labels(path: str | os.PathLike, num_windows: int, class_names: Sequence[str]) -> list[str]:
+    """The true class name of each of `num_windows` windows ("" where unknown) from an .npy
+    of labels: (N,) per window or (N, S) per step (a window whose steps disagree has none),
+    as class indices into `class_names` (negative: no label) or as class names."""
+    path = storage.as_path(path)
+    if not path.is_file():
+        raise LimuBertError(f"{path}: no such file (--labels)")
+    try:
+        labels = np.asarray(storage.load_npy(path))
+    except (ValueError, OSError, EOFError) as e:
+        raise LimuBertError(f"{path}: not a readable .npy array of labels ({e})") from None
+    if labels.ndim == 3 and labels.shape[2] == 1:
+        labels = labels[..., 0]
+    if labels.ndim not in (1, 2) or len(labels) != num_windows:
+        raise LimuBertError(f"{path}: labels of shape {labels.shape}; expected ({num_windows},) or ({num_windows}, "
+                            "steps): one label per window or per step of each of the input's windows")
+    if labels.ndim == 2:  # per step: a window's label is its steps' common one
+        constant = (labels == labels[:, :1]).all(axis=1)
+        labels = labels[:, 0]
+    else:
+        constant = np.ones(len(labels), bool)
+    if labels.dtype.kind in "US":
+        names = [str(v).strip() for v in labels.astype(str)]
+        return [n if ok else "" for n, ok in zip(names, constant)]
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(labels[np.isfinite(labels)] % 1 == 0)):
+        raise LimuBertError(f"{path}: labels of dtype {labels.dtype}; expected class indices (integers) or class "
+                            f"names (strings)")
+    known = constant & np.isfinite(labels) & (labels >= 0) if labels.dtype.kind == "f" else constant & (labels >= 0)
+    indices = np.where(known, labels, 0).astype(np.int64)
+    if (indices >= len(class_names)).any():
+        bad = int(indices[indices >= len(class_names)][0])
+        raise LimuBertError(f"{path}: label {bad} is not a class index of the model (0..{len(class_names) - 1}: "
+                            f"{', '.join(class_names)})")
+    return [class_names[i] if ok else "" for i, ok in zip(indices, known)]
+
+
+def label_metrics(true: Sequence[str], predicted: np.ndarray, class_names: Sequence[str], task: str) -> dict[str, Any]:
+    """Accuracy and macro-F1 of the predictions over the windows whose true class (a name,
+    "" for none) is one of the model's classes; windows of classes the model was not trained
+    on are counted apart, since no prediction can be right for them."""
+    from limubert_jax.downstream import evaluation  # noqa: PLC0415
+
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown: dict[str, int] = {}
+    rows, labels = [], []
+    for row, name in enumerate(true):
+        if name in index:
+            rows.append(row)
+            labels.append(index[name])
+        elif name:
+            unknown[name] = unknown.get(name, 0) + 1
+    summary: dict[str, Any] = {"label": task, "windows": len(true), "labelled_windows": len(rows),
+                               "unlabelled_windows": sum(1 for name in true if not name),
+                               "classes_unknown_to_the_model": unknown}
+    if not rows:
+        return {**summary, "accuracy": None, "macro_f1": None}
+    return {**summary, **evaluation.classification_metrics(labels, np.asarray(predicted)[rows], class_names)}
+
+
+def metrics_path(output: str | os.PathLike) -> epath.Path:
+    """Where the label metrics of an output CSV go: beside it, `P.csv` -> `P.metrics.json`."""
+    output = storage.as_path(output)
+    return output.parent / f"{output.stem if output.suffix.lower() == '.csv' else output.name}.metrics.json"
 
 
 def recordings_input(folder: str | os.PathLike, config: ClassifierPipelineConfig, *, stride: int = 0,
@@ -221,43 +298,54 @@ def _probability(value: float) -> str:
 
 
 def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike, *,
-                 subwindow_output: str | os.PathLike | None = None, batch_size: int = 256, overwrite: bool = False,
-                 progress: bool = True, **recording_options) -> dict[str, Any]:
+                 subwindow_output: str | os.PathLike | None = None, labels: str | os.PathLike | None = None,
+                 batch_size: int = 256, overwrite: bool = False, progress: bool = True,
+                 **recording_options) -> dict[str, Any]:
     """Predicts every window of an .npy file or a recordings folder into CSV file(s) (see
-    the module docstring). Returns a summary: windows, class counts, outputs."""
+    the module docstring); where the input carries true labels (recordings with the model's
+    label column, or `labels` for an .npy), also their accuracy and macro-F1 into
+    `metrics_path(output)`. Returns a summary: windows, class counts, outputs, metrics."""
+    inputs = [p for p in (input_path, model, labels) if p]
     outputs = [storage.as_path(p) for p in (output, subwindow_output) if p]
     for path in outputs:
-        storage.check_output_file(path, input_path, overwrite=overwrite)
+        storage.check_output_file(path, *inputs, overwrite=overwrite)
     if len(outputs) == 2 and str(outputs[0]) == str(outputs[1]):
         raise LimuBertError(f"{outputs[0]}: given as both --output and --subwindow_output")
     classifier = load_classifier(model)
     source = storage.as_path(input_path)
     if source.is_dir():
+        if labels is not None:
+            raise LimuBertError("--labels: for an .npy input; recordings carry their labels in a column named "
+                                f"{classifier.config.label!r}")
         data = recordings_input(source, classifier.config, **recording_options)
     else:
         given = sorted(k for k, v in recording_options.items() if v != _RECORDING_DEFAULTS[k])
         if given:
             raise LimuBertError(f"--{', --'.join(given)}: for a folder of recordings, not an .npy input")
-        data = npy_input(source)
+        data = npy_input(source, classifier.config, labels)
     if len(data.windows) == 0:
         raise LimuBertError(f"{source}: holds no windows")
+    truth = data.columns.get(f"true_{classifier.config.label}")
+    if truth is not None:
+        outputs.append(storage.check_output_file(metrics_path(output), *inputs, overwrite=overwrite))
     names = classifier.class_names
     probability_columns = [f"prob_{c}" for c in names]
-    counts = np.zeros(len(names), np.int64)
+    predicted_all = np.zeros(len(data.windows), np.int64)
     local = all(storage.is_local(p) for p in outputs)
+    metrics = None
     with (storage.staged(*outputs) if local else _in_memory(outputs)) as files:
         handles = [open(f, "w", newline="") if local else f for f in files]
         try:
             writers = [csv.writer(h) for h in handles]
             writers[0].writerow(["window", *data.columns, "predicted", *probability_columns])
-            if len(writers) > 1:
+            if subwindow_output:
                 writers[1].writerow(["window", "subwindow", "first_step", *data.columns, "predicted",
                                      *probability_columns])
             for start, batch in classifier.batches(data.windows, batch_size=batch_size, source=str(source),
                                                    progress=progress):
                 predicted = batch.predicted
-                counts += np.bincount(predicted, minlength=len(names))
-                sub_probabilities = batch.subwindow_probabilities if len(writers) > 1 else None
+                predicted_all[start : start + len(predicted)] = predicted
+                sub_probabilities = batch.subwindow_probabilities if subwindow_output else None
                 for row in range(len(predicted)):
                     i = start + row
                     where = [values[i] for values in data.columns.values()]
@@ -268,12 +356,16 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
                     for j, p in enumerate(sub_probabilities[row]):
                         writers[1].writerow([i, j, j * classifier.config.merge, *where, names[int(np.argmax(p))],
                                              *map(_probability, p)])
+            if truth is not None:
+                metrics = label_metrics(truth, predicted_all, names, classifier.config.label)
+                handles[-1].write(json.dumps(metrics, indent=2) + "\n")
         finally:
             if local:
                 for h in handles:
                     h.close()
-    return {"windows": int(counts.sum()), "counts": {n: int(c) for n, c in zip(names, counts)},
-            "outputs": [str(p) for p in outputs]}
+    counts = np.bincount(predicted_all, minlength=len(names))
+    return {"windows": len(predicted_all), "counts": {n: int(c) for n, c in zip(names, counts)},
+            "outputs": [str(p) for p in outputs], "metrics": metrics}
 
 
 # The recording options and their defaults, as `recordings_input` declares them (the flags' defaults too).
@@ -308,6 +400,8 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
                         flag_values=fv)
     flags.DEFINE_string("output", None, "CSV to write: one row per window.", required=True, flag_values=fv)
     flags.DEFINE_string("subwindow_output", None, "Also write this CSV: one row per sub-window.", flag_values=fv)
+    flags.DEFINE_string("labels", None, "An .npy input's true labels, (N,) or (N, S): class indices (-1: none) or "
+                        "names; accuracy and macro-F1 go to OUTPUT.metrics.json.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 256, "Windows per compiled batch.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.", flag_values=fv)
     defaults = _RECORDING_DEFAULTS
@@ -322,12 +416,26 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run(fv: flags.FlagValues, args: list[str]) -> None:
-    summary = predict_file(fv.model, fv.input, fv.output, subwindow_output=fv.subwindow_output,
+    summary = predict_file(fv.model, fv.input, fv.output, subwindow_output=fv.subwindow_output, labels=fv.labels,
                            batch_size=fv.batch_size, overwrite=fv.overwrite, stride=fv.stride,
                            max_gap_s=fv.max_gap_s, acc_unit=fv.acc_unit, gyro_unit=fv.gyro_unit)
     counts = ", ".join(f"{name} {count}" for name, count in summary["counts"].items())
     # The command's result: stdout (logs go to stderr).
     print(f"wrote {' and '.join(summary['outputs'])}: {summary['windows']} windows ({counts})")
+    metrics = summary["metrics"]
+    if metrics is not None:
+        print(describe_metrics(metrics))
+
+
+def describe_metrics(metrics: dict[str, Any]) -> str:
+    """One line on `label_metrics`: the scores and what they were computed over."""
+    over = f"{metrics['labelled_windows']} of {metrics['windows']} windows labelled"
+    unknown = metrics["classes_unknown_to_the_model"]
+    if unknown:
+        over += f"; {sum(unknown.values())} of classes the model does not know ({', '.join(sorted(unknown))}) left out"
+    if metrics["accuracy"] is None:
+        return f"{metrics['label']}: no window has a label among the model's classes ({over})"
+    return f"{metrics['label']}: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} ({over})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -127,6 +127,9 @@ def test_a_task_the_dataset_lacks_is_a_clear_error(pretrained, tmp_path):
     ("pretrain+finetune", {"merge": 0}, r"^config\.downstream\.merge must be a positive integer, got 0"),
     ("pretrain+report", {"label_rate": 0.0}, r"^config\.downstream\.label_rate must be in \(0, 1\], got 0\.0"),
     ("pretrain+report", {"label_rate": 1.5}, r"^config\.downstream\.label_rate must be in \(0, 1\]"),
+    # Found from the labels, before the pretraining (it used to surface after it).
+    ("pretrain+classify", {"label_rate": 1e-5},
+     r"^config\.downstream \(synthetic_imu, task activity\): label_rate=1e-05 selects no labelled sub-windows"),
     ("pretrain+report", {"num_epochs": 0}, r"^config\.downstream\.num_epochs must be a positive integer"),
     # The test model's 24-wide embeddings are too narrow for CNN2D's conv/pool stack.
     ("pretrain+report", {"methods": "dcnn,limu_cnn2_v1"},
@@ -134,7 +137,7 @@ def test_a_task_the_dataset_lacks_is_a_clear_error(pretrained, tmp_path):
     ("pretrain+embed", {"encoder": "/nonexistent/encoder"}, r"^no pretrained LIMU-BERT in /nonexistent/encoder"),
     ("classify", {}, r"^no pretrained LIMU-BERT in .*new-run"),
 ], ids=["label", "method", "head-of-method", "no-methods", "classifier", "baseline", "merge-divides", "merge-positive",
-        "label-rate-0", "label-rate-1.5", "epochs", "head-fits", "encoder-path", "no-encoder"])
+        "label-rate-0", "label-rate-1.5", "label-rate-selects-none", "epochs", "head-fits", "encoder-path", "no-encoder"])
 def test_a_chain_fails_on_any_stage_before_the_first_step(synthetic_data_dir, tmp_path, monkeypatch, task, overrides,
                                                           message):
     data_dir = synthetic_data_dir

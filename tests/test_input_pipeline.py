@@ -389,3 +389,40 @@ def test_recordings_build_per_folder_split_by_recording_and_refuse_a_changed_fol
     with pytest.raises(ValueError, match=r"recordings/20_80 in .* was built from .*recordings.*, and its recordings "
                                          r"have changed since .*; delete .* to rebuild it, or use another data_dir"):
         ip.load_pretrain_data(config)
+
+
+def test_two_builds_of_one_new_folder_at_once_wait_for_each_other(tmp_path):
+    """Two `prepare_data` of one new folder into one data_dir used to race (the second ended
+    in a 50-line FileExistsError). Both wait here while this test holds the build's lock, then
+    one builds and the other reuses its build."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import child_env
+    from limubert_jax.datasets.recordings import example
+
+    folder, data_dir = tmp_path / "recordings", tmp_path / "tfds"
+    example.write_recordings(folder, num_recordings=2, seconds=20.0)
+    config = _config(data_dir, folder, name="recordings", version="20_40")
+    builder = ip._builder("recordings", "20_40", str(data_dir), str(folder), config)
+    command = [sys.executable, "-m", "limubert_jax.prepare_data", "--config=recordings:20_40",
+               f"--config.dataset.manual_dir={folder}", f"--config.dataset.data_dir={data_dir}"]
+    logs = [tmp_path / f"stderr{i}.txt" for i in range(2)]
+    with ip.build_lock(builder):
+        children = [subprocess.Popen(command, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
+                                     stderr=log.open("w"), text=True) for log in logs]
+        # Both must be waiting on the lock before it is released (their logs say so).
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and all(c.poll() is None for c in children):
+            if all("waiting for another process building recordings/20_40-" in log.read_text() for log in logs):
+                break
+            time.sleep(0.2)
+        assert all(c.poll() is None for c in children), [log.read_text()[-2000:] for log in logs]
+    results = [c.communicate(timeout=120)[0] for c in children]
+    for child, out, log in zip(children, results, logs):
+        assert child.returncode == 0, log.read_text()[-2000:]
+        assert "recordings/20_40: " in out and "windows" in out
+    described = [out[out.index("recordings/20_40: "):] for out in results]
+    assert described[0] == described[1]  # the same build described twice (one of them also built it)
+    assert len([p for p in (data_dir / "recordings").iterdir() if not p.name.startswith(".")]) == 1

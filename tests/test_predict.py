@@ -133,7 +133,7 @@ def test_models_that_are_not_classifiers_are_refused(tmp_path, capsys):
     np.save(tmp_path / "x.npy", _windows(2))
     for model, fragment in ((tmp_path / "bert", "holds a limu_bert model, not a trained classifier"),
                             (tmp_path, "no trained classifier here"), (tmp_path / "nope", "no such run directory")):
-        args = ["--model", str(model), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv")]
+        args = ["--model", str(model), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path.parent / "p.csv")]
         assert predict.main(args) == 2
         assert fragment in capsys.readouterr().err
 
@@ -189,3 +189,63 @@ def test_the_saved_config_says_everything_predict_needs(run_dir):
     assert (config.seq_len, config.merge, config.feature_num, config.sampling_rate_hz) == (SEQ, MERGE, 6, RATE)
     with pytest.raises(ValueError, match="unknown ClassifierPipelineConfig field"):
         ClassifierPipelineConfig.from_dict({**record["config"], "typo": 1})
+
+
+def test_finite_windows_whose_probabilities_overflow_are_refused(run_dir, tmp_path, capsys):
+    """Readings of 3e38 are finite, but the normalization overflows float32: NaN probabilities
+    used to be written with exit status 0."""
+    x = _windows(3)
+    x[1] = 3e38
+    np.save(tmp_path / "x.npy", x)
+    args = ["--model", str(run_dir), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv"),
+            "--batch_size", "4"]
+    assert predict.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err.startswith("error: ") and "the prediction of window 1 is not finite" in err and "3e+38" in err
+    assert sorted(os.listdir(tmp_path)) == ["x.npy"]
+
+
+def test_npy_labels_give_accuracy_and_macro_f1_beside_the_csv(run_dir, tmp_path, capsys):
+    from limubert_jax.downstream import evaluation
+
+    x = _windows(6)
+    np.save(tmp_path / "x.npy", x)
+    predicted = predict.load_classifier(run_dir).predict(x, batch_size=4).predicted
+    truth = np.array([predicted[0], predicted[1], (predicted[2] + 1) % 3, -1, predicted[4], (predicted[5] + 2) % 3])
+    np.save(tmp_path / "y.npy", np.repeat(truth[:, None], SEQ, axis=1))  # per step, as the datasets store them
+    args = ["--model", str(run_dir), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv"),
+            "--labels", str(tmp_path / "y.npy"), "--batch_size", "4"]
+    assert predict.main(args) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "p.metrics.json").read_text())
+    kept = truth >= 0
+    expected = evaluation.classification_metrics(truth[kept], predicted[kept], ("run", "sit", "walk"))
+    assert metrics["accuracy"] == pytest.approx(0.6) == expected["accuracy"]
+    assert metrics["macro_f1"] == pytest.approx(expected["macro_f1"])
+    assert (metrics["labelled_windows"], metrics["unlabelled_windows"], metrics["label"]) == (5, 1, "activity")
+    assert f"activity: accuracy 0.6000, macro-F1 {expected['macro_f1']:.4f} (5 of 6 windows labelled)" in out
+    rows = _rows(tmp_path / "p.csv")
+    assert [r["true_activity"] for r in rows][2:4] == [("run", "sit", "walk")[truth[2]], ""]
+    # Class names work as labels too; an index the model does not have is refused in one line.
+    np.save(tmp_path / "names.npy", np.array(["run", "sit", "walk", "jump", "sit", "run"]))
+    assert predict.main([*args[:6], "--labels", str(tmp_path / "names.npy"), "--output", str(tmp_path / "q.csv")]) == 0
+    assert "1 of classes the model does not know (jump) left out" in capsys.readouterr().out
+    np.save(tmp_path / "bad.npy", np.array([0, 1, 7, 0, 0, 0]))
+    assert predict.main([*args[:6], "--labels", str(tmp_path / "bad.npy"), "--output", str(tmp_path / "r.csv")]) == 2
+    assert "label 7 is not a class index of the model" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists() and not (tmp_path / "r.metrics.json").exists()
+
+
+def test_recordings_with_the_label_column_give_metrics(run_dir, tmp_path, capsys):
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    _recording(folder / "a.csv", 6.0, ["walk", "walk", "sit"])
+    assert predict.main(["--model", str(run_dir), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
+                         "--batch_size", "4"]) == 0
+    metrics = json.loads((tmp_path / "p.metrics.json").read_text())
+    rows = _rows(tmp_path / "p.csv")
+    labelled = [r for r in rows if r["true_activity"]]
+    assert metrics["labelled_windows"] == len(labelled) > 0
+    right = sum(r["true_activity"] == r["predicted"] for r in labelled)
+    assert metrics["accuracy"] == pytest.approx(right / len(labelled))
+    assert "activity: accuracy" in capsys.readouterr().out

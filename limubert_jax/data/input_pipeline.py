@@ -17,12 +17,14 @@ Windows stay raw (physical units); normalization and masking happen in the train
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
 import os
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -290,22 +292,65 @@ def _check_manual_files(builder, manual_dir: str) -> None:
             )
 
 
-def _prepare(builder, manual_dir: str | None) -> None:
-    """download_and_prepare (array_record) unless already prepared; process 0 goes first."""
+# Seconds between the log lines of a build waiting for another one.
+BUILD_WAIT_LOG_S = 30.0
+
+
+@contextlib.contextmanager
+def build_lock(builder) -> Iterator[None]:
+    """Held while `builder`'s version is built in its data_dir, so that two builds of it at
+    once (two `prepare_data`, two main jobs on one new folder) do not race: TFDS would let
+    the second fail on the first's folders. The lock is a file in the data_dir's top folder,
+    outside the build, so a failed build leaves nothing in its own folder; the operating
+    system releases it when its holder dies. Object-store data_dirs have no such lock."""
+    root = os.fspath(builder.data_dir_root)
+    if "://" in root:
+        yield
+        return
+    import filelock  # noqa: PLC0415
+    from absl import logging  # noqa: PLC0415
+
+    name = builder.info.full_name.replace("/", "-")
+    os.makedirs(root, exist_ok=True)
+    lock = filelock.FileLock(os.path.join(root, f".{name}.build-lock"))
+    start, timeout = time.monotonic(), 0.0
+    while True:
+        try:
+            lock.acquire(timeout=timeout)
+            break
+        except filelock.Timeout:
+            logging.info("waiting for another process building %s in %s (%.0f s so far)", builder.info.full_name,
+                         root, time.monotonic() - start)
+            timeout = BUILD_WAIT_LOG_S
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _prepare(builder, manual_dir: str | None, rebuild: Callable[[], Any]):
+    """download_and_prepare (array_record) unless already prepared; process 0 goes first.
+    Returns the builder to read: `rebuild()`'s when another process built the data meanwhile
+    (a builder made before the data existed does not hold its recorded metadata)."""
     import jax  # noqa: PLC0415
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     def prepare():
+        nonlocal builder
         if builder.is_prepared():
             return
-        # Without manual_dir a manual-files builder looks in TFDS's default
-        # <data_dir>/downloads/manual and names what is missing.
-        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
-        builder.download_and_prepare(file_format="array_record", download_config=download_config)
+        with build_lock(builder):
+            if builder.is_prepared():  # built by the process this one waited for
+                builder = rebuild()
+                return
+            # Without manual_dir a manual-files builder looks in TFDS's default
+            # <data_dir>/downloads/manual and names what is missing.
+            download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+            builder.download_and_prepare(file_format="array_record", download_config=download_config)
 
     if jax.process_count() == 1:
         prepare()
-        return
+        return builder
     # With a shared data_dir only process 0 writes; with per-host disks every host must.
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
@@ -314,6 +359,7 @@ def _prepare(builder, manual_dir: str | None) -> None:
     multihost_utils.sync_global_devices(f"limubert_jax.data.input_pipeline.prepare:{builder.name}")
     if jax.process_index() != 0:
         prepare()
+    return builder
 
 
 SPLIT_BY = ("window", "recording", "user")  # config.dataset.split_by
@@ -354,7 +400,7 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
     builder = _builder(name, version, data_dir, manual_dir, dataset_config)
     if manual_dir is not None and builder.is_prepared():
         _check_manual_files(builder, manual_dir)
-    _prepare(builder, manual_dir)
+    builder = _prepare(builder, manual_dir, lambda: _builder(name, version, data_dir, manual_dir, dataset_config))
     file_format = getattr(builder.info, "file_format", None)
     if file_format is not None and getattr(file_format, "value", file_format) != "array_record":
         raise ValueError(

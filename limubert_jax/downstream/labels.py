@@ -87,13 +87,17 @@ def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
     listing the tasks it has."""
     if data is None:
         data = input_pipeline.load_data(config)
-    task = config.downstream.label
     tasks = check_label(config, data)
     data = downstream_data(config, data)
     source = data.train.source
     rows = [source[i] for i in range(len(source))]
     windows = np.stack([np.asarray(r[input_pipeline.FEATURE], np.float32) for r in rows])
-    seq = windows.shape[1]
+    labels = _task_labels(config.downstream.label, tasks, data, rows, windows.shape[1])
+    return LabelledData(data.name, data.version, windows, labels, data.groups)
+
+
+def _task_labels(task: str, tasks: dict, data, rows, seq: int) -> TaskLabels:
+    """`task`'s labels (N, `seq`) of the records `rows` (every window of `data`, in order)."""
     if task in data.info.features:  # a ClassLabel
         per_step = np.repeat(np.array([int(r[task]) for r in rows], np.int64)[:, None], seq, axis=1)
         names = tasks[task]
@@ -104,7 +108,26 @@ def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
         if names is None:  # unnamed integer classes: 0-based from the smallest value, named by their values
             names = tuple(str(v) for v in range(int(per_step.min()), int(per_step.max()) + 1))
             per_step = per_step - per_step.min()
-    return LabelledData(data.name, data.version, windows, TaskLabels(task, names, per_step), data.groups)
+    return TaskLabels(task, names, per_step)
+
+
+def check_protocol(config: ml_collections.ConfigDict, data) -> None:
+    """Raises the `LimuBertError` that `protocol_split` would raise for `config.downstream`
+    (a `label_rate` that selects no labelled sub-window, too few windows to split), from the
+    labels alone: a downstream stage's data fails before the pretraining that precedes it."""
+    tasks = check_label(config, data)
+    data = downstream_data(config, data)
+    source = data.train.source
+    getitems = getattr(source, "__getitems__", None)
+    rows = []
+    for start in range(0, len(source), _LABEL_READ_ROWS):  # the windows' readings are dropped as read
+        keys = list(range(start, min(start + _LABEL_READ_ROWS, len(source))))
+        records = getitems(keys) if getitems is not None else [source[k] for k in keys]
+        rows.extend({k: v for k, v in r.items() if k != input_pipeline.FEATURE} for r in records)
+    _split(_task_labels(config.downstream.label, tasks, data, rows, data.seq_len), data.groups, data.name, config)
+
+
+_LABEL_READ_ROWS = 4096  # records read at once by `check_protocol`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,19 +144,24 @@ class ProtocolData:
 def protocol_split(data: LabelledData, config: ml_collections.ConfigDict) -> ProtocolData:
     """`splits.classifier_split` on the chosen task; class ids stay indices into the names
     (the reference's minus-the-minimum shift is undone)."""
+    return ProtocolData(_split(data.labels, data.groups, data.name, config), data.labels.names)
+
+
+def _split(labels: TaskLabels, groups: np.ndarray | None, name: str,
+           config: ml_collections.ConfigDict) -> splits.ClassifierSplit:
     d = config.downstream
-    per_step = data.labels.per_step
+    per_step = labels.per_step
     try:
         split = splits.classifier_split(
             per_step[:, :, None], 0, label_rate=d.label_rate, seed=config.dataset.seed, merge=d.merge,
             balance=d.balance, train_rate=config.dataset.train_rate, vali_rate=config.dataset.vali_rate,
-            groups=data.groups, missing=MISSING_LABEL,
+            groups=groups, missing=MISSING_LABEL,
         )
     except ValueError as e:
-        raise LimuBertError(f"config.downstream ({data.name}, task {data.labels.task}): {e}") from None
+        raise LimuBertError(f"config.downstream ({name}, task {labels.task}): {e}") from None
     known = per_step[per_step != MISSING_LABEL]
     offset = int(known.min())  # labels index `names`; the split subtracted the minimum
     if offset:
         shift = lambda s: dataclasses.replace(s, labels=s.labels + offset)  # noqa: E731
         split = dataclasses.replace(split, train=shift(split.train), vali=shift(split.vali), test=shift(split.test))
-    return ProtocolData(split, data.labels.names)
+    return split

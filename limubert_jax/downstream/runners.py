@@ -46,6 +46,7 @@ from limubert_jax.downstream.labels import (
     LabelledData,
     ProtocolData,
     check_label,
+    check_protocol,
     downstream_data,
     load_labelled,
     protocol_split,
@@ -400,7 +401,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, tasks: 
         return
     d = config.downstream
     label_tasks = check_label(config, dataset)
-    dataset = downstream_data(config, dataset)  # of merged datasets, the one downstream tasks use
+    loaded, dataset = dataset, downstream_data(config, dataset)  # of merged datasets, the one downstream tasks use
     for field in ("num_epochs", "batch_size", "merge", "tsne_points"):
         value = d[field]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -412,6 +413,8 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, tasks: 
     if dataset.seq_len % d.merge:
         raise LimuBertError(f"config.downstream.merge={d.merge} must divide the {dataset.seq_len}-step windows "
                             f"of {dataset.name}/{dataset.version}")
+    if any(t != "embed" for t in stages):  # the labelled draw, before any stage trains
+        check_protocol(config, loaded)
     models = [m for t in stages for m in _stage_methods(t, config)]
     encoder = None
     if "embed" in stages or any(task != "baseline" for _, task, _ in models):

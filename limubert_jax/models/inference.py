@@ -46,6 +46,20 @@ def check_finite(windows: np.ndarray, *, source: str, chunk: int = 16384, first:
             raise LimuBertError(f"{source}: window {first + start + int(np.argmin(finite))} contains NaN or Inf")
 
 
+def check_finite_outputs(outputs: np.ndarray, windows: np.ndarray, *, what: str, source: str, first: int = 0) -> None:
+    """Raises `LimuBertError` naming the first window whose `outputs` (one row per window,
+    any trailing shape) hold NaN or Inf: finite readings can still overflow float32 inside
+    the model (the normalization squares them), and a file of NaN results is worse than none."""
+    finite = np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise LimuBertError(
+            f"{source}: the {what} of window {first + bad} is not finite (NaN or Inf): input values too large "
+            f"for float32 arithmetic (its largest magnitude is {float(np.abs(windows[bad]).max()):.3g}), or "
+            "non-finite model weights"
+        )
+
+
 @functools.partial(jax.jit, static_argnames=("config", "normalized"))
 def _encode(params, windows, *, config: LimuBertConfig, normalized: bool):
     x = windows.astype(jnp.float32)
@@ -91,13 +105,6 @@ def embed_windows(
             if rows < batch_size:
                 batch = np.concatenate([batch, np.zeros((batch_size - rows,) + batch.shape[1:], batch.dtype)])
             encoded = np.asarray(_encode(params, batch, config=config, normalized=normalized)[:rows])
-            finite = np.isfinite(encoded).all(axis=(1, 2))
-            if not finite.all():
-                first = int(np.argmin(finite))
-                raise LimuBertError(
-                    f"{source}: the embedding of window {start + first} is not finite (NaN or Inf): "
-                    f"input values too large for float32 arithmetic (its largest magnitude is "
-                    f"{float(np.abs(batch[first]).max()):.3g}), or non-finite model weights"
-                )
+            check_finite_outputs(encoded, batch, what="embedding", source=source, first=start)
             out[start : start + rows] = encoded
     return out
