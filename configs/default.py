@@ -43,6 +43,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.max_gap_s = 1.0  # recordings: a longer pause between timestamps splits a recording
     config.dataset.acc_unit = "m/s^2"  # recordings: accelerometer columns in 'm/s^2' or 'g' (x 9.80665)
     config.dataset.gyro_unit = "rad/s"  # recordings: gyroscope columns in 'rad/s' or 'deg/s'
+    config.dataset.timestamp_unit = "s"  # recordings: numeric timestamps in 's', 'ms', 'us' or 'ns' (ISO-8601 text as is)
+    config.dataset.columns = ""  # recordings: rename the files' columns to the contract's, e.g. 'ax:acc_x,ay:acc_y'
+    config.dataset.label_columns = ""  # recordings: label columns, e.g. 'activity,user'; '': every other column
+    config.dataset.ignore_columns = ""  # recordings: columns to leave out, e.g. 'pressure,temp'
+    config.dataset.fingerprint = "stat"  # recordings: notice a changed folder by 'stat' (size, mtime) or 'content' (SHA-256)
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "bert_adam"  # 'bert_adam' (the seed's) or 'adam' (the public release)

@@ -2,6 +2,7 @@
 
     limubert-predict --model=RUN_DIR --input=X.npy --output=P.csv [--labels=Y.npy] [--subwindow_output=S.csv] [--overwrite]
     limubert-predict --model=RUN_DIR --input=RECORDINGS_DIR --output=P.csv [--stride=STEPS] [--acc_unit=g]
+        [--timestamp_unit=ms] [--columns=ax:acc_x,...] [--label_columns=activity] [--ignore_columns=...]
 
 RUN_DIR is a classify, finetune or baseline run (`workdir/<task>/<method>-<label>-<rate>/`; its
 `model/` checkpoint, or that checkpoint itself). The input is either
@@ -12,7 +13,9 @@ RUN_DIR is a classify, finetune or baseline run (`workdir/<task>/<method>-<label
   memory-mapped, batch by batch; or
 * a folder of recordings (CSV or Parquet files with `timestamp` and acc/gyro columns, see
   the `recordings` dataset's README), resampled to the model's rate and cut into windows
-  every `--stride` steps (default: the window length, no overlap).
+  every `--stride` steps (default: the window length, no overlap); the flags `--max_gap_s`,
+  `--acc_unit`, `--gyro_unit`, `--timestamp_unit`, `--columns`, `--label_columns` and
+  `--ignore_columns` read them as the training job's `config.dataset` fields of those names do.
 
 The model runs what it was trained with: the normalization (SPEC 1), the encoder over the
 whole window, the cut into `merge`-step sub-windows, the classifier on each sub-window. A
@@ -35,7 +38,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import inspect
 import io
 import json
 import os
@@ -255,11 +257,11 @@ def metrics_path(output: str | os.PathLike) -> epath.Path:
     return output.parent / f"{output.stem if output.suffix.lower() == '.csv' else output.name}.metrics.json"
 
 
-def recordings_input(folder: str | os.PathLike, config: ClassifierPipelineConfig, *, stride: int = 0,
-                     max_gap_s: float = 1.0, acc_unit: str = "m/s^2", gyro_unit: str = "rad/s") -> WindowsInput:
+def recordings_input(folder: str | os.PathLike, config: ClassifierPipelineConfig, **options) -> WindowsInput:
     """Windows of a folder of recordings at the model's rate and window length (the
-    `recordings` dataset's reader), with each window's recording, start time and, if the
-    recordings carry the model's label column, its true class (empty where unlabelled)."""
+    `recordings` dataset's reader, with its source `options`: `recording_options()`), with
+    each window's recording, start time and, if the recordings carry the model's label
+    column, its true class (empty where unlabelled)."""
     from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
 
     rate = config.sampling_rate_hz
@@ -268,10 +270,9 @@ def recordings_input(folder: str | os.PathLike, config: ClassifierPipelineConfig
                             "recordings can be resampled only to a whole number of Hz: cut them into windows "
                             "yourself and pass an .npy")
     try:
-        source = recordings.read_source(folder, int(rate), config.seq_len, stride=stride, max_gap_s=max_gap_s,
-                                        acc_unit=acc_unit, gyro_unit=gyro_unit)
-    except ValueError as e:
-        raise LimuBertError(str(e)) from None
+        source = recordings.read_source(folder, int(rate), config.seq_len, **options)
+    except ValueError as e:  # options are named as the training job's config fields; here they are flags
+        raise LimuBertError(str(e).replace("config.dataset.", "--")) from None
     if source.num_features < config.feature_num:
         raise LimuBertError(f"{folder}: the recordings have {source.num_features} channels; the model takes "
                             f"{config.feature_num} (magnetometer columns mag_x, mag_y, mag_z in every recording)")
@@ -319,7 +320,8 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
                                 f"{classifier.config.label!r}")
         data = recordings_input(source, classifier.config, **recording_options)
     else:
-        given = sorted(k for k, v in recording_options.items() if v != _RECORDING_DEFAULTS[k])
+        defaults = recording_options_defaults()
+        given = sorted(k for k, v in recording_options.items() if v != defaults[k])
         if given:
             raise LimuBertError(f"--{', --'.join(given)}: for a folder of recordings, not an .npy input")
         data = npy_input(source, classifier.config, labels)
@@ -369,8 +371,12 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
 
 
 # The recording options and their defaults, as `recordings_input` declares them (the flags' defaults too).
-_RECORDING_DEFAULTS = {name: p.default for name, p in inspect.signature(recordings_input).parameters.items()
-                       if p.kind is p.KEYWORD_ONLY}
+def recording_options_defaults() -> dict[str, Any]:
+    """The `recordings` reader's options that `predict` takes (flags of the same names), with
+    their defaults; a build's `fingerprint` mode has no use for one reading."""
+    from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
+
+    return {k: v for k, v in recordings.SOURCE_OPTIONS.items() if k != "fingerprint"}
 
 
 class _in_memory:
@@ -404,21 +410,17 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
                         "names; accuracy and macro-F1 go to OUTPUT.metrics.json.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 256, "Windows per compiled batch.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.", flag_values=fv)
-    defaults = _RECORDING_DEFAULTS
-    flags.DEFINE_integer("stride", defaults["stride"], "Recordings: steps between window starts (0: the window "
-                         "length).", lower_bound=0, flag_values=fv)
-    flags.DEFINE_float("max_gap_s", defaults["max_gap_s"], "Recordings: a longer pause between samples splits a "
-                       "recording.", flag_values=fv)
-    flags.DEFINE_enum("acc_unit", defaults["acc_unit"], ["m/s^2", "g"], "Recordings: accelerometer unit.",
-                      flag_values=fv)
-    flags.DEFINE_enum("gyro_unit", defaults["gyro_unit"], ["rad/s", "deg/s"], "Recordings: gyroscope unit.",
-                      flag_values=fv)
+    from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
+
+    for name, default in recording_options_defaults().items():
+        define = {int: flags.DEFINE_integer, float: flags.DEFINE_float}.get(type(default), flags.DEFINE_string)
+        define(name, default, f"Recordings: {recordings.OPTION_HELP[name]}", flag_values=fv)
 
 
 def _run(fv: flags.FlagValues, args: list[str]) -> None:
     summary = predict_file(fv.model, fv.input, fv.output, subwindow_output=fv.subwindow_output, labels=fv.labels,
-                           batch_size=fv.batch_size, overwrite=fv.overwrite, stride=fv.stride,
-                           max_gap_s=fv.max_gap_s, acc_unit=fv.acc_unit, gyro_unit=fv.gyro_unit)
+                           batch_size=fv.batch_size, overwrite=fv.overwrite,
+                           **{name: fv[name].value for name in recording_options_defaults()})
     counts = ", ".join(f"{name} {count}" for name, count in summary["counts"].items())
     # The command's result: stdout (logs go to stderr).
     print(f"wrote {' and '.join(summary['outputs'])}: {summary['windows']} windows ({counts})")

@@ -249,3 +249,26 @@ def test_recordings_with_the_label_column_give_metrics(run_dir, tmp_path, capsys
     right = sum(r["true_activity"] == r["predicted"] for r in labelled)
     assert metrics["accuracy"] == pytest.approx(right / len(labelled))
     assert "activity: accuracy" in capsys.readouterr().out
+
+
+def test_recordings_as_phones_write_them_are_read_with_the_builds_options(run_dir, tmp_path, capsys):
+    """Milliseconds and a logger's own column names, read through the same options as a build."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    _recording(folder / "a.csv", 6.0, ["walk"])
+    lines = (folder / "a.csv").read_text().splitlines()
+    renamed = ["t_ms,ax,ay,az,gx,gy,gz,activity"]
+    for line in lines[1:]:
+        t, *rest = line.split(",")
+        renamed.append(",".join([f"{float(t) * 1000:.0f}", *rest]))
+    (folder / "a.csv").write_text("\n".join(renamed) + "\n")
+    columns = "t_ms:timestamp,ax:acc_x,ay:acc_y,az:acc_z,gx:gyro_x,gy:gyro_y,gz:gyro_z"
+    args = ["--model", str(run_dir), "--input", str(folder), "--output", str(tmp_path / "p.csv"), "--batch_size", "4",
+            "--columns", columns]
+    assert predict.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--timestamp_unit='ms'" in err and "config.dataset" not in err, err
+    assert predict.main([*args, "--timestamp_unit", "ms"]) == 0
+    assert len(_rows(tmp_path / "p.csv")) == 3  # 6 s at 20 Hz: three whole 40-step windows
+    assert predict.main([*args, "--timestamp_unit", "ms", "--max_gap_s", "nan", "--output", str(tmp_path / "q.csv")]) == 2
+    assert "--max_gap_s must be" in capsys.readouterr().err

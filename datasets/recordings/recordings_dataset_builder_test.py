@@ -1,6 +1,7 @@
 """recordings: small CSV / Parquet folders written by the tests; one TFDS build read back
-(module fixture), the processing (`read_source`) checked against common.downsample and
-np.interp, labels, options and every malformed input."""
+(module fixture), the processing (`read_source`): window counts, copying at the own rate,
+interpolation, labels, options and every malformed input. recordings_phone_test.py has the
+low-pass, rate changes, timestamp units, column options and the folder checks."""
 
 from __future__ import annotations
 
@@ -83,22 +84,26 @@ def test_build_and_read_back(built):
     folder, builder, data = built
     expected = _read(folder, "20_40")
     imu, label, recording = _windows(expected)
-    assert len(data["imu"]) == expected.num_windows == 4 + 3  # 10 s -> 199 steps -> 4; ~7.6 s -> ~152 steps -> 3
-    assert data["imu"].shape == (7, 40, 6) and data["imu"].dtype == np.float32
-    assert data["label"].shape == (7, 40, 3) and data["label"].dtype == np.int64
+    assert len(data["imu"]) == expected.num_windows == 5 + 3  # 10 s -> 200 steps -> 5; ~7.6 s -> ~152 steps -> 3
+    assert data["imu"].shape == (8, 40, 6) and data["imu"].dtype == np.float32
+    assert data["label"].shape == (8, 40, 3) and data["label"].dtype == np.int64
     np.testing.assert_array_equal(data["imu"], imu)
     np.testing.assert_array_equal(data["label"], label)
-    assert data["recording"].tolist() == recording.tolist() == [0] * 4 + [1] * 3
+    assert data["recording"].tolist() == recording.tolist() == [0] * 5 + [1] * 3
     meta = builder.info.metadata
-    assert (meta["sampling_rate_hz"], meta["seq_len"], meta["num_windows"]) == (20, 40, 7)
+    assert (meta["sampling_rate_hz"], meta["seq_len"], meta["num_windows"]) == (20, 40, 8)
     assert (meta["num_features"], meta["num_labels"], meta["missing_label"]) == (6, 3, -1)
     assert meta["feature_names"] == CHANNELS and meta["feature_units"] == ["m/s^2"] * 3 + ["rad/s"] * 3
     assert meta["label_columns"] == ["activity", "user", "place"]  # the union, in order of appearance
     assert meta["label_classes"] == {"activity": ["sit", "walk"], "user": ["1", "2"], "place": ["home"]}
     assert meta["source_dir"] == str(folder)
-    assert meta["options"] == {"stride": 0, "max_gap_s": 1.0, "acc_unit": "m/s^2", "gyro_unit": "rad/s"}
+    assert meta["options"] == {"stride": 0, "max_gap_s": 1.0, "acc_unit": "m/s^2", "gyro_unit": "rad/s",
+                               "timestamp_unit": "s", "columns": "", "label_columns": "", "ignore_columns": "",
+                               "fingerprint": "stat"}
+    assert meta["fingerprint_mode"] == "stat" and meta["source_fingerprint"] == Builder.fingerprint(folder, mode="stat")
     assert [r["file"] for r in meta["recordings"]] == ["a.csv", "sub/b.csv"]
-    assert [r["windows"] for r in meta["recordings"]] == [4, 3]
+    assert [r["windows"] for r in meta["recordings"]] == [5, 3]
+    assert [r["skipped_segments"] for r in meta["recordings"]] == [[], []]
     assert [r["segments"] for r in meta["recordings"]] == [1, 1]
     assert meta["recordings"][0]["raw_rate_hz"] == 50.0 and 40 < meta["recordings"][1]["raw_rate_hz"] < 60
     features = builder.info.features
@@ -111,9 +116,9 @@ def test_labels_of_the_build(built):
     _, _, data = built
     activity, user, place = (data["label"][..., j] for j in range(3))
     # a.csv: walk for 5 s, sit after: window 2 (4-6 s) holds the change; b.csv has no activity.
-    assert activity[:, 0].tolist() == [1, 1, -1, 0, -1, -1, -1]
-    assert user[:, 0].tolist() == [0] * 4 + [1] * 3  # user is the same in window 2
-    assert place[:, 0].tolist() == [-1] * 4 + [0] * 3
+    assert activity[:, 0].tolist() == [1, 1, -1, 0, 0, -1, -1, -1]
+    assert user[:, 0].tolist() == [0] * 5 + [1] * 3  # user is the same in window 2
+    assert place[:, 0].tolist() == [-1] * 5 + [0] * 3
     assert (data["label"] == data["label"][:, :1]).all()  # one label per window and column
 
 
@@ -121,27 +126,32 @@ def test_labels_of_the_build(built):
 # Resampling.
 
 
-def test_block_averaging_is_the_reference_downsampler(tmp_path):
+def test_a_recording_at_the_target_rate_is_copied(tmp_path):
     t = np.arange(503) / 50
     x = np.random.default_rng(1).standard_normal((503, 6))
     _write(tmp_path / "r.csv", t, x)
-    imu, _, _ = _windows(_read(tmp_path, "20_10"))
-    reference = common.downsample(x, 50, 20)
-    n = len(reference) // 10
-    assert len(imu) == n == 20
-    np.testing.assert_array_equal(imu.reshape(-1, 6), reference[: n * 10].astype(np.float32))
+    imu, _, _ = _windows(_read(tmp_path, "50_10"))
+    assert len(imu) == 50  # every window that fits: 503 steps
+    np.testing.assert_array_equal(imu.reshape(-1, 6), x[:500].astype(np.float32))
 
 
 def test_interpolation_of_an_irregular_recording(tmp_path):
     t = np.cumsum(np.random.default_rng(2).uniform(0.012, 0.028, 600))
     t -= t[0]
-    x = np.random.default_rng(3).standard_normal((600, 6))
+    x = _slow_signals(t)
     _write(tmp_path / "r.csv", t, x)
     imu, _, _ = _windows(_read(tmp_path, "20_10"))
-    steps = np.arange(len(imu) * 10) / 20
-    expected = np.stack([np.interp(steps, t, x[:, c]) for c in range(6)], axis=1)
-    assert len(imu) == math.floor(t[-1] * 20 + 1) // 10
-    np.testing.assert_array_equal(imu.reshape(-1, 6), expected.astype(np.float32))
+    raw, regular = rec.clock(t)
+    assert not regular and raw == rec.raw_rate(t)
+    grid = math.floor(t[-1] * raw + 1e-9) + 1  # interpolated onto t0 + k / raw, then low-passed to 20 Hz
+    assert len(imu) == rec.output_length(grid, raw, 20) // 10
+    expected = _slow_signals(np.arange(len(imu) * 10) / 20)
+    np.testing.assert_allclose(imu.reshape(-1, 6), expected, atol=3e-3)
+
+
+def _slow_signals(t: np.ndarray) -> np.ndarray:
+    """Smooth channels (0.3-0.8 Hz): linear interpolation at ~50 Hz is within 1e-3 of them."""
+    return np.stack([np.sin(2 * np.pi * (0.3 + 0.1 * j) * t + j) for j in range(6)], axis=1)
 
 
 def test_a_gap_splits_the_recording(tmp_path):
@@ -151,17 +161,19 @@ def test_a_gap_splits_the_recording(tmp_path):
     source = _read(tmp_path, "20_10")
     imu, _, _ = _windows(source)
     times = imu[..., 0].astype(np.float64)  # acc_x is the time
-    assert np.allclose(np.diff(times, axis=1), 1 / 20, atol=1e-5)  # no window spans the pause
-    assert len(imu) == 5 + 4 and times[5, 0] >= 10
+    assert np.allclose(np.diff(times, axis=1), 1 / 20, atol=5e-3)  # no window spans the pause (jitter: ~2e-3)
+    assert len(imu) == 5 + 4 and times[5, 0] >= 9.99  # 130 samples at 50 Hz: 52 steps at 20 Hz; 110: 44
     assert source.metadata()["recordings"][0]["segments"] == 2
-    one = _read(tmp_path, "20_10", max_gap_s=10.0)  # one segment, interpolated over the pause
-    assert one.num_windows == math.floor(t[-1] * 20 + 1) // 10 and one.metadata()["recordings"][0]["segments"] == 1
+    one = _read(tmp_path, "20_10", max_gap_s=10.0)  # one irregular segment, interpolated over the pause
+    raw = rec.raw_rate(t)
+    assert one.num_windows == rec.output_length(math.floor((t[-1] - t[0]) * raw + 1e-9) + 1, raw, 20) // 10
+    assert one.metadata()["recordings"][0]["segments"] == 1
 
 
 def test_stride_makes_overlapping_windows(tmp_path):
-    _write(tmp_path / "r.csv", np.arange(100) / 20)  # 20 Hz, regular: blocks of 1 (the last two dropped)
+    _write(tmp_path / "r.csv", np.arange(100) / 20)  # 20 Hz, regular: copied, 100 steps
     imu, _, _ = _windows(_read(tmp_path, "20_10", stride=3))
-    assert len(imu) == (98 - 10) // 3 + 1
+    assert len(imu) == (100 - 10) // 3 + 1
     np.testing.assert_array_equal(imu[1, :7], imu[0, 3:])
     np.testing.assert_array_equal(imu[:, 0, 0], (np.arange(len(imu)) * 3 / 20).astype(np.float32))
 
@@ -216,14 +228,14 @@ def test_parquet_reads_like_csv(tmp_path):
     pq.write_table(pa.table(columns), tmp_path / "pq" / "r.parquet")
     source = _read(tmp_path / "pq")
     assert source.label_classes == {"activity": ["a", "b"], "user": ["3"]}
-    assert _windows(source)[1][:, 0].tolist() == [[0, 0], [0, 0], [1, -1]]
+    assert _windows(source)[1][:, 0].tolist() == [[0, 0], [0, 0], [1, -1], [1, -1]]
 
 
 def test_upsampling_is_refused(tmp_path):
     _write(tmp_path / "slow.csv", np.arange(100) / 20)  # 20 Hz
     with pytest.raises(ValueError, match=r"^recordings/50_10: .*slow\.csv row 2: sampled at 20 Hz .* below the 50 Hz"):
         _read(tmp_path, "50_10")
-    assert _read(tmp_path, "20_10").num_windows == 9  # at its own rate
+    assert _read(tmp_path, "20_10").num_windows == 10  # at its own rate
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,7 +243,7 @@ def test_upsampling_is_refused(tmp_path):
 
 
 def test_label_classes_changes_and_missing_cells(tmp_path):
-    n = 40  # 20 Hz, regular: 38 steps -> 3 windows of 10 (steps 0-9, 10-19, 20-29)
+    n = 40  # 20 Hz, regular: copied, 4 windows of 10 (steps 0-9, 10-19, 20-29, 30-39)
     activity = ["walk"] * 15 + ["run"] * 25  # changes inside window 1
     user = [None if i == 25 else 10 for i in range(n)]  # an empty cell inside window 2
     session = [9] * 20 + [10] * 20  # integers: sorted numerically, not as strings
@@ -241,22 +253,24 @@ def test_label_classes_changes_and_missing_cells(tmp_path):
     assert source.label_columns == ["activity", "user", "session"]
     assert source.label_classes == {"activity": ["run", "sit", "walk"], "user": ["2", "10"], "session": ["9", "10"]}
     _, label, recording = _windows(source)
-    assert recording.tolist() == [0, 0, 0, 1, 1, 1]
-    assert label[:, 0].tolist() == [[2, 1, 0], [-1, 1, 0], [0, -1, 1], [1, 0, -1], [1, 0, -1], [1, 0, -1]]
+    assert recording.tolist() == [0] * 4 + [1] * 4
+    assert label[:, 0].tolist() == [[2, 1, 0], [-1, 1, 0], [0, -1, 1], [0, 1, 1]] + [[1, 0, -1]] * 4
     assert (label == label[:, :1]).all()
 
 
 def test_labels_at_interpolated_steps_are_the_nearest_samples(tmp_path):
     t = np.array([0.0, 0.04, 0.07, 0.11, 0.15, 0.19, 0.24, 0.26, 0.3, 0.34, 0.38, 0.41, 0.45, 0.5, 0.55])
+    assert not rec.clock(t)[1]  # irregular: output step k is at t0 + k / 20
     _, rows = rec.resample(t, _signals(t), 20)
     steps = np.arange(len(rows)) / 20
     assert rows.tolist() == [int(np.argmin(np.abs(t - s))) for s in steps]
 
 
-def test_labels_of_averaged_blocks_are_their_first_samples():
-    t = np.arange(20) / 50
+def test_labels_of_a_regular_segment_are_the_nearest_samples():
+    t = np.arange(20) / 50 + np.random.default_rng(5).uniform(-0.003, 0.003, 20)  # a jittered clock: regular
     out, rows = rec.resample(t, _signals(t), 20)
-    assert rows.tolist() == [0, 2, 5, 7, 10, 12, 15] and len(out) == len(common.downsample(_signals(t), 50, 20))
+    # step k lies at sample 2.5 k: 2.5 is a tie, the earlier sample
+    assert len(out) == 8 and rows.tolist() == [0, 2, 5, 7, 10, 12, 15, 17]
 
 
 # ---------------------------------------------------------------------------------------
@@ -273,7 +287,9 @@ def test_config_names_key_folder_and_options(tmp_path):
     assert a.name.startswith("50_200-") and a.name != b.name
     assert a.name == Builder.config_for("50_200", tmp_path / "a", stride=0, max_gap_s=1, acc_unit="m/s^2").name
     assert a.name == Builder.config_for("50_200", tmp_path / "a", stride=None).name  # None: the default
-    for options in ({"stride": 100}, {"max_gap_s": 2.0}, {"acc_unit": "g"}, {"gyro_unit": "deg/s"}):
+    for options in ({"stride": 100}, {"max_gap_s": 2.0}, {"acc_unit": "g"}, {"gyro_unit": "deg/s"},
+                    {"timestamp_unit": "ms"}, {"columns": "ax:acc_x"}, {"label_columns": "activity"},
+                    {"ignore_columns": "pressure"}, {"fingerprint": "content"}):
         assert Builder.config_for("50_200", tmp_path / "a", **options).name != a.name, options
     assert a.source_dir == str(tmp_path / "a") and (a.sampling_rate, a.seq_len) == (50, 200)
     assert dict(a.options) == Builder.SOURCE_OPTIONS
@@ -287,6 +303,16 @@ def test_config_names_key_folder_and_options(tmp_path):
     ({"max_gap_s": 0}, r"config\.dataset\.max_gap_s must be a number of seconds > 0, got 0"),
     ({"max_gap_s": "1"}, r"config\.dataset\.max_gap_s must be"),
     ({"strides": 1}, r"config\.dataset\.strides is not an option of recordings"),
+    ({"max_gap_s": float("nan")}, r"config\.dataset\.max_gap_s must be a number of seconds > 0, got nan"),
+    ({"timestamp_unit": "sec"}, r"config\.dataset\.timestamp_unit must be 's' or 'ms' or 'us' or 'ns', got 'sec'"),
+    ({"fingerprint": "hash"}, r"config\.dataset\.fingerprint must be 'stat' or 'content', got 'hash'"),
+    ({"columns": "ax=acc_x"}, r"config\.dataset\.columns must be 'name:contract_name' pairs"),
+    ({"columns": "ax:accel_x"}, r"config\.dataset\.columns: 'accel_x' is not a column of the contract"),
+    ({"columns": "ax:acc_x,bx:acc_x"}, r"config\.dataset\.columns names two columns 'acc_x'"),
+    ({"label_columns": 3}, r"config\.dataset\.label_columns must be column names separated by commas"),
+    ({"label_columns": "acc_x"}, r"config\.dataset\.label_columns: 'acc_x' is a channel of the contract"),
+    ({"label_columns": "a", "ignore_columns": "a"}, r"'a' is in both config\.dataset\.label_columns and"),
+    ({"ignore_columns": "gyro_z"}, r"config\.dataset\.ignore_columns: 'gyro_z' is a required column"),
 ])  # fmt: skip
 def test_bad_options(tmp_path, options, message):
     with pytest.raises(ValueError, match=f"^{message}"):
@@ -383,7 +409,7 @@ def test_nothing_half_built_after_an_error(tmp_path):
     assert not (tmp_path / "tfds" / "recordings").exists()
     (tmp_path / "src" / "bad.csv").write_text("\n".join([HEADER, *GOOD]))  # fixed: builds
     builder = _build(tmp_path / "src", tmp_path / "tfds", "20_10")
-    assert len(builder.as_data_source(split="train")) == 2
+    assert len(builder.as_data_source(split="train")) == 3
 
 
 # ---------------------------------------------------------------------------------------

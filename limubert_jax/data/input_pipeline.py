@@ -253,7 +253,7 @@ def _check_manual_files(builder, manual_dir: str) -> None:
     folder's fingerprint: paths, sizes, modification times)."""
     meta = builder.info.metadata or {}
     if "source_fingerprint" in meta:
-        if builder.fingerprint(manual_dir) != meta["source_fingerprint"]:
+        if builder.fingerprint(manual_dir, mode=meta.get("fingerprint_mode", "stat")) != meta["source_fingerprint"]:
             raise ValueError(
                 f"{builder.name}/{builder.builder_config.window_version} in {builder.data_dir} was built from "
                 f"{meta.get('source_dir')!r}, and its recordings have changed since (files added, removed or "
