@@ -19,7 +19,10 @@ torch. An OUT ending in .json is refused, since the sidecar would overwrite it. 
 writes the encoder of a LIMU-BERT checkpoint, or a whole classifier run, as an ONNX graph
 taking raw readings (normalization inside, dynamic batch); `to_tflite` a classifier run as a
 TFLite file of fixed batch `--batch`. Existing outputs are refused unless `--overwrite`,
-which replaces only a checkpoint directory (from_torch) or the files the command writes.
+which replaces only a checkpoint directory (from_torch) or the files the command writes;
+so are outputs that appear while the command runs (another run writing them). An output
+inside what the command reads (a checkpoint or run directory), or one holding IN, is
+refused, `--overwrite` or not.
 Every path may be an object-store path (`gs://bucket/...`). Extras: `[torch]` for .pt files,
 `[onnx]`, `[tflite]`.
 """

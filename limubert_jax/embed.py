@@ -6,9 +6,10 @@ X is (N, S, F) raw readings (acc m/s^2, gyro rad/s, mag) normalized as the refer
 (SPEC section 1) unless `--input_normalized`; E is (N, S, hidden) float32. The input is
 memory-mapped and the output written batch by batch into a memory-mapped file, so memory
 stays bounded for N in the millions; E appears under its name only when complete. An
-existing E is refused unless `--overwrite`, and E may never be X. X, E and CKPT may be
-object-store paths (`gs://bucket/...`): objects cannot be memory-mapped, so a bucket X is
-read whole into memory and a bucket E is assembled in memory, then written whole.
+existing E, or one that appears while the command runs, is refused unless `--overwrite`;
+E may never be X nor lie inside CKPT. X, E and CKPT may be object-store paths
+(`gs://bucket/...`): objects cannot be memory-mapped, so a bucket X is read whole into
+memory and a bucket E is assembled in memory, then written whole.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from limubert_jax.runtime import cli
 from limubert_jax.runtime.errors import LimuBertError
 
 
-def open_windows(input_path: str | os.PathLike) -> np.ndarray:
+def open_windows(input_path: str | os.PathLike, *, command: str = "embed") -> np.ndarray:
     """The windows of an .npy file, memory-mapped (an object: read into memory);
-    `LimuBertError` for anything else."""
+    `LimuBertError` for anything else, naming `command` where it says what the command takes."""
     input_path = storage.as_path(input_path)
     if not input_path.is_file():
         raise LimuBertError(f"{input_path}: no such file")
@@ -44,7 +45,7 @@ def open_windows(input_path: str | os.PathLike) -> np.ndarray:
         names = ", ".join(windows.files[:5])
         windows.close()
         raise LimuBertError(
-            f"{input_path}: is an .npz archive (arrays: {names}); embed takes one .npy array "
+            f"{input_path}: is an .npz archive (arrays: {names}); {command} takes one .npy array "
             "(np.save the windows array)"
         )
     if not (np.issubdtype(windows.dtype, np.floating) or np.issubdtype(windows.dtype, np.integer)):
@@ -64,8 +65,8 @@ def embed_file(
 ) -> tuple[int, ...]:
     """Embeds the windows of an .npy file into another .npy file; returns the output shape.
 
-    An existing output is an error unless `overwrite`; an output that is the input (or the
-    checkpoint) always is. A local output is staged beside its final name, its whole size
+    An existing output is an error unless `overwrite`, also one that appears while the
+    command runs; an output that is the input, or lies inside the checkpoint, always is. A local output is staged beside its final name, its whole size
     reserved on disk first, and renamed into place only on success; an object is written
     whole once every window is embedded.
     """
@@ -81,9 +82,9 @@ def embed_file(
     if not storage.is_local(output_path):
         out = embed_windows(params, config, windows, normalized=normalized, batch_size=batch_size,
                             source=str(input_path), progress=progress)
-        storage.save_npy(output_path, out)
+        storage.save_npy(output_path, out, replace=overwrite)
         return shape
-    with storage.staged(output_path) as (staging,):
+    with storage.staged(output_path, replace=overwrite) as (staging,):
         out = np.lib.format.open_memmap(staging, mode="w+", dtype=np.float32, shape=shape)
         try:
             # open_memmap leaves a sparse file: without the reservation a full disk is a SIGBUS.

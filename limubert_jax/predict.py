@@ -186,7 +186,7 @@ def npy_input(path: str | os.PathLike, config: ClassifierPipelineConfig,
     as the `true_<label>` column."""
     from limubert_jax.embed import open_windows  # one reader of window files
 
-    windows = open_windows(path)
+    windows = open_windows(path, command="predict")
     if labels_path is None:
         return WindowsInput(windows)
     return WindowsInput(windows, {f"true_{config.label}": npy_labels(labels_path, len(windows), config.class_names)})
@@ -335,7 +335,7 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
     predicted_all = np.zeros(len(data.windows), np.int64)
     local = all(storage.is_local(p) for p in outputs)
     metrics = None
-    with (storage.staged(*outputs) if local else _in_memory(outputs)) as files:
+    with (storage.staged(*outputs, replace=overwrite) if local else _in_memory(outputs, overwrite)) as files:
         handles = [open(f, "w", newline="") if local else f for f in files]
         try:
             writers = [csv.writer(h) for h in handles]
@@ -382,8 +382,8 @@ def recording_options_defaults() -> dict[str, Any]:
 class _in_memory:
     """Object-store outputs: CSV text assembled in memory, written together at the end."""
 
-    def __init__(self, paths):
-        self.paths = paths
+    def __init__(self, paths, replace: bool):
+        self.paths, self.replace = paths, replace
 
     def __enter__(self):
         self.buffers = [io.StringIO(newline="") for _ in self.paths]
@@ -391,7 +391,8 @@ class _in_memory:
 
     def __exit__(self, kind, *_):
         if kind is None:
-            storage.write_together({p: b.getvalue().encode("utf-8") for p, b in zip(self.paths, self.buffers)})
+            storage.write_together({p: b.getvalue().encode("utf-8") for p, b in zip(self.paths, self.buffers)},
+                                   replace=self.replace)
         return False
 
 

@@ -67,6 +67,19 @@ def parse_tasks(task: str) -> list[str]:
     return tasks
 
 
+def check_outside_inputs(config: ml_collections.ConfigDict, workdir) -> None:
+    """A `LimuBertError` if the job would write into its input data: the workdir or the
+    data_dir inside one of `config.dataset.manual_dir`'s folders (a recordings folder would
+    then hold checkpoints, and the next build would read them as recordings)."""
+    manual = config.dataset.get("manual_dir")
+    for folder in str(manual).split("+") if manual else ():
+        outputs = (("--workdir", workdir), ("config.dataset.data_dir", config.dataset.get("data_dir")))
+        for field, path in outputs:
+            if folder and path and storage.is_within(path, folder):
+                raise LimuBertError(f"{field}={path} is inside config.dataset.manual_dir={folder}: the job would "
+                                    "write into its input data; put it elsewhere")
+
+
 def run(config: ml_collections.ConfigDict, workdir,
         on_done: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Runs `config.task` in `workdir` (a local path or `gs://...`): one task of `TASKS`, or
@@ -78,6 +91,7 @@ def run(config: ml_collections.ConfigDict, workdir,
         raise LimuBertError(f"config.task {config.task!r}: a run of {jax.process_count()} processes "
                             "pretrains only; run downstream tasks in one process")
     workdir = storage.as_path(workdir)
+    check_outside_inputs(config, workdir)
     # Every stage is checked before the first one runs: a bad downstream field fails in
     # seconds, not after the pretraining before it.
     data = load_data(config)

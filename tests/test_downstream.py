@@ -268,13 +268,15 @@ def _predict_reproduces_the_test_accuracy(config, out, saved, *, via_cli):
     classifier = predict.load_classifier(out)
     assert classifier.class_names == tuple(proto.names) and classifier.config.method == saved["method"]
     if via_cli:
-        np.save(out / "test_windows.npy", data.windows[windows])
-        args = ["--model", str(out), "--input", str(out / "test_windows.npy"), "--output", str(out / "p.csv"),
-                "--subwindow_output", str(out / "s.csv"), "--batch_size", "100"]
+        beside = out.parent / f"{out.name}-predicted"  # never inside the run it reads
+        beside.mkdir()
+        np.save(beside / "test_windows.npy", data.windows[windows])
+        args = ["--model", str(out), "--input", str(beside / "test_windows.npy"), "--output", str(beside / "p.csv"),
+                "--subwindow_output", str(beside / "s.csv"), "--batch_size", "100"]
         assert predict.main(args) == 0
-        with open(out / "s.csv") as f:
+        with open(beside / "s.csv") as f:
             named = [row["predicted"] for row in csv.DictReader(f)]
-        with open(out / "p.csv") as f:
+        with open(beside / "p.csv") as f:
             per_window_rows = list(csv.DictReader(f))
         assert len(per_window_rows) == len(windows) and len(named) == len(windows) * per_window
         predicted = np.asarray([proto.names.index(n) for n in named])[rows]

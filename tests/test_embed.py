@@ -129,7 +129,7 @@ def test_full_disk_is_an_error_naming_the_bytes_not_a_bus_error(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     needed = 4 * 120 * 72 * 4  # float32 data, plus the .npy header
-    assert err[0].startswith(f"error: {tmp_path / 'e.npy'}: not enough disk space (")
+    assert err[0].startswith(f"error: {tmp_path / 'e.npy'}: no space left on the device (")
     assert needed < int(err[0].split("(")[1].split(" bytes")[0].replace(",", "")) < needed + 4096
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
 

@@ -272,3 +272,24 @@ def test_recordings_as_phones_write_them_are_read_with_the_builds_options(run_di
     assert len(_rows(tmp_path / "p.csv")) == 3  # 6 s at 20 Hz: three whole 40-step windows
     assert predict.main([*args, "--timestamp_unit", "ms", "--max_gap_s", "nan", "--output", str(tmp_path / "q.csv")]) == 2
     assert "--max_gap_s must be" in capsys.readouterr().err
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced(run_dir, tmp_path, capsys, monkeypatch):
+    """Two runs to one new output both passed the check at their start, and the later one
+    silently replaced the earlier's file; the rename into place now refuses it."""
+    np.save(tmp_path / "x.npy", _windows(2))
+    batches = predict.TrainedClassifier.batches
+
+    def another_run_writes_first(self, *args, **kwargs):
+        (tmp_path / "p.csv").write_text("the other run's\n")
+        yield from batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(predict.TrainedClassifier, "batches", another_run_writes_first)
+    args = ["--model", str(run_dir), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "p.csv")]
+    assert predict.main(args) == 2
+    assert "p.csv: appeared while this command ran; pass --overwrite to replace it" in capsys.readouterr().err
+    assert (tmp_path / "p.csv").read_text() == "the other run's\n"
+    assert sorted(os.listdir(tmp_path)) == ["p.csv", "x.npy"]  # no staging file left
+    (tmp_path / "p.csv").unlink()
+    assert predict.main([*args, "--overwrite"]) == 0  # told to replace: it does
+    assert len(_rows(tmp_path / "p.csv")) == 2

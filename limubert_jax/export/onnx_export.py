@@ -330,7 +330,7 @@ def export_onnx(source: str | os.PathLike, out_path: str | os.PathLike, *, overw
     shape}, "bytes"} (+ "class_names" for a classifier); "batch" names the dynamic axis.
     """
     directory = checkpoint.resolve_model_dir(source)
-    target = storage.check_output_file(out_path, directory, overwrite=overwrite)
+    target = storage.check_output_file(out_path, source, directory, overwrite=overwrite)
     onnx, helper, numpy_helper = _import_onnx()
     kind, config = checkpoint.read_model_config(directory)
     if kind not in (ENCODER_KIND, CLASSIFIER_KIND):
@@ -343,7 +343,7 @@ def export_onnx(source: str | os.PathLike, out_path: str | os.PathLike, *, overw
     build = _encoder_model if kind == ENCODER_KIND else _classifier_model
     model, inputs, outputs = build(onnx, helper, numpy_helper, config, params)
     data = model.SerializeToString()
-    storage.write_together({target: data})
+    storage.write_together({target: data}, replace=overwrite)
     summary = {"kind": kind, "path": str(target), "opset": OPSET, "inputs": inputs, "outputs": outputs,
                "bytes": len(data)}
     if kind == CLASSIFIER_KIND:

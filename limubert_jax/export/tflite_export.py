@@ -122,7 +122,7 @@ def export_tflite(source: str | os.PathLike, out_path: str | os.PathLike, *, bat
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise LimuBertError(f"--batch must be a positive whole number, got {batch!r}")
     directory = checkpoint.resolve_model_dir(source)
-    target = storage.check_output_file(out_path, directory, overwrite=overwrite)
+    target = storage.check_output_file(out_path, source, directory, overwrite=overwrite)
     torch, litert_torch = _import_converter()
     kind, config = checkpoint.read_model_config(directory)
     if kind != CLASSIFIER_PIPELINE:
@@ -141,7 +141,7 @@ def export_tflite(source: str | os.PathLike, out_path: str | os.PathLike, *, bat
                 data = bytes(edge.model_content())
         except Exception as e:  # the converter's messages run to pages; the cause is chained
             raise LimuBertError(f"{directory}: the TFLite conversion failed: {first_line(e)}") from e
-    storage.write_together({target: data})
+    storage.write_together({target: data}, replace=overwrite)
     outputs = {"probabilities": [batch, config.num_classes],
                "subwindow_logits": [batch, config.subwindows, config.num_classes]}
     return {"kind": kind, "path": str(target), "bytes": len(data), "inputs": {INPUT: shape}, "outputs": outputs,

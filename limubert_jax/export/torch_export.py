@@ -20,6 +20,8 @@ import json
 import os
 import pickle
 import re
+import struct
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -52,10 +54,13 @@ def import_torch():
 
 def load_torch_state_dict(path: str | os.PathLike) -> StateDict:
     """Reads a PyTorch state dict file (`weights_only=True`) as NumPy arrays."""
-    torch = import_torch()
     path = storage.as_path(path)
     if not path.is_file():
         raise LimuBertError(f"{path}: no such file")
+    foreign = foreign_format(path)
+    if foreign is not None:
+        raise LimuBertError(f"{path}: {foreign}")
+    torch = import_torch()
     try:
         with path.open("rb") as f:
             obj = torch.load(f, map_location="cpu", weights_only=True)
@@ -91,6 +96,47 @@ def load_torch_state_dict(path: str | os.PathLike) -> StateDict:
         except (TypeError, RuntimeError) as e:  # quantized or otherwise NumPy-less tensors
             raise LimuBertError(f"{path}: entry {key!r} is not a plain tensor ({first_line(e)})") from None
     return state_dict
+
+
+def foreign_format(path: str | os.PathLike) -> str | None:
+    """What another format's file at `path` is and what to do with it, by its first bytes;
+    None for what may be a PyTorch file (a zip holding a `data.pkl`, or a legacy pickle).
+
+    torch.load under weights_only reads any foreign file as a pickle and reports it as
+    "code or objects that are not plain tensors", which sends the user hunting for code.
+    """
+    path = storage.as_path(path)
+    with path.open("rb") as f:
+        head = f.read(64)
+        size = f.seek(0, io.SEEK_END)
+    not_torch = "not a PyTorch state dict (a .pt file saved with torch.save)"
+    if head.startswith(b"\x93NUMPY"):
+        return f"is a NumPy .npy array, {not_torch}; from_torch reads the weights of the reference release"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with path.open("rb") as f, zipfile.ZipFile(f) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return None  # torch.save's zip format
+        if names and all(n.endswith(".npy") for n in names):
+            return f"is a NumPy .npz archive, {not_torch}"
+        return f"is a zip archive ({', '.join(names[:3]) or 'empty'}), {not_torch}"
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header,) = struct.unpack("<Q", head[:8])
+        if 8 + header <= size:
+            return (f"is a safetensors file, {not_torch}; convert the dict that safetensors.torch.load_file "
+                    "reads from it, saved with torch.save")
+    if head.lstrip()[:1] in (b"{", b"["):
+        return f"is JSON text, {not_torch}; a model's config .json goes with its .pt, which is the file to convert"
+    if head[4:8] == b"TFL3":
+        return f"is a TFLite model, {not_torch}"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return f"is an HDF5 file (Keras weights?), {not_torch}"
+    if path.suffix.lower() == ".onnx" and head[:1] == b"\x08":  # ModelProto's first field, ir_version
+        return f"is an ONNX model, {not_torch}"
+    return None
 
 
 def pipeline_json(config) -> dict[str, Any]:
@@ -144,7 +190,7 @@ def check_outputs(ckpt: str | os.PathLike, out_path: str | os.PathLike, *, overw
             )
         targets.append(sidecar_path(out_path))
     for target in targets:
-        storage.check_output_file(target, ckpt, storage.as_path(ckpt) / checkpoint.CONFIG_FILE, overwrite=overwrite)
+        storage.check_output_file(target, ckpt, overwrite=overwrite)
     return targets
 
 
@@ -165,9 +211,11 @@ def to_torch(ckpt: str | os.PathLike, out_path: str | os.PathLike, *, overwrite:
     arrays = {key: np.array(state_dict[key], order="C", copy=True) for key in expected}
     text = json.dumps(reference_json(kind, config), indent=2) + "\n"
     if fmt == "safetensors":
-        storage.write_together({targets[0]: safetensors.dumps(arrays, {SAFETENSORS_CONFIG_KEY: text})})
+        storage.write_together({targets[0]: safetensors.dumps(arrays, {SAFETENSORS_CONFIG_KEY: text})},
+                               replace=overwrite)
         return kind, config
     state_bytes = io.BytesIO()  # a state dict is megabytes: serialized in memory, then written
     torch.save({key: torch.from_numpy(array) for key, array in arrays.items()}, state_bytes)
-    storage.write_together({targets[0]: state_bytes.getvalue(), targets[1]: text.encode("utf-8")})
+    storage.write_together({targets[0]: state_bytes.getvalue(), targets[1]: text.encode("utf-8")},
+                           replace=overwrite)
     return kind, config

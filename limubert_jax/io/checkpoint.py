@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -108,16 +110,35 @@ def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: 
         _save_params(directory / PARAMS_DIR, params)
         storage.write_text(directory / CONFIG_FILE, text)
         return directory
-    with storage.staged(directory, directory=True) as (staging,):
-        _save_params(staging / PARAMS_DIR, params)
-        (staging / CONFIG_FILE).write_text(text)
+    staging = None
+    try:
+        with storage.staged(directory, directory=True, replace=overwrite) as (staging,):
+            _save_params(staging / PARAMS_DIR, params)
+            (staging / CONFIG_FILE).write_text(text)
+    except BaseException:
+        if staging is not None:
+            _remove_after_late_writes(staging)
+        raise
     return directory
+
+
+def _remove_after_late_writes(staging: epath.Path) -> None:
+    # Orbax reports a failed save (a full disk) while TensorStore still writes the other
+    # arrays: those writes recreate folders under the staging directory just after `staged`
+    # removed it (seen in a third of the failures). They end within milliseconds.
+    for delay in (0.02, 0.05, 0.1, 0.2):
+        time.sleep(delay)
+        if os.path.lexists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _save_params(path, params) -> None:
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(path, params)
-    checkpointer.wait_until_finished()
+    try:
+        checkpointer.save(path, params)
+        checkpointer.wait_until_finished()
+    finally:
+        checkpointer.close()
 
 
 def _check_replaceable(directory: epath.Path, overwrite: bool) -> None:

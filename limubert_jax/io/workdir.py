@@ -49,7 +49,7 @@ from limubert_jax.io.checkpoint import (
     content_digest,
     host_copy,
 )
-from limubert_jax.runtime.errors import LimuBertError, first_line
+from limubert_jax.runtime.errors import LimuBertError, destination_error, first_line
 
 LOCK_FILE = ".lock"
 HEARTBEAT_SECONDS = 60.0
@@ -243,8 +243,15 @@ class RunCheckpoints:
         try:
             self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001  (Orbax re-raises the writer thread's error)
-            raise LimuBertError(f"saving checkpoint step {self._pending} in {self.directory} failed: "
-                                f"{first_line(e)}") from None
+            raise self._save_failed(e) from None
+
+    def _save_failed(self, error: Exception) -> LimuBertError:
+        # A full or read-only disk names the checkpoints folder, not the array file deep
+        # inside Orbax's temporary step that TensorStore names.
+        line = destination_error(error, where=self.directory)
+        if line is not None:
+            return LimuBertError(f"{line}; checkpoint step {self._pending} was not saved")
+        return LimuBertError(f"saving checkpoint step {self._pending} in {self.directory} failed: {first_line(error)}")
 
     def save(self, step: int, state, record: dict[str, Any]) -> None:
         """Saves `state` at `step` with `record` (the epoch's metrics) and its digests.
@@ -268,8 +275,7 @@ class RunCheckpoints:
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001
-            raise LimuBertError(f"saving checkpoint step {self._pending} in {self.directory} failed: "
-                                f"{first_line(e)}") from None
+            raise self._save_failed(e) from None
         self._remove_deleted()
 
     def record(self, step: int) -> dict[str, Any]:

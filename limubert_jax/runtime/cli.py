@@ -11,8 +11,8 @@ Every command (`limubert-train`, `limubert-prepare-data`, `limubert-embed`,
   `--helpfull` adds absl's global flags (logging: `--verbosity`, `--logtostderr`, ...).
 * programs compiled by one run are kept for the next (`compilation_cache`);
 * a usage error is one `error: ...` line on stderr and status 2; a `LimuBertError` while the
-  command runs is one line and status 2 too, and a signal ends it through its cleanup
-  (`errors.run_cli`).
+  command runs is one line and status 2 too, and so is a full, read-only or forbidden
+  destination; a signal ends it through its cleanup (`errors.run_cli`).
 
 Each call defines the command's flags on a `flags.FlagValues` of its own rather than on
 absl's global FLAGS: every command module can then be imported in one process (two global

@@ -3,8 +3,11 @@ lines: `limubert_jax.runtime.cli`)."""
 
 from __future__ import annotations
 
+import errno
 import importlib
+import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -52,7 +55,8 @@ def check_terminated() -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None) -> int:
-    """Runs a command-line `main`, turning a `LimuBertError` into one stderr line and exit code 2.
+    """Runs a command-line `main`, turning a `LimuBertError` into one stderr line and exit code 2,
+    and so an error of a full, read-only or forbidden destination (`destination_error`).
 
     SIGINT and SIGTERM end the command through its cleanup (`finally` blocks remove staging
     files) with one stderr line and the shell's conventional status, 128 + the signal
@@ -60,6 +64,7 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
     or `python -m`), and a signal ends the process right after the cleanup.
     """
     quiet_libraries()
+    _quiet_destination_noise()
     sys.unraisablehook = _without_closed_loop_noise(sys.unraisablehook)
     # Signal handlers can only be installed from the main thread.
     handle_term = threading.current_thread() is threading.main_thread()
@@ -69,6 +74,12 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
         main(argv)
     except LimuBertError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001  (only a destination's errors are taken; others go on)
+        line = destination_error(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as e:
         signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
@@ -85,6 +96,82 @@ def run_cli(main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | 
         if handle_term:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
+
+
+# Errors of a destination that cannot take a command's output, by errno and by the words
+# libraries that wrap them keep of them in their messages (TensorStore under Orbax: "...
+# No space left on device [os_error_code='28']"; TFDS: "Not enough disk space").
+_DESTINATION = {
+    errno.ENOSPC: ("no space left on the device", ("No space left on device", "Not enough disk space"),
+                   "free space there or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", ("Disk quota exceeded",), "free space there or write elsewhere"),
+    errno.EROFS: ("read-only file system", ("Read-only file system",), "write elsewhere"),
+    errno.EACCES: ("permission denied", (), "check its permissions"),  # reading an input can be denied too
+    errno.EPERM: ("operation not permitted", (), "check its permissions"),
+}
+_PATH_IN_MESSAGE = re.compile(r"""(?:file|path|directory|dir)[\s:=]+['"]?(/[^'"\s,;)]+)|['"](/[^'"]+)['"]""", re.I)
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def destination_error(error: BaseException, *, where: str | os.PathLike | None = None) -> str | None:
+    """One line for an error that says the output's destination is full, read-only or
+    forbidden, `<path>: no space left on the device (...)`; None for any other error.
+
+    The OSError may be the error itself or its cause or context (Orbax, TensorStore and
+    TFDS wrap it, sometimes keeping only its words): the chain is searched for it. The
+    line names `where` if given, else the file or directory the error names (a staged
+    write names its output). Permission errors count only as OSErrors: their words are
+    too common in messages about other things.
+    """
+    for link in _chain(error):
+        if isinstance(link, OSError) and link.errno in _DESTINATION:
+            found = link.filename if link.filename is not None else _path_in(str(link))
+            return _destination_line(link.errno, where if where is not None else found)
+    for link in _chain(error):
+        text = str(link)
+        for code, (_, words, _) in _DESTINATION.items():
+            if any(w in text for w in words):
+                return _destination_line(code, where if where is not None else _path_in(text))
+    return None
+
+
+def _path_in(text: str) -> str | None:
+    match = _PATH_IN_MESSAGE.search(text)
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def _destination_line(code: int, where) -> str:
+    what, _, advice = _DESTINATION[code]
+    prefix = f"{os.fspath(where)}: " if where is not None else ""
+    return f"{prefix}{what} ({errno.errorcode[code]}; {advice})"
+
+
+class _DestinationNoise(logging.Filter):
+    """Drops what Orbax's writer threads, and asyncio at exit, log about a destination error
+    (a traceback per thread and per array: 300 lines for one full disk); the command
+    reports it in one line when it waits for the save."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "/orbax/" not in record.pathname and record.name != "asyncio":
+            return True
+        errors = [Exception(record.getMessage())]
+        if record.exc_info and record.exc_info[1] is not None:
+            errors.append(record.exc_info[1])
+        return all(destination_error(e) is None for e in errors)
+
+
+def _quiet_destination_noise() -> None:
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DestinationNoise) for f in logger.filters):
+            logger.addFilter(_DestinationNoise())
 
 
 def _redeliver(signum: int, delay: float) -> None:
