@@ -1,4 +1,5 @@
-"""Helpers for builder tests: build from raw files into a temporary data_dir, read back.
+"""Helpers for builder tests: build from raw files into a temporary data_dir, read back, and
+write small recordings (`write_recording`).
 
 Builder tests (`<name>/<name>_dataset_builder_test.py`) build from the committed
 `<name>/dummy_data/` (written by `make_dummy_data.py`, never downloaded) or from raw files the
@@ -48,3 +49,31 @@ def build_versions(name: str, tmp_path_factory) -> dict[str, tuple]:
         builder, source = build(name, version, tmp_path_factory.mktemp(f"{name}_{version}"))
         out[version] = (builder, read_all(source))
     return out
+
+
+def recording_signals(t: np.ndarray, num_features: int = 6) -> np.ndarray:
+    """Channel j = (j + 1) * t + j: every step's time can be read back from acc_x."""
+    return np.stack([(j + 1) * t + j for j in range(num_features)], axis=1)
+
+
+def write_recording(path: os.PathLike | str, t, x=None, labels: dict | None = None, *, names=None,
+                    times=None) -> epath.Path:
+    """A CSV recording for the recordings builder: a header (`names`, default timestamp, the
+    channels, the label columns), then per row the timestamp (`times` as written, default
+    repr of t), the channels (x (N, F), default `recording_signals(t)`), the labels ({column:
+    values}; None: an empty cell). Floats are written with repr, so they read back exactly."""
+    path = epath.Path(path)
+    t = np.asarray(t, np.float64)
+    x = recording_signals(t) if x is None else np.asarray(x, np.float64)
+    labels = labels or {}
+    times = [repr(float(v)) for v in t] if times is None else [str(v) for v in times]
+    from limubert_jax.datasets import common  # noqa: PLC0415
+
+    lines = [",".join(names or ["timestamp", *common.FEATURE_NAMES[: x.shape[1]], *labels])]
+    for i in range(len(t)):
+        cells = [times[i], *(repr(float(v)) for v in x[i])]
+        cells += ["" if labels[c][i] is None else str(labels[c][i]) for c in labels]
+        lines.append(",".join(cells))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path

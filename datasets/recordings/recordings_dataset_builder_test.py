@@ -6,39 +6,16 @@ low-pass, rate changes, timestamp units, column options and the folder checks.""
 from __future__ import annotations
 
 import math
-import pathlib
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from limubert_jax.datasets import common
+from limubert_jax.datasets import common, testing
 from limubert_jax.datasets.recordings import example
 from limubert_jax.datasets.recordings import recordings_dataset_builder as rec
 from limubert_jax.datasets.recordings.recordings_dataset_builder import Builder
 
 CHANNELS = list(common.FEATURE_NAMES[:6])
-
-
-def _signals(t: np.ndarray, num_features: int = 6) -> np.ndarray:
-    """Channel j = (j + 1) * t + j: every step's time can be read back from acc_x."""
-    return np.stack([(j + 1) * t + j for j in range(num_features)], axis=1)
-
-
-def _write(path: pathlib.Path, t, x=None, labels: dict | None = None, *, columns=None) -> pathlib.Path:
-    """A CSV recording: timestamp, channels (x, default `_signals(t)`), label columns
-    ({name: values}; None: an empty cell). Floats written with repr (exact)."""
-    t = np.asarray(t, np.float64)
-    x = _signals(t) if x is None else np.asarray(x)
-    labels = labels or {}
-    names = columns or ["timestamp", *common.FEATURE_NAMES[: x.shape[1]], *labels]
-    lines = [",".join(names)]
-    for i in range(len(t)):
-        cells = [repr(float(t[i])), *(repr(float(v)) for v in x[i])]
-        cells += ["" if labels[c][i] is None else str(labels[c][i]) for c in labels]
-        lines.append(",".join(cells))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _read(folder, version="20_10", **options):
@@ -67,10 +44,10 @@ def _build(folder, data_dir, version="20_40", **options):
 def built(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recordings")
     t = np.arange(500) / 50  # 10 s, regular 50 Hz
-    _write(folder / "a.csv", t, labels={"activity": ["walk"] * 250 + ["sit"] * 250, "user": [1] * 500})
+    testing.write_recording(folder / "a.csv", t, labels={"activity": ["walk"] * 250 + ["sit"] * 250, "user": [1] * 500})
     rng = np.random.default_rng(0)
     t = np.cumsum(rng.uniform(0.015, 0.025, 380))  # ~7.6 s, irregular
-    _write(folder / "sub" / "b.csv", t, labels={"user": [2] * 380, "place": ["home"] * 380})
+    testing.write_recording(folder / "sub" / "b.csv", t, labels={"user": [2] * 380, "place": ["home"] * 380})
     (folder / ".notes.txt").write_text("hidden files are skipped")
     (folder / ".cache").mkdir()
     (folder / ".cache" / "x.bin").write_bytes(b"\0\1")
@@ -129,7 +106,7 @@ def test_labels_of_the_build(built):
 def test_a_recording_at_the_target_rate_is_copied(tmp_path):
     t = np.arange(503) / 50
     x = np.random.default_rng(1).standard_normal((503, 6))
-    _write(tmp_path / "r.csv", t, x)
+    testing.write_recording(tmp_path / "r.csv", t, x)
     imu, _, _ = _windows(_read(tmp_path, "50_10"))
     assert len(imu) == 50  # every window that fits: 503 steps
     np.testing.assert_array_equal(imu.reshape(-1, 6), x[:500].astype(np.float32))
@@ -139,7 +116,7 @@ def test_interpolation_of_an_irregular_recording(tmp_path):
     t = np.cumsum(np.random.default_rng(2).uniform(0.012, 0.028, 600))
     t -= t[0]
     x = _slow_signals(t)
-    _write(tmp_path / "r.csv", t, x)
+    testing.write_recording(tmp_path / "r.csv", t, x)
     imu, _, _ = _windows(_read(tmp_path, "20_10"))
     raw, regular = rec.clock(t)
     assert not regular and raw == rec.raw_rate(t)
@@ -157,7 +134,7 @@ def _slow_signals(t: np.ndarray) -> np.ndarray:
 def test_a_gap_splits_the_recording(tmp_path):
     t = np.concatenate([np.arange(130) / 50, 10 + np.arange(110) / 50])  # 7.4 s pause
     t = t + np.random.default_rng(4).uniform(-0.002, 0.002, len(t))  # irregular: interpolated
-    _write(tmp_path / "r.csv", t)
+    testing.write_recording(tmp_path / "r.csv", t)
     source = _read(tmp_path, "20_10")
     imu, _, _ = _windows(source)
     times = imu[..., 0].astype(np.float64)  # acc_x is the time
@@ -171,7 +148,7 @@ def test_a_gap_splits_the_recording(tmp_path):
 
 
 def test_stride_makes_overlapping_windows(tmp_path):
-    _write(tmp_path / "r.csv", np.arange(100) / 20)  # 20 Hz, regular: copied, 100 steps
+    testing.write_recording(tmp_path / "r.csv", np.arange(100) / 20)  # 20 Hz, regular: copied, 100 steps
     imu, _, _ = _windows(_read(tmp_path, "20_10", stride=3))
     assert len(imu) == (100 - 10) // 3 + 1
     np.testing.assert_array_equal(imu[1, :7], imu[0, 3:])
@@ -180,7 +157,7 @@ def test_stride_makes_overlapping_windows(tmp_path):
 
 def test_units(tmp_path):
     x = np.tile([1.0, -2.0, 0.5, 90.0, 180.0, -45.0], (60, 1))
-    _write(tmp_path / "r.csv", np.arange(60) / 20, x)
+    testing.write_recording(tmp_path / "r.csv", np.arange(60) / 20, x)
     imu, _, _ = _windows(_read(tmp_path, "20_10", acc_unit="g", gyro_unit="deg/s"))
     expected = [9.80665, -19.6133, 4.903325, math.pi / 2, math.pi, -math.pi / 4]
     np.testing.assert_allclose(imu.reshape(-1, 6), np.tile(expected, (imu.shape[0] * 10, 1)), rtol=1e-6)
@@ -188,18 +165,18 @@ def test_units(tmp_path):
 
 def test_nine_features_with_magnetometer_in_every_recording(tmp_path):
     t = np.arange(60) / 20
-    _write(tmp_path / "a.csv", t, _signals(t, 9))
+    testing.write_recording(tmp_path / "a.csv", t, testing.recording_signals(t, 9))
     source = _read(tmp_path)
     assert source.num_features == 9 and _windows(source)[0].shape[2] == 9
     np.testing.assert_array_equal(_windows(source)[0][0, :, 6], (7 * t[:10] + 6).astype(np.float32))
-    _write(tmp_path / "b.csv", t)  # without mag: mag is dropped everywhere, and is no label
+    testing.write_recording(tmp_path / "b.csv", t)  # without mag: mag is dropped everywhere, and is no label
     source = _read(tmp_path)
     assert source.num_features == 6 and source.label_columns == []
 
 
 def test_unlabelled_with_magnetometer_builds(tmp_path):
     t = np.arange(60) / 20
-    _write(tmp_path / "src" / "a.csv", t, _signals(t, 9))
+    testing.write_recording(tmp_path / "src" / "a.csv", t, testing.recording_signals(t, 9))
     builder = _build(tmp_path / "src", tmp_path / "tfds", "20_10")
     example_ = builder.as_data_source(split="train")[0]
     assert example_["imu"].shape == (10, 9) and example_["label"].shape == (10, 0)
@@ -214,8 +191,8 @@ def test_parquet_reads_like_csv(tmp_path):
 
     t = np.arange(80) / 40
     labels = {"activity": ["a"] * 40 + ["b"] * 40, "user": [3] * 80}
-    _write(tmp_path / "csv" / "r.csv", t, labels=labels)
-    columns = {"timestamp": t, **{c: _signals(t)[:, j] for j, c in enumerate(CHANNELS)}, **labels}
+    testing.write_recording(tmp_path / "csv" / "r.csv", t, labels=labels)
+    columns = {"timestamp": t, **{c: testing.recording_signals(t)[:, j] for j, c in enumerate(CHANNELS)}, **labels}
     (tmp_path / "pq").mkdir()
     pq.write_table(pa.table(columns), tmp_path / "pq" / "r.parquet")
     from_csv, from_parquet = _read(tmp_path / "csv"), _read(tmp_path / "pq")
@@ -232,7 +209,7 @@ def test_parquet_reads_like_csv(tmp_path):
 
 
 def test_upsampling_is_refused(tmp_path):
-    _write(tmp_path / "slow.csv", np.arange(100) / 20)  # 20 Hz
+    testing.write_recording(tmp_path / "slow.csv", np.arange(100) / 20)  # 20 Hz
     with pytest.raises(ValueError, match=r"^recordings/50_10: .*slow\.csv row 2: sampled at 20 Hz .* below the 50 Hz"):
         _read(tmp_path, "50_10")
     assert _read(tmp_path, "20_10").num_windows == 10  # at its own rate
@@ -247,8 +224,8 @@ def test_label_classes_changes_and_missing_cells(tmp_path):
     activity = ["walk"] * 15 + ["run"] * 25  # changes inside window 1
     user = [None if i == 25 else 10 for i in range(n)]  # an empty cell inside window 2
     session = [9] * 20 + [10] * 20  # integers: sorted numerically, not as strings
-    _write(tmp_path / "a.csv", np.arange(n) / 20, labels={"activity": activity, "user": user, "session": session})
-    _write(tmp_path / "b.csv", np.arange(n) / 20, labels={"activity": ["sit"] * n, "user": [2] * n})
+    testing.write_recording(tmp_path / "a.csv", np.arange(n) / 20, labels={"activity": activity, "user": user, "session": session})
+    testing.write_recording(tmp_path / "b.csv", np.arange(n) / 20, labels={"activity": ["sit"] * n, "user": [2] * n})
     source = _read(tmp_path)
     assert source.label_columns == ["activity", "user", "session"]
     assert source.label_classes == {"activity": ["run", "sit", "walk"], "user": ["2", "10"], "session": ["9", "10"]}
@@ -261,14 +238,14 @@ def test_label_classes_changes_and_missing_cells(tmp_path):
 def test_labels_at_interpolated_steps_are_the_nearest_samples(tmp_path):
     t = np.array([0.0, 0.04, 0.07, 0.11, 0.15, 0.19, 0.24, 0.26, 0.3, 0.34, 0.38, 0.41, 0.45, 0.5, 0.55])
     assert not rec.clock(t)[1]  # irregular: output step k is at t0 + k / 20
-    _, rows = rec.resample(t, _signals(t), 20)
+    _, rows = rec.resample(t, testing.recording_signals(t), 20)
     steps = np.arange(len(rows)) / 20
     assert rows.tolist() == [int(np.argmin(np.abs(t - s))) for s in steps]
 
 
 def test_labels_of_a_regular_segment_are_the_nearest_samples():
     t = np.arange(20) / 50 + np.random.default_rng(5).uniform(-0.003, 0.003, 20)  # a jittered clock: regular
-    out, rows = rec.resample(t, _signals(t), 20)
+    out, rows = rec.resample(t, testing.recording_signals(t), 20)
     # step k lies at sample 2.5 k: 2.5 is a tie, the earlier sample
     assert len(out) == 8 and rows.tolist() == [0, 2, 5, 7, 10, 12, 15, 17]
 
@@ -350,7 +327,7 @@ CSV_ERRORS = {
 @pytest.mark.parametrize("case", sorted(CSV_ERRORS))
 def test_malformed_csv_names_file_and_row(tmp_path, case):
     text, message = CSV_ERRORS[case]
-    _write(tmp_path / "fine.csv", np.arange(40) / 20)
+    testing.write_recording(tmp_path / "fine.csv", np.arange(40) / 20)
     (tmp_path / "z" / "bad.csv").parent.mkdir()
     (tmp_path / "z" / "bad.csv").write_text(text)
     with pytest.raises(ValueError, match=f"^recordings/20_10: {tmp_path}/z/bad\\.csv{message}") as error:
@@ -393,9 +370,9 @@ def test_empty_folders_and_no_window(tmp_path):
     (tmp_path / ".hidden.csv").write_text(HEADER + "\n")
     with pytest.raises(ValueError, match=r"^recordings/20_10: .*: no recordings \(\.csv or \.parquet files\)"):
         _read(tmp_path)
-    _write(tmp_path / "short.csv", np.arange(15) / 20)  # 13 steps: no window of 40
+    testing.write_recording(tmp_path / "short.csv", np.arange(15) / 20)  # 13 steps: no window of 40
     (tmp_path / "header_only.csv").write_text(HEADER + "\n")
-    _write(tmp_path / "one_row.csv", [0.0])
+    testing.write_recording(tmp_path / "one_row.csv", [0.0])
     with pytest.raises(ValueError, match=r"the recordings are shorter than one window \(40 steps at 20 Hz = 2 s"):
         _read(tmp_path, "20_40")
     assert [r.windows for r in _read(tmp_path, "20_10").recordings] == [0, 0, 1]  # short ones add none

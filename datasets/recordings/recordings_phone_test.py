@@ -14,26 +14,11 @@ import pathlib
 
 import numpy as np
 import pytest
-from limubert_jax.datasets import common
+from limubert_jax.datasets import common, testing
 from limubert_jax.datasets.recordings import recordings_dataset_builder as rec
 from limubert_jax.datasets.recordings.recordings_dataset_builder import Builder
 
 CHANNELS = list(common.FEATURE_NAMES[:6])
-
-
-def _write(path: pathlib.Path, t, x=None, labels: dict | None = None, *, names=None, times=None) -> pathlib.Path:
-    """A CSV recording: timestamp (`times` as written, default repr of t), channels (x, default
-    channel j = (j + 1) t + j), label columns ({name: values}); `names` replaces the header."""
-    t = np.asarray(t, np.float64)
-    x = np.stack([(j + 1) * t + j for j in range(6)], axis=1) if x is None else np.asarray(x, np.float64)
-    labels = labels or {}
-    times = [repr(float(v)) for v in t] if times is None else [str(v) for v in times]
-    lines = [",".join(names or ["timestamp", *common.FEATURE_NAMES[: x.shape[1]], *labels])]
-    for i in range(len(t)):
-        lines.append(",".join([times[i], *(repr(float(v)) for v in x[i]), *(str(labels[c][i]) for c in labels)]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _read(folder, version="20_10", **options):
@@ -56,12 +41,12 @@ def _imu(source) -> np.ndarray:
     (50, 8, "20_40", 4),  # 2.5 samples a step: 160 steps
 ])  # fmt: skip
 def test_k_windows_worth_of_samples_make_k_windows(tmp_path, raw, seconds, version, windows):
-    _write(tmp_path / "r.csv", np.arange(raw * seconds) / raw)
+    testing.write_recording(tmp_path / "r.csv", np.arange(raw * seconds) / raw)
     assert _read(tmp_path, version).num_windows == windows
 
 
 def test_stride_takes_every_start_that_fits(tmp_path):
-    _write(tmp_path / "r.csv", np.arange(100) / 10)
+    testing.write_recording(tmp_path / "r.csv", np.arange(100) / 10)
     source = _read(tmp_path, "10_20", stride=10)
     assert source.num_windows == 9  # starts 0, 10, ..., 80
     assert [start for _, start in source.window_times()] == [float(s) for s in range(9)]
@@ -69,7 +54,7 @@ def test_stride_takes_every_start_that_fits(tmp_path):
 
 def test_at_its_own_rate_nothing_is_averaged(tmp_path):
     x = np.random.default_rng(0).standard_normal((200, 6))
-    _write(tmp_path / "r.csv", np.arange(200) / 20 + np.random.default_rng(1).uniform(-0.004, 0.004, 200), x)
+    testing.write_recording(tmp_path / "r.csv", np.arange(200) / 20 + np.random.default_rng(1).uniform(-0.004, 0.004, 200), x)
     imu = _imu(_read(tmp_path, "20_50"))  # a jittered clock at 20 Hz: regular, copied
     np.testing.assert_array_equal(imu.reshape(-1, 6), x.astype(np.float32))
 
@@ -130,7 +115,7 @@ def test_an_irregular_clock_is_interpolated_then_low_passed():
 def _two_rates(path: pathlib.Path) -> np.ndarray:
     """40 s at 100 Hz, then 60 s at 10 Hz: no step over 0.1 s (no gap)."""
     t = np.concatenate([np.arange(4000) / 100, 39.99 + np.arange(1, 601) / 10])
-    _write(path, t)
+    testing.write_recording(path, t)
     return t
 
 
@@ -161,8 +146,8 @@ def test_jitter_is_no_rate_change():
 
 
 def test_a_slow_file_beside_a_good_one_is_skipped_and_alone_it_is_an_error(tmp_path):
-    _write(tmp_path / "fast.csv", np.arange(200) / 50)
-    _write(tmp_path / "slow.csv", np.arange(200) / 10)
+    testing.write_recording(tmp_path / "fast.csv", np.arange(200) / 50)
+    testing.write_recording(tmp_path / "slow.csv", np.arange(200) / 10)
     source = _read(tmp_path, "20_40")
     assert [r.windows for r in source.recordings] == [2, 0]
     assert source.metadata()["recordings"][1]["skipped_segments"] == [{"row": 2, "rate_hz": 10.0, "seconds": 20.0}]
@@ -182,20 +167,20 @@ def test_timestamp_units_read_like_seconds(tmp_path):
 
     i = np.arange(300)
     seconds = 1_700_000_000 + i / 50
-    _write(tmp_path / "s" / "r.csv", seconds)
+    testing.write_recording(tmp_path / "s" / "r.csv", seconds)
     expected = _read(tmp_path / "s", "50_100")
     x = np.stack([(j + 1) * seconds + j for j in range(6)], axis=1)
     ms = 1_700_000_000_000 + 20 * i
     ns = 1_700_000_000_000_000_000 + 20_000_000 * i  # above 2**53: read as int64
-    _write(tmp_path / "ms" / "r.csv", seconds, x, times=ms)
-    _write(tmp_path / "us" / "r.csv", seconds, x, times=ms * 1000)
-    _write(tmp_path / "ns" / "r.csv", seconds, x, times=ns)
+    testing.write_recording(tmp_path / "ms" / "r.csv", seconds, x, times=ms)
+    testing.write_recording(tmp_path / "us" / "r.csv", seconds, x, times=ms * 1000)
+    testing.write_recording(tmp_path / "ns" / "r.csv", seconds, x, times=ns)
     (tmp_path / "pq").mkdir()
     pq.write_table(pa.table({"timestamp": ns, **{c: x[:, j] for j, c in enumerate(CHANNELS)}}),
                    tmp_path / "pq" / "r.parquet")
     start = datetime.datetime(2023, 11, 14, 22, 13, 20, tzinfo=datetime.timezone.utc)
     iso = [(start + datetime.timedelta(milliseconds=20 * int(k))).isoformat().replace("+00:00", "Z") for k in i]
-    _write(tmp_path / "iso" / "r.csv", seconds, x, times=iso)
+    testing.write_recording(tmp_path / "iso" / "r.csv", seconds, x, times=iso)
     for folder, unit in (("ms", "ms"), ("us", "us"), ("ns", "ns"), ("pq", "ns"), ("iso", "ms")):  # iso: unit unused
         source = _read(tmp_path / folder, "50_100", timestamp_unit=unit)
         np.testing.assert_array_equal(_imu(source), _imu(expected), err_msg=folder)
@@ -214,7 +199,7 @@ def test_timestamp_units_read_like_seconds(tmp_path):
 ])  # fmt: skip
 def test_an_implausible_rate_names_the_timestamp_unit(tmp_path, times, unit, message):
     i = np.arange(300)
-    _write(tmp_path / "r.csv", i / 100, times=times(i))
+    testing.write_recording(tmp_path / "r.csv", i / 100, times=times(i))
     with pytest.raises(ValueError, match=r"^recordings/20_10: \S*r\.csv: " + message):
         _read(tmp_path, timestamp_unit=unit)
 
@@ -222,10 +207,10 @@ def test_an_implausible_rate_names_the_timestamp_unit(tmp_path, times, unit, mes
 def test_timestamp_text_errors(tmp_path):
     i = np.arange(40)
     iso = [f"2024-01-01T00:00:{k / 20:06.3f}" for k in i]
-    _write(tmp_path / "r.csv", i / 20, times=iso[:5] + ["soon"] + iso[6:])
+    testing.write_recording(tmp_path / "r.csv", i / 20, times=iso[:5] + ["soon"] + iso[6:])
     with pytest.raises(ValueError, match=r"r\.csv row 7: timestamp value 'soon' is not an ISO-8601 time like"):
         _read(tmp_path)
-    _write(tmp_path / "r.csv", i / 20, times=iso[:5] + [iso[3]] + iso[6:])
+    testing.write_recording(tmp_path / "r.csv", i / 20, times=iso[:5] + [iso[3]] + iso[6:])
     with pytest.raises(ValueError, match=r"r\.csv row 7: timestamp '2024-01-01T00:00:00\.150' does not increase"):
         _read(tmp_path)
 
@@ -239,8 +224,8 @@ MAPPING = "time:timestamp,ax:acc_x,ay:acc_y,az:acc_z,gx:gyro_x,gy:gyro_y,gz:gyro
 
 def test_columns_renames_the_files_columns(tmp_path):
     t = np.arange(100) / 20
-    _write(tmp_path / "contract" / "r.csv", t, labels={"activity": ["walk"] * 100})
-    _write(tmp_path / "other" / "r.csv", t, labels={"activity": ["walk"] * 100}, names=[*OTHER_NAMES, "activity"])
+    testing.write_recording(tmp_path / "contract" / "r.csv", t, labels={"activity": ["walk"] * 100})
+    testing.write_recording(tmp_path / "other" / "r.csv", t, labels={"activity": ["walk"] * 100}, names=[*OTHER_NAMES, "activity"])
     expected = _read(tmp_path / "contract")
     for columns in (MAPPING, dict(item.split(":") for item in MAPPING.split(","))):
         source = _read(tmp_path / "other", columns=columns)
@@ -254,7 +239,7 @@ def test_columns_renames_the_files_columns(tmp_path):
     with pytest.raises(ValueError, match=r"r\.csv: no header row naming the columns timestamp, .*first line: 'time,ax,"
                                          r".*map them with config\.dataset\.columns='name:acc_x,\.\.\.'$"):
         _read(tmp_path / "other")
-    _write(tmp_path / "other" / "r.csv", t, names=["timestamp", *OTHER_NAMES[1:]])
+    testing.write_recording(tmp_path / "other" / "r.csv", t, names=["timestamp", *OTHER_NAMES[1:]])
     with pytest.raises(ValueError, match=r"r\.csv: missing columns acc_x, .*; columns: timestamp, ax, .* \(other names: "
                                          r"map them with config\.dataset\.columns\)$"):
         _read(tmp_path / "other")
@@ -262,7 +247,7 @@ def test_columns_renames_the_files_columns(tmp_path):
 
 def _with_pressure(path: pathlib.Path, n: int = 200) -> None:
     pressure = 1013.25 + np.round(np.random.default_rng(0).normal(0, 0.5, n), 2)
-    _write(path, np.arange(n) / 20, labels={"activity": ["walk"] * (n // 2) + ["sit"] * (n - n // 2),
+    testing.write_recording(path, np.arange(n) / 20, labels={"activity": ["walk"] * (n // 2) + ["sit"] * (n - n // 2),
                                             "pressure": pressure})
 
 
@@ -284,12 +269,12 @@ def test_a_sensor_like_column_is_no_label(tmp_path):
 
 
 def test_many_distinct_integers_are_no_label_unless_named(tmp_path):
-    _write(tmp_path / "r.csv", np.arange(200) / 20, labels={"steps": np.arange(200) * 7})
+    testing.write_recording(tmp_path / "r.csv", np.arange(200) / 20, labels={"steps": np.arange(200) * 7})
     with pytest.raises(ValueError, match=r"column 'steps' looks like a sensor channel, not a label \(200 distinct "
                                          r"numbers, more than 100\)"):
         _read(tmp_path)
     assert len(_read(tmp_path, label_columns="steps").label_classes["steps"]) == 200
-    _write(tmp_path / "r.csv", np.arange(200) / 20, labels={"user": np.arange(200) // 2})  # 100 users: labels
+    testing.write_recording(tmp_path / "r.csv", np.arange(200) / 20, labels={"user": np.arange(200) // 2})  # 100 users: labels
     assert len(_read(tmp_path).label_classes["user"]) == 100
 
 
@@ -307,7 +292,7 @@ def test_a_parquet_float_column_with_fractions_is_no_label(tmp_path):
 
 def test_ignoring_the_magnetometer_keeps_six_features(tmp_path):
     t = np.arange(100) / 20
-    _write(tmp_path / "r.csv", t, np.stack([t] * 9, axis=1))
+    testing.write_recording(tmp_path / "r.csv", t, np.stack([t] * 9, axis=1))
     assert _read(tmp_path).num_features == 9
     assert _read(tmp_path, ignore_columns="mag_x,mag_y,mag_z").num_features == 6
 
@@ -327,7 +312,7 @@ def test_every_option_has_help_and_is_a_keyword_of_read_source():
 
 @pytest.mark.parametrize("gap", [float("nan"), float("inf"), 0.0, -1.0])
 def test_read_source_checks_max_gap_s(tmp_path, gap):
-    _write(tmp_path / "r.csv", np.arange(100) / 20)
+    testing.write_recording(tmp_path / "r.csv", np.arange(100) / 20)
     with pytest.raises(ValueError, match=r"^config\.dataset\.max_gap_s must be a number of seconds > 0"):
         _read(tmp_path, max_gap_s=gap)
 
@@ -337,13 +322,13 @@ def test_read_source_checks_max_gap_s(tmp_path, gap):
 
 
 def test_a_folder_changed_while_it_is_read_fails(tmp_path, monkeypatch):
-    _write(tmp_path / "a.csv", np.arange(100) / 20)
-    _write(tmp_path / "b.csv", np.arange(100) / 20)
+    testing.write_recording(tmp_path / "a.csv", np.arange(100) / 20)
+    testing.write_recording(tmp_path / "b.csv", np.arange(100) / 20)
     read = rec._read
 
     def read_and_write(*args, **kwargs):
         if not (tmp_path / "c.csv").exists():
-            _write(tmp_path / "c.csv", np.arange(100) / 20)  # another recording arrives meanwhile
+            testing.write_recording(tmp_path / "c.csv", np.arange(100) / 20)  # another recording arrives meanwhile
         return read(*args, **kwargs)
 
     monkeypatch.setattr(rec, "_read", read_and_write)
@@ -357,7 +342,7 @@ def test_a_folder_changed_while_it_is_read_fails(tmp_path, monkeypatch):
 
 
 def test_the_content_fingerprint_sees_a_rewrite_that_keeps_size_and_time(tmp_path):
-    path = _write(tmp_path / "a.csv", np.arange(100) / 20)
+    path = testing.write_recording(tmp_path / "a.csv", np.arange(100) / 20)
     stat = os.stat(path)
     by_stat, by_content = rec.fingerprint(tmp_path), Builder.fingerprint(tmp_path, mode="content")
     path.write_text(path.read_text().replace("0.05,", "0.07,", 1))  # same size
@@ -369,7 +354,7 @@ def test_the_content_fingerprint_sees_a_rewrite_that_keeps_size_and_time(tmp_pat
 
 
 def test_a_folder_link_loop_is_reported_short(tmp_path):
-    _write(tmp_path / "src" / "a" / "r.csv", np.arange(100) / 20)
+    testing.write_recording(tmp_path / "src" / "a" / "r.csv", np.arange(100) / 20)
     os.symlink(tmp_path / "src", tmp_path / "src" / "a" / "up")
     with pytest.raises(ValueError, match=r"^recordings/20_10: \S+src: the folder link 'a/up' leads to the folder "
                                          r"itself, which is read already \(a loop or a second way in\): remove the "
