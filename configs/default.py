@@ -58,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 128  # global batch (all devices together)
     config.train.num_epochs = 3200  # passes over the training split
+    config.train.extend_to_epochs = ml_collections.config_dict.placeholder(int)  # resume: carry the workdir's run on to N epochs (replaces num_epochs; exact only for a constant-rate optimizer)
     config.train.eval_batch_size = 512  # validation batch, at most: a smaller split is one batch (padded to the devices)
     config.train.log_every_steps = 50  # progress-bar refresh of the running loss
     config.train.checkpoint_every_epochs = 1  # latest-checkpoint interval (resume point)
@@ -80,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.downstream.dataset = ml_collections.config_dict.placeholder(str)  # merged name a+b: the source downstream tasks use; None: the first
     config.downstream.encoder = ml_collections.config_dict.placeholder(str)  # pretrained checkpoint or workdir; None: --workdir
     config.downstream.freeze_encoder = False  # finetune: train the head only
+    config.downstream.run_name = ml_collections.config_dict.placeholder(str)  # suffix of the run folders (<method>-<label>-<rate>-<run_name>): keeps runs of other settings apart
+    config.downstream.overwrite = False  # replace a run folder that holds the results of other settings
     config.downstream.num_epochs = 700  # classifier epochs (the reference's)
     config.downstream.batch_size = 128  # classifier batch
     config.downstream.learning_rate = 1e-3  # classifier Adam learning rate

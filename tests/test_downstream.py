@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -247,9 +248,82 @@ def test_task_end_to_end_writes_metrics_and_plots(pretrained, task, method):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = json.loads((out / "history.json").read_text())
     assert len(history["vali_accuracy"]) == config.downstream.num_epochs
+    settings = json.loads((out / runners.SETTINGS_FILE).read_text())
+    assert settings["method"] == method and settings["merge"] == 20 and settings["label_rate"] == 0.1
     _predict_reproduces_the_test_accuracy(config, out, saved, via_cli=task == "classify")
 
 
+def test_a_rerun_with_other_settings_never_replaces_a_runs_results(synthetic_data_dir, tmp_path, monkeypatch):
+    """Run folders are named <method>-<label>-<rate>: another merge used to replace the
+    earlier model and metrics silently. Now the folder's settings.json must match."""
+    def trains(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(runners, "fit", trains)
+    workdir = tmp_path / "work"
+    earlier = _config(synthetic_data_dir, "baseline")
+    out = runners.run_dir(workdir, "baseline", "rgru", earlier)
+    out.mkdir(parents=True)
+    settings = runners.run_settings(earlier, "baseline", "rgru", "synthetic_imu/20_120")
+    (out / runners.SETTINGS_FILE).write_text(json.dumps(settings))
+    other = _config(synthetic_data_dir, "baseline", merge=40, learning_rate=5e-4)
+    with pytest.raises(LimuBertError, match=r"^.*rgru-activity-0\.1 holds the results of other settings \(learning_rate "
+                                            r"0\.001 -> 0\.0005; merge 20 -> 40\): set config\.downstream\.run_name=NAME "
+                                            r"to keep both \(written to rgru-activity-0\.1-NAME\), or "
+                                            r"config\.downstream\.overwrite=True to replace them$"):
+        tasks.run(other, workdir)
+    assert os.listdir(out) == [runners.SETTINGS_FILE]  # nothing replaced
+    # The same settings rerun (replacing their own results), a run_name, or overwrite: training starts.
+    for config in (earlier, _config(synthetic_data_dir, "baseline", merge=40, learning_rate=5e-4, run_name="m40"),
+                   _config(synthetic_data_dir, "baseline", merge=40, learning_rate=5e-4, overwrite=True)):
+        with pytest.raises(AssertionError, match="training started"):
+            tasks.run(config, workdir)
+    assert runners.run_dir(workdir, "baseline", "rgru", _config(synthetic_data_dir, run_name="m40")).name == (
+        "rgru-activity-0.1-m40")
+    (out / runners.SETTINGS_FILE).unlink()  # a run folder of an earlier version: its settings are unknown
+    with pytest.raises(LimuBertError, match="no readable settings.json: written by an earlier version"):
+        tasks.run(earlier, workdir)
+    with pytest.raises(LimuBertError, match=r"config\.downstream\.run_name='a/b': a folder-name suffix"):
+        tasks.run(_config(synthetic_data_dir, "baseline", run_name="a/b"), workdir)
+
+
+def test_a_label_that_is_the_split_group_is_refused_before_training(synthetic_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "pretrain", lambda *a, **k: pytest.fail("the chain started"))
+    config = _config(synthetic_data_dir, "pretrain+classify", label="user")
+    config.dataset.split_by = "user"
+    with pytest.raises(LimuBertError, match=r"^config\.downstream\.label='user' with config\.dataset\.split_by='user': "
+                                            r"every user is in one split only"):
+        tasks.run(config, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_checkpoint_step_as_encoder_is_answered_with_its_workdir(synthetic_data_dir, tmp_path):
+    run = tmp_path / "pretrained"
+    (run / checkpoint.CHECKPOINTS_DIR / "40").mkdir(parents=True)
+    (run / checkpoint.CONFIG_FILE).write_text("{}")
+    step = run / checkpoint.CHECKPOINTS_DIR / "40"
+    with pytest.raises(LimuBertError, match=rf"^config\.downstream\.encoder={step} is checkpoint step 40 of the "
+                                            rf"pretraining workdir {run}: give the workdir \(config\.downstream\.encoder="
+                                            rf"{run}\), whose best step is taken$"):
+        tasks.run(_config(synthetic_data_dir, "classify", encoder=str(step)), tmp_path / "work")
+
+
+def test_the_report_names_a_frozen_fine_tuning_as_such(synthetic_data_dir, tmp_path, monkeypatch):
+    def ran(config, workdir, method, inputs):
+        task, model = runners.method_task(method)
+        name = runners.method_name(task, model, config)
+        return {"method": name, "accuracy": 0.5, "macro_f1": 0.4, "num_labelled": 3, "run_dir": f"{task}/{name}"}
+
+    monkeypatch.setattr(runners, "run_method", ran)
+    config = _config(synthetic_data_dir, "report", methods="finetune_gru_v2,rgru", freeze_encoder=True)
+    result = runners.run_report(config, tmp_path, inputs=object())
+    text = (tmp_path / "report.md").read_text()
+    assert "| LIMU-GRU fine-tuned (frozen encoder) | **50.0** | **40.0** |" in text, text
+    assert set(result["results"]) == {"finetune_gru_v2_frozen", "rgru"}
+    assert "finetune/finetune_gru_v2_frozen" in text
+
+
+_LABELLED: dict = {}
 _LABELLED: dict = {}
 
 

@@ -277,6 +277,7 @@ def test_method_display_names():
         "limu_gru_v2": "LIMU-GRU", "rgru": "R-GRU", "dcnn": "DCNN", "deepsense": "DeepSense",
         "limu_lstm_v1": "LIMU-LSTM", "limu_cnn1_v1": "LIMU-CNN1D", "limu_cnn2_v1": "LIMU-CNN2D",
         "limu_attn_v1": "LIMU-Attn", "limu_gru_v1": "LIMU-GRU (v1)", "mystery": "mystery",
+        "finetune_gru_v2": "LIMU-GRU fine-tuned", "finetune_lstm_v1_frozen": "LIMU-LSTM fine-tuned (frozen encoder)",
     }
     assert {key: report.method_display_name(key) for key in expected} == expected
 

@@ -44,7 +44,15 @@ _METRICS = (("accuracy", "acc"), ("macro_f1", "F1"))
 
 
 def method_display_name(key: str) -> str:
-    """Paper-style name of a method key (`limu_gru_v2` -> `LIMU-GRU`); unknown keys as is."""
+    """Paper-style name of a method key (`limu_gru_v2` -> `LIMU-GRU`; fine-tuned ones say so:
+    `finetune_gru_v2` -> `LIMU-GRU fine-tuned`, `finetune_gru_v2_frozen` -> `LIMU-GRU fine-tuned
+    (frozen encoder)`); unknown keys as is."""
+    if key.startswith("finetune_"):
+        head = key.removeprefix("finetune_")
+        frozen = head.endswith("_frozen")
+        head = head.removesuffix("_frozen")
+        name = METHOD_NAMES.get(f"limu_{head}", f"LIMU {head}")
+        return f"{name} fine-tuned" + (" (frozen encoder)" if frozen else "")
     return METHOD_NAMES.get(key, key)
 
 

@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +74,13 @@ def _encoder_path(config: ml_collections.ConfigDict, workdir: epath.Path) -> epa
     pretraining workdir, whose best step is taken), by default this workdir; an error
     unless it holds a LIMU-BERT."""
     path = storage.as_path(config.downstream.encoder or workdir)
+    run = path.parent.parent
+    if (not (path / checkpoint.CONFIG_FILE).is_file() and path.name.isdigit()
+            and path.parent.name == checkpoint.CHECKPOINTS_DIR and (run / checkpoint.CONFIG_FILE).is_file()):
+        raise LimuBertError(
+            f"config.downstream.encoder={path} is checkpoint step {path.name} of the pretraining workdir {run}: "
+            f"give the workdir (config.downstream.encoder={run}), whose best step is taken"
+        )
     if not (path / checkpoint.CONFIG_FILE).is_file():
         raise LimuBertError(
             f"no pretrained LIMU-BERT in {path} (no {checkpoint.CONFIG_FILE}): pretrain there first "
@@ -97,15 +107,93 @@ def _check_windows(name: str, seq: int, features: int, model_config: LimuBertCon
 
 
 def run_dir(workdir: epath.Path, task: str, method: str, config: ml_collections.ConfigDict) -> epath.Path:
-    """Where a downstream run writes: workdir/<task>/<method>-<label>-<label rate>/."""
+    """Where a downstream run writes: workdir/<task>/<method>-<label>-<label rate>[-<run_name>]/."""
     d = config.downstream
-    return storage.as_path(workdir) / task / f"{method}-{d.label}-{d.label_rate:g}"
+    name = f"{method}-{d.label}-{d.label_rate:g}" + (f"-{d.run_name}" if d.get("run_name") else "")
+    return storage.as_path(workdir) / task / name
 
 
-def _write_outputs(out: epath.Path, *, method: str, task: str, config, data: LabelledData, proto: ProtocolData,
-                   predictions: np.ndarray, tsne_features: np.ndarray, result: FitResult, seconds: float) -> dict:
-    """metrics.json, history.json, confusion.png and tsne.png of one run."""
+def method_name(task: str, model: str, config: ml_collections.ConfigDict) -> str:
+    """The method a task trains with `model`: limu_<head> (classify), finetune_<head>
+    (`_frozen` when the encoder is frozen), or the baseline's name."""
+    if task == "classify":
+        return f"limu_{model}"
+    if task == "finetune":
+        return f"finetune_{model}" + ("_frozen" if config.downstream.freeze_encoder else "")
+    return model
+
+
+SETTINGS_FILE = "settings.json"  # in each downstream run directory: what made its results
+
+
+def run_settings(config: ml_collections.ConfigDict, task: str, model: str, dataset: str) -> dict[str, Any]:
+    """Everything that makes a downstream run's results what they are (a rerun with other
+    settings must not replace them): the data and its split, the labelled draw, the model and
+    its training, and the encoder it runs behind. JSON values."""
+    d = config.downstream
+    data = {k: v for k, v in config.dataset.to_dict().items() if k != "data_dir"}  # where data live does not matter
+    if data.get("manual_dir"):
+        data["manual_dir"] = "+".join(os.path.abspath(os.path.expanduser(m)) if storage.is_local(m) else m
+                                      for m in str(data["manual_dir"]).split("+"))
+    settings = {
+        "task": task, "method": method_name(task, model, config), "dataset": dataset, "dataset_config": data,
+        "label": d.label, "label_rate": d.label_rate, "balance": d.balance, "merge": d.merge,
+        "num_epochs": d.num_epochs, "batch_size": d.batch_size, "learning_rate": d.learning_rate,
+        "seed": config.seed, "downstream_dataset": d.get("dataset"),
+    }
+    if task == "baseline":
+        settings["feature_num"] = config.model.feature_num
+    else:
+        encoder = d.encoder
+        settings["encoder"] = None if not encoder else (
+            os.path.abspath(os.path.expanduser(encoder)) if storage.is_local(encoder) else str(encoder))
+    return json.loads(json.dumps(settings))
+
+
+def _settings_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    def flat(settings, prefix=""):
+        out = {}
+        for key, value in settings.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    before, after = flat(before), flat(after)
+    return [f"{key} {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
+
+
+def check_replaces_nothing(config: ml_collections.ConfigDict, workdir: epath.Path, task: str, model: str,
+                           dataset: str) -> None:
+    """A `LimuBertError` if the run directory of (task, model) holds the results of other
+    settings (`run_settings`): a rerun of the same settings replaces its own results, never
+    another experiment's, unless `config.downstream.overwrite`."""
+    out = run_dir(workdir, task, method_name(task, model, config), config)
+    if config.downstream.get("overwrite") or not out.exists():
+        return
+    try:
+        before = json.loads((out / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        before = None
+    now = run_settings(config, task, model, dataset)
+    if before == now:
+        return
+    differs = "; ".join(_settings_diff(before, now)[:5]) if isinstance(before, dict) else (
+        f"no readable {SETTINGS_FILE}: written by an earlier version")
+    raise LimuBertError(
+        f"{out} holds the results of other settings ({differs}): set config.downstream.run_name=NAME to keep both "
+        f"(written to {out.name}-NAME), or config.downstream.overwrite=True to replace them")
+
+
+def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, config, data: LabelledData,
+                   proto: ProtocolData, predictions: np.ndarray, tsne_features: np.ndarray, result: FitResult,
+                   seconds: float) -> dict:
+    """settings.json, metrics.json, history.json, confusion.png and tsne.png of one run."""
     out.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(config, task, model, f"{data.name}/{data.version}")
+    storage.write_text(out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
     names = list(proto.names)
     test_y = proto.labels("test")
     metrics = evaluation.classification_metrics(test_y, predictions, names)
@@ -114,7 +202,8 @@ def _write_outputs(out: epath.Path, *, method: str, task: str, config, data: Lab
         "label_rate": config.downstream.label_rate, "num_labelled": len(proto.split.train),
         "num_vali": len(proto.split.vali), "num_test": len(proto.split.test),
         "best_epoch": result.best_epoch, "best_vali_accuracy": result.best_vali_accuracy,
-        "num_epochs": config.downstream.num_epochs, "seconds": seconds,
+        "num_epochs": config.downstream.num_epochs, "seconds": seconds, "merge": config.downstream.merge,
+        "encoder": settings.get("encoder"), "run_dir": str(out),
     })
     storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     storage.write_text(out / "history.json", json.dumps(result.history) + "\n")
@@ -233,7 +322,7 @@ def _train_on_features(config, workdir: epath.Path, *, task: str, method: str, m
                  proto.labels("vali"), desc=method, **_fit_kwargs(config))
     predictions = predict(apply_fn, result.params, part["test"])
     out = run_dir(workdir, task, method, config)
-    metrics = _write_outputs(out, method=method, task=task, config=config, data=data, proto=proto,
+    metrics = _write_outputs(out, method=method, model=model, task=task, config=config, data=data, proto=proto,
                              predictions=predictions, tsne_features=part["test"].mean(axis=1), result=result,
                              seconds=time.perf_counter() - start)
     save_trained(out, method=method, model=model, config=config, data=data, proto=proto, head_params=result.params,
@@ -247,7 +336,7 @@ def classify(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     head = head or config.downstream.classifier
     start = time.perf_counter()
     inputs = inputs or Inputs(config, workdir)
-    return _train_on_features(config, workdir, task="classify", method=f"limu_{head}", model=head,
+    return _train_on_features(config, workdir, task="classify", method=method_name("classify", head, config), model=head,
                               windows=inputs.embeddings, data=inputs.data, proto=inputs.proto, start=start,
                               encoder=inputs.encoder)
 
@@ -304,7 +393,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     trainable = {"encoder": jax.tree_util.tree_map_with_path(
         lambda path, _: (not config.downstream.freeze_encoder) and path[0].key == "transformer", enc_params),
         "head": jax.tree.map(lambda _: True, head_params)}
-    method = f"finetune_{head}" + ("_frozen" if config.downstream.freeze_encoder else "")
+    method = method_name("finetune", head, config)
     result = fit(apply_fn, params, proto.split.train.index, proto.labels("train"),
                  (jnp.asarray(vali_windows), jnp.asarray(position)), proto.labels("vali"),
                  predict_fn=predict_fn, trainable=trainable, desc=method, **_fit_kwargs(config))
@@ -313,7 +402,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     test_features = jax.jit(lambda p, i: pieces(encode(p, windows[i // per_window]), i % per_window))
     features = map_batches(lambda rows: test_features(result.params["encoder"], rows), test_index, 256)
     out = run_dir(workdir, "finetune", method, config)
-    metrics = _write_outputs(out, method=method, task="finetune", config=config, data=data, proto=proto,
+    metrics = _write_outputs(out, method=method, model=head, task="finetune", config=config, data=data, proto=proto,
                              predictions=predictions, tsne_features=features.mean(axis=1), result=result,
                              seconds=time.perf_counter() - start)
     save_trained(out, method=method, model=head, config=config, data=data, proto=proto,
@@ -351,7 +440,11 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
     """Every method of `config.downstream.methods` on one dataset -> workdir/report.md."""
     methods = report_methods(config)
     inputs = inputs or Inputs(config, workdir)
-    results = {m: run_method(config, workdir, m, inputs) for m in methods}
+    results = {}
+    for m in methods:  # keyed by the method each one ran as (a frozen fine-tuning says so)
+        metrics = run_method(config, workdir, m, inputs)
+        results[metrics["method"]] = metrics
+    methods = list(results)
     dataset = f"{config.dataset.name}/{config.dataset.version}"
     path = storage.as_path(workdir) / "report.md"
     d = config.downstream
@@ -360,7 +453,9 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
         title=f"{dataset}: {d.label}, {d.label_rate:g} labels per class-balanced draw",
         notes=[f"Test accuracy and macro-F1 of the epoch with the best validation accuracy ({d.num_epochs} epochs, "
                f"Adam lr {d.learning_rate:g}, batch {d.batch_size}); {results[methods[0]]['num_labelled']} labelled "
-               f"sub-windows of {d.merge} steps."],
+               f"sub-windows of {d.merge} steps.",
+               f"Encoder: {d.encoder or 'pretrained in this workdir'}; runs in "
+               + ", ".join(f"{r['run_dir']}" for r in results.values()) + "."],
     )
     # The table is the task's result for the user; the command prints it (`tasks.run`'s on_done).
     return {"report": str(path), "table": report.table3_markdown({dataset: results}),
@@ -413,9 +508,19 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, tasks: 
     if dataset.seq_len % d.merge:
         raise LimuBertError(f"config.downstream.merge={d.merge} must divide the {dataset.seq_len}-step windows "
                             f"of {dataset.name}/{dataset.version}")
+    if d.get("run_name") is not None and not re.fullmatch(r"[A-Za-z0-9][\w.+=-]*", str(d.run_name)):
+        raise LimuBertError(f"config.downstream.run_name={d.run_name!r}: a folder-name suffix (letters, digits, "
+                            "'_', '.', '+', '=', '-'; no '/')")
+    split_by = config.dataset.get("split_by", "window")
+    if d.label == split_by:
+        raise LimuBertError(f"config.downstream.label={d.label!r} with config.dataset.split_by={split_by!r}: every "
+                            f"{split_by} is in one split only, so the test {split_by}s have no training labels; "
+                            f"split by another group (or 'window') to classify {d.label}s")
     if any(t != "embed" for t in stages):  # the labelled draw, before any stage trains
         check_protocol(config, loaded)
     models = [m for t in stages for m in _stage_methods(t, config)]
+    for _, task, model in models:
+        check_replaces_nothing(config, workdir, task, model, f"{dataset.name}/{dataset.version}")
     encoder = None
     if "embed" in stages or any(task != "baseline" for _, task, _ in models):
         if d.encoder or pretrained_config is None:
