@@ -100,7 +100,7 @@ def run(config: ml_collections.ConfigDict, workdir,
     runners.check_config(config, workdir, tasks, data,
                          pretrained_config=model_config if "pretrain" in tasks[:first_downstream] else None)
     if "pretrain" in tasks:
-        check_resume(workdir, config)
+        check_resume(workdir, config, data)
     shared = Shared(config, workdir, data)
     summary: dict[str, Any] = {}
     with WorkdirLock(workdir):

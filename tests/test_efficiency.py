@@ -185,7 +185,8 @@ def test_main_job_with_several_steps_per_dispatch_is_the_same_run(tmp_path, data
 def test_main_job_device_resident_resumes_to_the_same_run(tmp_path, data_dir):
     _, straight, straight_params = _run(tmp_path / "straight", _config(data_dir, device_resident=True, num_epochs=2))
     _run(tmp_path / "resumed", _config(data_dir, device_resident=True, num_epochs=1))
-    _, resumed, resumed_params = _run(tmp_path / "resumed", _config(data_dir, device_resident=True, num_epochs=2))
+    _, resumed, resumed_params = _run(tmp_path / "resumed", _config(data_dir, device_resident=True, num_epochs=1,
+                                                                    extend_to_epochs=2))
     assert [r["epoch"] for r in resumed] == [1, 2] and all(np.isfinite(r["train_loss"]) for r in resumed)
     np.testing.assert_allclose([r["train_loss"] for r in resumed], [r["train_loss"] for r in straight], rtol=1e-5)
     for a, b in zip(_leaves(straight_params), _leaves(resumed_params)):

@@ -77,7 +77,8 @@ def _free_port() -> int:
 class _Run:
     """One pretraining run as `processes` processes on localhost, `devices` CPU devices each."""
 
-    def __init__(self, name: str, workdir: Path, data_dir: Path, epochs: int, *, processes: int, devices: int):
+    def __init__(self, name: str, workdir: Path, data_dir: Path, epochs: int, *, processes: int, devices: int,
+                 extra: tuple[str, ...] = ()):
         self.name, self.workdir = name, workdir
         cluster = []
         if processes > 1:
@@ -87,7 +88,7 @@ class _Run:
         for i in range(processes):
             log = workdir.parent / f"{name}.{i}.log"
             command = [sys.executable, "-m", "limubert_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
-                       *_overrides(data_dir, epochs), *cluster, *([f"--process_id={i}"] if cluster else [])]
+                       *_overrides(data_dir, epochs), *extra, *cluster, *([f"--process_id={i}"] if cluster else [])]
             with open(log, "w") as out:
                 self.children.append(subprocess.Popen(command, cwd=workdir.parent, env=_env(devices),
                                                       stdout=out, stderr=subprocess.STDOUT))
@@ -161,7 +162,9 @@ def test_two_processes_match_one_and_resume_on_fewer_devices(tmp_path, data_dir)
     assert saved[-1] == FIRST_LEG
     first_leg_state = _state(multi.workdir, FIRST_LEG)  # written by 2 processes, read by one
 
-    resumed = _Run("one_by_two", multi.workdir, data_dir, EPOCHS, processes=1, devices=2)
+    # The same run carried on to EPOCHS: said explicitly (a longer num_epochs alone is another run).
+    resumed = _Run("one_by_two", multi.workdir, data_dir, FIRST_LEG, processes=1, devices=2,
+                   extra=(f"--config.train.extend_to_epochs={EPOCHS}",))
     _wait(resumed)
     assert f"resumed from step {FIRST_LEG}" in resumed.logs[0].read_text(), resumed.tails()
     got = _losses(resumed.workdir)

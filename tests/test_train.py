@@ -164,7 +164,8 @@ def test_a_run_resumes_on_another_device_count(tmp_path, data_dir, finished_run)
     workdir = tmp_path / "run"
     shutil.copytree(finished_run, workdir)
     before = json.loads((finished_run / "summary.json").read_text())
-    config = _config(data_dir, **{"train.num_epochs": EPOCHS + 1, "dataset.train_rate": 0.2})
+    config = _config(data_dir, **{"train.num_epochs": EPOCHS, "train.extend_to_epochs": EPOCHS + 1,
+                                  "dataset.train_rate": 0.2})
     after = trainer.pretrain(config, workdir)
     assert after["devices"] == 1
     assert after["steps"] == before["steps"] // EPOCHS * (EPOCHS + 1)
@@ -210,6 +211,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
         ({"model.hidden": 25}, "must divide by n_heads"),
         ({"optimizer.name": "sgd"}, "unknown optimizer 'sgd'"),
         ({"train.num_epochs": 0}, "num_epochs must be a positive integer"),
+        ({"train.extend_to_epochs": 0}, "extend_to_epochs must be a positive integer"),
         ({"mask.mask_ratio": 2.0}, "mask"),
         ({"train.encoder_chunk": 3}, r"encoder_chunk must be -1 \(the backend's default\), 0 \(whole batch\) or a "
                                      r"positive multiple of 2, got 3"),
@@ -219,6 +221,17 @@ def test_bad_config_is_a_clear_error(tmp_path, data_dir, overrides, message):
     with pytest.raises((LimuBertError, ValueError), match=message):
         tasks.run(_config(data_dir, **overrides), tmp_path)
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_batch_that_does_not_divide_the_devices_names_its_field(data_dir):
+    from types import SimpleNamespace
+
+    data = trainer.load_data(_config(data_dir))
+    two_devices = SimpleNamespace(devices=np.empty(2))
+    for field, size, hint in (("eval_batch_size", 3, 2), ("batch_size", 33, 32)):
+        with pytest.raises(LimuBertError, match=rf"^config\.train\.{field}={size} does not divide by the 2 devices of "
+                                                rf"the mesh; choose a multiple of 2 \(e\.g\. --config\.train\.{field}={hint}\)$"):
+            trainer.check_pretrain_config(_config(data_dir, **{f"train.{field}": size}), data, mesh=two_devices)
 
 
 def test_bad_config_from_the_command_line_exits_2(tmp_path, data_dir):

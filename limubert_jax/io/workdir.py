@@ -9,8 +9,12 @@ checkpoints that are verified before they are trusted.
   `open(O_CREAT | O_EXCL)` being atomic, which local file systems and NFSv3+ guarantee; on an
   object store (`gs://`) the lock is advisory (look, then write). In a multi-process run
   process 0 takes it for all and tells the others.
-* `check_resume`: a rerun in a workdir that holds checkpoints must describe the same run
-  (model, masking and data fields); anything else stops before a byte is written.
+* `check_resume`: a rerun in a workdir that holds checkpoints must describe the same run:
+  the config fields of RESUME_FIELDS (config.json) and the run record (`run_record`,
+  RUN_FILE): the data as built, the windows trained on, the steps per epoch and in all.
+  Anything else stops, before a byte is written, with one line naming every difference.
+  The one change that can continue a run exactly is its number of epochs, under a learning
+  rate that does not depend on the run's length: `config.train.extend_to_epochs`.
 * `RunCheckpoints`: the Orbax CheckpointManager of a pretraining run, keeping the two latest
   steps (the resume point and one before it) and the best validation step. Each step's
   metadata carries the SHA-256 of its train state and of its parameters
@@ -39,6 +43,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
+from limubert_jax.data import input_pipeline
 from limubert_jax.io import storage
 from limubert_jax.io.checkpoint import (
     BEST_METRIC,
@@ -58,13 +63,24 @@ CORRUPT_DIR = "checkpoints-corrupt"
 DELETING_DIR = "deleting"  # under checkpoints/: old steps renamed here, then removed
 KEEP_LATEST = 2  # the resume point and the step before it, to fall back to
 
-# Config fields a resumed run must share with the run that wrote the checkpoints; where the
-# data live (data_dir, manual_dir) may change, what they are may not.
-RESUME_FIELDS = {
-    "model": None,  # every field
-    "mask": None,
-    "dataset": ("name", "version", "seed", "train_rate", "vali_rate"),
-}
+# Config fields a resumed run must share with the run that wrote the checkpoints: what decides
+# the model, the windows (source, build options, split), their order and masks (seeds, batch,
+# where they are shuffled) and the optimizer's steps ('section.*': every field of it). The
+# epochs are compared through the run record (`run_epochs`). Every other field may change on a
+# resume: how the steps are computed (compute_dtype, matmul_precision, encoder_chunk,
+# steps_per_dispatch), what is logged, checkpointed and plotted, where the builds are kept
+# (data_dir; a rebuild is compared by its content), the recordings' fingerprint mode, and the
+# downstream tasks.
+RESUME_FIELDS = (
+    "seed", "model.*", "mask.*", "optimizer.*",
+    "dataset.name", "dataset.version", "dataset.manual_dir", "dataset.seed", "dataset.train_rate",
+    "dataset.vali_rate", "dataset.split_by", "dataset.stride", "dataset.max_gap_s", "dataset.acc_unit",
+    "dataset.gyro_unit", "dataset.timestamp_unit", "dataset.columns", "dataset.label_columns",
+    "dataset.ignore_columns",
+    "train.batch_size", "train.device_resident",
+)
+RUN_FILE = "run.json"  # the run record, beside config.json
+EPOCHS_FIELD = "config.train.num_epochs"  # how the run record's `num_epochs` is named to users
 
 
 class WorkdirLock:
@@ -177,35 +193,151 @@ class WorkdirLock:
         self._heartbeat.start()
 
 
-def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
-    section = dict(config.get(name) or {})
-    fields = RESUME_FIELDS[name]
-    return section if fields is None else {k: section.get(k) for k in fields}
+def run_epochs(config: ml_collections.ConfigDict) -> int:
+    """The run's epochs: `config.train.extend_to_epochs` where set (a resume carrying a run on
+    to that many), else `config.train.num_epochs`."""
+    extend = config.train.get("extend_to_epochs")
+    return config.train.num_epochs if extend is None else extend
 
 
-def check_resume(workdir: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
-    """A `LimuBertError` naming the fields that differ when `workdir` holds checkpoints of a
-    run whose config.json disagrees with `config` on what was trained (RESUME_FIELDS)."""
+def data_identity(data) -> dict[str, Any]:
+    """What the windows of `data` (an `input_pipeline.PretrainData`) are, as built: the
+    build's count of windows and the fingerprint of its source that the build recorded
+    (recordings: of their folder; npy layouts: the arrays' SHA-256), or where it records none
+    (datasets built from fixed downloads) the build's full name. A merged dataset: each part's."""
+    if data.sources:
+        return {"parts": [data_identity(part) for part in data.sources]}
+    meta = dict(data.info.metadata or {})
+    identity: dict[str, Any] = {"windows": int(data.num_windows)}
+    if "source_fingerprint" in meta:
+        # Keyed by its mode: fingerprints of another mode say nothing about a change.
+        identity[f"source_fingerprint_{meta.get('fingerprint_mode', 'stat')}"] = meta["source_fingerprint"]
+    elif "data_sha256" in meta:
+        identity.update(data_sha256=meta["data_sha256"], label_sha256=meta.get("label_sha256"))
+    else:
+        identity["build"] = str(data.info.full_name)
+    return identity
+
+
+def run_record(config: ml_collections.ConfigDict, data) -> dict[str, Any]:
+    """The run's record (RUN_FILE): its data (`data_identity`), the training windows, the
+    epochs and steps, and the steps its learning-rate schedule spans (None: a constant rate,
+    which a run of any length shares)."""
+    steps_per_epoch = input_pipeline.steps_per_epoch(data, config.train.batch_size)
+    total_steps = steps_per_epoch * run_epochs(config)
+    return {
+        "data": data_identity(data), "train_windows": len(data.train), "num_epochs": run_epochs(config),
+        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+        "schedule_steps": total_steps if config.optimizer.name == "bert_adam" else None,
+    }
+
+
+def write_run_files(workdir: str | os.PathLike, config: ml_collections.ConfigDict, record: dict[str, Any]) -> None:
+    """config.json and the run record, written together (by the caller's process 0)."""
+    workdir = storage.as_path(workdir)
+    storage.write_together({workdir / "config.json": (config.to_json(indent=2) + "\n").encode(),
+                            workdir / RUN_FILE: (json.dumps(record, indent=2) + "\n").encode()})
+
+
+def _config_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """RESUME_FIELDS of a config (as JSON), by their names on the command line; a field the
+    config lacks (written before the field existed) is left out."""
+    fields = {}
+    for name in RESUME_FIELDS:
+        section, _, key = name.rpartition(".")
+        values = (config.get(section) or {}) if section else config
+        for field in sorted(values) if key == "*" else [key]:
+            if field in values:
+                fields[f"config.{section + '.' if section else ''}{field}"] = values[field]
+    return fields
+
+
+def _flat(prefix: str, value: Any, into: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flat(f"{prefix}.{key}", item, into)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _flat(f"{prefix}[{i}]", item, into)
+    else:
+        into[prefix] = value
+    return into
+
+
+def _compared(config: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
+    """What a resume compares, by name: the config fields, and the run record's entries
+    (`data.windows`, `steps_per_epoch`, ...; its `num_epochs` as EPOCHS_FIELD)."""
+    fields = _config_fields(config)
+    for key, value in (record or {}).items():
+        _flat(EPOCHS_FIELD if key == "num_epochs" else key, value, fields)
+    return fields
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str) and len(value) > 16 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "..."  # a digest: its head tells two apart
+    return repr(value)
+
+
+def saved_steps(workdir: str | os.PathLike) -> list[int]:
+    """The checkpoint steps in `workdir`, oldest first, read from its folder names (no Orbax)."""
+    directory = storage.as_path(workdir) / CHECKPOINTS_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def check_resume(workdir: str | os.PathLike, config: ml_collections.ConfigDict, data=None) -> None:
+    """A `LimuBertError` when `workdir` holds checkpoints of a run other than the one that
+    `config` trains on `data` (an `input_pipeline.PretrainData`; None: loaded here): one line
+    naming each field that differs, old and new, and how to go on (see the module docstring).
+    A workdir written before RUN_FILE existed is compared by its config alone."""
     workdir = storage.as_path(workdir)
     saved_path = workdir / "config.json"
-    if not (workdir / CHECKPOINTS_DIR).is_dir() or not saved_path.exists():
+    steps = saved_steps(workdir)
+    if not steps or not saved_path.exists():
         return
+    data = input_pipeline.load_data(config) if data is None else data
     try:
-        saved = json.loads(saved_path.read_text())
+        saved_config = json.loads(saved_path.read_text())
+        saved_record = json.loads((workdir / RUN_FILE).read_text()) if (workdir / RUN_FILE).exists() else None
     except ValueError as e:
-        raise LimuBertError(f"{saved_path}: not readable JSON ({e}); the run's config is needed to resume") from None
-    now = json.loads(config.to_json())
-    diffs = []
-    for name in RESUME_FIELDS:
-        before, after = _section(saved, name), _section(now, name)
-        for key in sorted(set(before) | set(after)):
-            if before.get(key) != after.get(key):
-                diffs.append(f"config.{name}.{key} is {after.get(key)!r}, the run's {before.get(key)!r}")
-    if diffs:
-        raise LimuBertError(
-            f"workdir {workdir} holds a run with another config ({'; '.join(diffs[:4])}"
-            f"{'; ...' if len(diffs) > 4 else ''}): resume with the run's config, or use another workdir"
-        )
+        raise LimuBertError(f"{workdir}: config.json or {RUN_FILE} is not readable JSON ({e}); the run's record is "
+                            "needed to resume it") from None
+    if saved_record is None:
+        logging.warning("%s has no %s (a run of an earlier version): its data and steps cannot be compared, only "
+                        "its config", workdir, RUN_FILE)
+    record = run_record(config, data)
+    before = _compared(saved_config, {"num_epochs": run_epochs(ml_collections.ConfigDict(saved_config)),
+                                      **(saved_record or {})})
+    after = _compared(json.loads(config.to_json()), record)
+    # Names on one side only are not compared: fields of another version, fingerprints of
+    # another mode (the count of windows is always there).
+    diffs = {name: (old, after[name]) for name, old in before.items() if name in after and old != after[name]}
+    latest, total, epochs = steps[-1], record["total_steps"], record["num_epochs"]
+    length_only = set(diffs) <= {EPOCHS_FIELD, "total_steps", "schedule_steps"}
+    exact = record["schedule_steps"] is None  # a rate that a run of any length shares
+    extend = config.train.get("extend_to_epochs")
+    if latest <= total and (not diffs or (length_only and exact and extend is not None)):
+        if diffs:
+            logging.info("carrying the run in %s on to %d epochs (%d steps)", workdir, epochs, total)
+        return
+    what = [f"{name}: {_shown(old)} -> {_shown(new)}" for name, (old, new) in diffs.items()]
+    if latest > total:
+        what.append(f"its checkpoint is at step {latest}, past this run's {total} steps")
+    if diffs and length_only and latest > total:
+        how = f"resume with --{EPOCHS_FIELD}={before[EPOCHS_FIELD]}, or use a new workdir"
+    elif diffs and length_only and not exact:
+        how = (f"carrying it on is not exact: {config.optimizer.name}'s warmup and decay span the run's total steps, "
+               f"so its steps so far followed another schedule than a run of {epochs} epochs; use a new workdir")
+    elif diffs and length_only:
+        how = (f"to carry it on to {epochs} epochs, rerun with --config.train.extend_to_epochs={epochs} (exact: "
+               f"{config.optimizer.name}'s learning rate does not depend on the run's length), or use a new workdir")
+    else:
+        how = "resume with the run's settings, or use a new workdir" + (
+            " (config.train.extend_to_epochs continues a run whose only change is its number of epochs)"
+            if extend is not None else "")
+    raise LimuBertError(f"workdir {workdir} holds another run ({'; '.join(what)}): {how}")
 
 
 class CorruptCheckpointError(LimuBertError):

@@ -10,7 +10,8 @@ Multi-process runs (`limubert_jax.runtime.distributed`): every process runs `pre
 its own rows of each global batch, and saves and restores checkpoints through the same
 Orbax CheckpointManager (process 0 writes what is replicated; the workdir must be shared by
 all processes). Only process 0 writes metrics.jsonl, TensorBoard, the plot, summary.json,
-config.json and model_config.json, and shows progress.
+config.json, run.json (the run record a resume is compared with, `io.workdir.run_record`) and
+model_config.json, and shows progress.
 
 The workdir may be a bucket path (`gs://bucket/dir`, see `limubert_jax.io.storage`): Orbax
 writes checkpoints there itself, metrics.jsonl is rewritten whole each epoch (objects do
@@ -41,7 +42,7 @@ from limubert_jax.data.input_pipeline import load_data
 from limubert_jax.data.normalization import normalize
 from limubert_jax.io import plots, storage
 from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, host_copy, model_record
-from limubert_jax.io.workdir import RunCheckpoints, check_resume
+from limubert_jax.io.workdir import RunCheckpoints, check_resume, run_record, write_run_files
 from limubert_jax.models.encoder import ENCODER_STREAMS, LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.pretraining import optim
 from limubert_jax.pretraining.metrics import MetricsWriter
@@ -101,8 +102,11 @@ DEFAULT_ENCODER_CHUNK = -1
 
 def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskConfig, mesh) -> None:
     train = config.train
-    for name in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "checkpoint_every_epochs",
-                 "steps_per_dispatch"):
+    counts = ["batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "checkpoint_every_epochs",
+              "steps_per_dispatch"]
+    if train.get("extend_to_epochs") is not None:  # None: unset
+        counts.append("extend_to_epochs")
+    for name in counts:
         if not isinstance(train[name], int) or train[name] < 1:
             raise LimuBertError(f"config.train.{name} must be a positive integer, got {train[name]!r}")
     if data.seq_len != model_config.seq_len:
@@ -124,9 +128,15 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
     if not isinstance(chunk, int) or chunk < DEFAULT_ENCODER_CHUNK or (chunk > 0 and chunk % ENCODER_STREAMS):
         raise LimuBertError(f"config.train.encoder_chunk must be {DEFAULT_ENCODER_CHUNK} (the backend's default), "
                             f"0 (whole batch) or a positive multiple of {ENCODER_STREAMS}, got {chunk!r}")
+    for name in ("batch_size", "eval_batch_size"):
+        try:
+            check_batch_size(train[name], mesh)
+        except ValueError:
+            devices = mesh.devices.size
+            raise LimuBertError(f"config.train.{name}={train[name]} does not divide by the {devices} devices of the "
+                                f"mesh; choose a multiple of {devices} (e.g. --config.train.{name}="
+                                f"{max(devices, train[name] // devices * devices)})") from None
     try:
-        check_batch_size(train.batch_size, mesh)
-        check_batch_size(train.eval_batch_size, mesh)
         input_pipeline.steps_per_epoch(data, train.batch_size)  # a batch larger than the split
     except ValueError as e:
         raise LimuBertError(f"config.train: {e}") from None
@@ -268,22 +278,21 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     mesh = training_mesh(config.train.batch_size)
     data = load_data(config) if data is None else data
     model_config, mask_config = check_pretrain_config(config, data, mesh)
-    check_resume(workdir, config)  # before anything is written
+    check_resume(workdir, config, data)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
 
-    steps_per_epoch = input_pipeline.steps_per_epoch(data, config.train.batch_size)
-    total_steps = steps_per_epoch * config.train.num_epochs
+    record = run_record(config, data)
+    steps_per_epoch, total_steps = record["steps_per_epoch"], record["total_steps"]
     try:
-        # Constant-rate Adam has no schedule: runs of any length share its compiled steps.
-        schedule_steps = total_steps if config.optimizer.name == "bert_adam" else None
-        tx = _optimizer(config.optimizer.name, config.optimizer.learning_rate, schedule_steps, config.optimizer.warmup,
-                        config.optimizer.decay_grouping)
+        # Constant-rate Adam has no schedule steps: runs of any length share its compiled steps.
+        tx = _optimizer(config.optimizer.name, config.optimizer.learning_rate, record["schedule_steps"],
+                        config.optimizer.warmup, config.optimizer.decay_grouping)
     except ValueError as e:
         raise LimuBertError(f"config.optimizer: {e}") from None
     learning_rate = (
         optim.warmup_linear_schedule(config.optimizer.learning_rate, warmup=config.optimizer.warmup,
-                                     total_steps=total_steps)
-        if config.optimizer.name == "bert_adam" else (lambda step: config.optimizer.learning_rate)
+                                     total_steps=record["schedule_steps"])
+        if record["schedule_steps"] is not None else (lambda step: config.optimizer.learning_rate)
     )
 
     init_key, mask_key, val_key = jax.random.split(jax.random.key(config.seed), 3)
@@ -304,7 +313,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         state = jax.device_put(initial_state(init_key), replicated(mesh))
     if jax.process_index() == 0:
         storage.write_text(workdir / CONFIG_FILE, json.dumps(model_record(model_config), indent=2) + "\n")
-        storage.write_text(workdir / "config.json", config.to_json(indent=2) + "\n")
+        write_run_files(workdir, config, record)
 
     encoder_chunk = None if config.train.encoder_chunk == DEFAULT_ENCODER_CHUNK else config.train.encoder_chunk
     step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
