@@ -203,16 +203,31 @@ def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, confi
         "num_vali": len(proto.split.vali), "num_test": len(proto.split.test),
         "best_epoch": result.best_epoch, "best_vali_accuracy": result.best_vali_accuracy,
         "num_epochs": config.downstream.num_epochs, "seconds": seconds, "merge": config.downstream.merge,
-        "encoder": settings.get("encoder"), "run_dir": str(out),
+        "encoder": settings.get("encoder"), "run_dir": f"{task}/{out.name}",
     })
+    rows = tsne.subsample(len(tsne_features), config.downstream.tsne_points, config.seed, labels=test_y)
+    perplexity = tsne.perplexity_for(len(rows))
+    # What a small dataset could not give: said in the log, the metrics and the report.
+    notes = []
+    absent = [name for name, scores in metrics["per_class"].items() if scores["support"] == 0]
+    if absent:
+        notes.append(f"no test sub-window of class {', '.join(absent)}: its scores are 0, and macro-F1 averages "
+                     "the classes in the test labels or the predictions")
+    if perplexity is None:
+        notes.append(f"no t-SNE plot: {len(rows)} test sub-windows, fewer than the {tsne.MIN_POINTS} a plot needs")
+        (out / "tsne.png").unlink(missing_ok=True)  # an earlier run's plot is not this run's
+    for note in notes:
+        logging.info("%s: %s", method, note)
+    metrics["notes"] = notes
     storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     storage.write_text(out / "history.json", json.dumps(result.history) + "\n")
     title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {config.downstream.label_rate:g} labels"
     plots.confusion_png(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names,
                         f"{title}: test accuracy {metrics['accuracy']:.3f}")
-    rows = tsne.subsample(len(tsne_features), config.downstream.tsne_points, config.seed, labels=test_y)
-    points = tsne.tsne(tsne_features[rows].reshape(len(rows), -1), seed=config.seed)
-    plots.tsne_png(out / "tsne.png", np.asarray(points), test_y[rows], names, f"t-SNE of test sub-windows: {title}")
+    if perplexity is not None:
+        points = tsne.tsne(tsne_features[rows].reshape(len(rows), -1), perplexity=perplexity, seed=config.seed)
+        plots.tsne_png(out / "tsne.png", np.asarray(points), test_y[rows], names,
+                       f"t-SNE of test sub-windows: {title}")
     logging.info("%s: test accuracy %.4f, macro-F1 %.4f -> %s", method, metrics["accuracy"], metrics["macro_f1"], out)
     return metrics
 
@@ -454,8 +469,9 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
         notes=[f"Test accuracy and macro-F1 of the epoch with the best validation accuracy ({d.num_epochs} epochs, "
                f"Adam lr {d.learning_rate:g}, batch {d.batch_size}); {results[methods[0]]['num_labelled']} labelled "
                f"sub-windows of {d.merge} steps.",
-               f"Encoder: {d.encoder or 'pretrained in this workdir'}; runs in "
-               + ", ".join(f"{r['run_dir']}" for r in results.values()) + "."],
+               f"Encoder: {d.encoder or 'pretrained in this workdir'}; runs in the workdir's "
+               + ", ".join(f"{r['run_dir']}" for r in results.values()) + ".",
+               *dict.fromkeys(note for r in results.values() for note in r.get("notes", ()))],
     )
     # The table is the task's result for the user; the command prints it (`tasks.run`'s on_done).
     return {"report": str(path), "table": report.table3_markdown({dataset: results}),

@@ -247,6 +247,19 @@ def tsne(x, *, perplexity: float = 30.0, num_iters: int = 1000, seed: int = 0,
     return np.asarray(y, np.float32)
 
 
+MIN_POINTS = 5  # fewer points make no picture worth drawing (and the bisection has little to fit)
+DEFAULT_PERPLEXITY = 30.0
+
+
+def perplexity_for(n: int, target: float = DEFAULT_PERPLEXITY) -> float | None:
+    """The perplexity for `n` points: `target`, bounded by (n - 1) / 3 as small sets need
+    (each point's neighbourhood must fit in the others, and the exact method needs it below
+    n - 1); None when `n` < MIN_POINTS, too few for a plot."""
+    if n < MIN_POINTS:
+        return None
+    return float(min(target, max(1.0, (n - 1) / 3.0)))
+
+
 def subsample(n: int, max_points: int, seed: int = 0, labels=None) -> np.ndarray:
     """Sorted indices of at most `max_points` of `n` items, all of them when n <= max_points.
 
