@@ -159,6 +159,12 @@ def _split(labels: TaskLabels, groups: np.ndarray | None, name: str,
         )
     except ValueError as e:
         raise LimuBertError(f"config.downstream ({name}, task {labels.task}): {e}") from None
+    drawn = np.unique(split.train.labels)
+    if len(drawn) < 2:  # a classifier of one class learns nothing, and its scores say nothing
+        raise LimuBertError(
+            f"config.downstream ({name}, task {labels.task}): the labelled draw holds one class only "
+            f"({labels.names[int(drawn[0]) + int(per_step[per_step != MISSING_LABEL].min())]}); a classifier needs "
+            f"two or more: label another task, or give a dataset with more classes (a higher label_rate draws more)")
     known = per_step[per_step != MISSING_LABEL]
     offset = int(known.min())  # labels index `names`; the split subtracted the minimum
     if offset:

@@ -455,11 +455,20 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
     """Every method of `config.downstream.methods` on one dataset -> workdir/report.md."""
     methods = report_methods(config)
     inputs = inputs or Inputs(config, workdir)
-    results = {}
+    results, failed = {}, []
     for m in methods:  # keyed by the method each one ran as (a frozen fine-tuning says so)
-        metrics = run_method(config, workdir, m, inputs)
+        try:
+            metrics = run_method(config, workdir, m, inputs)
+        except LimuBertError as e:  # the other methods' results are still worth a report
+            logging.warning("%s could not run: %s", m, e)
+            failed.append(f"{m} could not run: {e}")
+            results[m] = {"method": m, "notes": [failed[-1]]}
+            continue
         results[metrics["method"]] = metrics
+    if len(failed) == len(methods):
+        raise LimuBertError(f"config.downstream.methods: no method could run ({'; '.join(failed)})")
     methods = list(results)
+    ran = next(r for r in results.values() if "run_dir" in r)
     dataset = f"{config.dataset.name}/{config.dataset.version}"
     path = storage.as_path(workdir) / "report.md"
     d = config.downstream
@@ -467,15 +476,15 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
         path, {dataset: results},
         title=f"{dataset}: {d.label}, {d.label_rate:g} labels per class-balanced draw",
         notes=[f"Test accuracy and macro-F1 of the epoch with the best validation accuracy ({d.num_epochs} epochs, "
-               f"Adam lr {d.learning_rate:g}, batch {d.batch_size}); {results[methods[0]]['num_labelled']} labelled "
+               f"Adam lr {d.learning_rate:g}, batch {d.batch_size}); {ran['num_labelled']} labelled "
                f"sub-windows of {d.merge} steps.",
                f"Encoder: {d.encoder or 'pretrained in this workdir'}; runs in the workdir's "
-               + ", ".join(f"{r['run_dir']}" for r in results.values()) + ".",
+               + ", ".join(f"{r['run_dir']}" for r in results.values() if "run_dir" in r) + ".",
                *dict.fromkeys(note for r in results.values() for note in r.get("notes", ()))],
     )
     # The table is the task's result for the user; the command prints it (`tasks.run`'s on_done).
     return {"report": str(path), "table": report.table3_markdown({dataset: results}),
-            "results": {m: {k: r[k] for k in ("accuracy", "macro_f1")} for m, r in results.items()}}
+            "results": {m: {k: r.get(k) for k in ("accuracy", "macro_f1")} for m, r in results.items()}}
 
 
 def _stage_methods(task: str, config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
