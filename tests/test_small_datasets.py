@@ -68,6 +68,33 @@ def test_the_checks_refuse_what_cannot_run_before_the_first_train_step(tmp_path,
     assert accepted == [10, 11, 12]  # 10 windows: 8 train, 1 validation, 1 test
 
 
+def test_a_labelled_draw_of_one_class_is_refused_before_pretraining(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "pretrain", lambda *a, **k: pytest.fail("pretraining started"))
+    arrays = _arrays(tmp_path / "arrays", 30)
+    np.save(arrays / "label_20_120.npy", np.zeros((30, 120, 1)))
+    with pytest.raises(LimuBertError, match=r"^config\.downstream \(imu_npy, task label_0\): the labelled draw holds "
+                                            r"one class only \(0\); a classifier needs two or more"):
+        tasks.run(_config(arrays, tmp_path / "tfds", 20), tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_method_that_cannot_run_leaves_a_row_of_dashes_and_a_note(tmp_path, monkeypatch):
+    def run_method(config, workdir, method, inputs):
+        if method == "dcnn":
+            raise LimuBertError("dcnn: something only this method needs is missing")
+        return {"method": method, "accuracy": 0.5, "macro_f1": 0.5, "num_labelled": 4, "run_dir": f"x/{method}"}
+
+    monkeypatch.setattr(runners, "run_method", run_method)
+    config = _config(tmp_path, tmp_path, 20)
+    summary = runners.run_report(config, tmp_path, inputs=object())
+    report = (tmp_path / "report.md").read_text()
+    assert "| DCNN | — | — |" in report and "- dcnn could not run: dcnn: something only" in report
+    assert summary["results"]["dcnn"] == {"accuracy": None, "macro_f1": None}
+    monkeypatch.setattr(runners, "run_method", lambda *a: (_ for _ in ()).throw(LimuBertError("no")))
+    with pytest.raises(LimuBertError, match="^config.downstream.methods: no method could run"):
+        runners.run_report(config, tmp_path, inputs=object())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n, merge, trained", [(10, 40, True), (20, 20, False), (60, 40, False)])
 def test_pretrain_and_report_run_to_the_end_on_small_data(tmp_path_factory, monkeypatch, n, merge, trained):
