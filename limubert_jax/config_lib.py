@@ -17,6 +17,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from limubert_jax.runtime import cli
 from limubert_jax.runtime.errors import LimuBertError
 
 
@@ -107,6 +108,32 @@ def define_config(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.mark_flag_as_required("config", flag_values=fv)
     # ml_collections reads the value as a path; a name first becomes the packaged file's path,
     # so one flag serves a checkout and an installed wheel. The parser is this call's own.
+    # The overrides are checked as soon as the config is loaded, before ml_collections applies
+    # them: its own error for an unknown field is a multi-line KeyError naming no flag.
     parser = fv["config"].parser
     load = parser.parse
-    parser.parse = lambda value: load(resolve_config(value))
+    parser.parse = lambda value: check_overrides(load(resolve_config(value)), argv)
+
+
+def check_overrides(config, argv: list[str]) -> ml_collections.ConfigDict:
+    """`config`, once every `--config.<path>` override in `argv` names one of its fields; an
+    unknown field is a one-line `cli.UsageError` naming the closest field. argv is spelled as
+    absl reads it (`cli.respell`: `--config.train.batch-size` is `--config.train.batch_size`)."""
+    for arg in argv[1:]:  # every argument, as ml_collections looks for overrides
+        match = re.match(r"--?(?:no)?config\.([^=]+)", arg)
+        if not match:
+            continue
+        node, fields = config, match[1].split(".")
+        for i, field in enumerate(fields):
+            key = field.split("[", 1)[0]  # `layers[0]`: ml_collections indexes into the value
+            # Where the path goes into a value that is no section (a dataclass, a None to be
+            # filled, a file that failed to load), ml_collections checks the rest.
+            if not isinstance(node, ml_collections.ConfigDict):
+                break
+            if key not in node:
+                close = cli.closest(key, list(node.keys()))
+                hint = (f"; did you mean --config.{'.'.join([*fields[:i], close, *fields[i + 1:]])}?" if close
+                        else " (every field: configs/default.py)")
+                raise cli.UsageError(f"--config.{match[1]}: no config field {key!r}{hint}")
+            node = node[key] if key == field else None
+    return config

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from absl import flags
 
-from limubert_jax import config_lib, tasks
+from limubert_jax import config_lib
 from limubert_jax.runtime import cli, cpu_devices, distributed
 from limubert_jax.runtime.errors import LimuBertError
 
@@ -42,7 +42,18 @@ def _show(task: str, summary: dict) -> None:
         print(summary["table"])
 
 
+def _values() -> list[str]:
+    """What `--help` lists after the usage: the values `--config` and `config.task` take."""
+    # The task registry imports the trainers (seconds): loaded for --help or a run only.
+    from limubert_jax import tasks  # noqa: PLC0415
+
+    return [f"configs (--config=NAME): {', '.join(config_lib.config_names())}",
+            f"tasks (--config.task=TASK, several joined by '+'): {', '.join(tasks.TASKS)}"]
+
+
 def _run(fv: flags.FlagValues, args: list[str]) -> None:
+    from limubert_jax import tasks  # noqa: PLC0415  (see _values)
+
     config = cli.flag_value(fv["config"])
     try:  # before JAX starts: the CPU device count is fixed then
         cpu_devices.split_cores(config.get("cpu_devices", cpu_devices.ONE_PER_CORE))
@@ -54,7 +65,7 @@ def _run(fv: flags.FlagValues, args: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command (`limubert-train`); argv after the program name, None for sys.argv. Returns the exit status."""
-    return cli.run_command(__doc__, define_flags, _run, argv)
+    return cli.run_command(__doc__, define_flags, _run, argv, help_lines=_values)
 
 
 if __name__ == "__main__":

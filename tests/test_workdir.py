@@ -328,7 +328,7 @@ def test_bad_command_lines_are_one_line(tmp_path, synthetic_data_dir):
     test_config = ROOT / "configs" / "test.py"
     cases = [
         ([f"--config={test_config}", "--config.train.bogus=1"],
-         "error: --config.train.bogus=1: no config field 'bogus' (every field: configs/default.py)"),
+         "error: --config.train.bogus: no config field 'bogus' (every field: configs/default.py)"),
         ([f"--config={tmp_path / 'missing.py'}"], f"error: --config: [Errno 2] No such file or directory: "
                                                   f"'{tmp_path / 'missing.py'}'"),
     ]
