@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference directory (skipped when absent) and small helpers."""
+"""Shared fixtures: the reference files (in the repository, `tests/reference/`) and small helpers."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 
 REFERENCE_ENV = "LIMUBERT_REFERENCE_DIR"
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
+# The released weights and the original code's outputs, carried by the repository
+# (tests/reference/README.md): a fresh clone runs every golden test.
+DEFAULT_REFERENCE = Path(__file__).resolve().parent / "reference"
 RELEASED_DATASETS = ("hhar", "motion", "uci", "shoaib")
 
 
-def reference_dir() -> Path | None:
-    """`$LIMUBERT_REFERENCE_DIR`, defaulting to `../shared/reference` beside the checkout."""
-    path = Path(os.environ.get(REFERENCE_ENV, DEFAULT_REFERENCE)).resolve()
-    return path if (path / "SPEC.md").is_file() else None
+def reference_dir() -> Path:
+    """The folder holding `golden/`, `weights/` and `uci_label_20_120.npy`: the repository's
+    `tests/reference`, or `$LIMUBERT_REFERENCE_DIR` where set (another copy of the same files)."""
+    return Path(os.environ.get(REFERENCE_ENV) or DEFAULT_REFERENCE).resolve()
 
 
 def child_env(*, xla_cache: str = "shared") -> dict[str, str]:
@@ -82,11 +84,13 @@ def _optimized_compiles(request):
 
 @pytest.fixture(scope="session")
 def reference() -> Path:
+    """The reference folder (`reference_dir`). It is part of the repository, so a missing one
+    is an error, never a skip: a broken checkout or a wrong `$LIMUBERT_REFERENCE_DIR`."""
     path = reference_dir()
-    if path is None:
-        pytest.skip(
-            f"reference directory not found (set {REFERENCE_ENV}; default {DEFAULT_REFERENCE.resolve()})"
-        )
+    if not ((path / "golden").is_dir() and (path / "weights").is_dir()):
+        source = f"${REFERENCE_ENV}" if os.environ.get(REFERENCE_ENV) else "the repository's copy"
+        pytest.fail(f"reference files not found at {path} ({source}): expected golden/ and weights/ there",
+                    pytrace=False)
     return path
 
 
