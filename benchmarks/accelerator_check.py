@@ -6,7 +6,7 @@
 CPU tests cannot see matmul precision (XLA:CPU computes full float32 whatever is asked), so
 this is the check to run on a GPU or TPU. In about 3 minutes on one GPU it:
 
-* parity: converts each released PyTorch checkpoint (`../shared/reference/weights`) and
+* parity: converts each released PyTorch checkpoint (`tests/reference/weights`) and
   compares the encoder's embeddings, the reconstruction and the GRU classifier's logits
   with the original code's outputs (`golden/released_*.npz`), through the Python API and
   through the `embed` command (a subprocess, as a user runs it); tolerance 1e-4;
@@ -39,22 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
+from harness import REPO, log
+
 RELEASED = ("hhar", "motion", "uci", "shoaib")
 TOLERANCE = 1e-4
 PRECISION_MODES = ("highest", "high", "default", "bfloat16")  # the last: compute_dtype bf16 at 'default'
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def peak_memory() -> dict:
-    """This process's peak resident memory so far (MB) and its JAX devices' peak memory in use
-    so far (None where the device keeps no statistics: XLA:CPU)."""
-    from limubert_jax.runtime import resources
-
-    return {"peak_rss_mb": resources.peak_host_bytes() / 2**20, "peak_device_bytes": resources.peak_device_bytes()}
 
 
 def _memory_note(memory: dict) -> str:
@@ -112,7 +102,7 @@ def parity_rows(reference: Path, scratch: Path) -> list[dict]:
         else:
             rows.append({"section": "parity", "check": f"{name}: embed CLI", "ok": False, "limit": "exit 0",
                          "value": f"exit {cli.returncode}: {cli.stderr.strip().splitlines()[-1:]}"})
-        _log(f"parity {name}: done")
+        log(f"parity {name}: done")
     return rows
 
 
@@ -121,7 +111,7 @@ def test_rows() -> list[dict]:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_golden.py",
                "tests/test_roundtrip.py", "tests/test_precision.py", "-k", "not every_program"]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     summary = (result.stdout.strip().splitlines() or ["no output"])[-1]
     counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|error|errors|skipped)", summary))
     ok = result.returncode == 0 and counts.get("passed", 0) > 0
@@ -195,11 +185,11 @@ def training_rows(steps: int, out: Path) -> list[dict]:
         curves[mode] = np.asarray(losses)
         ms = 1e3 * float(np.median(times[2:] if steps > 4 else times))
         drift = float(np.max(np.abs(curves[mode] / curves["highest"] - 1.0)))
-        memory = peak_memory()  # the process's peaks so far (the modes run in this order)
+        memory = harness.peak_memory()  # the process's peaks so far (the modes run in this order)
         rows.append({"section": "training", "check": f"matmul {mode}, {steps} steps", "value": f"{ms:.2f} ms/step",
                      "limit": f"loss vs float32: largest relative difference {drift:.2%}; {_memory_note(memory)}",
                      "ok": True, "ms_per_step": ms, "loss_drift": drift, "final_loss": losses[-1], **memory})
-        _log(f"training {mode}: {ms:.2f} ms/step, drift {drift:.2%}, {_memory_note(memory)}")
+        log(f"training {mode}: {ms:.2f} ms/step, drift {drift:.2%}, {_memory_note(memory)}")
     try:
         import matplotlib
 
@@ -235,20 +225,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/accelerator-check"), help="where results go")
     parser.add_argument("--reference", type=Path,
-                        default=Path(os.environ.get("LIMUBERT_REFERENCE_DIR", ROOT.parent / "shared" / "reference")),
-                        help="the reference directory (weights/, golden/)")
+                        default=Path(os.environ.get("LIMUBERT_REFERENCE_DIR") or REPO / "tests" / "reference"),
+                        help="the reference directory (weights/, golden/); default: the repository's tests/reference")
     parser.add_argument("--train-steps", type=int, default=40, help="pretraining steps per precision mode")
     parser.add_argument("--skip-tests", action="store_true", help="skip the pytest run")
     parser.add_argument("--skip-parity", action="store_true", help="skip the released-weights comparison")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(ROOT))
+    harness.use_checkout()
     import jax
 
     device = jax.devices()[0]
     header = (f"## limubert-jax on {jax.default_backend()}: {device.device_kind} (x{jax.device_count()}), "
               f"JAX {jax.__version__}, Python {sys.version.split()[0]}")
-    _log(header)
+    log(header)
     rows: list[dict] = []
     if not args.skip_parity:
         if (args.reference / "golden").is_dir():

@@ -38,33 +38,19 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+import harness  # noqa: E402
+from harness import REPO  # noqa: E402
 
 
 def _timings(fn, x, warmup: int, repeats: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    ms = np.asarray(times) * 1e3
+    # Each runtime's call returns host arrays: its work is done when it returns.
+    ms = np.asarray(harness.call_seconds(lambda: fn(x), repeats, warmup)) * 1e3
     return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "calls": repeats,
-            **_peak_memory()}
-
-
-def _peak_memory() -> dict:
-    """This process's peak resident memory so far (MB) and the JAX devices' peak memory in use
-    so far (None where the device keeps no statistics: XLA:CPU)."""
-    from limubert_jax.runtime import resources
-
-    return {"peak_rss_mb": resources.peak_host_bytes() / 2**20, "peak_device_bytes": resources.peak_device_bytes()}
+            **harness.peak_memory()}
 
 
 def _size(path: Path) -> int:
@@ -238,7 +224,8 @@ def main(argv=None) -> int:
           "loaded before the first)")
     (out / "export_latency.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(out / "export_latency.png", latency, sizes)
-    print(f"\nload average {load_before:.2f} -> {result['machine']['load_after']:.2f}; wrote {out / 'export_latency.json'}")
+    print(f"\nload average {load_before:.2f} -> {result['machine']['load_after']:.2f}; "
+          f"wrote {out / 'export_latency.json'}")
     return 0
 
 

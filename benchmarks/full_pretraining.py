@@ -38,22 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
+import harness
+from harness import log
+
 PAPER_EPOCHS = 3200
 MODES = ("step", "dispatch", "resident", "resident_bf16", "torch")
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def peak_memory(jax_device: bool) -> dict:
-    """This process's peak resident memory so far (MB, `ru_maxrss`) and, with `jax_device` (a
-    JAX mode: querying initializes JAX's backend, which would take GPU memory from PyTorch),
-    the JAX device's `peak_bytes_in_use` so far where it keeps statistics (not XLA:CPU)."""
-    from limubert_jax.runtime import resources
-
-    return {"peak_rss_mb": resources.peak_host_bytes() / 2**20,
-            "peak_device_bytes": resources.peak_device_bytes() if jax_device else None}
 
 
 def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
@@ -105,7 +94,8 @@ def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
             if per_call == 1:
                 holder["state"], metrics = step_fn(holder["state"], sharding.global_batch(windows[rows[0]], mesh), rng)
             else:
-                holder["state"], metrics = step_fn(holder["state"], sharding.global_batch(windows[rows], mesh, stacked=True), rng)
+                stacked = sharding.global_batch(windows[rows], mesh, stacked=True)
+                holder["state"], metrics = step_fn(holder["state"], stacked, rng)
             loss = metrics["loss"]
         return float(jnp.ravel(loss)[-1])
 
@@ -115,10 +105,7 @@ def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
 def _torch_epoch_fn(args, windows: np.ndarray):
     import torch
 
-    # The SPEC-faithful PyTorch model is test code (tests/torch_reference.py), not package code.
-    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
-    from reference_pipeline import PretrainDataset, train_step
-    from torch_reference import LIMUBertModel4Pretrain
+    from reference_pipeline import reference_training, train_step
 
     from limubert_jax.models.encoder import MODEL_CONFIGS
 
@@ -128,11 +115,8 @@ def _torch_epoch_fn(args, windows: np.ndarray):
     torch.manual_seed(0)
     np.random.seed(0)  # the reference masks with NumPy's legacy global generator
     cfg = MODEL_CONFIGS["base_v1"]
-    model = LIMUBertModel4Pretrain(cfg).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    criterion = torch.nn.MSELoss(reduction="none")
-    loader = torch.utils.data.DataLoader(PretrainDataset(windows, cfg.feature_num), batch_size=args.batch_size,
-                                         shuffle=True, drop_last=True, num_workers=0)
+    model, optimizer, criterion, loader = reference_training(cfg, windows, batch_size=args.batch_size,
+                                                             device=device)
 
     def run_epoch(epoch):
         loss = None
@@ -166,14 +150,15 @@ def measure(mode: str, args, windows: np.ndarray) -> dict:
         "epoch_s": times, "median_epoch_s": median, "samples_per_s": samples / median,
         "ms_per_step": 1e3 * median / steps, "compile_s": max(0.0, first - median),
         "projected_full_s": max(0.0, first - median) + PAPER_EPOCHS * median, "losses": losses,
-        **peak_memory(jax_device=mode != "torch"),  # the process's peaks so far: the modes run one after another
+        # The process's peaks so far: the modes run one after another.
+        **harness.peak_memory(jax_device=mode != "torch"),
     }
     if mode == "torch":
         import torch
 
         result["peak_device_bytes"] = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
-    _log(f"{mode}: {result['samples_per_s']:.0f} samples/s, {result['ms_per_step']:.2f} ms/step, "
-         f"first epoch {first:.1f} s; full run ~{result['projected_full_s'] / 60:.1f} min ({framework})")
+    log(f"{mode}: {result['samples_per_s']:.0f} samples/s, {result['ms_per_step']:.2f} ms/step, "
+        f"first epoch {first:.1f} s; full run ~{result['projected_full_s'] / 60:.1f} min ({framework})")
     return result, run_epoch
 
 
@@ -186,11 +171,11 @@ def full_run(result: dict, run_epoch, args) -> None:
         if epoch % 200 == 0:
             elapsed = time.perf_counter() - t0
             rate = (epoch - args.epochs) / elapsed
-            _log(f"{result['mode']}: epoch {epoch}/{args.full_epochs}, {rate:.1f} epochs/s, "
-                 f"ETA {(args.full_epochs - epoch) / rate:.0f} s, loss {loss:.4f}")
+            log(f"{result['mode']}: epoch {epoch}/{args.full_epochs}, {rate:.1f} epochs/s, "
+                f"ETA {(args.full_epochs - epoch) / rate:.0f} s, loss {loss:.4f}")
     seconds = result["first_epoch_s"] + sum(result["epoch_s"]) + time.perf_counter() - t0
     result["full_run"] = {"epochs": args.full_epochs, "seconds": seconds, "last_loss": loss}
-    _log(f"{result['mode']}: the full run of {args.full_epochs} epochs took {seconds:.1f} s")
+    log(f"{result['mode']}: the full run of {args.full_epochs} epochs took {seconds:.1f} s")
 
 
 def _table(results: list[dict], args) -> str:
@@ -205,7 +190,8 @@ def _table(results: list[dict], args) -> str:
         ratio = f"{r['samples_per_s'] / torch_rate:.1f}x" if torch_rate else "-"
         device_mb = "-" if r.get("peak_device_bytes") is None else f"{r['peak_device_bytes'] / 2**20:.0f}"
         lines.append(f"| {r['mode']} | {r['samples_per_s']:.0f} | {r['ms_per_step']:.2f} | {r['first_epoch_s']:.1f} | "
-                     f"{r['projected_full_s'] / 60:.1f} min | {measured} | {ratio} | {r['peak_rss_mb']:.0f} | {device_mb} |")
+                     f"{r['projected_full_s'] / 60:.1f} min | {measured} | {ratio} | {r['peak_rss_mb']:.0f} "
+                     f"| {device_mb} |")
     lines.append("")
     lines.append("peak RSS and JAX device memory are the process's peaks up to the end of each mode (the modes run "
                  "in this order in one process); PyTorch's device memory is its own peak (max_memory_allocated)")
@@ -260,7 +246,7 @@ def main(argv=None) -> int:
             try:
                 import torch  # noqa: F401
             except ImportError:
-                _log("torch: not installed, skipped")
+                log("torch: not installed, skipped")
                 continue
         result, run_epoch = measure(mode, args, windows)
         results.append(result)
@@ -273,8 +259,8 @@ def main(argv=None) -> int:
         if chosen["projected_full_s"] <= args.max_full_seconds:
             full_run(chosen, runners[chosen["mode"]], args)
         else:
-            _log(f"full run skipped: {chosen['mode']} would take ~{chosen['projected_full_s']:.0f} s "
-                 f"(> --max-full-seconds {args.max_full_seconds:.0f})")
+            log(f"full run skipped: {chosen['mode']} would take ~{chosen['projected_full_s']:.0f} s "
+                f"(> --max-full-seconds {args.max_full_seconds:.0f})")
     _write(args, results)
     print(_table(results, args))
     _plot(results, args.out / "full_pretraining.png", results[0]["framework"] if results else "")

@@ -89,10 +89,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-# The package from this checkout, also where it is not installed (the GPU image).
-_REPO = Path(__file__).resolve().parents[1]
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
+import harness
+from harness import log
+
+harness.use_checkout()
 
 PAPER_EPOCHS = 3200
 GOAL_WINDOWS_PER_S = 195_000  # 7,333 windows x 3,200 epochs in 120 s
@@ -140,10 +140,6 @@ VARIANTS = (
             xla_flags=("--xla_gpu_enable_triton_gemm=false",), **_BF16),
 )
 VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -275,7 +271,7 @@ def measure_variant(variant: Variant, args) -> dict:
     from limubert_jax.data.synthetic import synthetic_windows
     from limubert_jax.models import encoder
     from limubert_jax.pretraining import optim, steps
-    from limubert_jax.runtime import resources, sharding
+    from limubert_jax.runtime import sharding
 
     if args.smoke:  # a check that everything runs, not a timing: compile in half the time
         jax.config.update("jax_disable_most_optimizations", True)
@@ -324,7 +320,7 @@ def measure_variant(variant: Variant, args) -> dict:
         except Exception as e:  # noqa: BLE001 - cuDNN refuses shapes/versions in many ways; the row says which
             if implementation == "xla":
                 raise
-            _log(f"{variant.name}: cuDNN attention failed ({type(e).__name__}: {e}); running XLA's")
+            log(f"{variant.name}: cuDNN attention failed ({type(e).__name__}: {e}); running XLA's")
             implementation = f"xla (cudnn failed: {type(e).__name__}: {str(e).splitlines()[0][:120]})"
             compiled = compile_with(fused_attention(variant.head_pad, "xla"))
         attention_note = f"dot_product_attention {implementation}, head {variant.head_pad}"
@@ -347,11 +343,10 @@ def measure_variant(variant: Variant, args) -> dict:
         "windows_per_s": steps_per_epoch * batch / median, "ms_per_step": 1e3 * median / steps_per_epoch,
         "projected_full_s": compile_s + epoch_s[0] + (PAPER_EPOCHS - 1) * median,
         "epoch_losses": epoch_losses, "finite": bool(np.all(np.isfinite(np.concatenate(epoch_losses)))),
-        "peak_device_bytes": resources.peak_device_bytes(), "program_bytes": _program_bytes(compiled),
-        "peak_rss_mb": resources.peak_host_bytes() / 2**20, **_framework(),
+        "program_bytes": _program_bytes(compiled), **harness.peak_memory(), **_framework(),
     }
-    _log(f"{variant.name}: {result['windows_per_s']:.0f} windows/s, {result['ms_per_step']:.3f} ms/step, "
-         f"compile {compile_s:.1f} s, full run ~{result['projected_full_s'] / 60:.2f} min ({attention_note})")
+    log(f"{variant.name}: {result['windows_per_s']:.0f} windows/s, {result['ms_per_step']:.3f} ms/step, "
+        f"compile {compile_s:.1f} s, full run ~{result['projected_full_s'] / 60:.2f} min ({attention_note})")
     return result
 
 
@@ -411,7 +406,7 @@ def run_variants(args, argv: list[str]) -> list[dict]:
         if left < longest or left <= 0:  # would likely not finish: say so instead of starting it
             results.append(_skipped(variant, "skipped", f"--max-seconds {args.max_seconds:.0f}: {used:.0f} s used, "
                                     f"the longest variant so far took {longest:.0f} s"))
-            _log(f"{name}: skipped, {results[-1]['reason']}")
+            log(f"{name}: skipped, {results[-1]['reason']}")
             continue
         t0 = time.perf_counter()
         if args.in_process:
@@ -422,11 +417,11 @@ def run_variants(args, argv: list[str]) -> list[dict]:
             try:
                 results.append(measure_variant(variant, args))
             except Exception as e:  # noqa: BLE001 - one variant's failure is its row, not the run's end
-                _log(f"{name}: failed: {type(e).__name__}: {e}")
+                log(f"{name}: failed: {type(e).__name__}: {e}")
                 results.append(_skipped(variant, "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
         else:
             flags = f", XLA_FLAGS += {' '.join(variant.xla_flags)}" if variant.xla_flags else ""
-            _log(f"{name}: starting (child process{flags})")
+            log(f"{name}: starting (child process{flags})")
             results.append(_run_child(variant, argv, timeout=left))
         results[-1]["wall_s"] = time.perf_counter() - t0
         longest = max(longest, results[-1]["wall_s"])
@@ -588,7 +583,7 @@ def main(argv=None) -> int:
     try:  # after the table: a plotting problem must not cost the one GPU run its numbers
         _plot(results, args.out / "gpu_variants.png", header[1])
     except Exception as e:  # noqa: BLE001
-        _log(f"gpu_variants.png not written: {type(e).__name__}: {e}")
+        log(f"gpu_variants.png not written: {type(e).__name__}: {e}")
     return 0
 
 

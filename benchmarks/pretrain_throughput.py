@@ -14,7 +14,7 @@ Both sides train LIMU-BERT `base_v1` with Adam (lr 1e-3) on the same synthetic r
    with a zero `label_20_120.npy`, and each side's command runs on it as a whole process,
    timed by this driver from launch to exit (wall clock):
    * reference: `benchmarks/reference_pretrain.py`, the original `pretrain.py` job written
-     from the SPEC: the 80/10/10 split, a `Dataset` that normalizes and span-masks each window
+     from docs/reference.md: the 80/10/10 split, a `Dataset` that normalizes and span-masks each window
      with NumPy, a shuffling `DataLoader` (num_workers 0), `torch.optim.Adam`, `loss.item()`
      every step, validation through the same masking `Dataset` after every epoch and
      `torch.save` of the best model (with `--drop-last`: both sides train
@@ -73,8 +73,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "RESULT_JSON "
+import harness
+from harness import REPO, log
+
 
 
 # ---------------------------------------------------------------------------------------
@@ -98,24 +99,6 @@ def _stats(times: list[float], samples_per_item: int) -> dict:
         "samples_per_s_median": float(samples_per_item / np.median(arr)),
         "samples_per_s_best": float(samples_per_item / arr.min()),
     }
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory in MB."""
-    from limubert_jax.runtime import resources
-
-    return resources.peak_host_bytes() / 2**20
-
-
-def _jax_peak_device_bytes() -> int | None:
-    """The JAX devices' peak memory in use; None where the backend keeps no statistics (XLA:CPU)."""
-    from limubert_jax.runtime import resources
-
-    return resources.peak_device_bytes()
 
 
 def run_jax(args) -> dict:
@@ -142,20 +125,19 @@ def run_jax(args) -> dict:
     state, metrics = step(state, fixed, key)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
-    _log(f"jax: compiled the train step in {compile_s:.1f} s ({mesh.devices.size} device(s))")
+    log(f"jax: compiled the train step in {compile_s:.1f} s ({mesh.devices.size} device(s))")
     for _ in range(args.warmup_steps):
         state, metrics = step(state, fixed, key)
     jax.block_until_ready(metrics)
 
-    load_before = os.getloadavg()[0]
-    times = []
-    for _ in range(args.steady_steps):
-        t0 = time.perf_counter()
+    def fixed_step():
+        nonlocal state
         state, metrics = step(state, fixed, key)
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    steady = _stats(times, batch_size)
-    _log(f"jax: steady state {steady['median_s'] * 1e3:.1f} ms/step")
+
+    load_before = os.getloadavg()[0]
+    steady = _stats(harness.call_seconds(fixed_step, args.steady_steps), batch_size)
+    log(f"jax: steady state {steady['median_s'] * 1e3:.1f} ms/step")
 
     steps_per_epoch = len(raw) // batch_size
     if args.input == "grain":
@@ -188,7 +170,7 @@ def run_jax(args) -> dict:
             state, metrics = step(state, sharding.global_batch(next_batch(), mesh), key)
         losses.append(float(metrics["loss"]))  # waits for the epoch's last step
         epoch_times.append(time.perf_counter() - t0)
-        _log(f"jax: epoch {epoch + 1}/{args.epochs}: {epoch_times[-1]:.2f} s, loss {losses[-1]:.4f}")
+        log(f"jax: epoch {epoch + 1}/{args.epochs}: {epoch_times[-1]:.2f} s, loss {losses[-1]:.4f}")
     e2e = _stats(epoch_times, steps_per_epoch * batch_size)
     return {
         "framework": f"jax {jax.__version__} ({jax.default_backend()}, {mesh.devices.size} device(s))",
@@ -200,8 +182,7 @@ def run_jax(args) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "last_losses": losses,
         "load_avg_1min": [load_before, os.getloadavg()[0]],
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_device_bytes": _jax_peak_device_bytes(),
+        **harness.peak_memory(),
     }
 
 
@@ -209,11 +190,8 @@ def run_torch(args) -> dict:
     import numpy as np
     import torch
 
-    # The SPEC-faithful PyTorch model is test code (tests/torch_reference.py), not package code.
-    sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests")]
-    from reference_pipeline import PretrainDataset
+    from reference_pipeline import reference_training
     from reference_pipeline import train_step as reference_step
-    from torch_reference import LIMUBertModel4Pretrain
 
     from limubert_jax.models.encoder import MODEL_CONFIGS
 
@@ -223,11 +201,8 @@ def run_torch(args) -> dict:
     raw = _windows(args)
     cfg = MODEL_CONFIGS["base_v1"]
     batch_size = args.batch_size
-    model = LIMUBertModel4Pretrain(cfg).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    criterion = torch.nn.MSELoss(reduction="none")
-    loader = torch.utils.data.DataLoader(PretrainDataset(raw, cfg.feature_num), batch_size=batch_size,
-                                         shuffle=True, drop_last=True, num_workers=args.torch_workers)
+    model, optimizer, criterion, loader = reference_training(cfg, raw, batch_size=batch_size, lr=args.lr,
+                                                             num_workers=args.torch_workers)
 
     def train_step(batch) -> float:
         return reference_step(model, optimizer, criterion, batch).item()
@@ -236,13 +211,8 @@ def run_torch(args) -> dict:
     for _ in range(args.warmup_steps + 1):
         train_step(fixed)
     load_before = os.getloadavg()[0]
-    times = []
-    for _ in range(args.steady_steps):
-        t0 = time.perf_counter()
-        train_step(fixed)
-        times.append(time.perf_counter() - t0)
-    steady = _stats(times, batch_size)
-    _log(f"torch: steady state {steady['median_s'] * 1e3:.1f} ms/step")
+    steady = _stats(harness.call_seconds(lambda: train_step(fixed), args.steady_steps), batch_size)
+    log(f"torch: steady state {steady['median_s'] * 1e3:.1f} ms/step")
 
     steps_per_epoch = len(loader)
     epoch_times, losses = [], []
@@ -252,7 +222,7 @@ def run_torch(args) -> dict:
             loss = train_step(batch)
         losses.append(loss)
         epoch_times.append(time.perf_counter() - t0)
-        _log(f"torch: epoch {epoch + 1}/{args.epochs}: {epoch_times[-1]:.2f} s, loss {loss:.4f}")
+        log(f"torch: epoch {epoch + 1}/{args.epochs}: {epoch_times[-1]:.2f} s, loss {loss:.4f}")
     e2e = _stats(epoch_times, steps_per_epoch * batch_size)
     return {
         "framework": f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
@@ -262,8 +232,8 @@ def run_torch(args) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "last_losses": losses,
         "load_avg_1min": [load_before, os.getloadavg()[0]],
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_device_bytes": None,  # this loop runs on the CPU (torch.cuda.max_memory_allocated otherwise)
+        # No device peak: this loop runs on the CPU (torch.cuda.max_memory_allocated otherwise).
+        **harness.peak_memory(jax_device=False),
     }
 
 
@@ -272,7 +242,7 @@ def run_torch(args) -> dict:
 
 WHOLE_JOB_VERSION = "20_120"  # the files' version: data_20_120.npy / label_20_120.npy, 120 x 6
 GOALS = {128: 2.0, 32: 1.5}  # the issue's: reference seconds per epoch / limubert_jax seconds per epoch
-# `--model tiny`, for quick checks of the benchmark itself: the tests' model (configs/test.py).
+# `--model tiny`, for quick checks of the benchmark itself: the tests' model (tests/configs/test.py).
 TINY_JAX_FLAGS = ("--config.model.hidden=24", "--config.model.hidden_ff=48", "--config.model.n_layers=2",
                   "--config.model.n_heads=2", "--config.train.encoder_chunk=0")
 
@@ -367,7 +337,7 @@ class WholeJob:
         """Builds the TFDS dataset the limubert_jax command reads, before any timed run."""
         cmd = [sys.executable, "-m", "limubert_jax.prepare_data", "--config=configs/npy.py",
                f"--config.dataset.manual_dir={self.manual_dir}", f"--config.dataset.data_dir={self.tfds_dir}"]
-        _log(f"whole job: building the dataset ({self.args.whole_job_windows} windows, untimed)")
+        log(f"whole job: building the dataset ({self.args.whole_job_windows} windows, untimed)")
         record = launch(cmd, log_path=self.logs / "prepare_data.log", env=_jax_env("off"))
         _check_exit(record, "prepare_data")
         return record
@@ -393,17 +363,14 @@ class WholeJob:
         record = launch(self.reference_command(save, epochs, batch),
                         log_path=self.logs / f"b{batch}_reference_e{epochs}_{tag}.log")
         _check_exit(record, f"the reference job (batch {batch}, {epochs} epochs)")
-        lines = [l for l in Path(record["log"]).read_text().splitlines() if l.startswith(RESULT_PREFIX)]
-        if not lines:
-            raise SystemExit(f"the reference job printed no {RESULT_PREFIX.strip()} line; see {record['log']}")
-        inside = json.loads(lines[-1][len(RESULT_PREFIX):])
+        inside = harness.read_result(Path(record["log"]).read_text(), f"the reference job (log {record['log']})")
         keep = ("epoch_seconds", "total_seconds", "import_seconds", "peak_rss_mb", "peak_device_bytes", "best_epoch",
                 "best_val_loss", "steps_per_epoch", "train_windows", "vali_windows", "device", "threads", "torch",
                 "jax_imported")
         record.update(side="reference", batch_size=batch, epochs=epochs, tag=tag,
                       script={k: inside.get(k) for k in keep})
-        _log(f"whole job, batch {batch}: reference {epochs} epochs ({tag}): {record['wall_s']:.1f} s, "
-             f"peak RSS {record['peak_rss_mb']:.0f} MB (load {record['load_avg_1min'][0]:.1f})")
+        log(f"whole job, batch {batch}: reference {epochs} epochs ({tag}): {record['wall_s']:.1f} s, "
+            f"peak RSS {record['peak_rss_mb']:.0f} MB (load {record['load_avg_1min'][0]:.1f})")
         return record
 
     def run_jax(self, batch: int, epochs: int, tag: str, cache: Path) -> dict:
@@ -420,9 +387,9 @@ class WholeJob:
                       summary_peak_host_bytes=summary.get("peak_host_bytes"),
                       epoch_seconds=_jax_epoch_seconds(workdir / "metrics.jsonl", batch))
         first_step = record["time_to_first_step_s"]
-        _log(f"whole job, batch {batch}: limubert_jax {epochs} epochs ({tag}): {record['wall_s']:.1f} s, "
-             f"first step after {'-' if first_step is None else f'{first_step:.1f}'} s, "
-             f"peak RSS {record['peak_rss_mb']:.0f} MB (load {record['load_avg_1min'][0]:.1f})")
+        log(f"whole job, batch {batch}: limubert_jax {epochs} epochs ({tag}): {record['wall_s']:.1f} s, "
+            f"first step after {'-' if first_step is None else f'{first_step:.1f}'} s, "
+            f"peak RSS {record['peak_rss_mb']:.0f} MB (load {record['load_avg_1min'][0]:.1f})")
         return record
 
     def run(self, batch: int) -> dict:
@@ -573,7 +540,8 @@ def whole_job_table(batch: dict) -> str:
         ("startup seconds: first run (jax: cold XLA cache)", "", _fmt_startup(first.get("startup_s")), ""),
         ("time to first step, s: rerun / first run", "",
          f"{_fmt(jx.get('time_to_first_step_s'))} / {_fmt(first.get('time_to_first_step_s'))}", ""),
-        ("peak host RSS, MB (per process)", _fmt(ref.get("peak_rss_mb"), ".0f"), _fmt(jx.get("peak_rss_mb"), ".0f"), ""),
+        ("peak host RSS, MB (per process)", _fmt(ref.get("peak_rss_mb"), ".0f"), _fmt(jx.get("peak_rss_mb"), ".0f"),
+         ""),
         ("peak device memory, MB", _mb(ref.get("peak_device_bytes")), _mb(jx.get("peak_device_bytes")), ""),
     ]
     train = f", {ref['train_windows']} train / {ref['vali_windows']} validation" if ref.get("train_windows") else ""
@@ -609,7 +577,7 @@ def run_whole_job(args) -> dict:
         ok = True
     finally:
         if not ok:
-            _log(f"whole job: kept {root} (logs in {root / 'logs'})")
+            log(f"whole job: kept {root} (logs in {root / 'logs'})")
         elif not args.whole_job_dir:
             shutil.rmtree(root, ignore_errors=True)
     return {
@@ -630,12 +598,8 @@ def run_whole_job(args) -> dict:
 
 
 def _run_worker(side: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", side, *argv]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"the {side} worker failed (exit {proc.returncode}); its output:\n{proc.stdout[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return harness.run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", side, *argv],
+                              f"the {side} worker")
 
 
 def _table(results: dict, args) -> str:
@@ -649,7 +613,8 @@ def _table(results: dict, args) -> str:
         ("peak device memory, MB", lambda r: _mb(r.get("peak_device_bytes")), None),
     ]
     width = 40
-    head = f"{'batch ' + str(args.batch_size) + ', ' + str(args.num_windows) + ' windows':{width}s} {'limubert_jax':>14s}"
+    title = f"batch {args.batch_size}, {args.num_windows} windows"
+    head = f"{title:{width}s} {'limubert_jax':>14s}"
     if th:
         head += f" {'torch ref':>12s} {'jax / torch':>12s}"
     lines = ["train step and training loop (in-process, no validation)", head, "-" * len(head)]
@@ -687,7 +652,8 @@ def _plot_steps(ax, results: dict) -> None:
 
 def _plot_whole_job(ax, whole: dict) -> None:
     batches = whole["batches"]
-    sides = [("reference", "reference pretrain.py", "#ee6a2f"), ("limubert_jax", "python -m limubert_jax.main", "#1f77b4")]
+    sides = [("reference", "reference pretrain.py", "#ee6a2f"),
+             ("limubert_jax", "python -m limubert_jax.main", "#1f77b4")]
     sides = [s for s in sides if any(s[0] in b for b in batches)]
     width = 0.8 / len(sides)
     for i, (key, label, color) in enumerate(sides):
@@ -697,12 +663,14 @@ def _plot_whole_job(ax, whole: dict) -> None:
         ax.bar_label(bars, fmt="%.2f", padding=2)
     names = []
     for b in batches:
-        ratio = "" if b.get("ratio") is None else f"\n{b['ratio']:.2f}x" + (f" (goal {b['goal']:.1f}x)" if b.get("goal") else "")
+        goal = f" (goal {b['goal']:.1f}x)" if b.get("goal") else ""
+        ratio = "" if b.get("ratio") is None else f"\n{b['ratio']:.2f}x{goal}"
         names.append(f"batch {b['batch_size']}{ratio}")
     ax.set_xticks(range(len(batches)), names)
     ax.set_ylabel("seconds per epoch (lower is better)")
     short, long = whole["epochs"]
-    ax.set_title(f"whole job ({whole['model']}), launch to exit: ({long}-epoch run - {short}-epoch run) / {long - short}\n"
+    ax.set_title(f"whole job ({whole['model']}), launch to exit: "
+                 f"({long}-epoch run - {short}-epoch run) / {long - short}\n"
                  f"{whole['windows']} windows, validation + checkpoint every epoch", fontsize=10)
     ax.legend(loc="upper right")
     ax.margins(y=0.2)
@@ -723,8 +691,8 @@ def _plot(results: dict, path: Path) -> None:
             _plot_steps(ax, results)
         else:
             _plot_whole_job(ax, results["whole_job"])
-    fig.suptitle(f"LIMU-BERT pretraining, limubert_jax vs the reference, {results['environment']['cpu_count']} CPU cores",
-                 fontsize=11)
+    cores = results["environment"]["cpu_count"]
+    fig.suptitle(f"LIMU-BERT pretraining, limubert_jax vs the reference, {cores} CPU cores", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -772,7 +740,8 @@ def parse_args(argv=None):
     whole.add_argument("--jax-optimizer", choices=("adam", "bert_adam"), default="adam",
                        help="limubert_jax's config.optimizer.name: adam, as the reference job (torch.optim.Adam)")
     whole.add_argument("--jax-flag", action="append", default=[],
-                       help="an extra flag for the limubert_jax command, e.g. --jax-flag=--config.train.steps_per_dispatch=8")
+                       help="an extra flag for the limubert_jax command, "
+                            "e.g. --jax-flag=--config.train.steps_per_dispatch=8")
     whole.add_argument("--model", choices=("base_v1", "tiny"), default="base_v1",
                        help="whole job's model; tiny only checks that the benchmark runs")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
@@ -812,7 +781,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
         result = run_jax(args) if args.worker == "jax" else run_torch(args)
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        harness.emit_result(result)
         return 0
 
     out = Path(args.out)
@@ -828,10 +797,10 @@ def main(argv=None) -> int:
         },
     }
     if not args.whole_job_only:
-        _log(f"running the limubert_jax side (load average {os.getloadavg()[0]:.1f})")
+        log(f"running the limubert_jax side (load average {os.getloadavg()[0]:.1f})")
         results["jax"] = _run_worker("jax", worker_argv)
         if not args.skip_torch:
-            _log(f"running the PyTorch side (load average {os.getloadavg()[0]:.1f})")
+            log(f"running the PyTorch side (load average {os.getloadavg()[0]:.1f})")
             results["torch"] = _run_worker("torch", worker_argv)
             results["ratios"] = {
                 key: results["jax"][key]["samples_per_s_median"] / results["torch"][key]["samples_per_s_median"]

@@ -1,10 +1,10 @@
-"""The reference's per-window NumPy input pipeline (SPEC sections 1 and 4), for the PyTorch side
+"""The reference's per-window NumPy input pipeline (docs/reference.md §1 and §4), for the PyTorch side
 of the benchmarks.
 
 The original code normalizes and masks every window on the host, one window at a time, inside
 a `torch.utils.data.Dataset` (`__getitem__` runs the pipeline), with NumPy's legacy global
 generator; the `DataLoader` collates the results. This module writes that pipeline from the
-SPEC, so that the PyTorch side pays the same host-side cost the reference training loop does.
+docs/reference.md, so that the PyTorch side pays the same host-side cost the reference training loop does.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-GRAVITY = 9.8  # SPEC 1: accelerometer columns 0..2 are divided by this
+import harness
+
+GRAVITY = 9.8  # docs/reference.md §1: accelerometer columns 0..2 are divided by this
 
 
 def normalize_window(window: np.ndarray, feature_num: int = 6) -> np.ndarray:
-    """SPEC 1 for one window [S, F_raw] -> [S, feature_num] (acc in g; unit-norm magnetometer
+    """docs/reference.md §1 for one window [S, F_raw] -> [S, feature_num] (acc in g; unit-norm magnetometer
     times gamma = 1.0 when feature_num == 9)."""
     x = np.array(window[:, :feature_num], dtype=np.float32, copy=True)
     if feature_num >= 6:
@@ -28,7 +30,7 @@ def normalize_window(window: np.ndarray, feature_num: int = 6) -> np.ndarray:
 
 
 def span_mask(seq_len: int, max_gram: int = 10, p: float = 0.2, goal: int = 18) -> list[int]:
-    """SPEC 4 steps 2-4: the reference's rejection loop, with NumPy's legacy global generator.
+    """docs/reference.md §4 steps 2-4: the reference's rejection loop, with NumPy's legacy global generator.
 
     Returns `goal` distinct positions in Python set order; the last position is never masked.
     """
@@ -48,7 +50,7 @@ def span_mask(seq_len: int, max_gram: int = 10, p: float = 0.2, goal: int = 18) 
 
 
 class Mask:
-    """SPEC 4 for one normalized window [S, F] -> (masked window, positions [M], targets [M, F])."""
+    """docs/reference.md §4 for one normalized window [S, F] -> (masked window, positions [M], targets [M, F])."""
 
     def __init__(self, mask_ratio: float = 0.15, max_gram: int = 10, p: float = 0.2,
                  mask_prob: float = 0.8, replace_prob: float = 0.0):
@@ -95,3 +97,17 @@ def train_step(model, optimizer, criterion, batch, device="cpu") -> torch.Tensor
     loss.backward()
     optimizer.step()
     return loss
+
+
+def reference_training(cfg, windows: np.ndarray, *, batch_size: int, lr: float = 1e-3, device="cpu",
+                       drop_last: bool = True, num_workers: int = 0):
+    """The reference's pretraining set-up on raw `windows`: the oracle's `LIMUBertModel4Pretrain`
+    (`cfg`: any object with its fields) on `device`, `torch.optim.Adam(lr)`, the squared error
+    per masked value (`train_step` takes its mean), and a shuffling `DataLoader` over a
+    `PretrainDataset`. Returns (model, optimizer, criterion, loader)."""
+    model = harness.torch_oracle().LIMUBertModel4Pretrain(cfg).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    criterion = torch.nn.MSELoss(reduction="none")
+    loader = torch.utils.data.DataLoader(PretrainDataset(windows, cfg.feature_num), batch_size=batch_size,
+                                         shuffle=True, drop_last=drop_last, num_workers=num_workers)
+    return model, optimizer, criterion, loader

@@ -2,7 +2,7 @@
 
     python benchmarks/reference_pretrain.py --data DIR/data_20_120.npy --epochs 6 --batch-size 128 --save OUT
 
-Written from the project's SPEC (sections 1, 4, 5 and 6), so that the whole-job benchmark
+Written from docs/reference.md (§1, §4-§6), so that the whole-job benchmark
 (`benchmarks/pretrain_throughput.py`) can time the reference the way a user runs it, from
 launch to exit:
 
@@ -31,19 +31,14 @@ import time
 _STARTED = time.perf_counter()  # before the heavy imports: "seconds inside the script" counts them
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
 import random  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
-import types  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-RESULT_PREFIX = "RESULT_JSON "
-REFERENCE_SEED = 3431  # SPEC 5
+import harness  # noqa: E402
+
+REFERENCE_SEED = 3431  # docs/reference.md §5
 BEST_MODEL = "model.pt"
 
 
@@ -61,51 +56,14 @@ class ModelConfig:
 
 
 MODELS = {
-    "base_v1": ModelConfig(),  # SPEC: H 72, FF 144, NH 4, R 4, S 120, F 6
-    # For quick checks only: the width of the tests' config (configs/test.py).
+    "base_v1": ModelConfig(),  # docs/reference.md: H 72, FF 144, NH 4, R 4, S 120, F 6
+    # For quick checks only: the width of the tests' config (tests/configs/test.py).
     "tiny": ModelConfig(hidden=24, hidden_ff=48, n_layers=2, n_heads=2),
 }
-LAYER_NORM_EPS = 1e-12  # SPEC 2
-
-
-def load_torch_reference() -> types.ModuleType:
-    """`tests/torch_reference.py`, imported without JAX.
-
-    That module takes two names from the package (`LAYER_NORM_EPS`, and config classes used in
-    annotations only); importing the package would import JAX and Flax, which the original job
-    never loads. While it is imported, stand-in modules give it those names; they are removed
-    from `sys.modules` afterwards. With `limubert_jax` already imported the real one is used.
-    """
-    path = REPO / "tests" / "torch_reference.py"
-    spec = importlib.util.spec_from_file_location("torch_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    if "limubert_jax.models.encoder" in sys.modules:
-        spec.loader.exec_module(module)
-        return module
-    names = ("limubert_jax", "limubert_jax.models", "limubert_jax.models.encoder", "limubert_jax.models.recurrent")
-    saved = {name: sys.modules.get(name) for name in names}
-    stand_ins = {name: types.ModuleType(name) for name in names}
-    for name in names[:2]:
-        stand_ins[name].__path__ = []  # packages: their submodules come from sys.modules
-    stand_ins["limubert_jax.models.encoder"].LAYER_NORM_EPS = LAYER_NORM_EPS
-    stand_ins["limubert_jax.models.encoder"].LimuBertConfig = ModelConfig
-    stand_ins["limubert_jax.models.recurrent"].GRUClassifierConfig = object
-    sys.modules.update(stand_ins)
-    try:
-        spec.loader.exec_module(module)
-    except (ImportError, AttributeError) as e:
-        raise SystemExit(f"{path} needs more of limubert_jax than {__file__} stands in for: {e}") from None
-    finally:
-        for name, previous in saved.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-    return module
 
 
 def reference_split(num_windows: int, seed: int, train_rate: float, vali_rate: float):
-    """SPEC 5 with the global generator, as the reference draws it (it also leaves the
+    """docs/reference.md §5 with the global generator, as the reference draws it (it also leaves the
     generator where the reference leaves it for the masking draws that follow)."""
     import numpy as np
 
@@ -160,20 +118,13 @@ def _labels_path(args) -> Path | None:
     return candidate if candidate is not None and candidate.is_file() else None
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # Linux: KiB
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(HERE))
-    from reference_pipeline import PretrainDataset, train_step
+    from reference_pipeline import PretrainDataset, reference_training, train_step
 
-    torch_reference = load_torch_reference()
     imported = time.perf_counter() - _STARTED
 
     cfg = MODELS[args.model]
@@ -200,13 +151,10 @@ def main(argv=None) -> int:
                           else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
-    train_loader = torch.utils.data.DataLoader(PretrainDataset(data[train_idx], cfg.feature_num), shuffle=True,
-                                               batch_size=args.batch_size, drop_last=args.drop_last, num_workers=0)
+    model, optimizer, criterion, train_loader = reference_training(
+        cfg, data[train_idx], batch_size=args.batch_size, lr=args.lr, device=device, drop_last=args.drop_last)
     vali_loader = torch.utils.data.DataLoader(PretrainDataset(data[vali_idx], cfg.feature_num), shuffle=False,
                                               batch_size=args.eval_batch_size or args.batch_size, num_workers=0)
-    model = torch_reference.LIMUBertModel4Pretrain(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    criterion = torch.nn.MSELoss(reduction="none")
     save_dir = Path(args.save)
     save_dir.mkdir(parents=True, exist_ok=True)
     best_path = save_dir / BEST_MODEL
@@ -251,12 +199,13 @@ def main(argv=None) -> int:
         "train_windows": len(train_idx), "vali_windows": len(vali_idx), "steps_per_epoch": len(train_loader),
         "drop_last": args.drop_last, "epoch_seconds": epoch_seconds, "train_losses": train_losses,
         "val_losses": val_losses, "best_epoch": best_epoch, "best_val_loss": best_val, "best_model": str(best_path),
-        "import_seconds": imported, "total_seconds": time.perf_counter() - _STARTED, "peak_rss_mb": _peak_rss_mb(),
+        "import_seconds": imported, "total_seconds": time.perf_counter() - _STARTED,
+        "peak_rss_mb": harness.peak_rss_mb(),
         "peak_device_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "labels_loaded": labels is not None, "config": asdict(cfg), "jax_imported": "jax" in sys.modules,
     }
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    harness.emit_result(result)
     return 0
 
 

@@ -43,15 +43,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULT_PREFIX = "RESULT_JSON "
+import harness
+from harness import log
 SEQ_LEN, FEATURES = 120, 6
 VERSION = "20_120"
 CHUNK = 20_000  # windows generated / checked at once
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def _status_mb(*fields: str) -> dict[str, float]:
@@ -82,14 +78,6 @@ class _MemoryPeaks:
     def read(self) -> dict[str, float]:
         self.anon = max(self.anon, _status_mb("RssAnon").get("RssAnon", 0.0))
         return {"peak_rss_anon_mb": self.anon, "peak_rss_mb": _status_mb("VmHWM")["VmHWM"]}
-
-
-def _peak_device_bytes() -> int | None:
-    """`peak_bytes_in_use` of the first JAX device, None where the device keeps no statistics
-    (XLA:CPU). Only for phases that use the device (this initializes JAX's backend)."""
-    from limubert_jax.runtime import resources
-
-    return resources.peak_device_bytes()
 
 
 def _corpus_dir(args, windows: int) -> Path:
@@ -125,7 +113,7 @@ def generate(args, windows: int) -> Path:
         out[start : start + n] = chunk
         if (start // CHUNK) % 20 == 0:
             rate = (start + n) / (time.perf_counter() - t0)
-            _log(f"generate: {start + n:,}/{windows:,} windows, {rate:,.0f}/s, ETA {(windows - start - n) / rate:.0f} s")
+            log(f"generate: {start + n:,}/{windows:,} windows, {rate:,.0f}/s, ETA {(windows - start - n) / rate:.0f} s")
     out.flush()
     del out
     done.write_text("ok")
@@ -209,13 +197,13 @@ def phase_train(args) -> dict:
     blocks = []
     for b in range(args.steps // args.block):
         blocks.append(run(args.block))
-        _log(f"{args.phase}: block {b + 1}/{args.steps // args.block}: {args.block * args.batch_size / blocks[-1]:.1f} "
-             f"windows/s, peak RSS {peaks.read()['peak_rss_anon_mb']:,.0f} MB anonymous")
+        log(f"{args.phase}: block {b + 1}/{args.steps // args.block}: {args.block * args.batch_size / blocks[-1]:.1f} "
+            f"windows/s, peak RSS {peaks.read()['peak_rss_anon_mb']:,.0f} MB anonymous")
     rates = args.block * args.batch_size / np.asarray(blocks)
     return {"windows": data.num_windows, "train_windows": len(data.train), "block_seconds": blocks,
             "windows_per_s_median": float(np.median(rates)), "windows_per_s_blocks": rates.tolist(),
             "peak_rss_anon_mb_before_training": rss_before_training, **peaks.read(),
-            "peak_device_bytes": _peak_device_bytes(),
+            "peak_device_bytes": harness.peak_device_bytes(),
             "load_avg_1min": [load_before, os.getloadavg()[0]], "jax": jax.__version__}
 
 
@@ -225,14 +213,10 @@ def _run_phase(args, phase: str, windows: int) -> dict:
         try:
             Path("/proc/sys/vm/drop_caches").write_text("3\n")
         except OSError as e:
-            _log(f"could not drop the page cache ({e}); reads may come from memory")
+            log(f"could not drop the page cache ({e}); reads may come from memory")
     cmd = [sys.executable, __file__, "--phase", phase, "--phase-windows", str(windows)] + args.passthrough
-    _log(f"{phase} ({windows:,} windows): {' '.join(cmd[1:])}")
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    if proc.returncode:
-        raise SystemExit(f"phase {phase} failed with exit status {proc.returncode}")
-    line = next(x for x in proc.stdout.splitlines() if x.startswith(RESULT_PREFIX))
-    return json.loads(line[len(RESULT_PREFIX):])
+    log(f"{phase} ({windows:,} windows): {' '.join(cmd[1:])}")
+    return harness.run_worker(cmd, f"phase {phase}")
 
 
 def _plot(results: dict, path: Path) -> None:
@@ -279,7 +263,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase:
         result = phase_build(args) if args.phase == "build" else phase_train(args)
-        print(RESULT_PREFIX + json.dumps(result), flush=True)
+        harness.emit_result(result)
         return
     args.passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in (
         ("cache_dir", args.cache_dir), ("steps", args.steps), ("block", args.block), ("warmup", args.warmup),
@@ -291,7 +275,8 @@ def main() -> None:
     for windows in sizes:
         generate(args, windows)
     corpus_bytes = args.windows * SEQ_LEN * FEATURES * 4
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    results = {"machine": machine,
                "windows": args.windows, "corpus_gb": corpus_bytes / 2**30, "batch_size": args.batch_size,
                "drop_caches": args.drop_caches}
     results["build"] = _run_phase(args, "build", args.windows)
@@ -316,7 +301,8 @@ def main() -> None:
 
     print(f"build:      {b['seconds']:8.1f} s, {b['windows_per_s']:8,.0f} windows/s    {mem(b)}")
     print(f"in memory:  {m['windows_per_s_median']:8.1f} windows/s ({m['windows']:,} windows in RAM)    {mem(m)}")
-    print(f"streaming:  {s['windows_per_s_median']:8.1f} windows/s ({s['train_windows']:,} training windows)    {mem(s)}")
+    print(f"streaming:  {s['windows_per_s_median']:8.1f} windows/s ({s['train_windows']:,} training windows)    "
+          f"{mem(s)}")
     if args.scaling:
         print(f"streaming, {args.windows // 10:,} windows: {mem(results['streaming_small'])}")
     print(f"streaming / in memory: {ratio:.3f}; results in {out}")

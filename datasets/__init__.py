@@ -20,6 +20,12 @@ if __name__ != "limubert_jax.datasets":  # e.g. `import datasets` from the repos
         "outside the repository root if that is what you meant to import."
     )
 
+from limubert_jax.datasets import tfds_without_tensorflow  # noqa: E402
+
+# Here, before any builder is imported: every build (any builder, any caller) goes through
+# TFDS's shuffler, which needs TensorFlow for corpora past its memory limit otherwise.
+tfds_without_tensorflow.spill_shuffler_buckets_without_tensorflow()
+
 BUILDERS: dict = {}  # TFDS name -> Builder class, for every builder in this folder
 
 for _module in pkgutil.iter_modules(__path__):

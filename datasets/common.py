@@ -7,12 +7,15 @@ builder configs are the reference versions: `20_120` (20 Hz, 120-step windows) a
 `10_100` (10 Hz, 100-step windows).
 
 Builders of recorded datasets subclass `ImuBuilder` (below): it declares the features from
-class attributes, finds the raw files (manual directory, archive or download) and turns
-`windows()` into examples. Every builder class pins `code_path` / `pkg_dir_path` to its own
-folder (`ImuBuilder` does it for its subclasses): TFDS infers them through
-`importlib_resources`, which it no longer installs on Python >= 3.9
-(tensorflow/datasets#11212), and from the package path, which is wrong for this folder once
-an editable install maps it to `limubert_jax.datasets`.
+class attributes, finds the raw files (manual directory, archive or download: `layout`) and
+turns `windows()` into examples. Builders made from a folder the user names subclass
+`UserFolderBuilder`: one build per folder, and a check that a build is still of the folder's
+files. The reference preprocessing they share is in `resampling`.
+
+Every builder class pins `code_path` / `pkg_dir_path` to its own folder (`ImuBuilder` does it
+for its subclasses): TFDS infers them through `importlib_resources`, which it no longer
+installs on Python >= 3.9 (tensorflow/datasets#11212), and from the package path, which is
+wrong for this folder once an editable install maps it to `limubert_jax.datasets`.
 """
 
 from __future__ import annotations
@@ -22,56 +25,15 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-
-
-class _ShufflerFiles:
-    """What TFDS's shuffler (`tensorflow_datasets.core.shuffle`) asks of TensorFlow, on etils.epath.
-
-    A build writes its examples through that shuffler, which holds up to 1 GB of serialized
-    examples in memory and then spills them to bucket files through `tf.io.gfile`: without
-    TensorFlow, every dataset larger than that (a user's corpus of a few million windows)
-    failed with "No module named 'tensorflow'". These are the only calls it makes there.
-    """
-
-    class errors:  # noqa: N801  (mirrors tf.errors)
-        class ResourceExhaustedError(OSError):
-            message = ""
-
-    class io:  # noqa: N801  (mirrors tf.io.gfile)
-        class gfile:  # noqa: N801
-            @staticmethod
-            def GFile(path, mode="r"):  # noqa: N802
-                return epath.Path(path).open(mode)
-
-            @staticmethod
-            def exists(path) -> bool:
-                return epath.Path(path).exists()
-
-            @staticmethod
-            def remove(path) -> None:
-                epath.Path(path).unlink()
-
-
-def _spill_shuffler_buckets_without_tensorflow() -> None:
-    """Points TFDS's shuffler at `_ShufflerFiles` when TensorFlow is not installed."""
-    import importlib.util  # noqa: PLC0415
-
-    if importlib.util.find_spec("tensorflow") is None:
-        from tensorflow_datasets.core import shuffle  # noqa: PLC0415
-
-        shuffle.tf = _ShufflerFiles
-
-
-_spill_shuffler_buckets_without_tensorflow()
+from limubert_jax.datasets import layout
 
 
 def ordered_key(index: int, total: int) -> int:
@@ -87,7 +49,7 @@ def ordered_key(index: int, total: int) -> int:
     return index * ((1 << 128) // max(int(total), 1))
 
 
-# The reference's feature layout (SPEC section 1): acc 0-2, gyro 3-5, mag 6-8.
+# The reference's feature layout (docs/reference.md §1): acc 0-2, gyro 3-5, mag 6-8.
 FEATURE_NAMES = (
     "acc_x", "acc_y", "acc_z",
     "gyro_x", "gyro_y", "gyro_z",
@@ -168,6 +130,14 @@ def version_configs(description: str) -> list[ImuConfig]:
     ]
 
 
+def imu_feature(seq_len: int, num_features: int | None, doc: str) -> tfds.features.Tensor:
+    """The `imu` feature every builder declares: (seq_len, num_features) float32 windows in
+    physical units (None: the build's own channel count), stored as raw bytes (fast to decode,
+    no TensorFlow)."""
+    return tfds.features.Tensor(shape=(seq_len, num_features), dtype=np.float32,
+                                encoding=tfds.features.Encoding.BYTES, doc=doc)
+
+
 def imu_metadata(config: ImuConfig, num_features: int = 9, **extra) -> tfds.core.MetadataDict:
     """The metadata every IMU builder records (read back by the input pipeline).
 
@@ -185,76 +155,7 @@ def imu_metadata(config: ImuConfig, num_features: int = 9, **extra) -> tfds.core
 
 
 # ---------------------------------------------------------------------------------------
-# The reference preprocessing shared by several datasets (DATASETS.md), as plain NumPy.
-
-
-def downsample(x: np.ndarray, raw_rate: float, target_rate: float, *, include_last: bool = False) -> np.ndarray:
-    """The reference's block-averaging down-sampler: x [L, F] at `raw_rate` -> [L', F].
-
-    With r = raw_rate / target_rate, output samples are means of consecutive blocks of
-    floor(r) or floor(r) + 1 raw samples: a running remainder grows by r - floor(r) per
-    block and, when it reaches 1, loses 1 and makes that block one sample longer (50 -> 20
-    Hz: blocks 2, 3, 2, 3, ...). The reference stops when the next block would reach past
-    the end: while `i + floor(r) + 1 < L` (UCI, MotionSense) or, with `include_last`,
-    `<= L` (Shoaib). An integer r gives blocks of exactly r samples under the same stop rule.
-    """
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"downsample: expected [samples, features], got shape {x.shape}")
-    blocks = downsample_blocks(x.shape[0], raw_rate, target_rate, include_last=include_last)
-    if not blocks:
-        return np.zeros((0, x.shape[1]), dtype=np.float64)
-    return np.stack([x[i : i + size].mean(axis=0) for i, size in blocks])
-
-
-def downsample_blocks(length: int, raw_rate: float, target_rate: float, *,
-                      include_last: bool = False) -> list[tuple[int, int]]:
-    """(first sample, size) of each block `downsample` averages, for `length` raw samples."""
-    ratio = raw_rate / target_rate
-    if ratio < 1:
-        raise ValueError(f"downsample: cannot go up from {raw_rate} Hz to {target_rate} Hz")
-    base = math.floor(ratio)
-    fraction = ratio - base
-    blocks, i, remainder = [], 0, 0.0
-    while (i + base + 1 <= length) if include_last else (i + base + 1 < length):
-        size = base
-        if fraction:
-            remainder += fraction
-            if remainder >= 1:
-                remainder -= 1
-                size = base + 1
-        blocks.append((i, size))
-        i += size
-    return blocks
-
-
-def cut_windows(x: np.ndarray, seq_len: int) -> np.ndarray:
-    """Non-overlapping windows: x [L, F] -> [floor(L / seq_len), seq_len, F]; the tail is dropped."""
-    x = np.asarray(x)
-    n = x.shape[0] // seq_len
-    return x[: n * seq_len].reshape(n, seq_len, *x.shape[1:])
-
-
-# ---------------------------------------------------------------------------------------
-# Raw files: manual directory (extracted layout or archives), else download.
-
-
-def find_layout(root: epath.Path, required: Sequence[str], max_depth: int = 3) -> epath.Path | None:
-    """The directory at or below `root` (breadth first, `max_depth` levels) holding every
-    path in `required` (relative paths), or None. Archives often add a top folder or two."""
-    level = [epath.Path(root)]
-    for _ in range(max_depth + 1):
-        next_level = []
-        for directory in level:
-            if all((directory / rel).exists() for rel in required):
-                return directory
-            next_level.extend(sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")))
-        level = next_level
-    return None
-
-
-def _missing(root: epath.Path, required: Sequence[str]) -> list[str]:
-    return [rel for rel in required if not (epath.Path(root) / rel).exists()]
+# Base classes.
 
 
 def pin_to_own_folder(cls) -> None:
@@ -327,10 +228,7 @@ class ImuBuilder(RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder, skip_regi
         config = self.builder_config
         units = ", ".join(f"{n} ({u})" for n, u in zip(FEATURE_NAMES, FEATURE_UNITS[: self.NUM_FEATURES]))
         features = {
-            "imu": tfds.features.Tensor(
-                shape=(config.seq_len, self.NUM_FEATURES), dtype=np.float32,
-                encoding=tfds.features.Encoding.BYTES, doc=units,
-            )
+            "imu": imu_feature(config.seq_len, self.NUM_FEATURES, units),
         }
         features.update({task: tfds.features.ClassLabel(names=list(names)) for task, names in self.TASKS.items()})
         return self.dataset_info_from_configs(
@@ -370,15 +268,15 @@ class ImuBuilder(RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder, skip_regi
         URLS. A manual directory given explicitly is never replaced by a download. Raises
         FileNotFoundError naming what is missing.
         """
-        manual = manual_dir_or_none(dl_manager)
+        manual = layout.manual_dir_or_none(dl_manager)
         if manual is not None:
-            found = find_layout(manual, self.REQUIRED_FILES)
+            found = layout.find_layout(manual, self.REQUIRED_FILES)
             if found is not None:
                 return found
             archives = [manual / a for a in self.ARCHIVES if (manual / a).is_file()]
             if archives:
                 return self._from_archives(dl_manager, archives, f"the archive {archives[0]}")
-            partial = _best_partial(manual, self.REQUIRED_FILES)
+            partial = layout.best_partial(manual, self.REQUIRED_FILES)
             # TFDS's default manual dir (<download_dir>/manual) is shared by all datasets: only
             # there may an unrelated content fall through to the download.
             default = manual == epath.Path(dl_manager.download_dir) / "manual"
@@ -386,10 +284,10 @@ class ImuBuilder(RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder, skip_regi
                 root = partial or manual
                 raise FileNotFoundError(
                     f"{self.name}: the manual directory {manual} is incomplete: missing "
-                    f"{root / _missing(root, self.REQUIRED_FILES)[0]} (the raw layout needs "
+                    f"{root / layout.missing(root, self.REQUIRED_FILES)[0]} (the raw layout needs "
                     f"{', '.join(self.REQUIRED_FILES)}"
                     + (f"; or put one of the archives {', '.join(self.ARCHIVES)} there" if self.ARCHIVES else "")
-                    + f"). {_one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
+                    + f"). {one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
                 )
         configured = getattr(dl_manager, "_manual_dir", None)
         explicit = configured is not None and epath.Path(configured) != epath.Path(dl_manager.download_dir) / "manual"
@@ -397,94 +295,60 @@ class ImuBuilder(RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder, skip_regi
             raise FileNotFoundError(
                 f"{self.name}: the manual directory {configured} does not "
                 f"exist or is empty (pass --config.dataset.manual_dir=DIR). "
-                f"{_one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
+                f"{one_line(self.MANUAL_DOWNLOAD_INSTRUCTIONS)}"
             )
         downloaded = dl_manager.download(list(self.URLS))
         return self._from_archives(dl_manager, [epath.Path(p) for p in downloaded], "the download")
 
     def _from_archives(self, dl_manager, archives: list[epath.Path], what: str) -> epath.Path:
-        roots = extract_archives(dl_manager, archives)
+        roots = layout.extract_archives(dl_manager, archives)
         for _ in range(3):  # archives inside archives (HHAR ships a zip in its zip)
             for root in roots:
-                found = find_layout(root, self.REQUIRED_FILES)
+                found = layout.find_layout(root, self.REQUIRED_FILES)
                 if found is not None:
                     return found
-            inner = [p for root in roots for p in _archives_below(root)]
+            inner = [p for root in roots for p in layout.archives_below(root)]
             if not inner:
                 break
-            roots = roots + extract_archives(dl_manager, inner)
+            roots = roots + layout.extract_archives(dl_manager, inner)
         raise FileNotFoundError(
             f"{self.name}: {what} does not hold the expected layout: missing "
-            f"{_missing(roots[0], self.REQUIRED_FILES)[0]} under {roots[0]}"
+            f"{layout.missing(roots[0], self.REQUIRED_FILES)[0]} under {roots[0]}"
         )
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
+class UserFolderBuilder(RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the builders made from files in a folder the user names (imu_npy and the
+    reference .npy datasets built on it, eleme and huawei; recordings): a build records what
+    it was made from, and `check_current(manual_dir)` refuses to serve it once the folder
+    holds other files. The input pipeline calls it on every prepared build it opens with a
+    manual directory, so that a changed folder is never trained on from an old build.
 
-def manual_dir_or_none(dl_manager) -> epath.Path | None:
-    """The manual directory if it exists and is not empty, else None."""
-    try:
-        return epath.Path(dl_manager.manual_dir)
-    except AssertionError:  # TFDS: missing or empty
-        return None
-
-
-def _best_partial(manual: epath.Path, required: Sequence[str]) -> epath.Path | None:
-    """The directory at or below `manual` holding the most (at least one) of `required`."""
-    best, best_count, level = None, 0, [manual]
-    for _ in range(4):
-        next_level = []
-        for directory in level:
-            count = len(required) - len(_missing(directory, required))
-            if count > best_count:
-                best, best_count = directory, count
-            next_level.extend(p for p in sorted(directory.iterdir()) if p.is_dir())
-        level = next_level
-    return best
-
-
-def extract_archives(dl_manager, archives: Sequence[os.PathLike | str]) -> list[epath.Path]:
-    """Extracts zip/tar archives into `<download_dir>/extracted/`, one folder per archive.
-
-    With the standard library: TFDS's own `dl_manager.extract` needs TensorFlow, which this
-    project does not install. An extraction is staged and renamed into place, so an
-    interrupted one is redone, and a finished one is reused.
+    With `KEYED_BY_SOURCE`, each folder (and each value of `SOURCE_OPTIONS`) is a build of its
+    own, `config_for(version, source_dir, **options)` (a `SourceConfig`), so that several
+    live side by side in one data_dir; without it the builder's listed versions are built.
     """
-    root = epath.Path(dl_manager.download_dir) / "extracted"
-    return [extract_archive(epath.Path(a), root) for a in archives]
+
+    # The input pipeline builds `config_for(version, source_dir=manual_dir, **options)`, its
+    # options the config.dataset fields named in SOURCE_OPTIONS (with their defaults).
+    KEYED_BY_SOURCE: bool = True
+    SOURCE_OPTIONS: dict[str, Any] = {}
+
+    @classmethod
+    def config_for(cls, version: str, source_dir, **options) -> SourceConfig:
+        """The build of the files in `source_dir` at `version` with `options`, keyed by both."""
+        unknown = sorted(set(options) - set(cls.SOURCE_OPTIONS))
+        if unknown:
+            raise ValueError(f"{cls.name} has no option {unknown[0]!r}")
+        return source_config(cls.name, version, source_dir, options)
+
+    @abc.abstractmethod
+    def check_current(self, manual_dir: os.PathLike | str) -> None:
+        """Raises ValueError, naming the build and what to do, when this prepared build was made
+        from other files than those in `manual_dir` now (added, removed or rewritten)."""
 
 
-def extract_archive(archive: epath.Path, dest_root: epath.Path) -> epath.Path:
-    """`archive` (.zip, .tar, .tar.gz, .tgz) extracted to `dest_root/<archive name>.d`."""
-    import shutil  # noqa: PLC0415
-    import tarfile  # noqa: PLC0415
-    import zipfile  # noqa: PLC0415
-
-    archive = epath.Path(archive)
-    dest = epath.Path(dest_root) / f"{archive.name}.d"
-    if dest.is_dir():
-        return dest
-    staging = epath.Path(dest_root) / f"{archive.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:  # extractall drops absolute and '..' parts
-            z.extractall(staging)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as t:
-            t.extractall(staging, filter="data")  # no links or paths out of staging
-    else:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ValueError(f"{archive} is not a zip or tar archive (a RAR must be extracted by hand)")
-    staging.rename(dest)
-    return dest
-
-
-def _archives_below(root: epath.Path) -> list[epath.Path]:
-    suffixes = (".zip", ".tar", ".tar.gz", ".tgz")
-    found = []
-    for directory, _, files in sorted(os.walk(os.fspath(root))):
-        found.extend(epath.Path(directory) / f for f in sorted(files) if f.endswith(suffixes))
-    return found
+def one_line(text: str) -> str:
+    """`text` with its line breaks and runs of spaces as single spaces (for one-line errors)."""
+    return " ".join(text.split())

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Loading a trained classifier needs Orbax; imported on first use, not with the package.
     if name in ("load_classifier", "TrainedClassifier"):
-        from limubert_jax import predict
+        from limubert_jax import predict  # noqa: PLC0415  (Orbax off the package's import)
 
         return getattr(predict, name)
     raise AttributeError(f"module 'limubert_jax' has no attribute {name!r}")

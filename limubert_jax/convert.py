@@ -29,11 +29,9 @@ Every path may be an object-store path (`gs://bucket/...`). Extras: `[torch]` fo
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 from absl import flags
 
 from limubert_jax.export.torch_export import (  # noqa: F401  (the API: limubert_jax.convert.to_torch etc.)
@@ -45,50 +43,8 @@ from limubert_jax.export.torch_export import (  # noqa: F401  (the API: limubert
     sidecar_path,
     to_torch,
 )
-from limubert_jax.io import checkpoint, storage
-from limubert_jax.io.state_dict import (
-    LIMU_BERT,
-    detect_kind,
-    expected_shapes,
-    infer_gru_classifier_config,
-    infer_limu_bert_config,
-    state_dict_to_params,
-    validate_state_dict,
-)
+from limubert_jax.export.torch_import import from_torch
 from limubert_jax.runtime import cli
-from limubert_jax.runtime.errors import LimuBertError
-
-
-def from_torch(
-    in_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    n_layers: int = 4,
-    n_heads: int = 4,
-    emb_norm: bool = True,
-    overwrite: bool = False,
-) -> tuple[str, Any]:
-    """Converts a reference PyTorch state dict into a checkpoint directory.
-
-    Returns (kind, config). `n_layers`, `n_heads` and `emb_norm` apply to LIMU-BERT only:
-    they are not recorded in the weights.
-    """
-    source = str(in_path)
-    storage.check_not_input(out_dir, in_path)
-    state_dict = load_torch_state_dict(in_path)
-    kind = detect_kind(state_dict, source)
-    if kind == LIMU_BERT:
-        config = infer_limu_bert_config(
-            state_dict, source, n_layers=n_layers, n_heads=n_heads, emb_norm=emb_norm
-        )
-    else:
-        config = infer_gru_classifier_config(state_dict, source)
-    validate_state_dict(state_dict, expected_shapes(kind, config), source)
-    for key, array in state_dict.items():
-        if not np.isfinite(array).all():
-            raise LimuBertError(f"{source}: entry '{key}' holds NaN or Inf")
-    checkpoint.save_model(out_dir, state_dict_to_params(state_dict), config, overwrite=overwrite)
-    return kind, config
 
 
 # Flags and the commands that take them.
@@ -131,13 +87,13 @@ def _run(fv: flags.FlagValues, args: list[str]) -> None:
         else:
             print(f"wrote {kind} state dict {target} and {sidecar_path(target)}")
     elif command == "to_onnx":
-        from limubert_jax.export import onnx_export
+        from limubert_jax.export import onnx_export  # noqa: PLC0415  (the onnx extra: only for its command)
 
         summary = onnx_export.export_onnx(source, target, overwrite=fv.overwrite)
         print(f"wrote {summary['kind']} ONNX model {target} ({summary['bytes']:,} bytes; inputs {summary['inputs']}, "
               f"outputs {summary['outputs']})")
     else:
-        from limubert_jax.export import tflite_export
+        from limubert_jax.export import tflite_export  # noqa: PLC0415  (the tflite extra: only for its command)
 
         summary = tflite_export.export_tflite(source, target, batch=fv.batch, overwrite=fv.overwrite)
         print(f"wrote TFLite model {target} ({summary['bytes']:,} bytes; inputs {summary['inputs']}, "

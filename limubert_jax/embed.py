@@ -3,7 +3,7 @@
     limubert-embed --checkpoint=CKPT --input=X.npy --output=E.npy [--input_normalized] [--batch_size=1024] [--overwrite]
 
 X is (N, S, F) raw readings (acc m/s^2, gyro rad/s, mag) normalized as the reference does
-(SPEC section 1) unless `--input_normalized`; E is (N, S, hidden) float32. The input is
+(docs/reference.md §1) unless `--input_normalized`; E is (N, S, hidden) float32. The input is
 memory-mapped and the output written batch by batch into a memory-mapped file, so memory
 stays bounded for N in the millions; E appears under its name only when complete. An
 existing E, or one that appears while the command runs, is refused unless `--overwrite`;
@@ -23,34 +23,10 @@ from absl import flags
 
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import LIMU_BERT
+from limubert_jax.io.windows import open_windows
 from limubert_jax.models.inference import check_windows, embed_windows
 from limubert_jax.runtime import cli
 from limubert_jax.runtime.errors import LimuBertError
-
-
-def open_windows(input_path: str | os.PathLike, *, command: str = "embed") -> np.ndarray:
-    """The windows of an .npy file, memory-mapped (an object: read into memory);
-    `LimuBertError` for anything else, naming `command` where it says what the command takes."""
-    input_path = storage.as_path(input_path)
-    if not input_path.is_file():
-        raise LimuBertError(f"{input_path}: no such file")
-    size = os.path.getsize(input_path) if storage.is_local(input_path) else input_path.stat().length
-    if size == 0:
-        raise LimuBertError(f"{input_path}: is empty (0 bytes), not an .npy array")
-    try:
-        windows = storage.load_npy(input_path, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as e:
-        raise LimuBertError(f"{input_path}: not a readable .npy array ({e})") from None
-    if not isinstance(windows, np.ndarray):  # np.load opens a zip of arrays as an NpzFile
-        names = ", ".join(windows.files[:5])
-        windows.close()
-        raise LimuBertError(
-            f"{input_path}: is an .npz archive (arrays: {names}); {command} takes one .npy array "
-            "(np.save the windows array)"
-        )
-    if not (np.issubdtype(windows.dtype, np.floating) or np.issubdtype(windows.dtype, np.integer)):
-        raise LimuBertError(f"{input_path}: dtype {windows.dtype} is not numeric")
-    return windows
 
 
 def embed_file(
@@ -66,9 +42,10 @@ def embed_file(
     """Embeds the windows of an .npy file into another .npy file; returns the output shape.
 
     An existing output is an error unless `overwrite`, also one that appears while the
-    command runs; an output that is the input, or lies inside the checkpoint, always is. A local output is staged beside its final name, its whole size
-    reserved on disk first, and renamed into place only on success; an object is written
-    whole once every window is embedded.
+    command runs; an output that is the input, or lies inside the checkpoint, always is. A
+    local output is staged beside its final name, its whole size reserved on disk first, and
+    renamed into place only on success; an object is written whole once every window is
+    embedded.
     """
     input_path = storage.as_path(input_path)
     output_path = storage.check_output_file(output_path, input_path, checkpoint_path, overwrite=overwrite)
@@ -104,7 +81,8 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
                         required=True, flag_values=fv)
     flags.DEFINE_string("input", None, "Windows (N, S, F) as .npy.", required=True, flag_values=fv)
     flags.DEFINE_string("output", None, "Embeddings (N, S, hidden) .npy to write.", required=True, flag_values=fv)
-    flags.DEFINE_bool("input_normalized", False, "The input is already normalized (SPEC 1).", flag_values=fv)
+    flags.DEFINE_bool("input_normalized", False, "The input is already normalized (docs/reference.md §1).",
+                      flag_values=fv)
     flags.DEFINE_integer("batch_size", 1024, "Windows per compiled batch.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace an existing output file.", flag_values=fv)
 

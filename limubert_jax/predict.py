@@ -1,6 +1,7 @@
 """Activities (or any trained task) from raw IMU windows with a trained classifier (`limubert-predict`).
 
-    limubert-predict --model=RUN_DIR --input=X.npy --output=P.csv [--labels=Y.npy] [--subwindow_output=S.csv] [--overwrite]
+    limubert-predict --model=RUN_DIR --input=X.npy --output=P.csv [--labels=Y.npy] [--subwindow_output=S.csv]
+        [--overwrite]
     limubert-predict --model=RUN_DIR --input=RECORDINGS_DIR --output=P.csv [--stride=STEPS] [--acc_unit=g]
         [--timestamp_unit=ms] [--columns=ax:acc_x,...] [--label_columns=activity] [--ignore_columns=...]
 
@@ -17,7 +18,7 @@ RUN_DIR is a classify, finetune or baseline run (`workdir/<task>/<method>-<label
   `--acc_unit`, `--gyro_unit`, `--timestamp_unit`, `--columns`, `--label_columns` and
   `--ignore_columns` read them as the training job's `config.dataset` fields of those names do.
 
-The model runs what it was trained with: the normalization (SPEC 1), the encoder over the
+The model runs what it was trained with: the normalization (docs/reference.md §1), the encoder over the
 whole window, the cut into `merge`-step sub-windows, the classifier on each sub-window. A
 window's answer is the mean of its sub-windows' class probabilities, then the most probable
 class (`models.pipeline.AGGREGATION`). P.csv has one row per window: `window` (its index;
@@ -53,6 +54,7 @@ from tqdm.auto import tqdm
 
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE
+from limubert_jax.io.windows import open_windows  # one reader of window files (embed uses it too)
 from limubert_jax.models import pipeline
 from limubert_jax.models.inference import check_finite, check_finite_outputs
 from limubert_jax.models.pipeline import MODEL_DIR, ClassifierPipelineConfig
@@ -184,8 +186,6 @@ def npy_input(path: str | os.PathLike, config: ClassifierPipelineConfig,
               labels_path: str | os.PathLike | None = None) -> WindowsInput:
     """Windows of an .npy file; with `labels_path`, each window's true class (`npy_labels`)
     as the `true_<label>` column."""
-    from limubert_jax.embed import open_windows  # one reader of window files
-
     windows = open_windows(path, command="predict")
     if labels_path is None:
         return WindowsInput(windows)
@@ -216,7 +216,8 @@ def npy_labels(path: str | os.PathLike, num_windows: int, class_names: Sequence[
     if labels.dtype.kind in "US":
         names = [str(v).strip() for v in labels.astype(str)]
         return [n if ok else "" for n, ok in zip(names, constant)]
-    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(labels[np.isfinite(labels)] % 1 == 0)):
+    whole = labels.dtype.kind == "f" and np.all(labels[np.isfinite(labels)] % 1 == 0)
+    if labels.dtype.kind not in "iu" and not whole:
         raise LimuBertError(f"{path}: labels of dtype {labels.dtype}; expected class indices (integers) or class "
                             f"names (strings)")
     known = constant & np.isfinite(labels) & (labels >= 0) if labels.dtype.kind == "f" else constant & (labels >= 0)
@@ -262,7 +263,8 @@ def recordings_input(folder: str | os.PathLike, config: ClassifierPipelineConfig
     `recordings` dataset's reader, with its source `options`: `recording_options()`), with
     each window's recording, start time and, if the recordings carry the model's label
     column, its true class (empty where unlabelled)."""
-    from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
+    # TFDS registers every builder when the datasets package loads: kept off an .npy run's start-up.
+    from limubert_jax.datasets.recordings import reader as recordings  # noqa: PLC0415
 
     rate = config.sampling_rate_hz
     if not rate or rate != int(rate):
@@ -374,7 +376,8 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
 def recording_options_defaults() -> dict[str, Any]:
     """The `recordings` reader's options that `predict` takes (flags of the same names), with
     their defaults; a build's `fingerprint` mode has no use for one reading."""
-    from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
+    # TFDS registers every builder when the datasets package loads: kept off an .npy run's start-up.
+    from limubert_jax.datasets.recordings import reader as recordings  # noqa: PLC0415
 
     return {k: v for k, v in recordings.SOURCE_OPTIONS.items() if k != "fingerprint"}
 
@@ -411,7 +414,8 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
                         "names; accuracy and macro-F1 go to OUTPUT.metrics.json.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 256, "Windows per compiled batch.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.", flag_values=fv)
-    from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
+    # TFDS registers every builder when the datasets package loads: kept off an .npy run's start-up.
+    from limubert_jax.datasets.recordings import reader as recordings  # noqa: PLC0415
 
     for name, default in recording_options_defaults().items():
         define = {int: flags.DEFINE_integer, float: flags.DEFINE_float}.get(type(default), flags.DEFINE_string)

@@ -84,7 +84,8 @@ def _run(fv: flags.FlagValues, args: list[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command (`limubert-prepare-data`); argv after the program name, None for sys.argv. Returns the exit status."""
+    """The command (`limubert-prepare-data`); argv after the program name, None for sys.argv. Returns the exit
+    status."""
     return cli.run_command(__doc__, define_flags, _run, argv)
 
 

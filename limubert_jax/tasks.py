@@ -1,9 +1,11 @@
-"""The task registry: every name `config.task` may hold, and how a chain of them runs.
+"""The task registry: every name `config.task` may hold (`TASKS`, one `Task` record each),
+and how a chain of them runs.
 
-`main` dispatches through `run`; tests and notebooks call it the same way. A task is a
-function `(config, workdir, shared) -> summary`; `shared` carries what chained tasks load
-once: the dataset, and for downstream tasks the labelled data, the encoder and its
-embeddings (`downstream.runners.Inputs`).
+`main` dispatches through `run`; tests and notebooks call it the same way. A task's `run`
+is a function `(config, workdir, shared) -> summary`; `shared` carries what chained tasks
+load once: the dataset, and for downstream tasks the labelled data, the encoder and its
+embeddings (`downstream.runners.Inputs`). A task's `check` runs before any task of the
+chain does, and once: `run` trusts it and checks nothing again.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from limubert_jax.data.input_pipeline import PretrainData, load_data
+from limubert_jax.data.loading import PretrainData, load_data
 from limubert_jax.downstream import runners
 from limubert_jax.io import storage
 from limubert_jax.io.workdir import WorkdirLock, check_resume
@@ -39,23 +41,57 @@ class Shared:
         return self.downstream
 
 
+Check = Callable[[ml_collections.ConfigDict, Any, list[str], PretrainData], None]
+Run = Callable[[ml_collections.ConfigDict, Any, Shared], dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One name `config.task` may hold. `check(config, workdir, chain, data)` raises a
+    `LimuBertError` for anything that would stop the task (`chain`: every task name of
+    `config.task`, in order); `run(config, workdir, shared)` does the work. Tasks sharing a
+    check (the downstream ones) have it called once per chain, for all of them together."""
+
+    name: str
+    check: Check
+    run: Run
+
+
+def _check_pretrain(config, workdir, chain: list[str], data: PretrainData) -> None:
+    trainer.check_pretrain_config(config, data)
+    check_resume(workdir, config, data)  # before anything is written
+
+
 def _pretrain(config, workdir, shared: Shared) -> dict[str, Any]:
-    summary = trainer.pretrain(config, workdir, shared.data)
+    summary = trainer.pretrain(config, workdir, shared.data, checked=True)
     shared.downstream = None  # a new encoder: the next downstream task loads it afresh
     return summary
 
 
-def _downstream(runner: Callable[..., dict]) -> Callable[..., dict]:
+def _check_downstream(config, workdir, chain: list[str], data: PretrainData) -> None:
+    stages = [task for task in chain if TASKS[task].check is _check_downstream]
+    # A pretraining before the first downstream stage provides its encoder: the stages are
+    # checked against the model it will train (its fields were checked first, see `run`).
+    before = chain[:chain.index(stages[0])]
+    pretrained = trainer.model_config_from(config) if "pretrain" in before else None
+    runners.check_config(config, workdir, stages, data, pretrained_config=pretrained)
+
+
+def _downstream(name: str, runner: Callable[..., dict]) -> Task:
     def run_task(config, workdir, shared: Shared) -> dict[str, Any]:
         return runner(config, workdir, inputs=shared.downstream_inputs())
 
-    return run_task
+    return Task(name, _check_downstream, run_task)
 
 
-TASKS: dict[str, Callable[[ml_collections.ConfigDict, Any, Shared], dict[str, Any]]] = {
-    "pretrain": _pretrain,
-    **{name: _downstream(runner) for name, runner in runners.TASK_RUNNERS.items()},
-}
+TASKS: dict[str, Task] = {task.name: task for task in (
+    Task("pretrain", _check_pretrain, _pretrain),
+    _downstream("embed", runners.embed_dataset),
+    _downstream("classify", runners.classify),
+    _downstream("finetune", runners.finetune),
+    _downstream("baseline", runners.baseline),
+    _downstream("report", runners.run_report),
+)}
 
 
 def parse_tasks(task: str) -> list[str]:
@@ -93,19 +129,16 @@ def run(config: ml_collections.ConfigDict, workdir,
     workdir = storage.as_path(workdir)
     check_outside_inputs(config, workdir)
     # Every stage is checked before the first one runs: a bad downstream field fails in
-    # seconds, not after the pretraining before it.
+    # seconds, not after the pretraining before it. The checks run in `TASKS`' order
+    # (pretraining's first), each distinct one once.
     data = load_data(config)
-    model_config = trainer.check_pretrain_config(config, data)[0] if "pretrain" in tasks else None
-    first_downstream = next((i for i, task in enumerate(tasks) if task != "pretrain"), len(tasks))
-    runners.check_config(config, workdir, tasks, data,
-                         pretrained_config=model_config if "pretrain" in tasks[:first_downstream] else None)
-    if "pretrain" in tasks:
-        check_resume(workdir, config, data)
+    for check in dict.fromkeys(task.check for task in TASKS.values() if task.name in tasks):
+        check(config, workdir, tasks, data)
     shared = Shared(config, workdir, data)
     summary: dict[str, Any] = {}
     with WorkdirLock(workdir):
         for task in tasks:
-            summary = TASKS[task](config, workdir, shared)
+            summary = TASKS[task].run(config, workdir, shared)
             if on_done is not None:
                 on_done(task, summary)
     return summary

@@ -18,6 +18,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str):
+    # The scripts import their sibling modules (harness.py) as `python benchmarks/X.py` lets them.
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -96,7 +99,7 @@ def test_repeat_ratios_show_the_spread_the_medians_hide(throughput):
             _run("reference", 2, 20.0, 1.0, tag="r2")]
     assert throughput.repeat_ratios(runs, 2, 6) == [pytest.approx(2.0), pytest.approx(3.0)]
     b = throughput.summarize_batch(128, 2, 6, runs, [], windows=2088)
-    row = next(l for l in throughput.whole_job_table(b).splitlines() if "each repeat" in l)
+    row = next(line for line in throughput.whole_job_table(b).splitlines() if "each repeat" in line)
     assert row.endswith("2.00 / 2.50 / 3.00x")
 
 
@@ -105,15 +108,15 @@ def test_whole_job_table_and_line(throughput):
     table = throughput.whole_job_table(b128)
     lines = table.splitlines()
     assert "batch 128" in lines[0] and "1670 train / 208 validation" in lines[0]
-    per_epoch = next(l for l in lines if l.startswith("seconds per epoch"))
+    per_epoch = next(line for line in lines if line.startswith("seconds per epoch"))
     assert per_epoch.split()[-3:] == ["10.00", "5.00", "2.00x"]
-    assert "8.0" in next(l for l in lines if l.startswith("startup seconds: rerun"))
-    assert next(l for l in lines if "each repeat" in l).endswith("2.00 / 2.00 / 2.00x")
-    assert "30.0" in next(l for l in lines if l.startswith("startup seconds: first run"))
+    assert "8.0" in next(line for line in lines if line.startswith("startup seconds: rerun"))
+    assert next(line for line in lines if "each repeat" in line).endswith("2.00 / 2.00 / 2.00x")
+    assert "30.0" in next(line for line in lines if line.startswith("startup seconds: first run"))
     assert "6.5 / 28.0" in table
-    assert next(l for l in lines if l.startswith("peak host RSS")).split()[-2:] == ["410", "950"]
-    assert next(l for l in lines if l.startswith("peak device memory")).split()[-2:] == ["-", "3"]
-    assert len({len(l) for l in lines[2:]}) == 1  # aligned columns
+    assert next(line for line in lines if line.startswith("peak host RSS")).split()[-2:] == ["410", "950"]
+    assert next(line for line in lines if line.startswith("peak device memory")).split()[-2:] == ["-", "3"]
+    assert len({len(line) for line in lines[2:]}) == 1  # aligned columns
     assert throughput.whole_job_line([b128, b32]) == \
         "whole job, batch 128: 2.00x (goal 2.0x); batch 32: 2.00x (goal 1.5x)"
     b32.pop("reference")
@@ -121,8 +124,8 @@ def test_whole_job_table_and_line(throughput):
     assert "batch 32: n/a (goal 1.5x)" in throughput.whole_job_line([b32])
     assert "seconds per epoch" in throughput.whole_job_table(b32)  # limubert_jax alone (--skip-torch)
     b128["reference"]["startup_s"] = -4.6  # run lengths too close for the machine's noise
-    assert next(l for l in throughput.whole_job_table(b128).splitlines()
-                if l.startswith("startup seconds: rerun")).split()[-2:] == ["noise", "8.0"]
+    assert next(line for line in throughput.whole_job_table(b128).splitlines()
+                if line.startswith("startup seconds: rerun")).split()[-2:] == ["noise", "8.0"]
 
 
 def test_throughput_flags(throughput):
@@ -176,10 +179,9 @@ def test_reference_split_is_the_projects(reference):
 def test_reference_base_v1_is_the_projects(reference):
     import dataclasses
 
-    from limubert_jax.models.encoder import LAYER_NORM_EPS, MODEL_CONFIGS
+    from limubert_jax.models.encoder import MODEL_CONFIGS
 
     assert dataclasses.asdict(reference.MODELS["base_v1"]) == MODEL_CONFIGS["base_v1"].to_dict()
-    assert reference.LAYER_NORM_EPS == LAYER_NORM_EPS
 
 
 def test_reference_argument_validation(reference, tmp_path):
@@ -209,8 +211,8 @@ def test_reference_job_on_a_tiny_dataset(tmp_path):
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "epoch 1/1: train loss" in proc.stdout
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT_JSON "))
-    result = json.loads(line[len("RESULT_JSON "):])
+    printed = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT_JSON "))
+    result = json.loads(printed[len("RESULT_JSON "):])
     assert result["epochs"] == 1 and len(result["epoch_seconds"]) == 1
     assert (result["train_windows"], result["vali_windows"], result["steps_per_epoch"]) == (51, 6, 7)
     assert result["best_epoch"] == 1 and np.isfinite(result["best_val_loss"])
@@ -249,6 +251,7 @@ class Unavailable(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(name + " is not installed on the GPU image")
         return None
 sys.meta_path.insert(0, Unavailable())
+sys.path.insert(0, {script_dir!r})  # as `python SCRIPT` puts the script's folder first
 atexit.register(lambda: print("UNAVAILABLE_IMPORTS_ATTEMPTED", sorted(set(attempts)), file=sys.stderr))
 sys.argv = [{script!r}, *{argv!r}]
 runpy.run_path({script!r}, run_name="__main__")
@@ -259,7 +262,8 @@ def test_gpu_variants_smoke_without_the_packages_the_gpu_image_lacks(gpu_variant
     ran = ("f32_highest", "bf16_fused_pad32")  # each variant compiles for seconds: the reference and one patched
     argv = ["--smoke", "--in-process", "--out", str(tmp_path), "--variants", ",".join((*ran, "bf16_cmdbuf_unrolled"))]
     code = _WITHOUT_GPU_IMAGE_MISSING.format(unavailable=gpu_variants.UNAVAILABLE_ON_GPU_IMAGE,
-                                             script=str(BENCHMARKS / "gpu_variants.py"), argv=argv)
+                                             script=str(BENCHMARKS / "gpu_variants.py"), script_dir=str(BENCHMARKS),
+                                             argv=argv)
     env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # its programs serve no other test
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env=env, check=False)

@@ -139,7 +139,7 @@ def test_dashed_subcommands_and_flags_reach_the_command(monkeypatch):
 def test_a_config_override_of_no_field_names_the_field_it_meant(monkeypatch, capsys, override, message):
     monkeypatch.setattr(main, "_run", lambda fv, args: pytest.fail("ran"))
     with pytest.raises(SystemExit) as exit_info:
-        main.main(["--config=test", "--workdir=w", override])
+        main.main(["--config=quickstart", "--workdir=w", override])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == message
 
@@ -147,7 +147,7 @@ def test_a_config_override_of_no_field_names_the_field_it_meant(monkeypatch, cap
 def test_a_dashed_config_override_is_the_underscored_field(monkeypatch):
     seen = []
     monkeypatch.setattr(main, "_run", lambda fv, args: seen.append(cli.flag_value(fv["config"])))
-    argv = ["--config=test", "--workdir=w", "--config.train.batch-size=4", "--config.train.num-epochs", "5"]
+    argv = ["--config=quickstart", "--workdir=w", "--config.train.batch-size=4", "--config.train.num-epochs", "5"]
     assert main.main(argv) == 0
     assert (seen[0].train.batch_size, seen[0].train.num_epochs) == (4, 5)
 

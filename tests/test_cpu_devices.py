@@ -93,7 +93,7 @@ def test_bad_counts_are_refused(value):
 
 def test_the_main_job_names_a_bad_count_before_it_starts(tmp_path, capsys):
     workdir = tmp_path / "run"
-    status = main.main([f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={workdir}", "--config.cpu_devices=0"])
+    status = main.main([f"--config={ROOT / 'tests' / 'configs' / 'test.py'}", f"--workdir={workdir}", "--config.cpu_devices=0"])
     assert status == 2  # the status of every LimuBertError
     assert "config.cpu_devices must be -1 (one per core) or a positive integer, got 0" in capsys.readouterr().err
     assert not workdir.exists()

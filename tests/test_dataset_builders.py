@@ -1,7 +1,8 @@
 """Every IMU builder in `datasets/`: complete TFDS folder layout, and the main job pretraining
 on the builder's dummy raw files through the config overrides a user would pass
-(`--config.dataset.name/version/manual_dir`). Per-dataset preprocessing and builder tests
-live beside each builder (`datasets/<name>/<name>_dataset_builder_test.py`)."""
+(`--config.dataset.name/version/manual_dir`). Per-dataset preprocessing and builder tests are
+in `tests/datasets/<name>_dataset_builder_test.py`, the dummy raw files' generator there too
+(`make_dummy_data.py`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from pathlib import Path
 import limubert_jax.datasets
 import numpy as np
 import pytest
-from limubert_jax.datasets import make_dummy_data
 
 from limubert_jax import config_lib, tasks
-from limubert_jax.data import input_pipeline
+from limubert_jax.data import loading
 from limubert_jax.pretraining import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,34 +39,20 @@ def test_every_dataset_config_names_a_registered_builder():
 @pytest.mark.parametrize("name", RECORDED)
 def test_builder_folder_has_the_tfds_layout(name):
     folder = ROOT / "datasets" / name
-    for file_name in (f"{name}_dataset_builder.py", f"{name}_dataset_builder_test.py", "checksums.tsv",
-                      "README.md", "CITATIONS.bib", "__init__.py"):
+    for file_name in (f"{name}_dataset_builder.py", "checksums.tsv", "README.md", "CITATIONS.bib", "__init__.py"):
         assert (folder / file_name).is_file(), f"{folder / file_name} is missing"
-    assert (folder / "dummy_data").is_dir()
-    assert make_dummy_data.folder_bytes(folder / "dummy_data") < make_dummy_data.MAX_BYTES
+    assert (ROOT / "tests" / "datasets" / f"{name}_dataset_builder_test.py").is_file()
+    assert (folder / "dummy_data").is_dir()  # (tests/datasets/make_dummy_data_test.py checks what it holds)
     builder = limubert_jax.datasets.BUILDERS[name]
     assert Path(builder.pkg_dir_path) == folder
     assert builder.MANUAL_DOWNLOAD_INSTRUCTIONS
     assert {c.name for c in builder.BUILDER_CONFIGS} == {"20_120", "10_100"}
 
 
-def test_dummy_data_is_what_the_script_writes(tmp_path):
-    """The committed dummy_data/ folders are the generator's output, byte for byte."""
-    writers = make_dummy_data.writers()
-    assert set(WITH_DUMMY_DATA) <= set(writers)
-    for name in WITH_DUMMY_DATA:
-        make_dummy_data.write(name, tmp_path / name)
-        committed = ROOT / "datasets" / name / "dummy_data"
-        fresh = {p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file()}
-        kept = {p.relative_to(committed): p.read_bytes() for p in committed.rglob("*") if p.is_file()}
-        assert fresh.keys() == kept.keys(), name
-        assert all(fresh[k] == kept[k] for k in fresh), f"{name}: rerun python -m limubert_jax.datasets.make_dummy_data {name}"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", WITH_DUMMY_DATA)
 def test_main_job_pretrains_on_the_dummy_data(name, tmp_path):
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config = config_lib.with_dataset(config, name, "20_120")
     config.dataset.manual_dir = str(ROOT / "datasets" / name / "dummy_data")
     config.dataset.data_dir = str(tmp_path / "tfds")
@@ -82,12 +68,12 @@ def test_main_job_pretrains_on_the_dummy_data(name, tmp_path):
 @pytest.mark.slow
 def test_main_job_pretrains_on_merged_datasets(tmp_path):
     """`name=a+b` with one manual_dir per dataset: 6 and 9 channels merge to 6."""
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config = config_lib.with_dataset(config, "uci_hapt+shoaib", "20_120")
     config.dataset.manual_dir = "+".join(str(ROOT / "datasets" / n / "dummy_data") for n in ("uci_hapt", "shoaib"))
     config.dataset.data_dir = str(tmp_path / "tfds")
     config.train.update(batch_size=8, eval_batch_size=8, num_epochs=1)
-    data = input_pipeline.load_data(config)
+    data = loading.load_data(config)
     parts = data.sources
     assert [p.num_features for p in parts] == [6, 9] and data.num_features == 6
     assert len(data.train) == sum(len(p.train) for p in parts)
@@ -128,15 +114,15 @@ def test_prepare_command_names_the_missing_raw_file(tmp_path):
                                                      ("wisdm", "10_40", 6), ("shoaib", "50_128", 9),
                                                      ("hhar", "25_60", 6)])
 def test_any_version_the_raw_data_can_make(name, version, features, tmp_path):
-    from limubert_jax.data import input_pipeline
+    from limubert_jax.data import loading
 
     rate, steps = (int(part) for part in version.split("_"))
-    data = input_pipeline.load_pretrain_data({"name": name, "version": version, "data_dir": str(tmp_path),
+    data = loading.load_pretrain_data({"name": name, "version": version, "data_dir": str(tmp_path),
                                               "manual_dir": str(ROOT / "datasets" / name / "dummy_data")})
     assert (data.version, data.seq_len, data.num_features, data.sampling_rate_hz) == (version, steps, features, rate)
     assert data.num_windows > 0 and np.isfinite(data.train[0]).all()
     assert (tmp_path / name / version).is_dir()
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config(version)
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config(version)
     assert trainer.model_config_from(config).seq_len == steps  # the model's window length follows the version
 
 
@@ -147,21 +133,22 @@ def test_any_version_the_raw_data_can_make(name, version, features, tmp_path):
     ("uci_hapt", "20_1", r"version '20_1': expected <rate Hz>_<window steps> .* at least 2 steps"),
     ("motionsense", "fast", r"version 'fast': expected <rate Hz>_<window steps>"),
     ("imu_npy", "50_200", r"dataset 'imu_npy' is built from your files: set config\.dataset\.manual_dir=DIR"),
+    ("eleme", "50_200", r"dataset 'eleme' has no version '50_200'; versions: 20_120, 10_100"),  # reference arrays only
 ])
 def test_a_version_that_cannot_be_made_is_one_line(name, version, message, tmp_path):
-    from limubert_jax.data import input_pipeline
+    from limubert_jax.data import loading
 
     with pytest.raises(ValueError, match=message) as error:
-        input_pipeline.load_pretrain_data({"name": name, "version": version, "data_dir": str(tmp_path)})
+        loading.load_pretrain_data({"name": name, "version": version, "data_dir": str(tmp_path)})
     assert "\n" not in str(error.value)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_a_version_without_any_window_names_the_raw_data(tmp_path):
-    from limubert_jax.data import input_pipeline
+    from limubert_jax.data import loading
 
     raw = ROOT / "datasets" / "hhar" / "dummy_data"
     with pytest.raises(ValueError, match=r"hhar/40_60: the raw data in .* makes no window of 60 steps at 40 Hz"):
-        input_pipeline.load_pretrain_data({"name": "hhar", "version": "40_60", "data_dir": str(tmp_path),
+        loading.load_pretrain_data({"name": "hhar", "version": "40_60", "data_dir": str(tmp_path),
                                            "manual_dir": str(raw)})
     assert not list(tmp_path.glob("hhar/40_60/*/*.array_record*"))  # nothing half-built

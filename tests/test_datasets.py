@@ -12,7 +12,7 @@ import limubert_jax.datasets
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from limubert_jax.datasets import common
+from limubert_jax.datasets import common, layout, resampling
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
 from limubert_jax.datasets.synthetic_imu import synthetic_imu_dataset_builder as synthetic
 
@@ -48,6 +48,32 @@ def test_registered_and_packaged():
         assert f"limubert_jax.datasets.{folder}" in setuptools["packages"], folder
         assert (ROOT / "datasets" / folder / "README.md").is_file(), folder
     assert not any(p == "datasets" or p.startswith("datasets.") for p in setuptools["packages"])
+
+
+def test_the_wheel_holds_no_test_code_or_dummy_data(tmp_path):
+    """Built as tests/test_cli.py builds it (setuptools, offline, no isolation), but from every
+    file of the source folders, the committed dummy_data/ included: the builder tests, their
+    helpers and the dummy raw files live in tests/ or are left out by pyproject.toml."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    source = tmp_path / "src"
+    for name in ("limubert_jax", "datasets", "configs"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    assert list(source.glob("datasets/*/dummy_data/*"))  # there to be left out
+    script = "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
+    build = subprocess.run([sys.executable, "-c", script, str(tmp_path / "dist")], cwd=source, capture_output=True,
+                           text=True, timeout=120)
+    assert build.returncode == 0, build.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "dist" / build.stdout.strip().splitlines()[-1]) as wheel:
+        names = wheel.namelist()
+    assert "limubert_jax/datasets/hhar/hhar_dataset_builder.py" in names
+    test_code = [n for n in names if n.endswith(("_test.py", "/testing.py", "/make_dummy_data.py", "/conftest.py"))
+                 or "/dummy_data/" in n or n.startswith("tests/")]
+    assert test_code == []
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,7 +193,7 @@ def test_imu_npy_roundtrip(tmp_path, version, features, label_dtype):
 
 def test_a_build_larger_than_the_shuffler_memory_spills_without_tensorflow(tmp_path, monkeypatch):
     """TFDS's writer spills examples past its in-memory limit (1 GB) to bucket files through
-    tf.io.gfile; without TensorFlow (CI has none) `common` gives it etils.epath instead."""
+    tf.io.gfile; without TensorFlow (CI has none) `tfds_without_tensorflow` gives it etils.epath instead."""
     from tensorflow_datasets.core import shuffle
 
     assert importlib.util.find_spec("tensorflow") is None  # the condition this test is about
@@ -264,18 +290,18 @@ def test_imu_npy_value_errors(tmp_path):
 def test_downsample_alternates_blocks_of_2_and_3_and_stops_like_the_reference():
     x = np.arange(20, dtype=np.float64)[:, None]
     # Blocks [0,1] [2,3,4] [5,6] [7,8,9] ... ; the remainder reaches 1 on every second block.
-    assert common.downsample(x, 50, 20)[:, 0].tolist() == [0.5, 3.0, 5.5, 8.0, 10.5, 13.0, 15.5]
+    assert resampling.downsample(x, 50, 20)[:, 0].tolist() == [0.5, 3.0, 5.5, 8.0, 10.5, 13.0, 15.5]
     # UCI/MotionSense stop while i + 3 < L (17 + 3 = 20 is not < 20); Shoaib while <= L.
-    assert common.downsample(x, 50, 20, include_last=True)[:, 0].tolist()[-1] == 18.0
-    assert common.downsample(x, 50, 10)[:, 0].tolist() == [2.0, 7.0, 12.0]  # r = 5
-    assert common.downsample(x[:2], 50, 20).shape == (0, 1)
+    assert resampling.downsample(x, 50, 20, include_last=True)[:, 0].tolist()[-1] == 18.0
+    assert resampling.downsample(x, 50, 10)[:, 0].tolist() == [2.0, 7.0, 12.0]  # r = 5
+    assert resampling.downsample(x[:2], 50, 20).shape == (0, 1)
     with pytest.raises(ValueError, match="cannot go up"):
-        common.downsample(x, 10, 20)
+        resampling.downsample(x, 10, 20)
 
 
 def test_cut_windows_drops_the_tail():
     x = np.arange(25 * 2).reshape(25, 2)
-    windows = common.cut_windows(x, 8)
+    windows = resampling.cut_windows(x, 8)
     assert windows.shape == (3, 8, 2) and windows[2, -1].tolist() == x[23].tolist()
 
 
@@ -291,25 +317,23 @@ def test_nested_archives_are_extracted_with_the_standard_library(tmp_path):
         z.write(inner, "top/inner.zip")
         z.writestr("../escape.txt", "x")  # a hostile member stays inside the target
     dl = types.SimpleNamespace(download_dir=tmp_path / "dl")
-    (root,) = common.extract_archives(dl, [outer])
+    (root,) = layout.extract_archives(dl, [outer])
     assert (root / "top" / "inner.zip").is_file() and not (tmp_path / "dl" / "escape.txt").exists()
-    nested = common.extract_archives(dl, common._archives_below(root))
-    assert common.find_layout(nested[0], ("Raw/data.txt",)) == nested[0] / "Deep"
-    assert common.extract_archives(dl, [outer]) == [root]  # reused, not redone
+    nested = layout.extract_archives(dl, layout.archives_below(root))
+    assert layout.find_layout(nested[0], ("Raw/data.txt",)) == nested[0] / "Deep"
+    assert layout.extract_archives(dl, [outer]) == [root]  # reused, not redone
     with pytest.raises(ValueError, match="not a zip or tar archive"):
         (tmp_path / "x.rar").write_bytes(b"Rar!")
-        common.extract_archive(tmp_path / "x.rar", tmp_path / "dl")
+        layout.extract_archive(tmp_path / "x.rar", tmp_path / "dl")
 
 
 def test_an_explicit_manual_dir_is_never_replaced_by_a_download(tmp_path):
     """uci_hapt can download, but a given manual dir that is empty or unrelated is an error."""
-    from limubert_jax.datasets import testing
-
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty.*does not exist or is empty"):
-        testing.build("uci_hapt", "20_120", tmp_path / "tfds", tmp_path / "empty")
+        _build("uci_hapt/20_120", tmp_path / "tfds", tmp_path / "empty")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("unrelated")
     with pytest.raises(FileNotFoundError, match=r"incomplete: missing .*RawData"):
-        testing.build("uci_hapt", "20_120", tmp_path / "tfds", tmp_path / "other")
+        _build("uci_hapt/20_120", tmp_path / "tfds", tmp_path / "other")
     assert not list((tmp_path / "tfds").rglob("*.array_record*"))

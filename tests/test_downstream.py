@@ -1,4 +1,4 @@
-"""Downstream tasks (SPEC 7): labels by task name, the protocol split, compiled whole-epoch
+"""Downstream tasks (docs/reference.md §7): labels by task name, the protocol split, compiled whole-epoch
 training with best-validation selection, and each task end to end on the synthetic dataset
 with the tiny test config (a short pretraining first)."""
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(data_dir, task="pretrain", **downstream_overrides):
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config.dataset.data_dir = str(data_dir)
     config.task = task
     config.train.num_epochs = 1

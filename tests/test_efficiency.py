@@ -139,7 +139,7 @@ def test_encoder_chunk_reaches_the_pretraining_programs():
 
 def _config(data_dir, **train_overrides):
     """The tiny test model on 320 windows of the user-array dataset (8 steps of 32 per epoch)."""
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config.dataset.name = "imu_npy"
     config.dataset.data_dir = str(data_dir / "tfds")
     config.dataset.manual_dir = str(data_dir / "arrays")

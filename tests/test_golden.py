@@ -1,6 +1,6 @@
-"""Parity with the original code's outputs for the released weights (SPEC section 9).
+"""Parity with the original code's outputs for the released weights (docs/reference.md §9).
 
-Tolerance: max abs error <= 1e-4 in float32 on CPU, as the SPEC states.
+Tolerance: max abs error <= 1e-4 in float32 on CPU, as docs/reference.md states.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""limubert_jax.data.input_pipeline: the reference split, the training stream (epochs, shuffling,
-determinism, resume, process sharding) and the padded validation pass.
+"""limubert_jax.data.loading and .input_pipeline: the reference split, the training stream
+(epochs, shuffling, determinism, resume, process sharding) and the padded validation pass.
 
 The data is an imu_npy dataset whose window i carries i in imu[:, 0, 0], so every batch
 can be traced back to the original window indices."""
@@ -17,6 +17,7 @@ import pytest
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
 
 from limubert_jax.data import input_pipeline as ip
+from limubert_jax.data import loading
 from limubert_jax.data.splits import pretrain_split
 
 N, S, F = 203, 120, 6  # 162 train windows, 20 vali
@@ -51,7 +52,7 @@ def dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(dirs):
-    return ip.load_pretrain_data(_config(*dirs))
+    return loading.load_pretrain_data(_config(*dirs))
 
 
 def _ids(batch: np.ndarray) -> np.ndarray:
@@ -75,7 +76,7 @@ def test_split_is_the_reference_split(data):
 
 
 def test_split_follows_config(dirs):
-    other = ip.load_pretrain_data(_config(*dirs, seed=7, train_rate=0.5, vali_rate=0.25))
+    other = loading.load_pretrain_data(_config(*dirs, seed=7, train_rate=0.5, vali_rate=0.25))
     train, vali, _ = pretrain_split(N, 7, 0.5, 0.25)
     np.testing.assert_array_equal(other.train_index, train)
     np.testing.assert_array_equal(other.vali_index, vali)
@@ -233,21 +234,21 @@ def test_batch_errors(data):
 def test_load_errors(tmp_path, dirs):
     data_dir, npy_dir = dirs
     with pytest.raises(ValueError, match=r"unknown dataset 'hhar_typo'; registered IMU datasets: .*imu_npy.*synthetic_imu"):
-        ip.load_pretrain_data(_config(data_dir, npy_dir, name="hhar_typo"))
+        loading.load_pretrain_data(_config(data_dir, npy_dir, name="hhar_typo"))
     # Any version; the folder must hold its arrays.
     with pytest.raises(FileNotFoundError, match=r"imu_npy/50_120: missing data_50_120\.npy in .*npy \(.npy files "
                        r"there: data_20_120\.npy, label_20_120\.npy\)"):
-        ip.load_pretrain_data(_config(data_dir, npy_dir, version="50_120"))
+        loading.load_pretrain_data(_config(data_dir, npy_dir, version="50_120"))
     with pytest.raises(ValueError, match=r"version '50_1': expected <rate Hz>_<window steps>"):
-        ip.load_pretrain_data(_config(data_dir, npy_dir, version="50_1"))
+        loading.load_pretrain_data(_config(data_dir, npy_dir, version="50_1"))
     # imu_npy is the user's folder: without one, the error says how to give it.
     with pytest.raises(ValueError, match=r"dataset 'imu_npy' is built from your files: set config\.dataset\.manual_dir"):
-        ip.load_pretrain_data(_config(tmp_path / "fresh", None))
+        loading.load_pretrain_data(_config(tmp_path / "fresh", None))
     with pytest.raises(ValueError, match=r"config\.dataset\.split_by must be one of window, recording, user; got 'rec'"):
-        ip.load_pretrain_data(_config(data_dir, npy_dir, split_by="rec"))
+        loading.load_pretrain_data(_config(data_dir, npy_dir, split_by="rec"))
     # Too few windows for the reference split.
     with pytest.raises(ValueError, match="too small"):
-        ip.load_pretrain_data(_config(tmp_path / "tiny_tfds", _write_npy(tmp_path / "tiny", n=5)))
+        loading.load_pretrain_data(_config(tmp_path / "tiny_tfds", _write_npy(tmp_path / "tiny", n=5)))
 
 
 def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data, monkeypatch):
@@ -258,39 +259,39 @@ def test_prepared_imu_npy_reused_and_stale_build_refused(tmp_path, dirs, data, m
     # Already built from this folder: read again, not rebuilt.
     info_file = data_dir / "imu_npy" / built / "1.0.0" / "dataset_info.json"
     stamp = info_file.stat().st_mtime_ns
-    again = ip.load_pretrain_data(_config(data_dir, npy_dir))
+    again = loading.load_pretrain_data(_config(data_dir, npy_dir))
     np.testing.assert_array_equal(again.train_index, data.train_index)
     assert info_file.stat().st_mtime_ns == stamp and builds() == [built]
     # Another folder of the same version: its own build beside the first; both stay readable.
-    other = ip.load_pretrain_data(_config(data_dir, _write_npy(tmp_path / "other", n=50, seed=1)))
+    other = loading.load_pretrain_data(_config(data_dir, _write_npy(tmp_path / "other", n=50, seed=1)))
     assert other.num_windows == 50 and len(builds()) == 2
-    assert ip.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N
+    assert loading.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N
     # Files whose size and modification time are the build's are not hashed again; a file
     # touched since is hashed, and the same content is accepted.
     with monkeypatch.context() as patched:
         patched.setattr(imu_npy, "sha256", lambda path: pytest.fail(f"{path} hashed again"))
-        assert ip.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N
+        assert loading.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N
     hashed = []
     monkeypatch.setattr(imu_npy, "sha256", lambda path, real=imu_npy.sha256: hashed.append(path) or real(path))
     os.utime(npy_dir / "data_20_120.npy")
-    assert ip.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N and len(hashed) == 1
+    assert loading.load_pretrain_data(_config(data_dir, npy_dir)).num_windows == N and len(hashed) == 1
     # The first folder's files changed since its build: refused, naming the folder and the fix.
     changed = _write_npy(tmp_path / "changed")
-    ip.load_pretrain_data(_config(data_dir, changed))
+    loading.load_pretrain_data(_config(data_dir, changed))
     _write_npy(changed, seed=1)
     with pytest.raises(ValueError, match=r"was built from .*changed.*differs.*delete .* or use another data_dir"):
-        ip.load_pretrain_data(_config(data_dir, changed))
+        loading.load_pretrain_data(_config(data_dir, changed))
     # A source that is not there is an error, never an earlier build.
     with pytest.raises(ValueError, match=r"manual directory .*does/not/exist does not exist"):
-        ip.load_pretrain_data(_config(data_dir, tmp_path / "does" / "not" / "exist"))
+        loading.load_pretrain_data(_config(data_dir, tmp_path / "does" / "not" / "exist"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty does not exist or is empty; it must hold data_20_120\.npy"):
-        ip.load_pretrain_data(_config(data_dir, tmp_path / "empty"))
+        loading.load_pretrain_data(_config(data_dir, tmp_path / "empty"))
 
 
 def test_config_as_dict_and_defaults(dirs):
     data_dir, npy_dir = dirs
-    loaded = ip.load_pretrain_data({"name": "imu_npy", "data_dir": str(data_dir), "manual_dir": str(npy_dir)})
+    loaded = loading.load_pretrain_data({"name": "imu_npy", "data_dir": str(data_dir), "manual_dir": str(npy_dir)})
     np.testing.assert_array_equal(loaded.train_index, pretrain_split(N)[0])  # version, seed, rates default
 
 
@@ -310,7 +311,7 @@ def _write_labelled_npy(directory: Path, users: np.ndarray, n_features: int = F)
 def test_split_by_user_keeps_each_user_in_one_split(tmp_path):
     users = np.repeat(np.arange(8), [10, 12, 9, 11, 10, 14, 8, 6])
     npy = _write_labelled_npy(tmp_path / "npy", users)
-    loaded = ip.load_pretrain_data(_config(tmp_path / "tfds", npy, split_by="user"))
+    loaded = loading.load_pretrain_data(_config(tmp_path / "tfds", npy, split_by="user"))
     np.testing.assert_array_equal(loaded.groups, users)
     train_users, vali_users = set(users[loaded.train_index]), set(users[loaded.vali_index])
     assert train_users and vali_users and not train_users & vali_users
@@ -318,15 +319,15 @@ def test_split_by_user_keeps_each_user_in_one_split(tmp_path):
     np.testing.assert_array_equal(_ids(loaded.train.read(np.arange(len(loaded.train)))), loaded.train_index)
     # A dataset without user labels says so.
     with pytest.raises(ValueError, match=r"split_by='user': imu_npy/20_120 has no user labels"):
-        ip.load_pretrain_data(_config(tmp_path / "tfds", _write_npy(tmp_path / "plain"), split_by="user"))
+        loading.load_pretrain_data(_config(tmp_path / "tfds", _write_npy(tmp_path / "plain"), split_by="user"))
     with pytest.raises(ValueError, match=r"split_by='recording': imu_npy/20_120 does not record which recording"):
-        ip.load_pretrain_data(_config(tmp_path / "tfds", npy, split_by="recording"))
+        loading.load_pretrain_data(_config(tmp_path / "tfds", npy, split_by="recording"))
 
 
 def test_merged_datasets_concatenate_their_own_splits(tmp_path):
     a = _write_npy(tmp_path / "a", n=60)
     b = _write_labelled_npy(tmp_path / "b", np.arange(40) % 4, n_features=9)
-    merged = ip.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+imu_npy", manual_dir=f"{a}+{b}"))
+    merged = loading.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+imu_npy", manual_dir=f"{a}+{b}"))
     assert merged.name == "imu_npy+imu_npy" and len(merged.sources) == 2
     # Each dataset split as it is alone, window ids offset by the datasets before it.
     for part, n, offset in zip(merged.sources, (60, 40), (0, 60)):
@@ -344,18 +345,18 @@ def test_merged_datasets_concatenate_their_own_splits(tmp_path):
     assert next(ip.train_batches(merged, global_batch_size=16, seed=0)).shape == (16, S, F)
     assert merged.source().num_windows == 60 and merged.source("imu_npy") is merged.sources[0]
     with pytest.raises(ValueError, match=r"config\.dataset\.manual_dir: 1 folders for the 2 datasets"):
-        ip.load_pretrain_data(_config(tmp_path / "tfds", a, name="imu_npy+synthetic_imu"))
+        loading.load_pretrain_data(_config(tmp_path / "tfds", a, name="imu_npy+synthetic_imu"))
     with pytest.raises(ValueError, match=r"merge datasets as a\+b\+c"):
-        ip.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+"))
+        loading.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+"))
     with pytest.raises(ValueError, match=r"a dataset appears twice"):
-        ip.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+imu_npy", manual_dir=f"{a}+{a}"))
+        loading.load_pretrain_data(_config(tmp_path / "tfds", None, name="imu_npy+imu_npy", manual_dir=f"{a}+{a}"))
 
 
 def test_synthetic_imu_end_to_end(tmp_path, monkeypatch):
     from limubert_jax.datasets.synthetic_imu import synthetic_imu_dataset_builder as synthetic
 
     monkeypatch.setattr(synthetic.Builder, "WINDOWS_PER_RECORDING", 3)  # 180 windows
-    loaded = ip.load_pretrain_data(
+    loaded = loading.load_pretrain_data(
         ml_collections.ConfigDict(dict(name="synthetic_imu", version="20_120", data_dir=str(tmp_path), manual_dir=None,
                                        seed=3431, train_rate=0.8, vali_rate=0.1))
     )  # fmt: skip
@@ -372,14 +373,14 @@ def test_recordings_build_per_folder_split_by_recording_and_refuse_a_changed_fol
     folder = tmp_path / "recordings"
     example.write_recordings(folder, num_recordings=4, seconds=60.0)
     config = _config(tmp_path / "tfds", folder, name="recordings", version="20_80", split_by="recording")
-    data = ip.load_pretrain_data(config)
+    data = loading.load_pretrain_data(config)
     meta = data.info.metadata
     assert data.seq_len == 80 and data.sampling_rate_hz == 20.0 and meta["label_columns"] == ["activity", "user"]
     recording = np.repeat(np.arange(4), [r["windows"] for r in meta["recordings"]])
     np.testing.assert_array_equal(data.groups, recording)
     assert not set(recording[data.train_index]) & set(recording[data.vali_index])
     # Options are part of the build's key: another stride is another build beside the first.
-    overlapping = ip.load_pretrain_data(_config(tmp_path / "tfds", folder, name="recordings", version="20_80",
+    overlapping = loading.load_pretrain_data(_config(tmp_path / "tfds", folder, name="recordings", version="20_80",
                                                 stride=40))
     assert overlapping.num_windows > data.num_windows
     assert len([p for p in (tmp_path / "tfds" / "recordings").iterdir() if p.name[0] != "."]) == 2
@@ -388,7 +389,7 @@ def test_recordings_build_per_folder_split_by_recording_and_refuse_a_changed_fol
     path.write_text(path.read_text().replace("\n", "\r\n", 1))
     with pytest.raises(ValueError, match=r"recordings/20_80 in .* was built from .*recordings.*, and its recordings "
                                          r"have changed since .*; delete .* to rebuild it, or use another data_dir"):
-        ip.load_pretrain_data(config)
+        loading.load_pretrain_data(config)
 
 
 def test_two_builds_of_one_new_folder_at_once_wait_for_each_other(tmp_path):
@@ -405,11 +406,11 @@ def test_two_builds_of_one_new_folder_at_once_wait_for_each_other(tmp_path):
     folder, data_dir = tmp_path / "recordings", tmp_path / "tfds"
     example.write_recordings(folder, num_recordings=2, seconds=20.0)
     config = _config(data_dir, folder, name="recordings", version="20_40")
-    builder = ip._builder("recordings", "20_40", str(data_dir), str(folder), config)
+    builder = loading._builder("recordings", "20_40", str(data_dir), str(folder), config)
     command = [sys.executable, "-m", "limubert_jax.prepare_data", "--config=recordings:20_40",
                f"--config.dataset.manual_dir={folder}", f"--config.dataset.data_dir={data_dir}"]
     logs = [tmp_path / f"stderr{i}.txt" for i in range(2)]
-    with ip.build_lock(builder):
+    with loading.build_lock(builder):
         children = [subprocess.Popen(command, cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
                                      stderr=log.open("w"), text=True) for log in logs]
         # Both must be waiting on the lock before it is released (their logs say so).

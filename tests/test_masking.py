@@ -1,4 +1,4 @@
-"""Span masking (SPEC section 4): validity, exact distribution, golden statistics, corruption."""
+"""Span masking (docs/reference.md §4): validity, exact distribution, golden statistics, corruption."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Architecture facts of SPEC sections 2, 3 and 8 that need no reference files."""
+"""Architecture facts of docs/reference.md §2, 3 and 8 that need no reference files."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_classifier_dropout_only_while_training():
 @pytest.mark.parametrize("layer", ["gru", "lstm"])
 def test_recurrent_layers_unrolled_equal_the_loop(layer):
     # Inference unrolls the time loop (faster on XLA:CPU); it must compute what the loop does.
-    from limubert_jax.models.recurrent import gru_layer, lstm_layer
+    from recurrent_layers import gru_layer, lstm_layer
 
     fn, gates = (gru_layer, 3) if layer == "gru" else (lstm_layer, 4)
     keys = jax.random.split(jax.random.key(3), 5)

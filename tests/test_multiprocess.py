@@ -4,7 +4,7 @@ jax.distributed with gloo CPU collectives, each with its own fake CPU devices.
 2 processes x 2 devices run the first half of a run and must log the same per-step losses
 as 1 process x 4 devices; 1 process x 2 devices then resumes that run from its
 multi-process checkpoint and must end with the same losses and the same checkpoint as the
-uninterrupted 1 x 4 run. The tiny `configs/test.py` trains on 48 windows, one step per
+uninterrupted 1 x 4 run. The tiny `tests/configs/test.py` trains on 48 windows, one step per
 epoch, so metrics.jsonl (one line per epoch) holds every step's loss.
 
 Also: inconsistent multi-process flags, cluster auto-detection, and the object-store
@@ -33,7 +33,7 @@ from limubert_jax.runtime import distributed
 from limubert_jax.runtime.errors import LimuBertError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "test.py"
+CONFIG = ROOT / "tests" / "configs" / "test.py"
 EPOCHS = 4  # = steps
 FIRST_LEG = 2  # epochs run by the 2-process leg before the resume on 2 devices
 TOLERANCE = 1e-5

@@ -376,10 +376,10 @@ _CASES = [  # (name, command module, argv, the output the error line names)
     ("to_safetensors", "convert", ["to_torch", "{ckpt}", "{D}/m.safetensors"], "m.safetensors"),
     ("to_onnx", "convert", ["to_onnx", "{run}", "{D}/m.onnx"], "m.onnx"),
     ("from_torch", "convert", ["from_torch", "{pt}", "{D}/c", "--n_layers=1", "--n_heads=2"], "c"),
-    ("prepare_data", "prepare_data", ["--config={root}/configs/test.py", "--config.dataset.data_dir={D}/tfds"],
+    ("prepare_data", "prepare_data", ["--config={root}/tests/configs/test.py", "--config.dataset.data_dir={D}/tfds"],
      "tfds"),
 ]
-_MAIN_JOB = ("main", "main", ["--config={root}/configs/test.py", "--workdir={D}/run",
+_MAIN_JOB = ("main", "main", ["--config={root}/tests/configs/test.py", "--workdir={D}/run",
                               "--config.dataset.data_dir={data}", "--config.train.num_epochs=1",
                               "--config.dataset.train_rate=0.05"])
 

@@ -131,7 +131,7 @@ def test_every_program_of_the_commands_is_full_float32_but_the_train_step(ir_dum
     predictions, t-SNE and the report, then the embed command: only the train step's programs
     may compute below float32. (Fine-tuning runs the same encoder and heads; each head's and
     baseline's own program: `test_every_classifier_is_full_float32`.)"""
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config.dataset.data_dir = str(synthetic_data_dir)
     config.task = "pretrain+report"
     config.train.num_epochs = 1

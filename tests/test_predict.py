@@ -157,7 +157,7 @@ def test_a_folder_of_recordings_is_resampled_and_cut_like_the_training_windows(r
     assert predict.main(["--model", str(run_dir), "--input", str(folder), "--output", str(tmp_path / "p.csv"),
                          "--stride", "20", "--batch_size", "4"]) == 0  # half-overlapping windows
     rows = _rows(tmp_path / "p.csv")
-    from limubert_jax.datasets.recordings import recordings_dataset_builder as recordings
+    from limubert_jax.datasets.recordings import reader as recordings
 
     source = recordings.read_source(folder, RATE, SEQ, stride=20)
     windows = np.stack([imu for imu, _, _ in source.windows()])

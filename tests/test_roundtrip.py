@@ -1,5 +1,5 @@
 """Self-contained PyTorch interop: Flax -> to-torch -> strict load into the in-project
-PyTorch model (written from SPEC) gives the same outputs, and back, bit for bit."""
+PyTorch model (written from docs/reference.md) gives the same outputs, and back, bit for bit."""
 
 from __future__ import annotations
 
@@ -11,16 +11,27 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import torch_reference  # noqa: E402
 from torch_reference import ClassifierGRU, LIMUBertModel4Pretrain  # noqa: E402
 
 from limubert_jax import convert  # noqa: E402
 from limubert_jax.io import checkpoint  # noqa: E402
-from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain  # noqa: E402
+from limubert_jax.models.encoder import (  # noqa: E402
+    LAYER_NORM_EPS,
+    MODEL_CONFIGS,
+    LimuBertConfig,
+    LimuBertModel4Pretrain,
+)
 from limubert_jax.models.recurrent import GRUClassifier, GRUClassifierConfig, gru_v2  # noqa: E402
 
 ATOL = 2e-5  # float32, same arithmetic in a different order
 
 SMALL = LimuBertConfig(feature_num=9, hidden=32, hidden_ff=48, n_layers=2, n_heads=2, seq_len=40, emb_norm=False)
+
+
+def test_the_oracle_and_the_package_share_the_specs_constants():
+    # The oracle is written from docs/reference.md, not from the package: the constant is stated twice.
+    assert torch_reference.LAYER_NORM_EPS == LAYER_NORM_EPS
 
 
 def _assert_params_equal(a, b):
@@ -91,7 +102,8 @@ def test_torch_initialised_model_imports_with_same_outputs(tmp_path):
 
 @pytest.mark.parametrize(
     "cfg",
-    [gru_v2(num_classes=5), GRUClassifierConfig(input_dim=16, rnn_hidden=(8,), rnn_layers=(3,), linear_dims=(12, 4), activation=True)],
+    [gru_v2(num_classes=5),
+     GRUClassifierConfig(input_dim=16, rnn_hidden=(8,), rnn_layers=(3,), linear_dims=(12, 4), activation=True)],
     ids=["gru_v2", "deep_activ"],
 )
 def test_gru_classifier_round_trip(tmp_path, cfg):
@@ -100,7 +112,8 @@ def test_gru_classifier_round_trip(tmp_path, cfg):
     torch.save(torch_model.state_dict(), tmp_path / "clf.pt")
     kind, inferred = convert.from_torch(tmp_path / "clf.pt", tmp_path / "ckpt")
     assert kind == "gru_classifier"
-    assert (inferred.rnn_hidden, inferred.rnn_layers, inferred.linear_dims) == (cfg.rnn_hidden, cfg.rnn_layers, cfg.linear_dims)
+    dims = ("rnn_hidden", "rnn_layers", "linear_dims")
+    assert [getattr(inferred, d) for d in dims] == [getattr(cfg, d) for d in dims]
     # The ReLU flag leaves no trace in the weights; the test model is built with the right one.
     _, _, params = checkpoint.load_model(tmp_path / "ckpt")
     x = np.random.default_rng(2).normal(size=(6, 20, cfg.input_dim)).astype(np.float32)

@@ -37,7 +37,7 @@ def _arrays(folder: Path, n: int) -> Path:
 
 
 def _config(arrays: Path, data_dir: Path, merge: int):
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config.dataset.update(name="imu_npy", manual_dir=str(arrays), data_dir=str(data_dir))
     config.task = "pretrain+report"
     config.train.update(num_epochs=1, batch_size=4, eval_batch_size=8)

@@ -1,4 +1,4 @@
-"""Data splits (SPEC sections 5 and 7): golden UCI indices, hand-checked cases, errors."""
+"""Data splits (docs/reference.md §5 and §7): golden UCI indices, hand-checked cases, errors."""
 
 from __future__ import annotations
 

@@ -138,7 +138,7 @@ def bucket(tmp_path, monkeypatch):
 
 
 def _config(data_dir, task: str):
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config.dataset.data_dir = str(data_dir)
     config.task = task
     config.model.n_layers = 1  # compiles fastest; paths, not the model, are under test here

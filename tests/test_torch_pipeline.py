@@ -95,10 +95,8 @@ def test_safetensors_are_written_without_torch_and_read_by_the_safetensors_packa
     assert config["class_names"] == ["a", "b", "c"] and config["head"] == "gru_v2" and config["merge"] == MERGE
     _, _, params = checkpoint.load_model(runs["limu_gru_v2"])
     np.testing.assert_array_equal(tensors["head.gru0.weight_ih_l0"], params["head"]["gru0"]["kernel_ih_l0"].T)
-    try:
-        from safetensors.numpy import load_file
-    except ImportError:
-        pytest.skip("the safetensors package is not installed: only our own reader was checked")
+    from safetensors.numpy import load_file
+
     theirs = load_file(str(out))
     assert theirs.keys() == tensors.keys()
     for key in tensors:
@@ -112,14 +110,14 @@ def test_safetensors_round_trip_of_every_dtype(tmp_path):
     header_size = int.from_bytes(data[:8], "little")
     assert header_size % 8 == 0
     tensors, metadata = safetensors.loads(data)
-    assert metadata == {"k": "v"} and list(tensors) == list(arrays)
+    assert metadata == {"k": "v"} and sorted(tensors) == sorted(arrays)  # the library orders them itself
     for key, array in arrays.items():
         np.testing.assert_array_equal(tensors[key], array)
     with pytest.raises(ValueError, match="not a safetensors file"):
         safetensors.loads(b"\xff" * 16)
     (tmp_path / "all.safetensors").write_bytes(data)  # the standalone file's reader, empty tensor included
     theirs, metadata = limubert_torch.read_safetensors(tmp_path / "all.safetensors")
-    assert metadata == {"k": "v"} and list(theirs) == list(arrays)
+    assert metadata == {"k": "v"} and sorted(theirs) == sorted(arrays)
     for key, array in arrays.items():
         np.testing.assert_array_equal(theirs[key].numpy(), array)
 

@@ -1,5 +1,5 @@
 """The main job end to end: outputs, export of the best checkpoint, exact resume after a real
-kill, the non-finite guard and config errors. Uses the tiny `configs/test.py`."""
+kill, the non-finite guard and config errors. Uses the tiny `tests/configs/test.py`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(data_dir, **overrides):
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config.dataset.data_dir = str(data_dir)
     for dotted, value in overrides.items():
         section, field = dotted.split(".")
@@ -39,7 +39,7 @@ def data_dir(synthetic_data_dir):
 
 
 def _main_command(workdir, data_dir, *extra):
-    return [sys.executable, "-m", "limubert_jax.main", f"--config={ROOT / 'configs' / 'test.py'}",
+    return [sys.executable, "-m", "limubert_jax.main", f"--config={ROOT / 'tests' / 'configs' / 'test.py'}",
             f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", *extra]
 
 

@@ -30,7 +30,7 @@ STEPS_PER_EPOCH = 15  # 480 synthetic training windows (train_rate 0.2) at the t
 
 
 def _config(data_dir, epochs: int, **train_overrides):
-    config = config_lib.sibling_config(str(ROOT / "configs" / "test.py"), "test").get_config()
+    config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config.dataset.data_dir = str(data_dir)
     config.dataset.train_rate = 0.2
     config.train.num_epochs = epochs
@@ -76,7 +76,7 @@ def test_a_second_job_exits_2_naming_the_holder(run, synthetic_data_dir):
               "command": "python -m limubert_jax.main --config=configs/test.py"}
     (run / workdir.LOCK_FILE).write_text(json.dumps(holder))
     before = _tree(run)
-    result = _main(f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={run}",
+    result = _main(f"--config={ROOT / 'tests' / 'configs' / 'test.py'}", f"--workdir={run}",
                    f"--config.dataset.data_dir={synthetic_data_dir}", "--config.dataset.train_rate=0.2",
                    "--config.train.num_epochs=2", cwd=run.parent)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -263,7 +263,7 @@ def test_a_longer_run_in_the_same_process_reuses_the_compiled_steps(run, synthet
 def test_unreadable_checkpoint_files_are_one_line(run, synthetic_data_dir):
     for data_file in (run / "checkpoints" / "30" / "state").rglob("d/*"):
         data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
-    result = _main(f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={run}",
+    result = _main(f"--config={ROOT / 'tests' / 'configs' / 'test.py'}", f"--workdir={run}",
                    f"--config.dataset.data_dir={synthetic_data_dir}", "--config.dataset.train_rate=0.2",
                    "--config.train.num_epochs=2", "--config.train.extend_to_epochs=3", cwd=run.parent)
     assert result.returncode == 2
@@ -325,7 +325,7 @@ def test_interrupted_saves_and_deletes_are_cleaned_on_start(run):
 
 
 def test_bad_command_lines_are_one_line(tmp_path, synthetic_data_dir):
-    test_config = ROOT / "configs" / "test.py"
+    test_config = ROOT / "tests" / "configs" / "test.py"
     cases = [
         ([f"--config={test_config}", "--config.train.bogus=1"],
          "error: --config.train.bogus: no config field 'bogus' (every field: configs/default.py)"),

@@ -1,20 +1,27 @@
-"""PyTorch implementations of the reference models, written from SPEC sections 2, 3 and 7.
+"""PyTorch implementations of the reference models, written from docs/reference.md §2, 3 and 7.
 
 They carry the reference's module names, so their state dicts have exactly the released
 keys; tests use them to check exports (strict load, same outputs) without the original
-code, and benchmarks use them as the PyTorch side. Needs the `torch` extra.
+code, and benchmarks use them as the PyTorch side (`benchmarks/harness.py`'s
+`torch_oracle`). Needs the `torch` extra. It imports torch and the standard library only:
+the reference benchmark job runs it without JAX, and an oracle written from docs/reference.md takes
+nothing from the code it checks (tests/test_roundtrip.py checks that the constants agree).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from limubert_jax.models.encoder import LAYER_NORM_EPS, LimuBertConfig
-from limubert_jax.models.recurrent import GRUClassifierConfig
+if TYPE_CHECKING:  # annotations only; any object with these fields does
+    from limubert_jax.models.encoder import LimuBertConfig
+    from limubert_jax.models.recurrent import GRUClassifierConfig
+
+LAYER_NORM_EPS = 1e-12  # docs/reference.md §2: inside the square root
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,6 @@ without it they are `label_0`, ..., `label_<L-1>`.
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import tensorflow_datasets as tfds
 from limubert_jax.datasets import common
@@ -34,7 +32,9 @@ class ReferenceNpyBuilder:
 
     HOMEPAGE: str | None = None
     LABELS_REQUIRED = True  # the reference's arrays come with their labels
-    KEYED_BY_SOURCE = False  # one dataset: its reference versions only
+    # One dataset: its reference versions only, each checked against the manual directory's
+    # arrays as imu_npy checks a build (`check_current`).
+    KEYED_BY_SOURCE = False
 
     def __init_subclass__(cls, **kwargs):
         common.pin_to_own_folder(cls)  # before TFDS registers the class
@@ -45,12 +45,8 @@ class ReferenceNpyBuilder:
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
-                    "imu": tfds.features.Tensor(
-                        shape=(config.seq_len, None),
-                        dtype=np.float32,
-                        encoding=tfds.features.Encoding.BYTES,
-                        doc="IMU readings (S, F) in physical units, as in data_<version>.npy",
-                    ),
+                    "imu": common.imu_feature(config.seq_len, None,
+                                              "IMU readings (S, F) in physical units, as in data_<version>.npy"),
                     "label": tfds.features.Tensor(
                         shape=(config.seq_len, None),
                         dtype=np.int64,
@@ -92,28 +88,3 @@ class Builder(ReferenceNpyBuilder, imu_npy.Builder):
     reference: to record what they are, add label_columns.json there, a JSON list of L
     names, e.g. ["activity", "user"].
     """
-
-
-# ---------------------------------------------------------------------------------------
-# Dummy arrays (python -m limubert_jax.datasets.make_dummy_data eleme): random, not real data.
-
-
-def write_npy_dummy_data(root: pathlib.Path, seed: int, num_features: int, num_labels: int,
-                         num_windows: dict[str, int]) -> None:
-    """Deterministic random data_/label_<version>.npy (float64, as the reference saves them)."""
-    root = pathlib.Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for i, (version, (_, seq_len)) in enumerate(sorted(common.VERSIONS.items())):
-        rng = np.random.default_rng([seed, i])
-        n = num_windows[version]
-        data = rng.normal(0.0, 1.0, (n, seq_len, num_features))
-        data[:, :, :3] += rng.normal(0.0, 1.0, (n, 1, 3)) * 5.0  # a per-window gravity-like offset
-        data = np.round(data, 4)
-        label = np.repeat(rng.integers(0, 4, (n, 1, num_labels)), seq_len, axis=1).astype(np.float64)
-        data_name, label_name = imu_npy.file_names(version)
-        np.save(root / data_name, data, allow_pickle=False)
-        np.save(root / label_name, label, allow_pickle=False)
-
-
-def write_dummy_data(root: pathlib.Path) -> None:
-    write_npy_dummy_data(root, seed=1851, num_features=9, num_labels=2, num_windows={"20_120": 24, "10_100": 10})

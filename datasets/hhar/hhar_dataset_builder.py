@@ -4,7 +4,7 @@ Raw files (UCI id 344, `Activity recognition exp/`): `Phones_accelerometer.csv` 
 `Phones_gyroscope.csv`, header `Index,Arrival_Time,Creation_Time,x,y,z,User,Model,Device,gt`,
 `Creation_Time` in nanoseconds, acc in m/s^2, gyro in rad/s.
 
-The reference procedure (DATASETS.md), reproduced here as plain functions:
+The reference procedure (datasets/hhar/README.md), reproduced here as plain functions:
 
 * Both files are walked in file order (rows are never re-sorted) in time bins of `window`
   (50 ms for `20_120`, 100 ms for `10_100`). The first time tag is the smaller of the two
@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
-import pathlib
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -336,60 +334,3 @@ class Builder(common.ImuBuilder):
         yield from iter_windows(
             raw_dir / ACC_FILE, raw_dir / GYRO_FILE, 1_000_000_000 // config.sampling_rate, config.seq_len
         )
-
-
-# ---------------------------------------------------------------------------------------
-# Dummy raw files (make_dummy_data.py).
-
-_T0 = 1_424_696_631_913_248_572  # ns; the first Creation_Time of the real accelerometer file
-_ARRIVAL_LAG_MS = 1_995
-
-
-def _dummy_rows(sensor: str, user: str, device: str, start_ns: int, plan, period_ms: float, seed: int):
-    """CSV lines of one device and sensor: `plan` is [(gt or None for a gap, seconds)];
-    periods of period_ms with a deterministic jitter of up to +-3.6 ms."""
-    model = device.rsplit("_", 1)[0]
-    lines, t, index, k = [], start_ns, 0, seed
-    for gt, seconds in plan:
-        end = t + int(seconds * 1e9)
-        activity = ACTIVITIES.index(gt) if gt not in (None, "null") else 6
-        while t < end:
-            if gt is not None:
-                phase = (t - _T0) / 1e9 * (0.6 + 0.3 * activity) * 2 * math.pi
-                if sensor == "acc":
-                    x = 0.8 * activity * math.sin(phase)
-                    y, z = 9.81 * math.cos(0.1 * activity), 1.5 * math.cos(phase + seed)
-                else:
-                    x = 0.2 * math.sin(phase + 1)
-                    y, z = 0.05 * activity * math.cos(phase), 0.01 * (k % 7 - 3)
-                arrival = t // 1_000_000 + _ARRIVAL_LAG_MS
-                lines.append(f"{index},{arrival},{t},{x:.6f},{y:.6f},{z:.6f},{user},{model},{device},{gt}\n")
-                index += 1
-            k = (k * 1_103_515_245 + 12_345) % (1 << 31)
-            t += int((period_ms + 0.9 * (k % 9 - 4)) * 1e6)
-        t = end
-    return lines
-
-
-def write_dummy_data(root: pathlib.Path) -> None:
-    """A small HHAR layout: two users, paired phones with 'null' stretches and a gap, and a
-    samsungold whose accelerometer has no gyroscope to pair with (around 25 Hz, jittered)."""
-    user_a, user_b = _T0, _T0 + 3_600 * 10**9
-    plan_a = [("stand", 21.0), ("null", 1.5), ("walk", 21.0)]
-    devices = [  # (user, device, start, plan, acc period ms, gyro period ms or None)
-        ("a", "nexus4_1", user_a, plan_a, 38.0, 40.0),
-        ("a", "s3mini_1", user_a + 7_000_000, plan_a, 41.0, 39.0),
-        ("a", "samsungold_1", user_a + 3_000_000, [("stand", 8.0)], 40.0, None),
-        ("b", "nexus4_2", user_b, [("sit", 13.0), (None, 1.0), ("sit", 13.0)], 39.0, 40.0),
-        ("b", "s3_1", user_b + 11_000_000, [("null", 0.5), ("bike", 31.0)], 40.0, 38.0),
-    ]
-    acc, gyro = [",".join(HEADER) + "\n"], [",".join(HEADER) + "\n"]
-    for seed, (user, device, start, plan, acc_ms, gyro_ms) in enumerate(devices):
-        acc += _dummy_rows("acc", user, device, start, plan, acc_ms, seed + 1)
-        if gyro_ms is not None:
-            gyro += _dummy_rows("gyro", user, device, start + 2_000_000, plan, gyro_ms, seed + 11)
-    folder = pathlib.Path(root) / LAYOUT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / ACC_FILE).write_text("".join(acc))
-    (folder / GYRO_FILE).write_text("".join(gyro))
-

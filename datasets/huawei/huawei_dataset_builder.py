@@ -14,8 +14,6 @@ it they are `label_0`, ..., `label_<L-1>`.
 
 from __future__ import annotations
 
-import pathlib
-
 from limubert_jax.datasets import common
 from limubert_jax.datasets.eleme import eleme_dataset_builder as eleme
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
@@ -34,8 +32,3 @@ class Builder(eleme.ReferenceNpyBuilder, imu_npy.Builder):
     reference: to record what they are, add label_columns.json there, a JSON list of L
     names, e.g. ["activity", "position", "user"].
     """
-
-
-def write_dummy_data(root: pathlib.Path) -> None:
-    """Deterministic random arrays (not real data): F = 6, L = 3."""
-    eleme.write_npy_dummy_data(root, seed=2021, num_features=6, num_labels=3, num_windows={"20_120": 22, "10_100": 9})

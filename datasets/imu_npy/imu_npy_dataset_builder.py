@@ -14,7 +14,7 @@ so that several folders of one version live side by side in a data_dir. One exam
 order of the files (so the reference split indices apply): `imu` float32 (S, F) and `label`
 int64 (S, L). F and L are read from the files; the feature shapes are (S, None) and the
 metadata records `num_features`, `num_labels`, `feature_names`, the source directory and
-the SHA-256 of both files (the input pipeline uses them to refuse a stale build).
+the SHA-256 of both files (`Builder.check_current` uses them to refuse a stale build).
 
 An optional `label_columns.json` beside the arrays names the L label columns (the tasks of
 downstream training): a JSON list of L names, or an object from each column's name to its
@@ -99,7 +99,8 @@ def load_arrays(manual_dir: os.PathLike | str, version: str, seq_len: int,
         label = _load(manual_dir / label_name)
     for name, arr in ((data_name, data), (label_name, label)):
         if arr.ndim != 3:
-            raise ValueError(f"imu_npy/{version}: {manual_dir / name} must be (N, S, ...) with 3 dims, got shape {arr.shape}")
+            raise ValueError(f"imu_npy/{version}: {manual_dir / name} must be (N, S, ...) with 3 dims, "
+                             f"got shape {arr.shape}")
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise ValueError(f"imu_npy/{version}: {manual_dir / name} has dtype {arr.dtype}; expected real numbers")
     if data.shape[:2] != label.shape[:2]:
@@ -184,17 +185,16 @@ def feature_units(num_features: int) -> list[str]:
     return units + ["unknown"] * (num_features - len(units))
 
 
-class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
+class Builder(common.UserFolderBuilder):
     """DatasetBuilder for imu_npy (see the module docstring)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
     BUILDER_CONFIGS = common.version_configs("Windows from data_<version>.npy / label_<version>.npy,")
     LABELS_REQUIRED = False  # without label_<version>.npy: unlabelled windows, for pretraining
-    # The input pipeline builds `config_for(version, source_dir)`: one build per folder, so two
-    # folders of one version coexist in a data_dir (the listed configs serve direct TFDS use).
-    KEYED_BY_SOURCE = True
-    SOURCE_OPTIONS: dict = {}  # config.dataset fields that change the build (none: the arrays are final)
+    # One build per folder (`config_for(version, source_dir)`, any `<rate>_<steps>` whose window
+    # length the arrays have), so two folders of one version coexist in a data_dir; the listed
+    # configs serve direct TFDS use. No SOURCE_OPTIONS: the arrays are final.
     # See common.py: pin TFDS's code/metadata paths to this folder.
     code_path = epath.Path(__file__)
     pkg_dir_path = code_path.parent
@@ -205,14 +205,34 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
     (or `config.dataset.manual_dir = DIR` for the training job).
     """
 
-    @classmethod
-    def config_for(cls, version: str, source_dir, **options) -> common.SourceConfig:
-        """The build of the arrays in `source_dir` at any `<rate>_<steps>` (the arrays' window
-        length must be `steps`), keyed by the folder."""
-        unknown = sorted(set(options) - set(cls.SOURCE_OPTIONS))
-        if unknown:
-            raise ValueError(f"{cls.name} has no option {unknown[0]!r}")
-        return common.source_config(cls.name, version, source_dir, options)
+    def check_current(self, manual_dir: os.PathLike | str) -> None:
+        """Refuses a build made from other arrays than those in `manual_dir` now: the build
+        records both files' SHA-256, read again only where a file's size or modification time
+        differs from the build's (a corpus of gigabytes hashes in seconds), and whether it had a
+        label file."""
+        meta = self.info.metadata or {}
+        if "data_sha256" not in meta:
+            return
+        version = config_version(self.builder_config)
+        what = f"{self.name}/{version} in {self.data_dir}"
+        for file_name, key, stat_key in zip(file_names(version), ("data_sha256", "label_sha256"),
+                                            ("data_stat", "label_stat")):
+            path = os.path.join(manual_dir, file_name)
+            if meta.get(key) is None:  # built without labels
+                if os.path.isfile(path):
+                    raise ValueError(f"{what} was built without {file_name}, and {path} exists now; delete "
+                                     f"{self.data_dir} to rebuild it with its labels, or use another data_dir")
+                continue
+            if not os.path.isfile(path):  # never a silent fall-back to the earlier build
+                raise ValueError(f"{path} does not exist; {what} was built from {meta.get('source_dir')!r}: point "
+                                 f"the config at the files to train on")
+            recorded_stat = meta.get(stat_key)  # older builds recorded none
+            if recorded_stat is not None and file_stat(path) == list(recorded_stat):
+                continue
+            if sha256(path) != meta[key]:
+                raise ValueError(f"{what} was built from {meta.get('source_dir')!r}, and {path} differs from the "
+                                 f"file it was built from; delete {self.data_dir} to rebuild it, or use another "
+                                 f"data_dir")
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
@@ -221,12 +241,7 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
-                    "imu": tfds.features.Tensor(
-                        shape=(config.seq_len, None),
-                        dtype=np.float32,
-                        encoding=tfds.features.Encoding.BYTES,
-                        doc="IMU readings (S, F) in physical units",
-                    ),
+                    "imu": common.imu_feature(config.seq_len, None, "IMU readings (S, F) in physical units"),
                     "label": tfds.features.Tensor(
                         shape=(config.seq_len, None),
                         dtype=np.int64,
@@ -276,4 +291,5 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, data: np.ndarray, label: np.ndarray):
         to_int = (lambda y: np.rint(y).astype(np.int64)) if label.dtype.kind == "f" else (lambda y: y.astype(np.int64))
         for i in range(data.shape[0]):
-            yield common.ordered_key(i, data.shape[0]), {"imu": np.asarray(data[i], dtype=np.float32), "label": to_int(np.asarray(label[i]))}
+            example = {"imu": np.asarray(data[i], dtype=np.float32), "label": to_int(np.asarray(label[i]))}
+            yield common.ordered_key(i, data.shape[0]), example

@@ -12,10 +12,10 @@ CSV with a header row, then `index,x,y,z` per sample. `<act>` is dws, ups, sit, 
 jog (trials: dws 1, 2, 11; ups 3, 4, 12; sit 5, 13; std 6, 14; wlk 7, 8, 15; jog 9, 16),
 `<u>` the user 1..24.
 
-Preprocessing (the reference's, see DATASETS.md "MotionSense"), per trial and user:
+Preprocessing (the reference's, see README.md beside this file), per trial and user:
 
 1. acc and gyro files are each down-sampled 50 Hz -> `sampling_rate` by block averaging
-   (`common.downsample`, stop rule `i + floor(r) + 1 < L`) and cut into non-overlapping
+   (`resampling.downsample`, stop rule `i + floor(r) + 1 < L`) and cut into non-overlapping
    windows of `seq_len` steps (tail dropped); a file needs more than `seq_len` down-sampled
    steps (L > S) to give any window.
 2. The acc and gyro windows of the same trial and user are paired, truncated to the shorter
@@ -40,13 +40,12 @@ from __future__ import annotations
 
 import collections
 import os
-import pathlib
 import re
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from etils import epath
-from limubert_jax.datasets import common
+from limubert_jax.datasets import common, layout, resampling
 
 RAW_RATE = 50  # Hz
 ACC_SCALE = 9.8  # g -> m/s^2 as the reference does
@@ -141,10 +140,10 @@ def read_sensor_csv(path: os.PathLike | str) -> np.ndarray:
 
 def sensor_windows(x: np.ndarray, sampling_rate: int, seq_len: int) -> np.ndarray:
     """One 50 Hz sensor file [samples, 3] -> windows [n, seq_len, 3]; none unless L > S."""
-    down = common.downsample(x, RAW_RATE, sampling_rate)
+    down = resampling.downsample(x, RAW_RATE, sampling_rate)
     if down.shape[0] <= seq_len:
         return np.zeros((0, seq_len, x.shape[1]), dtype=np.float64)
-    return common.cut_windows(down, seq_len)
+    return resampling.cut_windows(down, seq_len)
 
 
 def pair_windows(acc: np.ndarray, gyro: np.ndarray) -> np.ndarray:
@@ -222,7 +221,7 @@ class Builder(common.ImuBuilder):
     def _from_archives(self, dl_manager, archives: list[epath.Path], what: str) -> SensorDirs:
         """Each zip holds one sensor folder, so they extract to different roots: find each
         folder on its own (the base class looks for one root holding both)."""
-        roots = common.extract_archives(dl_manager, archives)
+        roots = layout.extract_archives(dl_manager, archives)
         return locate_sensor_dirs(roots, what)
 
 
@@ -232,7 +231,7 @@ def locate_sensor_dirs(roots: Sequence[os.PathLike | str], what: str) -> SensorD
     found = {}
     for name in (ACC_DIR, GYRO_DIR):
         for root in roots:
-            parent = common.find_layout(epath.Path(root), (name,))
+            parent = layout.find_layout(epath.Path(root), (name,))
             if parent is not None:
                 found[name] = sensor_dir(parent, name)
                 break
@@ -242,51 +241,3 @@ def locate_sensor_dirs(roots: Sequence[os.PathLike | str], what: str) -> SensorD
                 f"the raw layout needs both {ACC_DIR}/ and {GYRO_DIR}/"
             )
     return SensorDirs(found[ACC_DIR], found[GYRO_DIR])
-
-
-# ---------------------------------------------------------------------------------------
-# Dummy raw files (python -m limubert_jax.datasets.make_dummy_data motionsense)
-
-# (trial folder, user, acc samples, gyro samples). 610 samples give L = 243 at 20 Hz (2
-# windows) and 121 at 10 Hz (1); ups_3/sub_1 has a longer acc file (3 acc windows at 20 Hz,
-# truncated to the gyro's 2); 320 samples give 1 window at 20 Hz and none at 10 Hz; 300
-# samples none (L = 119). 21 windows at 20_120, 10 at 10_100.
-_DUMMY_RECORDINGS = (
-    ("dws_1", 1, 610, 610),
-    ("dws_1", 10, 610, 610),
-    ("dws_11", 2, 610, 610),
-    ("ups_3", 1, 910, 610),
-    ("ups_3", 2, 610, 610),
-    ("sit_5", 2, 610, 610),
-    ("std_6", 1, 300, 300),
-    ("std_6", 10, 610, 610),
-    ("wlk_7", 2, 610, 610),
-    ("wlk_7", 24, 610, 610),
-    ("jog_9", 1, 610, 610),
-    ("jog_9", 10, 320, 320),
-)
-
-
-def _dummy_sensor(rng: np.random.RandomState, activity: int, n: int, gyro: bool) -> np.ndarray:
-    """Front-pocket readings: acc (g) gravity along the thigh + gait, or gyro (rad/s)."""
-    t = np.arange(n) / RAW_RATE
-    moving = ACTIVITY_CODES[activity] in ("dws", "ups", "wlk", "jog")
-    amplitude = (1.5 if ACTIVITY_CODES[activity] == "jog" else 0.5) if moving else 0.01
-    wave = np.sin(2 * np.pi * (1.7 + 0.15 * activity) * t)[:, None]
-    if gyro:
-        return amplitude * 2.0 * wave * [1.0, 0.3, 0.5] + rng.normal(0.0, 0.02, (n, 3))
-    gravity = [0.0, -0.2, -0.98] if ACTIVITY_CODES[activity] == "sit" else [0.0, -0.98, 0.2]
-    return np.asarray(gravity) + amplitude * wave * [0.3, 1.0, 0.4] + rng.normal(0.0, 0.02, (n, 3))
-
-
-def write_dummy_data(root: pathlib.Path) -> None:
-    """B_Accelerometer_data/ and C_Gyroscope_data/ with 12 small recordings (see above)."""
-    rng = np.random.RandomState(2018)
-    for trial, user, n_acc, n_gyro in _DUMMY_RECORDINGS:
-        activity = ACTIVITY_CODES.index(trial.split("_")[0])
-        for folder, n, is_gyro in ((ACC_DIR, n_acc, False), (GYRO_DIR, n_gyro, True)):
-            values = _dummy_sensor(rng, activity, n, is_gyro)
-            lines = [",x,y,z"] + [f"{i},{x:.5f},{y:.5f},{z:.5f}" for i, (x, y, z) in enumerate(values)]
-            path = pathlib.Path(root) / folder / trial / f"sub_{user}.csv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(lines) + "\n")

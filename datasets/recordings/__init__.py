@@ -1,1 +1,2 @@
-"""recordings: your own continuous IMU recordings, one CSV / Parquet file each (see recordings_dataset_builder.py)."""
+"""recordings: your own continuous IMU recordings, one CSV / Parquet file each (README.md);
+`reader` reads and checks a folder, `recordings_dataset_builder` builds it."""

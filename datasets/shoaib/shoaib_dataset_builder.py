@@ -9,7 +9,7 @@ index 68 and is followed directly by the activity name at index 69, the last col
 reference reads it as `iloc[:, -1]`). Trailing empty fields after it (a 71st column, or
 more) are tolerated and ignored, but not required.
 
-Reference preprocessing (DATASETS.md), per participant file:
+Reference preprocessing (README.md beside this file), per participant file:
 
 * participants in ascending k (numeric: 1, 2, ..., 10); user label k - 1;
 * within a file, for each activity in label order (walking, sitting, standing, jogging,
@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
-from limubert_jax.datasets import common
+from limubert_jax.datasets import common, layout, resampling
 
 RAW_RATE = 50  # Hz
 ACTIVITIES = ("walking", "sitting", "standing", "jogging", "biking", "upstairs", "downstairs")
@@ -175,10 +175,10 @@ def participant_windows(
         if not len(rows):
             continue
         for p in range(len(POSITIONS)):
-            down = common.downsample(
+            down = resampling.downsample(
                 np.ascontiguousarray(rows[:, p, :]), RAW_RATE, sampling_rate, include_last=True
             )
-            for window in common.cut_windows(down, seq_len):
+            for window in resampling.cut_windows(down, seq_len):
                 yield window, {"activity": a, "position": p, "user": user}
 
 
@@ -219,7 +219,7 @@ def extract_rar(archive: epath.Path, target: epath.Path) -> epath.Path:
     returns the directory holding `DataSet/Participant_1.csv`."""
     required = (f"{DATASET_DIR}/Participant_1.csv",)
     if target.is_dir():
-        found = common.find_layout(target, required)
+        found = layout.find_layout(target, required)
         if found is not None:
             return found
     tool = find_rar_tool()
@@ -240,11 +240,11 @@ def extract_rar(archive: epath.Path, target: epath.Path) -> epath.Path:
             f"shoaib: extracting {archive} with `{' '.join(command)}` failed "
             f"(exit {result.returncode}): {result.stderr.strip()[-500:]}"
         )
-    if common.find_layout(staging, required) is None:
+    if layout.find_layout(staging, required) is None:
         raise FileNotFoundError(f"shoaib: the archive {archive} does not hold {required[0]}")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
-    return common.find_layout(target, required)
+    return layout.find_layout(target, required)
 
 
 # ---------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ class Builder(common.ImuBuilder):
             manual = epath.Path(dl_manager.manual_dir)
         except AssertionError:  # TFDS: missing or empty; the base class says so
             manual = None
-        if manual is not None and common.find_layout(manual, self.REQUIRED_FILES) is None:
+        if manual is not None and layout.find_layout(manual, self.REQUIRED_FILES) is None:
             archive = _find_archive(manual)
             if archive is not None:
                 return extract_rar(archive, epath.Path(dl_manager.download_dir) / "extracted" / "shoaib_rar")
@@ -299,64 +299,3 @@ def _find_archive(manual: epath.Path) -> epath.Path | None:
         return manual / ARCHIVE
     rars = sorted(p for p in manual.iterdir() if p.is_file() and p.name.lower().endswith(".rar"))
     return rars[0] if len(rars) == 1 else None
-
-
-# ---------------------------------------------------------------------------------------
-# Dummy raw files (python -m limubert_jax.datasets.make_dummy_data shoaib).
-
-# (participant k, [(activity name as written, rows), ...]): walking is split in two runs
-# around sitting (concatenated by the reference), participant 2 spells upstairs both ways,
-# participant 10 sorts after 2 numerically (not lexicographically).
-_DUMMY_RECORDINGS = (
-    (1, (("walking", 300), ("sitting", 310), ("walking", 210))),
-    (2, (("upsatirs", 160), ("jogging", 510), ("upstairs", 150))),
-    (10, (("downstairs", 310), ("standing", 60))),
-)
-
-
-def _dummy_header() -> list[str]:
-    """The two header rows in the real layout: position names at column indices 14 * i (the
-    rest empty); the column names with an empty separator between blocks only, then
-    `Activity_Label` at index 69. NUM_COLUMNS (70) fields each."""
-    first, second = [], []
-    for i, position in enumerate(("Left_pocket", "Right_pocket", "Wrist", "Upper_arm", "Belt")):
-        if i:
-            first.append("")
-            second.append("")  # separator
-        first += [position] + [""] * (COLUMNS_PER_POSITION - 1)
-        second += ["Time_Stamp", "Ax", "Ay", "Az", "Lx", "Ly", "Lz", "Gx", "Gy", "Gz", "Mx", "My", "Mz"]
-    assert len(first) == len(second) == ACTIVITY_COLUMN
-    return [",".join(first + [""]), ",".join(second + ["Activity_Label"])]
-
-
-def write_dummy_data(root: pathlib.Path) -> None:
-    """Writes DataSet/Participant_{1,2,10}.csv: small, deterministic, plausible recordings."""
-    folder = pathlib.Path(root) / DATASET_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for k, recordings in _DUMMY_RECORDINGS:
-        rng = np.random.default_rng([2014, k])
-        lines = _dummy_header()
-        step = 0
-        for name, count in recordings:
-            moving = activity_index(name) not in (1, 2)  # sitting, standing
-            t = np.arange(count) / RAW_RATE
-            blocks = []  # per position: acc, linear acc (acc without gravity), gyro, mag
-            for _ in POSITIONS:
-                gravity = rng.normal(0.0, 1.0, 3)
-                gravity *= 9.81 / np.linalg.norm(gravity)
-                swing = (2.5 if moving else 0.05) * np.sin(2 * np.pi * 1.8 * t[:, None] + rng.uniform(0, 6, 3))
-                linear = swing + rng.normal(0, 0.1, (count, 3))
-                gyro = (1.2 if moving else 0.02) * np.cos(2 * np.pi * 0.9 * t[:, None] + rng.uniform(0, 6, 3))
-                mag = rng.uniform(-40, 40, 3) + rng.normal(0, 0.5, (count, 3))
-                blocks.append((gravity + linear, linear, gyro, mag))
-            for i in range(count):
-                fields = []
-                for p, (acc, linear, gyro, mag) in enumerate(blocks):
-                    if p:
-                        fields.append("")  # the separator between blocks (none after the belt block)
-                    fields.append(f"{20 * (step + i)}")  # ms
-                    fields += [f"{v:.2f}" for v in acc[i]] + [f"{v:.1f}" for v in linear[i]]
-                    fields += [f"{v:.2f}" for v in gyro[i]] + [f"{v:.1f}" for v in mag[i]]
-                lines.append(",".join(fields + [name]))  # the activity at index 69
-            step += count
-        (folder / f"Participant_{k}.csv").write_text("\n".join(lines) + "\n", encoding="ascii", newline="\n")

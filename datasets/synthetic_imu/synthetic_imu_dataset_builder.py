@@ -42,8 +42,10 @@ OVERSAMPLE = 5  # simulate at 5x the output rate, then average blocks of 5
 # the vertical second harmonic (push-off or landing impact).
 _GAIT = {
     "walk": dict(cadence=(1.75, 2.05), theta0=0.10, swing=0.45, vert=2.5, fwd=1.3, lat=0.6, harm=0.35, harm_phase=0.5),
-    "stairs_up": dict(cadence=(1.40, 1.70), theta0=0.45, swing=0.55, vert=3.0, fwd=0.8, lat=0.5, harm=0.50, harm_phase=-1.2),
-    "stairs_down": dict(cadence=(1.75, 2.10), theta0=0.20, swing=0.35, vert=4.0, fwd=0.9, lat=0.7, harm=0.75, harm_phase=2.0),
+    "stairs_up": dict(cadence=(1.40, 1.70), theta0=0.45, swing=0.55, vert=3.0, fwd=0.8, lat=0.5, harm=0.50,
+                      harm_phase=-1.2),
+    "stairs_down": dict(cadence=(1.75, 2.10), theta0=0.20, swing=0.35, vert=4.0, fwd=0.9, lat=0.7, harm=0.75,
+                        harm_phase=2.0),
     "run": dict(cadence=(2.60, 3.00), theta0=0.30, swing=0.65, vert=9.0, fwd=3.0, lat=1.2, harm=0.45, harm_phase=0.9),
 }  # fmt: skip
 
@@ -134,7 +136,8 @@ def _recording(user: int, activity: int, rate: int, num_samples: int) -> np.ndar
     specific_force = acc + np.array([0.0, 0.0, GRAVITY])  # what an accelerometer measures
     b_field = p["field"]
     field_body = np.stack(  # R_z(heading)^T field: the world seen from the turned body
-        [cos_h * b_field[0] + sin_h * b_field[1], -sin_h * b_field[0] + cos_h * b_field[1], np.full_like(t, b_field[2])],
+        [cos_h * b_field[0] + sin_h * b_field[1], -sin_h * b_field[0] + cos_h * b_field[1],
+         np.full_like(t, b_field[2])],
         axis=-1,
     )
     omega_body = np.stack([np.zeros_like(t), theta_rate, heading_rate], axis=-1)  # pitch + yaw rates
@@ -193,12 +196,8 @@ class Builder(common.RemovesFailedBuilds, tfds.core.GeneratorBasedBuilder):
             description=_DESCRIPTION,
             features=tfds.features.FeaturesDict(
                 {
-                    "imu": tfds.features.Tensor(
-                        shape=(config.seq_len, 9),
-                        dtype=np.float32,
-                        encoding=tfds.features.Encoding.BYTES,
-                        doc="acc (m/s^2) x/y/z, gyro (rad/s) x/y/z, mag (uT) x/y/z",
-                    ),
+                    "imu": common.imu_feature(config.seq_len, 9,
+                                              "acc (m/s^2) x/y/z, gyro (rad/s) x/y/z, mag (uT) x/y/z"),
                     "activity": tfds.features.ClassLabel(names=ACTIVITIES),
                     "user": tfds.features.ClassLabel(names=USERS),
                 }

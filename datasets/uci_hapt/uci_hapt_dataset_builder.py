@@ -10,14 +10,14 @@ and gyroscope (rad/s). Raw layout (the archive holds it at its top, or one folde
   (activity ids 1..12 as in `activity_labels.txt`; start/end are 1-based inclusive
   sample numbers).
 
-Preprocessing (the reference's, see DATASETS.md "UCI HAPT"):
+Preprocessing (the reference's, see README.md beside this file):
 
 1. Rows of `labels.txt` with activity 7..12 (postural transitions) are dropped.
 2. For every remaining segment, acc * 9.80665 (g -> m/s^2) next to gyro (6 columns), the
    rows `[start, end)` taken as **0-based** indices. Quirk kept on purpose: `start`/`end` are
    1-based inclusive sample numbers, so this slice starts one sample late and ends one sample
    early; the reference arrays were made that way.
-3. Down-sampled 50 Hz -> `sampling_rate` by block averaging (`common.downsample`, the
+3. Down-sampled 50 Hz -> `sampling_rate` by block averaging (`resampling.downsample`, the
    reference's stop rule `i + floor(r) + 1 < L`), then cut into non-overlapping windows of
    `seq_len` steps (tail dropped); a segment needs more than `seq_len` down-sampled steps
    (L > S) to give any window.
@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import collections
 import os
-import pathlib
 from collections.abc import Iterator
 
 import numpy as np
 from etils import epath
-from limubert_jax.datasets import common
+from limubert_jax.datasets import common, resampling
 
 RAW_RATE = 50  # Hz
 STANDARD_GRAVITY = 9.80665  # m/s^2 per g (the dataset's README and the reference)
@@ -139,10 +138,10 @@ def segment_windows(recording: np.ndarray, start: int, end: int, sampling_rate: 
     is longer than `seq_len`."""
     if end > recording.shape[0]:
         raise ValueError(f"uci_hapt: segment [{start}, {end}) runs past the recording's {recording.shape[0]} samples")
-    x = common.downsample(recording[start:end], RAW_RATE, sampling_rate)
+    x = resampling.downsample(recording[start:end], RAW_RATE, sampling_rate)
     if x.shape[0] <= seq_len:
         return np.zeros((0, seq_len, recording.shape[1]), dtype=np.float64)
-    return common.cut_windows(x, seq_len)
+    return resampling.cut_windows(x, seq_len)
 
 
 def ordered_segments(segments: list[Segment]) -> list[Segment]:
@@ -229,52 +228,3 @@ class Builder(common.ImuBuilder):
             labels = labels_of(segment)
             for window in windows:
                 yield window, labels
-
-
-# ---------------------------------------------------------------------------------------
-# Dummy raw files (python -m limubert_jax.datasets.make_dummy_data uci_hapt)
-
-# (exp, user, [(activity, number of samples)]) per dummy recording: the labelled segments
-# follow each other after 20 unlabelled samples. Transitions (7..12) are dropped; the
-# segments of 320 and 301 samples (slices of 319 and 300) give L = 127 and L = 119 at 20 Hz:
-# 1 and 0 windows (L > S is required).
-_DUMMY_RECORDINGS = (
-    (1, 1, [(5, 1310), (7, 150), (4, 1220), (1, 320), (2, 301)]),
-    (2, 1, [(6, 1300), (11, 160), (3, 700)]),
-    (5, 3, [(2, 800), (1, 1300), (12, 140)]),
-)
-_DUMMY_GAP, _DUMMY_TAIL = 20, 25  # unlabelled samples before each segment, after the last
-
-
-def _dummy_signal(rng: np.random.RandomState, activity: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Plausible waist-phone readings: acc (g) gravity + gait oscillation, gyro (rad/s)."""
-    t = np.arange(n) / RAW_RATE
-    lying = activity == 6
-    gravity = np.array([0.0, 0.1, 1.0]) if lying else np.array([1.0, -0.1, 0.15])
-    moving = activity in (1, 2, 3)
-    step = 1.8 + 0.1 * activity
-    acc = gravity + (0.3 if moving else 0.01) * np.sin(2 * np.pi * step * t + activity)[:, None] * [1.0, 0.4, 0.6]
-    gyro = (0.8 if moving else 0.02) * np.cos(2 * np.pi * step / 2 * t)[:, None] * [0.3, 1.0, 0.5]
-    return acc + rng.normal(0.0, 0.02, (n, 3)), gyro + rng.normal(0.0, 0.01, (n, 3))
-
-
-def write_dummy_data(root: pathlib.Path) -> None:
-    """A small RawData/ layout (3 recordings, 21 windows at 20_120, 10 at 10_100)."""
-    raw = pathlib.Path(root) / RAW_DIR
-    raw.mkdir(parents=True, exist_ok=True)
-    rng = np.random.RandomState(341)
-    rows = []
-    for exp, user, segments in _DUMMY_RECORDINGS:
-        pieces, position = [], 0
-        for activity, n in segments:
-            pieces.append(_dummy_signal(rng, 5, _DUMMY_GAP))  # unlabelled, before each segment
-            position += _DUMMY_GAP
-            pieces.append(_dummy_signal(rng, activity, n))
-            rows.append(f"{exp} {user} {activity} {position + 1} {position + n}")  # 1-based inclusive
-            position += n
-        pieces.append(_dummy_signal(rng, 5, _DUMMY_TAIL))
-        acc, gyro = [a for a, _ in pieces], [g for _, g in pieces]
-        for sensor, values in (("acc", acc), ("gyro", gyro)):
-            lines = [" ".join(f"{v:.6f}" for v in row) for row in np.concatenate(values)]
-            (raw / signal_name(sensor, exp, user)).write_text("\n".join(lines) + "\n")
-    (raw / "labels.txt").write_text("\n".join(rows) + "\n")

@@ -18,7 +18,7 @@ pairing below is this builder's own rule, stated exactly:
   within a run). Anything else ends the run.
 * A run is [L, 6] (acc x, y, z, then the paired gyro x, y, z). `20_120`: cut into windows of
   120 (the tail is dropped). `10_100`: down-sampled 20 -> 10 Hz with the shared block rule
-  (`common.downsample`: means of 2 samples, UCI/MotionSense stop rule), then cut into 100.
+  (`resampling.downsample`: means of 2 samples, UCI/MotionSense stop rule), then cut into 100.
 
 Order: subjects ascending, then acc file order. Labels: activity (index of its letter in
 A..S without N, names below) and user (subject - 1600). Watch data and the older v1.1
@@ -27,8 +27,6 @@ release are not built.
 
 from __future__ import annotations
 
-import math
-import pathlib
 import re
 from collections.abc import Iterator
 
@@ -36,7 +34,7 @@ import numpy as np
 import tqdm
 from absl import logging
 from etils import epath
-from limubert_jax.datasets import common
+from limubert_jax.datasets import common, resampling
 
 ACC_DIR = "raw/phone/accel"
 GYRO_DIR = "raw/phone/gyro"
@@ -199,9 +197,9 @@ def subject_windows(
     for start, end in runs(acc, gyro, partner):
         run = np.concatenate([acc["xyz"][start:end], gyro["xyz"][partner[start:end]]], axis=1)
         if sampling_rate != RAW_RATE:
-            run = common.downsample(run, RAW_RATE, sampling_rate)
+            run = resampling.downsample(run, RAW_RATE, sampling_rate)
         labels = {"activity": int(acc["activity"][start]), "user": int(acc["subject"][start]) - FIRST_SUBJECT}
-        for window in common.cut_windows(run, seq_len):
+        for window in resampling.cut_windows(run, seq_len):
             yield window, labels
 
 
@@ -285,55 +283,3 @@ class Builder(common.ImuBuilder):
     def windows(self, raw_dir: epath.Path) -> Iterator[tuple[np.ndarray, dict[str, int]]]:
         config = self.builder_config
         yield from iter_windows(raw_dir, config.sampling_rate, config.seq_len)
-
-
-# ---------------------------------------------------------------------------------------
-# Dummy raw files (make_dummy_data.py).
-
-_T0 = 252_207_666_810_782  # ns; the first timestamp of the real data_1600_accel_phone.txt
-
-
-def _signal(sensor: str, activity: int, t: float, seed: int) -> tuple[float, float, float]:
-    w = 2 * math.pi * (0.5 + 0.15 * activity)
-    if sensor == "accel":
-        return (1.2 * math.sin(w * t + seed), 9.5 + 0.8 * math.cos(2 * w * t), 0.3 * activity * math.sin(w * t / 2))
-    return (0.4 * math.cos(w * t + seed), 0.05 * activity * math.sin(w * t), 0.02 * ((seed * 7 + int(t * 20)) % 5 - 2))
-
-
-def _dummy_lines(sensor: str, subject: int, plan, offset_ns: int, seed: int) -> list[str]:
-    """Records of one subject and sensor: `plan` is [(activity letter, seconds, skipped sample
-    numbers)], samples every 50.354 ms (plus a deterministic jitter of up to +-2 ms that does
-    not accumulate) from _T0 + offset, activities back to back."""
-    lines, start, k = [], _T0 + offset_ns, seed
-    for letter, seconds, skipped in plan:
-        activity = ACTIVITY_CODES.index(letter)
-        for n in range(int(seconds * RAW_RATE)):
-            k = (k * 1_103_515_245 + 12_345) % (1 << 31)
-            t = start + n * 50_354_004 + (k % 9 - 4) * 500_000
-            if n not in skipped:
-                x, y, z = _signal(sensor, activity, (t - _T0) / 1e9, seed)
-                lines.append(f"{subject},{letter},{t},{x:.7g},{y:.7g},{z:.7g};")
-        start += int(seconds * RAW_RATE) * 50_354_004
-    return lines
-
-
-def write_dummy_data(root: pathlib.Path) -> None:
-    """A small WISDM layout: two subjects, three activities each, acc and gyro with their own
-    clocks (gyro 12 ms later), a run broken by missing acc samples, a stretch of gyro samples
-    missing (unpaired acc), and one line holding two records."""
-    layout = pathlib.Path(root) / LAYOUT_DIR
-    plans = {
-        1600: [("A", 26.0, ()), ("D", 26.0, ()), ("M", 26.0, ())],
-        1601: [("B", 26.0, ()), ("E", 26.0, range(200, 206)), ("S", 26.0, ())],
-    }
-    gyro_skips = {1600: {"D": range(300, 304)}, 1601: {}}
-    for subject, plan in plans.items():
-        acc = _dummy_lines("accel", subject, plan, 0, subject)
-        gyro_plan = [(a, s, gyro_skips[subject].get(a, ())) for a, s, _ in plan]
-        gyro = _dummy_lines("gyro", subject, gyro_plan, 12_000_000, subject + 1)
-        if subject == 1601:
-            acc[10:12] = [acc[10] + acc[11]]  # two records on one line
-        for folder, name, lines in ((ACC_DIR, "accel", acc), (GYRO_DIR, "gyro", gyro)):
-            path = layout / folder / f"data_{subject}_{name}_phone.txt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(lines) + "\n")

@@ -1,4 +1,4 @@
-"""Span masking of the reference (SPEC section 4), jit-able for use inside the train step.
+"""Span masking of the reference (docs/reference.md §4), jit-able for use inside the train step.
 
 `span_mask_positions` draws the masked time steps of each window; `mask_windows` applies the
 per-window corruption (zero / noise / keep) and gathers the reconstruction targets.

@@ -1,4 +1,4 @@
-"""Per-window input normalization of the reference (SPEC section 1)."""
+"""Per-window input normalization of the reference (docs/reference.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data splits of the reference (SPEC sections 5 and 7), reproduced index for index.
+"""Data splits of the reference (docs/reference.md §5 and §7), reproduced index for index.
 
 NumPy only. The reference draws every split from NumPy's legacy *global* generator
 (`np.random.seed(seed)` followed by `np.random.shuffle`). A fresh
@@ -6,7 +6,8 @@ NumPy only. The reference draws every split from NumPy's legacy *global* generat
 functions here draw identical permutations without reading or changing the global state.
 
 Pinned-down semantics of the classifier protocol (checked against
-`golden/splits_uci.npz` and the original `prepare_classifier_dataset`):
+the original code's split indices on UCI, `tests/reference/golden/splits_uci.npz`, and its
+`prepare_classifier_dataset`):
 
 * Windows are split once, 80/10/10 as in `pretrain_split`; the windows are then cut into
   `S // merge` sub-windows and **all three** splits keep only constant-label sub-windows.
@@ -211,7 +212,7 @@ def classifier_split(
     groups: np.ndarray | None = None,
     missing: int | None = None,
 ) -> ClassifierSplit:
-    """The classifier data protocol of SPEC section 7 (the reference's
+    """The classifier data protocol of docs/reference.md §7 (the reference's
     `prepare_classifier_dataset` with `merge_mode='all'`).
 
     labels: (N, S, L) label array; column `label_index` is the task.

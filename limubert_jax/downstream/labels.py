@@ -1,4 +1,4 @@
-"""Labelled data for the downstream protocol (SPEC 7): every window with one task's labels,
+"""Labelled data for the downstream protocol (docs/reference.md §7): every window with one task's labels,
 chosen by task name (`activity`, `user`, `position`, ...), never by column index, and the
 protocol's split (80/10/10 windows, 20-step sub-windows, a balanced labelled subset)."""
 
@@ -132,7 +132,7 @@ _LABEL_READ_ROWS = 4096  # records read at once by `check_protocol`
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolData:
-    """The classifier protocol's splits (SPEC 7) with labels that index `names`."""
+    """The classifier protocol's splits (docs/reference.md §7) with labels that index `names`."""
 
     split: splits.ClassifierSplit
     names: tuple[str, ...]

@@ -1,4 +1,4 @@
-"""Downstream tasks under the paper's protocol (SPEC section 7): embed, classify, finetune,
+"""Downstream tasks under the paper's protocol (docs/reference.md §7): embed, classify, finetune,
 baseline, and a report comparing methods.
 
 * `embed`: the pretrained encoder over every window -> `embed/embeddings.npy` (N, S, H) and
@@ -11,7 +11,7 @@ baseline, and a report comparing methods.
 * `report`: several methods (`config.downstream.methods`) on one dataset, as a markdown
   table in the layout of the paper's Table 3.
 
-Data (SPEC 7): the reference's 80/10/10 window split (same seed as pretraining), windows
+Data (docs/reference.md §7): the reference's 80/10/10 window split (same seed as pretraining), windows
 re-cut into 20-step sub-windows with a constant label, and a balanced labelled subset at
 `label_rate` drawn from the training split. Labels are chosen by task name (`activity`,
 `user`, `position`, `device_model`), never by column index. Training: Adam, batch 128, 700
@@ -60,9 +60,6 @@ from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.models.inference import embed_windows
 from limubert_jax.models.pipeline import MODEL_DIR, ClassifierPipelineConfig
 from limubert_jax.runtime.errors import LimuBertError
-
-DOWNSTREAM_TASKS = ("embed", "classify", "finetune", "baseline", "report")
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,7 +275,7 @@ class Inputs:
 
     @functools.cached_property
     def embeddings(self) -> np.ndarray:
-        # SPEC 7: the encoder sees whole windows; the classifier their 20-step pieces.
+        # docs/reference.md §7: the encoder sees whole windows; the classifier their 20-step pieces.
         model_config, params = self.encoder
         return embed_windows(params, model_config, self.data.windows, progress=True)
 
@@ -351,7 +348,8 @@ def classify(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     head = head or config.downstream.classifier
     start = time.perf_counter()
     inputs = inputs or Inputs(config, workdir)
-    return _train_on_features(config, workdir, task="classify", method=method_name("classify", head, config), model=head,
+    method = method_name("classify", head, config)
+    return _train_on_features(config, workdir, task="classify", method=method, model=head,
                               windows=inputs.embeddings, data=inputs.data, proto=inputs.proto, start=start,
                               encoder=inputs.encoder)
 
@@ -448,7 +446,8 @@ def run_method(config: ml_collections.ConfigDict, workdir: epath.Path, method: s
                inputs: Inputs | None = None) -> dict:
     """One report method: `limu_<head>` (classify), `finetune_<head>`, or a baseline name."""
     task, model = method_task(method)
-    return TASK_RUNNERS[task](config, workdir, model, inputs)
+    train = {"classify": classify, "finetune": finetune, "baseline": baseline}[task]
+    return train(config, workdir, model, inputs)
 
 
 def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: Inputs | None = None) -> dict:
@@ -508,15 +507,15 @@ def _stage_methods(task: str, config: ml_collections.ConfigDict) -> list[tuple[s
     return []  # embed trains nothing
 
 
-def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, tasks: list[str], dataset,
+def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, stages: list[str], dataset,
                  pretrained_config: LimuBertConfig | None = None) -> None:
-    """Checks every downstream stage of `tasks` before any stage of the chain runs, so that a
+    """Checks every downstream stage of a chain (`stages`: its downstream task names, in
+    order; `tasks.TASKS` says which names those are) before any stage of the chain runs, so that a
     chain fails in seconds, not after its pretraining: the label exists in `dataset` (the
     loaded `input_pipeline.load_data(config)`), numbers are in range, `merge` divides the windows,
     methods and heads are known and fit their inputs, and an encoder will exist and takes
     the dataset's windows. `pretrained_config`: the model that an earlier stage of the chain
     pretrains in `workdir`. Raises `LimuBertError` naming the field."""
-    stages = [t for t in tasks if t in DOWNSTREAM_TASKS]
     if not stages:
         return
     d = config.downstream
@@ -563,6 +562,3 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, tasks: 
         except ValueError as e:
             raise LimuBertError(f"config.downstream.{field}: {model} on {d.merge}-step sub-windows of "
                                 f"{input_dim} features: {e}") from None
-
-
-TASK_RUNNERS = {"embed": embed_dataset, "classify": classify, "finetune": finetune, "baseline": baseline, "report": run_report}

@@ -6,14 +6,14 @@ runtimes without JAX.
                                                    #                          subwindow_logits [batch, K, C]
 
 Both graphs take RAW readings (acc m/s^2, gyro rad/s, mag in any unit), exactly `feature_num`
-of them per step, and normalize them inside the graph (SPEC 1), so an app feeds the sensor
+of them per step, and normalize them inside the graph (docs/reference.md §1), so an app feeds the sensor
 values as they come. The batch axis is dynamic (the symbolic dimension "batch"); the
 sequence length is the model's.
 
 The graph is written node by node with `onnx.helper` from the NumPy parameters, as the plain
 formulation of the JAX code computes (`encoder.encode_plain`, `pipeline.subwindow_logits`):
 TF-style LayerNorm is ONNX's `LayerNormalization` (epsilon inside the square root, biased
-variance, as SPEC 2), GELU is the erf form, the one shared encoder block is unrolled
+variance, as docs/reference.md §2), GELU is the erf form, the one shared encoder block is unrolled
 `n_layers` times over the same initializers (the file holds its weights once). Recurrent
 heads are ONNX `GRU` (`linear_before_reset=1`: PyTorch's n = tanh(W_in x + b_in + r (W_hn h +
 b_hn))) and `LSTM` ops, one per layer, with the gates repacked from PyTorch's order (GRU
@@ -21,7 +21,7 @@ r, z, n; LSTM i, f, g, o) to ONNX's (z, r, h; i, o, f, c).
 
 The model's `metadata_props` hold what an app needs beside the tensors: `kind`,
 `class_names` (JSON list, classifiers), `config` (the checkpoint's config as JSON),
-`normalization` (SPEC 1's constants, JSON), `inputs` / `outputs` (names and shapes, JSON).
+`normalization` (§1's (docs/reference.md) constants, JSON), `inputs` / `outputs` (names and shapes, JSON).
 
 Opset 17 (IR version 8): the first with `LayerNormalization`, and old enough for the ONNX
 Runtime builds of mobile apps.
@@ -33,12 +33,14 @@ import json
 import os
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
-from limubert_jax.data.normalization import CONSTANTS, GRAVITY, MAG_EPS, MAG_GAMMA
+from limubert_jax.data.normalization import CONSTANTS, GRAVITY, MAG_EPS, MAG_GAMMA, normalize
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE, LIMU_BERT
-from limubert_jax.models import registry
+from limubert_jax.models import encoder as encoder_lib
+from limubert_jax.models import pipeline, registry
 from limubert_jax.models.encoder import LAYER_NORM_EPS, LimuBertConfig
 from limubert_jax.models.pipeline import AGGREGATION
 from limubert_jax.runtime.errors import LimuBertError, import_extra
@@ -120,7 +122,7 @@ class _Graph:
 
 
 def _normalize(g: _Graph, x: str, feature_num: int) -> str:
-    """SPEC 1 on raw windows [B, S, F] with F == feature_num (`normalization.normalize`)."""
+    """docs/reference.md §1 on raw windows [B, S, F] with F == feature_num (`normalization.normalize`)."""
     if feature_num < 6:
         return x
     # Accelerometer / 9.8, the other columns / 1 (exact): one broadcast Div.
@@ -143,7 +145,7 @@ def _normalize(g: _Graph, x: str, feature_num: int) -> str:
 
 
 def _encoder(g: _Graph, x: str, p: dict, cfg: LimuBertConfig, seq_len: int) -> str:
-    """SPEC 2 on normalized windows [B, S, F] -> [B, S, H] (`encoder.encode_plain`)."""
+    """docs/reference.md §2 on normalized windows [B, S, F] -> [B, S, H] (`encoder.encode_plain`)."""
     if seq_len > cfg.seq_len:
         raise LimuBertError(f"windows of {seq_len} steps are longer than the encoder's seq_len {cfg.seq_len}")
     f32 = np.float32
@@ -155,7 +157,7 @@ def _encoder(g: _Graph, x: str, p: dict, cfg: LimuBertConfig, seq_len: int) -> s
         h = g.layer_norm(h, e_gamma, e_beta, "transformer.embed.norm_1")
     pos = g.tensor("transformer.embed.pos_embed", np.asarray(emb["pos_embed"], f32)[:seq_len])
     h = g.op("Add", [h, pos], name="transformer.embed.add_pos")
-    # Quirk (SPEC 2): the same LayerNorm normalizes twice.
+    # Quirk (docs/reference.md §2): the same LayerNorm normalizes twice.
     h = g.layer_norm(h, e_gamma, e_beta, "transformer.embed.norm_2")
 
     # The one shared block's initializers, used by every layer.
@@ -170,12 +172,16 @@ def _encoder(g: _Graph, x: str, p: dict, cfg: LimuBertConfig, seq_len: int) -> s
     # 1/sqrt(head_dim) folded into q, as `encoder.attention_qkv` does.
     q_w = tensor("attn.proj_q.kernel", np.asarray(attn["proj_q"]["kernel"], f32) * f32(scale))
     q_b = tensor("attn.proj_q.bias", np.asarray(attn["proj_q"]["bias"], f32) * f32(scale))
-    k_w, k_b = tensor("attn.proj_k.kernel", attn["proj_k"]["kernel"]), tensor("attn.proj_k.bias", attn["proj_k"]["bias"])
-    v_w, v_b = tensor("attn.proj_v.kernel", attn["proj_v"]["kernel"]), tensor("attn.proj_v.bias", attn["proj_v"]["bias"])
+    k_w = tensor("attn.proj_k.kernel", attn["proj_k"]["kernel"])
+    k_b = tensor("attn.proj_k.bias", attn["proj_k"]["bias"])
+    v_w = tensor("attn.proj_v.kernel", attn["proj_v"]["kernel"])
+    v_b = tensor("attn.proj_v.bias", attn["proj_v"]["bias"])
     proj_w, proj_b = tensor("proj.kernel", p["proj"]["kernel"]), tensor("proj.bias", p["proj"]["bias"])
     n1_g, n1_b = tensor("norm1.gamma", p["norm1"]["gamma"]), tensor("norm1.beta", p["norm1"]["beta"])
-    fc1_w, fc1_b = tensor("pwff.fc1.kernel", p["pwff"]["fc1"]["kernel"]), tensor("pwff.fc1.bias", p["pwff"]["fc1"]["bias"])
-    fc2_w, fc2_b = tensor("pwff.fc2.kernel", p["pwff"]["fc2"]["kernel"]), tensor("pwff.fc2.bias", p["pwff"]["fc2"]["bias"])
+    fc1_w = tensor("pwff.fc1.kernel", p["pwff"]["fc1"]["kernel"])
+    fc1_b = tensor("pwff.fc1.bias", p["pwff"]["fc1"]["bias"])
+    fc2_w = tensor("pwff.fc2.kernel", p["pwff"]["fc2"]["kernel"])
+    fc2_b = tensor("pwff.fc2.bias", p["pwff"]["fc2"]["bias"])
     n2_g, n2_b = tensor("norm2.gamma", p["norm2"]["gamma"]), tensor("norm2.beta", p["norm2"]["beta"])
     split_shape = g.const([0, 0, heads, head_dim], np.int64)  # [B, S, H] -> [B, S, NH, D]
     merge_shape = g.const([0, 0, width], np.int64)
@@ -193,7 +199,7 @@ def _encoder(g: _Graph, x: str, p: dict, cfg: LimuBertConfig, seq_len: int) -> s
         weights = g.op("Softmax", [g.op("MatMul", [q, k], name=f"{n}.scores")], name=f"{n}.softmax", axis=-1)
         a = g.op("Transpose", [g.op("MatMul", [weights, v], name=f"{n}.attend")], name=f"{n}.merge_heads",
                  perm=[0, 2, 1, 3])
-        # Quirk (SPEC 2): the attention output replaces h; the residual starts after it.
+        # Quirk (docs/reference.md §2): the attention output replaces h; the residual starts after it.
         h = g.op("Reshape", [a, merge_shape], name=f"{n}.attn_out")
         h = g.layer_norm(g.op("Add", [h, g.linear_shared(h, proj_w, proj_b, f"{n}.proj")], name=f"{n}.residual1"),
                          n1_g, n1_b, f"{n}.norm1")
@@ -282,7 +288,7 @@ def _encoder_model(onnx, helper, numpy_helper, config: LimuBertConfig, params: d
     outputs = {"embeddings": [BATCH, s, config.hidden]}
     metadata = _metadata(ENCODER_KIND, config.to_dict(), inputs, outputs)
     doc = ("LIMU-BERT encoder: raw IMU windows (acc m/s^2, gyro rad/s, mag) -> embeddings; "
-           "normalization (SPEC 1) is inside the graph.")
+           "normalization (docs/reference.md §1) is inside the graph.")
     return _model(onnx, helper, g, inputs, outputs, metadata, doc), inputs, outputs
 
 
@@ -306,7 +312,7 @@ def _classifier_model(onnx, helper, numpy_helper, config, params: dict):
     metadata["aggregation"] = AGGREGATION
     doc = (f"LIMU-BERT classifier ({config.method}, {config.label}): raw IMU windows (acc m/s^2, gyro rad/s, mag) "
            f"-> class probabilities (mean softmax over {k} sub-windows of {config.merge} steps); normalization "
-           "(SPEC 1) is inside the graph; class names in metadata 'class_names'.")
+           "(docs/reference.md §1) is inside the graph; class names in metadata 'class_names'.")
     return _model(onnx, helper, g, inputs, outputs, metadata, doc), inputs, outputs
 
 
@@ -353,12 +359,6 @@ def export_onnx(source: str | os.PathLike, out_path: str | os.PathLike, *, overw
 
 def _reference_outputs(kind: str, config, params: dict, windows: np.ndarray) -> dict[str, np.ndarray]:
     """The JAX computation the ONNX graph reproduces, on raw windows."""
-    import jax.numpy as jnp
-
-    from limubert_jax.data.normalization import normalize
-    from limubert_jax.models import encoder as encoder_lib
-    from limubert_jax.models import pipeline
-
     windows = jnp.asarray(windows, jnp.float32)
     if kind == ENCODER_KIND:
         x = normalize(windows, config.feature_num)

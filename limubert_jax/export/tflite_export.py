@@ -7,7 +7,7 @@ that run TensorFlow Lite, through the self-contained PyTorch pipeline and `liter
     run_tflite("classifier.tflite", windows)               # any number N of windows [N, S, F]
 
 The file takes RAW readings (acc m/s^2, gyro rad/s, mag in any unit), exactly `feature_num`
-of them per step, and normalizes them inside (SPEC 1), as the ONNX export does; then the
+of them per step, and normalizes them inside (docs/reference.md §1), as the ONNX export does; then the
 encoder over the whole window, the `merge`-step sub-windows, the head, and the window's
 probabilities, the mean of its sub-windows' class probabilities (`pipeline.AGGREGATION`).
 Its one signature ("serving_default") has the input `windows` and the outputs
@@ -43,7 +43,7 @@ import numpy as np
 
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE
-from limubert_jax.models import registry
+from limubert_jax.models import pipeline, registry
 from limubert_jax.runtime.errors import LimuBertError, first_line, import_extra
 
 INPUT = "windows"
@@ -69,7 +69,7 @@ def _interpreter_class():
 def _torch_pipeline(directory, workdir: str):
     """The run's classifier as the PyTorch `ClassifierPipeline` (eval mode), through the
     files `limubert-convert to_torch` writes (the same path users take)."""
-    from limubert_jax.export import limubert_torch, torch_export
+    from limubert_jax.export import limubert_torch, torch_export  # noqa: PLC0415  (imports torch: the tflite extra)
 
     path = os.path.join(workdir, "pipeline.pt")
     torch_export.to_torch(directory, path)
@@ -176,8 +176,6 @@ def run_tflite(path: str | os.PathLike, windows: np.ndarray, *, threads: int = 1
 def check_tflite(out_path: str | os.PathLike, source: str | os.PathLike, windows: np.ndarray) -> float:
     """The largest absolute difference, over every output, between the LiteRT interpreter
     running the exported `out_path` and the JAX pipeline of `source` on raw windows [N, S, F]."""
-    from limubert_jax.models import pipeline
-
     kind, config, params = checkpoint.load_model(checkpoint.resolve_model_dir(source))
     if kind != CLASSIFIER_PIPELINE:
         raise LimuBertError(f"{source}: holds a {kind} model, not a trained classifier")

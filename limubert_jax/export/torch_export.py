@@ -171,8 +171,9 @@ def file_format(out_path: str | os.PathLike, format: str | None = None) -> str:
     if format not in FORMATS:
         raise LimuBertError(f"--format={format}: use one of {', '.join(FORMATS)}")
     if (format == "safetensors") != (by_name == "safetensors"):
+        wanted = storage.as_path(out_path).with_suffix(".safetensors" if format == "safetensors" else ".pt")
         raise LimuBertError(f"{out_path}: --format={format} but the name ends in {suffix or 'no suffix'}; "
-                            f"name it {storage.as_path(out_path).with_suffix('.safetensors' if format == 'safetensors' else '.pt')}")
+                            f"name it {wanted}")
     return format
 
 

@@ -28,10 +28,10 @@ def reconstruction_png(path, windows: np.ndarray, positions: np.ndarray, predict
     predictions: [N, M, F] the model's reconstructions there. One row per window, one
     column per channel (the first `channels`); masked steps are shaded.
     """
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (seconds of start-up: only where a run plots)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # no display: before pyplot is imported
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     path = storage.as_path(path)
     n, seq, features = windows.shape
@@ -63,10 +63,10 @@ def reconstruction_png(path, windows: np.ndarray, positions: np.ndarray, predict
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  (seconds of start-up: only where a run plots)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # no display: before pyplot is imported
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     return plt
 

@@ -1,9 +1,9 @@
-"""The safetensors file format with NumPy alone (no torch, no `safetensors` package).
+"""The safetensors file format with NumPy, through the `safetensors` package (no torch).
 
 A file is: an unsigned 64-bit little-endian header length N, N bytes of JSON (padded with
-spaces to a multiple of 8) mapping each tensor name to {"dtype", "shape", "data_offsets":
-[begin, end]} (offsets into the data that follows) and "__metadata__" to a str -> str map,
-then the tensors' bytes, little-endian, C order, back to back.
+spaces to a multiple of 8) mapping each tensor name to {"dtype", "shape", "data_offsets"}
+and "__metadata__" to a str -> str map, then the tensors' bytes, little-endian, C order.
+The package writes the tensors sorted by dtype alignment, then name, not in the given order.
 """
 
 from __future__ import annotations
@@ -13,49 +13,31 @@ import struct
 from collections.abc import Mapping
 
 import numpy as np
-
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+from safetensors import SafetensorError
+from safetensors import numpy as safetensors_numpy
 
 
 def dumps(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
-    """The bytes of a safetensors file holding `tensors` (in their order) and `metadata`."""
-    header: dict = {"__metadata__": {str(k): str(v) for k, v in (metadata or {}).items()}}
-    chunks, offset = [], 0
-    for name, array in tensors.items():
-        array = np.asarray(array)
-        native = array.dtype.newbyteorder("=")
-        if native not in _NAMES:
-            raise ValueError(f"safetensors: tensor {name!r} has dtype {array.dtype}, which the format lacks")
-        data = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False)).tobytes()
-        header[name] = {"dtype": _NAMES[native], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    """The bytes of a safetensors file holding `tensors` and `metadata`."""
+    # The package reads each array's memory as it lies: a strided view must be copied first.
+    arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    # No metadata is None, not {}: the package (0.8) writes a malformed header for an empty
+    # tensor dict with an empty metadata map.
+    text = {str(k): str(v) for k, v in (metadata or {}).items()} or None
+    try:
+        return safetensors_numpy.save(arrays, metadata=text)
+    except (SafetensorError, ValueError, KeyError) as e:
+        raise ValueError(f"safetensors: cannot write these tensors ({e})") from None
 
 
 def loads(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(tensors, metadata) of the bytes of a safetensors file; ValueError if they are not one."""
-    if len(data) < 8:
-        raise ValueError("not a safetensors file: shorter than its 8-byte header length")
-    (size,) = struct.unpack("<Q", data[:8])
-    if 8 + size > len(data):
-        raise ValueError(f"not a safetensors file: a header of {size} bytes in {len(data)} bytes")
     try:
-        header = json.loads(data[8 : 8 + size])
-    except ValueError as e:
-        raise ValueError(f"not a safetensors file: its header is not JSON ({e})") from None
-    metadata = header.pop("__metadata__", None) or {}
-    body = memoryview(data)[8 + size :]
-    tensors = {}
-    for name, entry in header.items():
-        begin, end = entry["data_offsets"]
-        if entry["dtype"] not in _DTYPES or not 0 <= begin <= end <= len(body):
-            raise ValueError(f"not a safetensors file: entry {name!r} ({entry})")
-        dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
-        tensors[name] = np.frombuffer(body[begin:end], dtype).reshape(entry["shape"]).astype(dtype.newbyteorder("="))
+        tensors = safetensors_numpy.load(bytes(data))
+    except SafetensorError as e:
+        raise ValueError(f"not a safetensors file: {e}") from None
+    # The package's in-memory reader returns the tensors only; the metadata is the header's
+    # "__metadata__" entry, and the header was just validated by that read.
+    (size,) = struct.unpack("<Q", data[:8])
+    metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
     return tensors, metadata

@@ -1,4 +1,4 @@
-"""Mapping between reference PyTorch state dicts and Flax parameter pytrees (SPEC section 8).
+"""Mapping between reference PyTorch state dicts and Flax parameter pytrees (docs/reference.md §8).
 
 Flax modules here are named like the reference's PyTorch modules, so one rule converts
 every tensor: a Flax `kernel<suffix>` [in, out] is PyTorch's `weight<suffix>` [out, in]

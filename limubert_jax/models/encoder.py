@@ -1,4 +1,4 @@
-"""The LIMU-BERT encoder and its pretraining head (SPEC sections 2 and 3).
+"""The LIMU-BERT encoder and its pretraining head (docs/reference.md §2 and §3).
 
 Module and parameter names mirror the reference PyTorch state-dict keys
 (`transformer.embed.lin`, `transformer.attn.proj_q`, ... , `decoder`) so that
@@ -199,12 +199,12 @@ class PositionWiseFeedForward(nn.Module):
 
 
 def input_embedding(p, x: jax.Array, cfg: LimuBertConfig) -> jax.Array:
-    """SPEC 2 embedding: x [B, S, F] -> [B, S, H]."""
+    """docs/reference.md §2 embedding: x [B, S, F] -> [B, S, H]."""
     e = linear(p["lin"], x)
     if cfg.emb_norm:
         e = layer_norm(p["norm"], e)
     e = e + p["pos_embed"][: x.shape[1]]
-    # Quirk: the same LayerNorm parameters normalize twice (SPEC 2, step 4).
+    # Quirk: the same LayerNorm parameters normalize twice (docs/reference.md §2, step 4).
     return layer_norm(p["norm"], e)
 
 
@@ -226,7 +226,7 @@ def attention(qkv: jax.Array, n_heads: int, positions: jax.Array | None = None) 
     if positions is not None:
         q = jnp.take_along_axis(q, positions[:, :, None], axis=1)
     # Head-major [B, NH, T, D] operands: XLA:CPU's batched matmuls want the batch dims
-    # leading (PERFORMANCE_NOTES: a seq-major einsum is ~2.5x slower).
+    # leading (measured: a seq-major einsum is ~2.5x slower).
     q, k, v = (t.reshape(batch, t.shape[1], n_heads, head_dim).transpose(0, 2, 1, 3) for t in (q, k, v))
     out = softmax_attention(q, k, v)
     return out.transpose(0, 2, 1, 3).reshape(batch, -1, width // 3)
@@ -280,7 +280,7 @@ softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def block(p, h: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = None) -> jax.Array:
-    """One application of the shared block (SPEC 2): [B, S, H] -> [B, S, H], or the rows at
+    """One application of the shared block (docs/reference.md §2): [B, S, H] -> [B, S, H], or the rows at
     `positions` [B, M] -> [B, M, H] (every step after the attention is per position)."""
     # Quirk: the attention output replaces h; the residual starts after it.
     h = attention(attention_qkv(p["attn"], h, cfg), cfg.n_heads, positions)

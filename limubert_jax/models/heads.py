@@ -1,4 +1,4 @@
-"""The convolutional and attention classifiers of the LIMU-BERT paper protocol (SPEC section 7);
+"""The convolutional and attention classifiers of the LIMU-BERT paper protocol (docs/reference.md §7);
 the recurrent ones are in `recurrent`, and `registry` builds any of them by name.
 
 Heads classify LIMU-BERT embeddings, baselines classify raw normalized IMU windows; both

@@ -1,7 +1,7 @@
-"""A trained classifier as one model from raw readings to activities: normalization (SPEC 1),
+"""A trained classifier as one model from raw readings to activities: normalization (docs/reference.md §1),
 the encoder when the method has one, sub-windows, the head, and the window's answer.
 
-What the downstream protocol trains (SPEC 7) only works on inputs prepared exactly as in
+What the downstream protocol trains (docs/reference.md §7) only works on inputs prepared exactly as in
 training: raw windows of `seq_len` steps, normalized, encoded whole (the encoder sees the
 whole window, as in `classify`), then cut into `merge`-step sub-windows, each classified on
 its own. A `ClassifierPipelineConfig` records every one of those choices, so that the saved
@@ -83,7 +83,7 @@ class ClassifierPipelineConfig:
 
     @property
     def normalization(self) -> dict[str, Any]:
-        """SPEC 1's constants, for runtimes that reimplement it (PyTorch, ONNX)."""
+        """§1's (docs/reference.md) constants, for runtimes that reimplement it (PyTorch, ONNX)."""
         return dict(normalization.CONSTANTS)
 
     def head_module(self):

@@ -1,4 +1,4 @@
-"""GRU classifier heads over LIMU-BERT embeddings (SPEC section 7).
+"""GRU classifier heads over LIMU-BERT embeddings (docs/reference.md §7).
 
 The GRU follows PyTorch's gate equations and packs its gates in PyTorch's order (r, z, n)
 along the last kernel axis, so the released classifiers convert by a transpose.
@@ -172,15 +172,6 @@ def stacked_rnn(x: jax.Array, layers: list[RecurrentLayer], cell: str, *, unroll
     return h
 
 
-def gru_layer(x, kernel_ih, kernel_hh, bias_ih, bias_hh, *, unroll: bool = False):
-    """One PyTorch GRU layer over time from h0 = 0.
-
-    x: [B, T, I]; kernel_ih: [I, 3G]; kernel_hh: [G, 3G]; biases: [3G], gates packed (r, z, n).
-    Returns all hidden states [B, T, G]; `unroll`: see `over_time`.
-    """
-    return stacked_rnn(x, [RecurrentLayer(kernel_ih, kernel_hh, bias_ih, bias_hh)], "gru", unroll=unroll)
-
-
 class RecurrentWeights(nn.Module):
     """The tensors of PyTorch `nn.GRU` / `nn.LSTM(I, G, num_layers)`, declared, not run.
 
@@ -260,18 +251,6 @@ class GRUClassifier(RecurrentClassifier):
     """The reference `ClassifierGRU`; `GRUClassifier(gru_v2(C))` is the released classifier."""
 
     cell: str = "gru"
-
-
-def lstm_layer(x, kernel_ih, kernel_hh, bias_ih, bias_hh, *, unroll: bool = False):
-    """One PyTorch LSTM layer over time from h0 = c0 = 0.
-
-    x: [B, T, I]; kernel_ih: [I, 4G]; kernel_hh: [G, 4G]; biases: [4G], gates packed in
-    PyTorch's order (i, f, g, o):
-    i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(...), g = tanh(...), o = σ(...),
-    c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c').
-    Returns all hidden states [B, T, G]; `unroll`: see `over_time`.
-    """
-    return stacked_rnn(x, [RecurrentLayer(kernel_ih, kernel_hh, bias_ih, bias_hh)], "lstm", unroll=unroll)
 
 
 class LSTMClassifier(RecurrentClassifier):

@@ -41,12 +41,12 @@ def _summary_writer_class():
     Where torch is already imported, it is used as it is.
     """
     if "torch" in sys.modules or "tensorboardX" in sys.modules:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # noqa: PLC0415  (see above: torch kept out unless present)
 
         return SummaryWriter
     sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # noqa: PLC0415
     finally:
         if sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]

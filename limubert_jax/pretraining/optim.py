@@ -1,4 +1,4 @@
-"""Optimizers of the reference code as optax transformations (SPEC section 6).
+"""Optimizers of the reference code as optax transformations (docs/reference.md §6).
 
 - `adam`: the public release's `torch.optim.Adam(lr=1e-3)` (bias-corrected, eps 1e-8, no decay).
 - `bert_adam`: the seed's BertAdam (pytorchic / Hugging Face BERT lineage): per-tensor gradient
@@ -137,7 +137,7 @@ def bert_adam(
     max_grad_norm: float = 1.0,
     weight_decay_mask: Mask | None = None,
 ) -> optax.GradientTransformation:
-    """The reference's BertAdam (SPEC 6), per tensor p with gradient g:
+    """The reference's BertAdam (docs/reference.md §6), per tensor p with gradient g:
 
     1. `g *= min(1, max_grad_norm / (||g||_2 + 1e-6))` (per tensor; skipped if max_grad_norm <= 0),
     2. `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`, no bias correction,

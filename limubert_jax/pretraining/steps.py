@@ -1,6 +1,6 @@
 """The masked-reconstruction objective and its jitted, sharded train and eval steps.
 
-Raw windows in physical units go in; normalization (SPEC 1) and span masking (SPEC 4)
+Raw windows in physical units go in; normalization (docs/reference.md §1) and span masking (docs/reference.md §4)
 happen on device inside the compiled step, with randomness derived from
 `jax.random.fold_in(rng, step)` so that a resumed run draws the same masks.
 """

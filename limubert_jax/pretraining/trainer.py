@@ -38,7 +38,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from limubert_jax.data import input_pipeline
-from limubert_jax.data.input_pipeline import load_data
+from limubert_jax.data.loading import load_data
 from limubert_jax.data.normalization import normalize
 from limubert_jax.io import plots, storage
 from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, host_copy, model_record
@@ -267,18 +267,22 @@ def check_pretrain_config(config: ml_collections.ConfigDict, data: input_pipelin
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
-             data: input_pipeline.PretrainData | None = None) -> dict[str, Any]:
+             data: input_pipeline.PretrainData | None = None, *, checked: bool = False) -> dict[str, Any]:
     """Pretrains LIMU-BERT as `config` says, resuming from `workdir` if it holds a run.
 
     `workdir` is a local directory or a bucket path (`gs://...`); `data`: the dataset already
-    loaded by `load_data(config)`. Returns the summary also written to
-    `workdir/summary.json` (by process 0).
+    loaded by `load_data(config)`. `checked`: the caller (`tasks.run`) has already run
+    `check_pretrain_config` and `check_resume` on this config, workdir and data, so they are
+    not run twice. Returns the summary also written to `workdir/summary.json` (by process 0).
     """
     workdir = storage.as_path(workdir)
     mesh = training_mesh(config.train.batch_size)
     data = load_data(config) if data is None else data
-    model_config, mask_config = check_pretrain_config(config, data, mesh)
-    check_resume(workdir, config, data)  # before anything is written
+    if checked:
+        model_config, mask_config = model_config_from(config), mask_config_from(config)
+    else:  # a direct call: nothing has checked the fields or the workdir yet
+        model_config, mask_config = check_pretrain_config(config, data, mesh)
+        check_resume(workdir, config, data)  # before anything is written
     workdir.mkdir(parents=True, exist_ok=True)
 
     record = run_record(config, data)

@@ -9,8 +9,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from limubert_jax.datasets import make_dummy_data, testing
 from limubert_jax.datasets.uci_hapt import uci_hapt_dataset_builder as uci
+
+import dataset_testing as testing
 
 G = uci.STANDARD_GRAVITY
 
@@ -213,13 +214,3 @@ def test_malformed_raw_file_is_named(tmp_path):
     (manual / "RawData" / "acc_exp02_user01.txt").write_text("1.0 2.0\n")
     with pytest.raises(ValueError, match="acc_exp02_user01.txt"):
         testing.build("uci_hapt", "20_120", tmp_path / "tfds", manual)
-
-
-def test_dummy_data_is_what_write_dummy_data_writes(tmp_path):
-    uci.write_dummy_data(tmp_path)
-    committed = pathlib.Path(testing.dummy_data_dir("uci_hapt"))
-    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    kept = {p.relative_to(committed): p.read_bytes() for p in committed.rglob("*") if p.is_file()}
-    assert fresh.keys() == kept.keys()
-    assert all(fresh[k] == kept[k] for k in fresh), "rerun python -m limubert_jax.datasets.make_dummy_data uci_hapt"
-    assert make_dummy_data.folder_bytes(committed) < make_dummy_data.MAX_BYTES

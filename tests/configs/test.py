@@ -1,10 +1,12 @@
-"""A tiny CPU config for tests: a small model for a few epochs on a small synthetic set."""
+"""A tiny CPU config for tests: a small model for a few epochs on a small synthetic set (the
+packaged `default` config, overridden; test code, not in the wheel)."""
 
 from limubert_jax import config_lib
 
 
 def get_config(arg: str = "20_120"):
-    config = config_lib.with_dataset(config_lib.sibling_config(__file__, "default").get_config(), "synthetic_imu", arg)
+    default = config_lib.sibling_config(str(config_lib.configs_dir() / "default.py"), "default").get_config()
+    config = config_lib.with_dataset(default, "synthetic_imu", arg)
     config.model.hidden = 24  # small and fast; the architecture is unchanged
     config.model.hidden_ff = 48
     config.model.n_layers = 2

@@ -6,8 +6,9 @@ import pathlib
 
 import numpy as np
 import pytest
-from limubert_jax.datasets import make_dummy_data, testing
 from limubert_jax.datasets.shoaib import shoaib_dataset_builder as shoaib
+
+import dataset_testing as testing
 
 DUMMY = pathlib.Path(testing.dummy_data_dir("shoaib"))
 TIME, LINEAR = "5555", "-777"  # values of the columns that must not be read
@@ -296,14 +297,6 @@ def test_malformed_csv_through_the_builder(tmp_path):
     path.write_text(path.read_text() + csv_row("swimming", 2) + "\n")
     with pytest.raises(ValueError, match=r"Participant_1\.csv, row 5, column 70: unknown activity 'swimming'"):
         testing.build("shoaib", "20_120", tmp_path / "tfds", manual_dir=tmp_path / "raw")
-
-
-def test_dummy_data_is_what_write_dummy_data_writes(tmp_path):
-    shoaib.write_dummy_data(tmp_path)
-    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    kept = {p.relative_to(DUMMY): p.read_bytes() for p in DUMMY.rglob("*") if p.is_file()}
-    assert fresh.keys() == kept.keys() and all(fresh[k] == kept[k] for k in fresh)
-    assert make_dummy_data.folder_bytes(DUMMY) < make_dummy_data.MAX_BYTES
 
 
 def test_dummy_data_has_the_real_layout():

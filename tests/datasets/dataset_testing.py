@@ -1,9 +1,9 @@
-"""Helpers for builder tests: build from raw files into a temporary data_dir, read back, and
-write small recordings (`write_recording`).
+"""Helpers for the builder tests here: build from raw files into a temporary data_dir, read
+back, and write small recordings (`write_recording`).
 
-Builder tests (`<name>/<name>_dataset_builder_test.py`) build from the committed
-`<name>/dummy_data/` (written by `make_dummy_data.py`, never downloaded) or from raw files the
-test writes itself, with TFDS's manual directory pointing at them; no TensorFlow needed.
+Builder tests (`<name>_dataset_builder_test.py`) build from the committed
+`datasets/<name>/dummy_data/` (written by `make_dummy_data.py`, never downloaded) or from raw
+files the test writes itself, with TFDS's manual directory pointing at them; no TensorFlow needed.
 """
 
 from __future__ import annotations
@@ -14,13 +14,8 @@ import limubert_jax.datasets  # noqa: F401  (registers the builders)
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-
-_HERE = epath.Path(__file__).parent
-
-
-def dummy_data_dir(name: str) -> epath.Path:
-    """The committed dummy raw files of builder `name`."""
-    return _HERE / name / "dummy_data"
+from limubert_jax.datasets import common
+from make_dummy_data import dummy_data_dir
 
 
 def build(name: str, version: str, data_dir: os.PathLike | str, manual_dir: os.PathLike | str | None = None):
@@ -67,8 +62,6 @@ def write_recording(path: os.PathLike | str, t, x=None, labels: dict | None = No
     x = recording_signals(t) if x is None else np.asarray(x, np.float64)
     labels = labels or {}
     times = [repr(float(v)) for v in t] if times is None else [str(v) for v in times]
-    from limubert_jax.datasets import common  # noqa: PLC0415
-
     lines = [",".join(names or ["timestamp", *common.FEATURE_NAMES[: x.shape[1]], *labels])]
     for i in range(len(t)):
         cells = [times[i], *(repr(float(v)) for v in x[i])]

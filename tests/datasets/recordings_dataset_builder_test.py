@@ -10,10 +10,12 @@ import math
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from limubert_jax.datasets import common, testing
+from limubert_jax.datasets import common
 from limubert_jax.datasets.recordings import example
-from limubert_jax.datasets.recordings import recordings_dataset_builder as rec
+from limubert_jax.datasets.recordings import reader as rec
 from limubert_jax.datasets.recordings.recordings_dataset_builder import Builder
+
+import dataset_testing as testing
 
 CHANNELS = list(common.FEATURE_NAMES[:6])
 
@@ -77,7 +79,7 @@ def test_build_and_read_back(built):
     assert meta["options"] == {"stride": 0, "max_gap_s": 1.0, "acc_unit": "m/s^2", "gyro_unit": "rad/s",
                                "timestamp_unit": "s", "columns": "", "label_columns": "", "ignore_columns": "",
                                "fingerprint": "stat"}
-    assert meta["fingerprint_mode"] == "stat" and meta["source_fingerprint"] == Builder.fingerprint(folder, mode="stat")
+    assert meta["fingerprint_mode"] == "stat" and meta["source_fingerprint"] == rec.fingerprint(folder, mode="stat")
     assert [r["file"] for r in meta["recordings"]] == ["a.csv", "sub/b.csv"]
     assert [r["windows"] for r in meta["recordings"]] == [5, 3]
     assert [r["skipped_segments"] for r in meta["recordings"]] == [[], []]

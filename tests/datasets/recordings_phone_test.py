@@ -14,9 +14,11 @@ import pathlib
 
 import numpy as np
 import pytest
-from limubert_jax.datasets import common, testing
-from limubert_jax.datasets.recordings import recordings_dataset_builder as rec
+from limubert_jax.datasets import common
+from limubert_jax.datasets.recordings import reader as rec
 from limubert_jax.datasets.recordings.recordings_dataset_builder import Builder
+
+import dataset_testing as testing
 
 CHANNELS = list(common.FEATURE_NAMES[:6])
 
@@ -344,7 +346,7 @@ def test_a_folder_changed_while_it_is_read_fails(tmp_path, monkeypatch):
 def test_the_content_fingerprint_sees_a_rewrite_that_keeps_size_and_time(tmp_path):
     path = testing.write_recording(tmp_path / "a.csv", np.arange(100) / 20)
     stat = os.stat(path)
-    by_stat, by_content = rec.fingerprint(tmp_path), Builder.fingerprint(tmp_path, mode="content")
+    by_stat, by_content = rec.fingerprint(tmp_path), rec.fingerprint(tmp_path, mode="content")
     path.write_text(path.read_text().replace("0.05,", "0.07,", 1))  # same size
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert rec.fingerprint(tmp_path, mode="stat") == by_stat

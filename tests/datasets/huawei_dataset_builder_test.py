@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-from limubert_jax.datasets import make_dummy_data, testing
-from limubert_jax.datasets.huawei import huawei_dataset_builder as huawei
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
+
+import dataset_testing as testing
 
 DUMMY = pathlib.Path(testing.dummy_data_dir("huawei"))
 STEPS = {"20_120": 120, "10_100": 100}
@@ -58,11 +58,3 @@ def test_bad_arrays_name_the_file(tmp_path):
     np.save(raw / "label_10_100.npy", np.full((3, 100, 2), 0.5))
     with pytest.raises(ValueError, match=r"huawei/10_100: .*label_10_100\.npy has a non-integer label in window 0"):
         testing.build("huawei", "10_100", tmp_path / "tfds", manual_dir=raw)
-
-
-def test_dummy_data_is_what_write_dummy_data_writes(tmp_path):
-    huawei.write_dummy_data(tmp_path)
-    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    kept = {p.relative_to(DUMMY): p.read_bytes() for p in DUMMY.rglob("*") if p.is_file()}
-    assert fresh.keys() == kept.keys() and all(fresh[k] == kept[k] for k in fresh)
-    assert make_dummy_data.folder_bytes(DUMMY) < make_dummy_data.MAX_BYTES

@@ -8,12 +8,13 @@ import zipfile
 
 import numpy as np
 import pytest
-from limubert_jax.datasets import common, make_dummy_data, testing
+from limubert_jax.datasets import resampling
 from limubert_jax.datasets.wisdm import wisdm_dataset_builder as wisdm
 
+import dataset_testing as testing
+
 T0 = 252_207_666_810_782  # ns
-HERE = pathlib.Path(__file__).parent
-DUMMY = HERE / "dummy_data"
+DUMMY = pathlib.Path(testing.dummy_data_dir("wisdm"))
 DUMMY_LAYOUT = DUMMY / wisdm.LAYOUT_DIR
 
 
@@ -179,7 +180,7 @@ def test_10_100_is_the_20_hz_runs_down_sampled():
     start, end = wisdm.runs(acc, gyro, partner)[0]
     run = np.concatenate([acc["xyz"][start:end], gyro["xyz"][partner[start:end]]], axis=1)
     first = next(wisdm.subject_windows(acc, gyro, 10, 100))[0]
-    np.testing.assert_array_equal(first, common.downsample(run, 20, 10)[:100])
+    np.testing.assert_array_equal(first, resampling.downsample(run, 20, 10)[:100])
 
 
 def _zip_layout(path: pathlib.Path) -> pathlib.Path:
@@ -254,12 +255,3 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, message):
 
 # ---------------------------------------------------------------------------------------
 # dummy_data.
-
-
-def test_dummy_data_is_what_write_dummy_data_writes(tmp_path):
-    wisdm.write_dummy_data(tmp_path)
-    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    kept = {p.relative_to(DUMMY): p.read_bytes() for p in DUMMY.rglob("*") if p.is_file()}
-    assert fresh.keys() == kept.keys()
-    assert all(fresh[k] == kept[k] for k in fresh), "rerun python -m limubert_jax.datasets.make_dummy_data wisdm"
-    assert make_dummy_data.folder_bytes(DUMMY) < make_dummy_data.MAX_BYTES

@@ -8,9 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-from limubert_jax.datasets import make_dummy_data, testing
-from limubert_jax.datasets.eleme import eleme_dataset_builder as eleme
 from limubert_jax.datasets.imu_npy import imu_npy_dataset_builder as imu_npy
+
+import dataset_testing as testing
 
 DUMMY = pathlib.Path(testing.dummy_data_dir("eleme"))
 STEPS = {"20_120": 120, "10_100": 100}
@@ -97,11 +97,3 @@ def test_bad_arrays_name_the_file(tmp_path):
     np.save(raw / "label_20_120.npy", np.zeros((3, 100, 2)))
     with pytest.raises(ValueError, match=r"eleme/20_120: windows in .*data_20_120\.npy have 100 steps"):
         testing.build("eleme", "20_120", tmp_path / "tfds", manual_dir=raw)
-
-
-def test_dummy_data_is_what_write_dummy_data_writes(tmp_path):
-    eleme.write_dummy_data(tmp_path)
-    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    kept = {p.relative_to(DUMMY): p.read_bytes() for p in DUMMY.rglob("*") if p.is_file()}
-    assert fresh.keys() == kept.keys() and all(fresh[k] == kept[k] for k in fresh)
-    assert make_dummy_data.folder_bytes(DUMMY) < make_dummy_data.MAX_BYTES

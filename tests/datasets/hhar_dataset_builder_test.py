@@ -7,12 +7,12 @@ import zipfile
 
 import numpy as np
 import pytest
-from limubert_jax.datasets import make_dummy_data, testing
 from limubert_jax.datasets.hhar import hhar_dataset_builder as hhar
 
+import dataset_testing as testing
+
 T0 = 1_424_696_631_913_248_572  # ns
-HERE = pathlib.Path(__file__).parent
-DUMMY = HERE / "dummy_data"
+DUMMY = pathlib.Path(testing.dummy_data_dir("hhar"))
 DUMMY_LAYOUT = DUMMY / hhar.LAYOUT_DIR
 
 
@@ -244,15 +244,6 @@ def test_wrong_header(tmp_path):
 
 # ---------------------------------------------------------------------------------------
 # dummy_data.
-
-
-def test_dummy_data_is_what_write_dummy_data_writes(tmp_path):
-    hhar.write_dummy_data(tmp_path)
-    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    kept = {p.relative_to(DUMMY): p.read_bytes() for p in DUMMY.rglob("*") if p.is_file()}
-    assert fresh.keys() == kept.keys()
-    assert all(fresh[k] == kept[k] for k in fresh), "rerun python -m limubert_jax.datasets.make_dummy_data hhar"
-    assert make_dummy_data.folder_bytes(DUMMY) < make_dummy_data.MAX_BYTES
 
 
 def test_dummy_data_exercises_the_pairing_rules():

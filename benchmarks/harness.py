@@ -1,0 +1,124 @@
+"""What the benchmark scripts share: the checkout's paths, the progress log, the worker
+protocol, memory and timing readings, and the PyTorch oracle.
+
+The scripts import it as a sibling module (`python benchmarks/X.py` puts benchmarks/ first
+on sys.path). It imports the standard library only: the reference job
+(`reference_pretrain.py`) imports it too and must never load JAX; the readings that need
+JAX import it when called.
+
+The worker protocol: a script measures in a fresh interpreter (its own flags, or a clean
+process's memory peaks) by running itself as a worker, which prints one
+`RESULT_JSON {...}` line (`emit_result`); the driver reads the last such line
+(`run_worker`, `read_result`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_PREFIX = "RESULT_JSON "
+# The reference-faithful PyTorch model: test code (the tests check exports against it), kept out of
+# the wheel, and imported from there by the benchmarks' PyTorch sides.
+TORCH_ORACLE = REPO / "tests" / "torch_reference.py"
+
+
+def log(msg: str) -> None:
+    """A timestamped progress line on stderr (stdout carries results)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def use_checkout() -> None:
+    """Makes `limubert_jax` importable from this checkout, also where it is not installed (the
+    GPU image)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
+# ---------------------------------------------------------------------------------------
+# The worker protocol.
+
+
+def emit_result(result: dict) -> None:
+    """A worker's result, as the one line its driver reads."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def read_result(output: str, what: str) -> dict:
+    """The last result line in `output` (a worker's stdout, or a log holding it); a
+    `SystemExit` naming `what` when there is none."""
+    lines = [line for line in output.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not lines:
+        raise SystemExit(f"{what} printed no {RESULT_PREFIX.strip()} line; its output ends:\n{output[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def run_worker(cmd: Sequence[str], what: str, *, cwd: Path = REPO) -> dict:
+    """Runs a worker to its exit (its stderr, the progress log, passes through) and returns
+    its result; a `SystemExit` naming `what` if it fails."""
+    proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, text=True, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {proc.returncode}); its output:\n{proc.stdout[-3000:]}")
+    return read_result(proc.stdout, what)
+
+
+# ---------------------------------------------------------------------------------------
+# Readings.
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB. `ru_maxrss` read here rather than
+    through `limubert_jax.runtime.resources`, which imports JAX."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # Linux reports KiB
+
+
+def peak_device_bytes() -> int | None:
+    """The JAX devices' peak memory in use so far; None where the backend keeps no statistics
+    (XLA:CPU). Initializes JAX's backend: only for processes that use it."""
+    from limubert_jax.runtime import resources  # imports JAX: only when asked
+
+    return resources.peak_device_bytes()
+
+
+def peak_memory(jax_device: bool = True) -> dict:
+    """`peak_rss_mb` and, with `jax_device`, `peak_device_bytes` (else None: querying would
+    initialize JAX's backend, which would take GPU memory from PyTorch)."""
+    return {"peak_rss_mb": peak_rss_mb(), "peak_device_bytes": peak_device_bytes() if jax_device else None}
+
+
+def call_seconds(call: Callable[[], object], repeats: int, warmup: int = 0) -> list[float]:
+    """Wall seconds of each of `repeats` calls of `call`, after `warmup` untimed ones. `call`
+    must wait for its work (`jax.block_until_ready`, `.item()`): dispatch is not the cost."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+# ---------------------------------------------------------------------------------------
+# The PyTorch oracle.
+
+
+def torch_oracle() -> types.ModuleType:
+    """`tests/torch_reference.py`, the one PyTorch model of the reference that the tests and
+    the benchmarks share. It imports torch alone, so the reference job stays free of JAX."""
+    if "torch_reference" in sys.modules:  # the tests' import of it: one module, not two
+        return sys.modules["torch_reference"]
+    spec = importlib.util.spec_from_file_location("torch_reference", TORCH_ORACLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
