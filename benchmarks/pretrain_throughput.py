@@ -143,11 +143,11 @@ def run_jax(args) -> dict:
     if args.input == "grain":
         from types import SimpleNamespace
 
-        from limubert_jax.data import input_pipeline
+        from limubert_jax.data import input_pipeline, loading
 
         source = [{"imu": w} for w in raw]
         data = SimpleNamespace(name="synthetic", version="benchmark",
-                               train=input_pipeline.WindowView(source, np.arange(len(raw))))
+                               train=loading.WindowView(source, np.arange(len(raw))))
         stream = input_pipeline.train_batches(data, global_batch_size=batch_size, seed=args.seed)
         next_batch = lambda: next(stream)  # noqa: E731
     else:

@@ -5,7 +5,7 @@
 
 The corpus is `--windows` synthetic windows of 120 x 6 float32 (2,000,000: 5.8 GB), written
 chunk by chunk as `data_20_120.npy` (unlabelled windows, the `imu_npy` layout) and built into
-TFDS array_record by the project's own path, `input_pipeline.load_pretrain_data` (the imu_npy
+TFDS array_record by the project's own path, `loading.load_pretrain_data` (the imu_npy
 builder reads the .npy memory-mapped). Both are kept in `--cache-dir`, so a rerun goes straight
 to the measurements. Each phase runs in its own interpreter, which reports its peak resident
 memory: anonymous (RssAnon, sampled every 0.1 s: what the process itself holds) and in all
@@ -125,11 +125,11 @@ def generate(args, windows: int) -> Path:
 
 
 def phase_build(args) -> dict:
-    from limubert_jax.data import input_pipeline
+    from limubert_jax.data import loading
 
     peaks = _MemoryPeaks()
     t0 = time.perf_counter()
-    data = input_pipeline.load_pretrain_data(_dataset_config(args, args.phase_windows))
+    data = loading.load_pretrain_data(_dataset_config(args, args.phase_windows))
     seconds = time.perf_counter() - t0
     return {"windows": data.num_windows, "seconds": seconds, "windows_per_s": data.num_windows / seconds,
             **peaks.read()}
@@ -157,14 +157,14 @@ def phase_train(args) -> dict:
     import jax
     import numpy as np
 
-    from limubert_jax.data import input_pipeline, splits
+    from limubert_jax.data import input_pipeline, loading, splits
     from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
     from limubert_jax.pretraining import optim
     from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_train_step
     from limubert_jax.runtime import sharding
 
     peaks = _MemoryPeaks()
-    data = input_pipeline.load_pretrain_data(_dataset_config(args, args.phase_windows))
+    data = loading.load_pretrain_data(_dataset_config(args, args.phase_windows))
     if args.phase == "memory":  # the first windows, read into RAM, split like the whole
         n = min(args.in_memory_windows, data.num_windows)
         source = data.train.source
@@ -173,8 +173,8 @@ def phase_train(args) -> dict:
                                   for s in range(0, n, 4096)])
         train, vali, _ = splits.pretrain_split(n)
         ram = _ArraySource(windows)
-        data = dataclasses.replace(data, train=input_pipeline.WindowView(ram, train),
-                                   vali=input_pipeline.WindowView(ram, vali), num_windows=n)
+        data = dataclasses.replace(data, train=loading.WindowView(ram, train),
+                                   vali=loading.WindowView(ram, vali), num_windows=n)
     rss_before_training = peaks.read()["peak_rss_anon_mb"]
     cfg = MODEL_CONFIGS["base_v1"]
     mesh = sharding.make_mesh()

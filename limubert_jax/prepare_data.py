@@ -18,7 +18,7 @@ import numpy as np
 from absl import flags
 
 from limubert_jax import config_lib
-from limubert_jax.data import input_pipeline
+from limubert_jax.data import loading
 from limubert_jax.runtime import cli
 from limubert_jax.runtime.errors import LimuBertError, destination_error
 
@@ -72,7 +72,7 @@ def _counts(task: str, names, values) -> str:
 def _run(fv: flags.FlagValues, args: list[str]) -> None:
     config = cli.flag_value(fv["config"])
     try:
-        data = input_pipeline.load_data(config)
+        data = loading.load_data(config)
     except Exception as e:  # noqa: BLE001  (only a destination's errors are taken; others go on)
         # TFDS's own check of free space names no folder: the data_dir is where it builds.
         line = destination_error(e, where=config.dataset.get("data_dir") or None)

@@ -98,8 +98,8 @@ def reference() -> Path:
 def synthetic_data_dir(tmp_path_factory) -> Path:
     """A TFDS data_dir holding synthetic_imu/20_120, built once for the whole session; tests
     only read it (those that build other datasets use their own data_dir)."""
-    from limubert_jax.data import input_pipeline
+    from limubert_jax.data import loading
 
     path = tmp_path_factory.mktemp("synthetic-tfds")
-    input_pipeline.load_pretrain_data({"name": "synthetic_imu", "version": "20_120", "data_dir": str(path)})
+    loading.load_pretrain_data({"name": "synthetic_imu", "version": "20_120", "data_dir": str(path)})
     return path

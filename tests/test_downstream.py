@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from limubert_jax import config_lib, predict, tasks
-from limubert_jax.data import input_pipeline
+from limubert_jax.data import loading
 from limubert_jax.downstream import fit, labels, runners
 from limubert_jax.io import checkpoint
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
@@ -89,7 +89,7 @@ def test_merged_datasets_downstream_uses_the_chosen_one(synthetic_data_dir, tmp_
     np.save(raw / "data_20_120.npy", np.random.default_rng(0).normal(size=(40, 120, 6)).astype(np.float32))
     config = _config(synthetic_data_dir)
     config.dataset.update(name="imu_npy+synthetic_imu", manual_dir=f"{raw}+")
-    merged = input_pipeline.load_data(config)
+    merged = loading.load_data(config)
     assert merged.num_features == 6 and [s.name for s in merged.sources] == ["imu_npy", "synthetic_imu"]
     # The first (unlabelled) by default; downstream.dataset picks another.
     with pytest.raises(LimuBertError, match=r"dataset imu_npy has no labels"):
@@ -164,7 +164,7 @@ def test_a_chain_checks_an_existing_encoder_against_the_data(synthetic_data_dir,
         tasks.run(_config(data_dir, "report", encoder=str(encoder)), tmp_path / "other")
     # A baseline needs no encoder, so the same chain without one is fine to start.
     runners.check_config(_config(data_dir, "baseline"), tmp_path / "empty", ["baseline"],
-                          input_pipeline.load_data(_config(data_dir)))
+                          loading.load_data(_config(data_dir)))
 
 
 def test_npy_label_columns_name_the_tasks_and_their_classes(tmp_path):
@@ -196,7 +196,7 @@ def test_unlabelled_npy_windows_pretrain_and_downstream_tasks_say_there_are_no_l
     np.save(raw / "data_20_120.npy", np.random.default_rng(0).normal(size=(60, 120, 6)).astype(np.float32))
     config = _config(tmp_path / "tfds", "pretrain+classify")
     config.dataset.update(name="imu_npy", manual_dir=str(raw))
-    assert input_pipeline.load_data(config).num_windows == 60  # pretraining reads them
+    assert loading.load_data(config).num_windows == 60  # pretraining reads them
     monkeypatch.setattr(trainer, "pretrain", lambda *a, **k: pytest.fail("the chain started"))
     with pytest.raises(LimuBertError, match=r"^config\.downstream\.label: dataset imu_npy has no labels \(windows "
                                             r"without labels pretrain only; downstream tasks need a labelled dataset\)$"):
@@ -205,7 +205,7 @@ def test_unlabelled_npy_windows_pretrain_and_downstream_tasks_say_there_are_no_l
     # Labels added later are not silently ignored: the build without them is refused.
     np.save(raw / "label_20_120.npy", np.zeros((60, 120, 1)))
     with pytest.raises(LimuBertError, match=r"was built without label_20_120\.npy, and .* exists now; delete"):
-        input_pipeline.load_data(config)
+        loading.load_data(config)
 
 
 def test_fit_keeps_the_best_validation_epoch_and_respects_frozen_parameters():

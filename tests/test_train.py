@@ -16,6 +16,7 @@ import pytest
 
 from conftest import child_env
 from limubert_jax import config_lib, convert, embed, tasks
+from limubert_jax.data import loading
 from limubert_jax.io import checkpoint
 from limubert_jax.pretraining import trainer
 from limubert_jax.runtime import cpu_devices
@@ -193,7 +194,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
 
     config = _config(data_dir)
     config.train.num_epochs = 3
-    data = trainer.input_pipeline.load_pretrain_data(config.dataset)
+    data = loading.load_pretrain_data(config.dataset)
     per_epoch = trainer.input_pipeline.steps_per_epoch(data, config.train.batch_size)
     poison_from = per_epoch + 5  # in the second epoch
     monkeypatch.setattr(trainer, "jit_train_step", poisoned)

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from limubert_jax import config_lib, tasks
-from limubert_jax.data import input_pipeline
+from limubert_jax.data import loading
 from limubert_jax.io import checkpoint, workdir
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.pretraining import steps
@@ -184,7 +184,7 @@ def test_how_a_run_is_computed_logged_or_used_may_change_on_a_resume(run, synthe
     config.task = "pretrain+embed"
     config.dataset.fingerprint = "content"
     config.downstream.update(label="user", label_rate=0.5, num_epochs=3, classifier="lstm_v1")
-    data = input_pipeline.load_data(config)
+    data = loading.load_data(config)
     config.dataset.data_dir = str(tmp_path / "rebuilt")  # the same build elsewhere
     workdir.check_resume(run, config, data)
     (run / workdir.RUN_FILE).unlink()  # a run of an earlier version: compared by its config alone

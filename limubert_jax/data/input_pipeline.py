@@ -25,10 +25,6 @@ import numpy as np
 
 from limubert_jax.data.loading import PretrainData
 
-# The loading names callers imported from here before it moved to `loading` (downstream/labels.py,
-# io/workdir.py, prepare_data.py, benchmarks/, tests); new code imports them from `loading`.
-from limubert_jax.data.loading import FEATURE, WindowView, load_data, load_pretrain_data  # noqa: F401
-
 # Batches computed ahead by background threads. A batch is read with one batched
 # array_record lookup, so two threads stay far ahead of a ~0.3 s train step.
 NUM_THREADS = 2

@@ -9,7 +9,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from limubert_jax.data import input_pipeline, splits
+from limubert_jax.data import loading, splits
 from limubert_jax.datasets.common import MISSING_LABEL
 from limubert_jax.runtime.errors import LimuBertError
 
@@ -82,16 +82,16 @@ def check_label(config: ml_collections.ConfigDict, data) -> dict[str, tuple[str,
 
 
 def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
-    """All windows of `config.dataset` (or of `data`, the `input_pipeline.load_data(config)` already
+    """All windows of `config.dataset` (or of `data`, the `loading.load_data(config)` already
     loaded) and the labels of `config.downstream.label`; a task the dataset lacks is an error
     listing the tasks it has."""
     if data is None:
-        data = input_pipeline.load_data(config)
+        data = loading.load_data(config)
     tasks = check_label(config, data)
     data = downstream_data(config, data)
     source = data.train.source
     rows = [source[i] for i in range(len(source))]
-    windows = np.stack([np.asarray(r[input_pipeline.FEATURE], np.float32) for r in rows])
+    windows = np.stack([np.asarray(r[loading.FEATURE], np.float32) for r in rows])
     labels = _task_labels(config.downstream.label, tasks, data, rows, windows.shape[1])
     return LabelledData(data.name, data.version, windows, labels, data.groups)
 
@@ -123,7 +123,7 @@ def check_protocol(config: ml_collections.ConfigDict, data) -> None:
     for start in range(0, len(source), _LABEL_READ_ROWS):  # the windows' readings are dropped as read
         keys = list(range(start, min(start + _LABEL_READ_ROWS, len(source))))
         records = getitems(keys) if getitems is not None else [source[k] for k in keys]
-        rows.extend({k: v for k, v in r.items() if k != input_pipeline.FEATURE} for r in records)
+        rows.extend({k: v for k, v in r.items() if k != loading.FEATURE} for r in records)
     _split(_task_labels(config.downstream.label, tasks, data, rows, data.seq_len), data.groups, data.name, config)
 
 

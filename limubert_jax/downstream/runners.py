@@ -255,7 +255,7 @@ class Inputs:
     `encoder` (model config, parameters) and `embeddings` (N, S, H)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path, dataset=None):
-        """`dataset`: the `input_pipeline.load_data(config)` already loaded, if any."""
+        """`dataset`: the `loading.load_data(config)` already loaded, if any."""
         self.config, self.workdir, self._dataset = config, storage.as_path(workdir), dataset
 
     @functools.cached_property
@@ -512,7 +512,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, stages:
     """Checks every downstream stage of a chain (`stages`: its downstream task names, in
     order; `tasks.TASKS` says which names those are) before any stage of the chain runs, so that a
     chain fails in seconds, not after its pretraining: the label exists in `dataset` (the
-    loaded `input_pipeline.load_data(config)`), numbers are in range, `merge` divides the windows,
+    loaded `loading.load_data(config)`), numbers are in range, `merge` divides the windows,
     methods and heads are known and fit their inputs, and an encoder will exist and takes
     the dataset's windows. `pretrained_config`: the model that an earlier stage of the chain
     pretrains in `workdir`. Raises `LimuBertError` naming the field."""

@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
-from limubert_jax.data import input_pipeline
+from limubert_jax.data import input_pipeline, loading
 from limubert_jax.io import storage
 from limubert_jax.io.checkpoint import (
     BEST_METRIC,
@@ -201,7 +201,7 @@ def run_epochs(config: ml_collections.ConfigDict) -> int:
 
 
 def data_identity(data) -> dict[str, Any]:
-    """What the windows of `data` (an `input_pipeline.PretrainData`) are, as built: the
+    """What the windows of `data` (an `loading.PretrainData`) are, as built: the
     build's count of windows and the fingerprint of its source that the build recorded
     (recordings: of their folder; npy layouts: the arrays' SHA-256), or where it records none
     (datasets built from fixed downloads) the build's full name. A merged dataset: each part's."""
@@ -289,7 +289,7 @@ def saved_steps(workdir: str | os.PathLike) -> list[int]:
 
 def check_resume(workdir: str | os.PathLike, config: ml_collections.ConfigDict, data=None) -> None:
     """A `LimuBertError` when `workdir` holds checkpoints of a run other than the one that
-    `config` trains on `data` (an `input_pipeline.PretrainData`; None: loaded here): one line
+    `config` trains on `data` (an `loading.PretrainData`; None: loaded here): one line
     naming each field that differs, old and new, and how to go on (see the module docstring).
     A workdir written before RUN_FILE existed is compared by its config alone."""
     workdir = storage.as_path(workdir)
@@ -297,7 +297,7 @@ def check_resume(workdir: str | os.PathLike, config: ml_collections.ConfigDict, 
     steps = saved_steps(workdir)
     if not steps or not saved_path.exists():
         return
-    data = input_pipeline.load_data(config) if data is None else data
+    data = loading.load_data(config) if data is None else data
     try:
         saved_config = json.loads(saved_path.read_text())
         saved_record = json.loads((workdir / RUN_FILE).read_text()) if (workdir / RUN_FILE).exists() else None

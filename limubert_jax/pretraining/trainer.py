@@ -37,7 +37,7 @@ from absl import logging
 from etils import epath
 from tqdm.auto import tqdm
 
-from limubert_jax.data import input_pipeline
+from limubert_jax.data import input_pipeline, loading
 from limubert_jax.data.loading import load_data
 from limubert_jax.data.normalization import normalize
 from limubert_jax.io import plots, storage
@@ -256,7 +256,7 @@ def _reconstruct_program(model_config: LimuBertConfig, mask_config: MaskConfig):
     return compile_once(reconstruct)
 
 
-def check_pretrain_config(config: ml_collections.ConfigDict, data: input_pipeline.PretrainData,
+def check_pretrain_config(config: ml_collections.ConfigDict, data: loading.PretrainData,
                           mesh=None) -> tuple[LimuBertConfig, MaskConfig]:
     """The model and masking configs, once every pretraining field is checked against `data`
     and the device mesh (default: `training_mesh`'s); a bad field is a `LimuBertError` naming it."""
@@ -267,7 +267,7 @@ def check_pretrain_config(config: ml_collections.ConfigDict, data: input_pipelin
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
-             data: input_pipeline.PretrainData | None = None, *, checked: bool = False) -> dict[str, Any]:
+             data: loading.PretrainData | None = None, *, checked: bool = False) -> dict[str, Any]:
     """Pretrains LIMU-BERT as `config` says, resuming from `workdir` if it holds a run.
 
     `workdir` is a local directory or a bucket path (`gs://...`); `data`: the dataset already
