@@ -52,6 +52,7 @@ from absl import flags
 from etils import epath
 from tqdm.auto import tqdm
 
+from limubert_jax.downstream import evaluation
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE
 from limubert_jax.io.windows import open_windows  # one reader of window files (embed uses it too)
@@ -233,8 +234,6 @@ def label_metrics(true: Sequence[str], predicted: np.ndarray, class_names: Seque
     """Accuracy and macro-F1 of the predictions over the windows whose true class (a name,
     "" for none) is one of the model's classes; windows of classes the model was not trained
     on are counted apart, since no prediction can be right for them."""
-    from limubert_jax.downstream import evaluation  # noqa: PLC0415
-
     index = {name: i for i, name in enumerate(class_names)}
     unknown: dict[str, int] = {}
     rows, labels = [], []
@@ -260,19 +259,16 @@ def metrics_path(output: str | os.PathLike) -> epath.Path:
 
 def recordings_input(folder: str | os.PathLike, config: ClassifierPipelineConfig, **options) -> WindowsInput:
     """Windows of a folder of recordings at the model's rate and window length (the
-    `recordings` dataset's reader, with its source `options`: `recording_options()`), with
+    `recordings` dataset's reader, with its source `options`: `recording_options_defaults()`), with
     each window's recording, start time and, if the recordings carry the model's label
     column, its true class (empty where unlabelled)."""
-    # TFDS registers every builder when the datasets package loads: kept off an .npy run's start-up.
-    from limubert_jax.datasets.recordings import reader as recordings  # noqa: PLC0415
-
     rate = config.sampling_rate_hz
     if not rate or rate != int(rate):
         raise LimuBertError(f"the model was trained on {config.dataset or 'windows'} at {rate or 'an unknown'} Hz; "
                             "recordings can be resampled only to a whole number of Hz: cut them into windows "
                             "yourself and pass an .npy")
     try:
-        source = recordings.read_source(folder, int(rate), config.seq_len, **options)
+        source = _recordings().read_source(folder, int(rate), config.seq_len, **options)
     except ValueError as e:  # options are named as the training job's config fields; here they are flags
         raise LimuBertError(str(e).replace("config.dataset.", "--")) from None
     if source.num_features < config.feature_num:
@@ -372,14 +368,18 @@ def predict_file(model: str | os.PathLike, input_path: str | os.PathLike, output
             "outputs": [str(p) for p in outputs], "metrics": metrics}
 
 
-# The recording options and their defaults, as `recordings_input` declares them (the flags' defaults too).
+def _recordings():
+    """The recordings reader, imported on first use: TFDS registers every builder when the
+    datasets package loads, which `load_classifier(...).predict` (the Python API) does without."""
+    from limubert_jax.datasets.recordings import reader  # noqa: PLC0415
+
+    return reader
+
+
 def recording_options_defaults() -> dict[str, Any]:
     """The `recordings` reader's options that `predict` takes (flags of the same names), with
     their defaults; a build's `fingerprint` mode has no use for one reading."""
-    # TFDS registers every builder when the datasets package loads: kept off an .npy run's start-up.
-    from limubert_jax.datasets.recordings import reader as recordings  # noqa: PLC0415
-
-    return {k: v for k, v in recordings.SOURCE_OPTIONS.items() if k != "fingerprint"}
+    return {k: v for k, v in _recordings().SOURCE_OPTIONS.items() if k != "fingerprint"}
 
 
 class _in_memory:
@@ -414,12 +414,9 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
                         "names; accuracy and macro-F1 go to OUTPUT.metrics.json.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 256, "Windows per compiled batch.", lower_bound=1, flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing output files.", flag_values=fv)
-    # TFDS registers every builder when the datasets package loads: kept off an .npy run's start-up.
-    from limubert_jax.datasets.recordings import reader as recordings  # noqa: PLC0415
-
     for name, default in recording_options_defaults().items():
         define = {int: flags.DEFINE_integer, float: flags.DEFINE_float}.get(type(default), flags.DEFINE_string)
-        define(name, default, f"Recordings: {recordings.OPTION_HELP[name]}", flag_values=fv)
+        define(name, default, f"Recordings: {_recordings().OPTION_HELP[name]}", flag_values=fv)
 
 
 def _run(fv: flags.FlagValues, args: list[str]) -> None:

@@ -30,6 +30,22 @@ FEATURE = "imu"
 DEFAULT_VERSION = "20_120"
 
 
+READ_ROWS = 4096  # records read at once by a pass over a whole data source (`records_in_batches`)
+
+
+def read_records(source: Sequence, keys: Sequence[int]) -> list:
+    """Records `keys` of a data source: one batched lookup where it has one (array_record's
+    `__getitems__`), else one by one."""
+    getitems = getattr(source, "__getitems__", None)
+    return getitems(keys) if getitems is not None else [source[k] for k in keys]
+
+
+def records_in_batches(source: Sequence, rows: int = READ_ROWS) -> Iterator[list]:
+    """Every record of a data source, in order, `rows` at a time (batched reads, bounded memory)."""
+    for start in range(0, len(source), rows):
+        yield read_records(source, list(range(start, min(start + rows, len(source)))))
+
+
 class WindowView(Sequence):
     """Random access to one feature of selected examples of a data source.
 
@@ -51,8 +67,7 @@ class WindowView(Sequence):
     def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows `rows` of this view, stacked: [len(rows), S, F] float32."""
         keys = [int(k) for k in self.indices[np.asarray(rows, dtype=np.int64)]]
-        getitems = getattr(self.source, "__getitems__", None)
-        records = getitems(keys) if getitems is not None else [self.source[k] for k in keys]
+        records = read_records(self.source, keys)
         return np.stack([np.asarray(r[self.feature], dtype=np.float32) for r in records])
 
     def __repr__(self) -> str:
@@ -258,7 +273,6 @@ def _prepare(builder, manual_dir: str | None, rebuild: Callable[[], Any]):
 
 
 SPLIT_BY = ("window", "recording", "user")  # config.dataset.split_by
-_GROUP_READ_ROWS = 4096  # windows read at once when collecting user ids
 
 
 def load_pretrain_data(dataset_config: Any) -> PretrainData:
@@ -363,12 +377,7 @@ def split_groups(source: Sequence, info: Any, split_by: str, what: str) -> np.nd
     else:
         raise ValueError(f"config.dataset.split_by='user': {what} has no user labels (a `user` task); split by "
                          f"{'recording' if meta.get('recordings') else 'window'}")
-    getitems = getattr(source, "__getitems__", None)
-    groups = []
-    for start in range(0, len(source), _GROUP_READ_ROWS):
-        keys = list(range(start, min(start + _GROUP_READ_ROWS, len(source))))
-        groups.extend(user(getitems(keys) if getitems is not None else [source[k] for k in keys]))
-    groups = np.asarray(groups, np.int64)
+    groups = np.asarray([g for records in records_in_batches(source) for g in user(records)], np.int64)
     if (groups < 0).any():
         raise ValueError(f"config.dataset.split_by='user': {np.count_nonzero(groups < 0)} windows of {what} have no "
                          f"user label")

@@ -89,8 +89,7 @@ def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
         data = loading.load_data(config)
     tasks = check_label(config, data)
     data = downstream_data(config, data)
-    source = data.train.source
-    rows = [source[i] for i in range(len(source))]
+    rows = [r for records in loading.records_in_batches(data.train.source) for r in records]
     windows = np.stack([np.asarray(r[loading.FEATURE], np.float32) for r in rows])
     labels = _task_labels(config.downstream.label, tasks, data, rows, windows.shape[1])
     return LabelledData(data.name, data.version, windows, labels, data.groups)
@@ -117,17 +116,9 @@ def check_protocol(config: ml_collections.ConfigDict, data) -> None:
     labels alone: a downstream stage's data fails before the pretraining that precedes it."""
     tasks = check_label(config, data)
     data = downstream_data(config, data)
-    source = data.train.source
-    getitems = getattr(source, "__getitems__", None)
-    rows = []
-    for start in range(0, len(source), _LABEL_READ_ROWS):  # the windows' readings are dropped as read
-        keys = list(range(start, min(start + _LABEL_READ_ROWS, len(source))))
-        records = getitems(keys) if getitems is not None else [source[k] for k in keys]
-        rows.extend({k: v for k, v in r.items() if k != loading.FEATURE} for r in records)
+    rows = [{k: v for k, v in r.items() if k != loading.FEATURE}  # the windows' readings dropped as read
+            for records in loading.records_in_batches(data.train.source) for r in records]
     _split(_task_labels(config.downstream.label, tasks, data, rows, data.seq_len), data.groups, data.name, config)
-
-
-_LABEL_READ_ROWS = 4096  # records read at once by `check_protocol`
 
 
 @dataclasses.dataclass(frozen=True)

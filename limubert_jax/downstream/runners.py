@@ -55,6 +55,7 @@ from limubert_jax.downstream.labels import (
     protocol_split,
 )
 from limubert_jax.io import checkpoint, plots, storage
+from limubert_jax.io.workdir import flat_fields
 from limubert_jax.models import registry
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.models.inference import embed_windows
@@ -130,8 +131,7 @@ def run_settings(config: ml_collections.ConfigDict, task: str, model: str, datas
     d = config.downstream
     data = {k: v for k, v in config.dataset.to_dict().items() if k != "data_dir"}  # where data live does not matter
     if data.get("manual_dir"):
-        data["manual_dir"] = "+".join(os.path.abspath(os.path.expanduser(m)) if storage.is_local(m) else m
-                                      for m in str(data["manual_dir"]).split("+"))
+        data["manual_dir"] = "+".join(_absolute(m) for m in str(data["manual_dir"]).split("+"))
     settings = {
         "task": task, "method": method_name(task, model, config), "dataset": dataset, "dataset_config": data,
         "label": d.label, "label_rate": d.label_rate, "balance": d.balance, "merge": d.merge,
@@ -141,23 +141,18 @@ def run_settings(config: ml_collections.ConfigDict, task: str, model: str, datas
     if task == "baseline":
         settings["feature_num"] = config.model.feature_num
     else:
-        encoder = d.encoder
-        settings["encoder"] = None if not encoder else (
-            os.path.abspath(os.path.expanduser(encoder)) if storage.is_local(encoder) else str(encoder))
+        settings["encoder"] = _absolute(d.encoder) if d.encoder else None
     return json.loads(json.dumps(settings))
 
 
-def _settings_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    def flat(settings, prefix=""):
-        out = {}
-        for key, value in settings.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
+def _absolute(path: str) -> str:
+    """A user path as settings record it: absolute when local, so that a relative path given
+    from another directory is not another setting; a URI as given."""
+    return os.path.abspath(os.path.expanduser(path)) if storage.is_local(path) else str(path)
 
-    before, after = flat(before), flat(after)
+
+def _settings_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    before, after = flat_fields(before), flat_fields(after)
     return [f"{key} {before.get(key)!r} -> {after.get(key)!r}" for key in sorted(set(before) | set(after))
             if before.get(key) != after.get(key)]
 
@@ -466,7 +461,6 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
         results[metrics["method"]] = metrics
     if len(failed) == len(methods):
         raise LimuBertError(f"config.downstream.methods: no method could run ({'; '.join(failed)})")
-    methods = list(results)
     ran = next(r for r in results.values() if "run_dir" in r)
     dataset = f"{config.dataset.name}/{config.dataset.version}"
     path = storage.as_path(workdir) / "report.md"

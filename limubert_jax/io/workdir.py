@@ -264,6 +264,15 @@ def _flat(prefix: str, value: Any, into: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
+def flat_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's leaves by dotted name (`data.windows`, `dataset_config.stride`, `parts[0].build`):
+    what a check that a run is the one recorded compares, and names in its refusal."""
+    fields: dict[str, Any] = {}
+    for key, value in record.items():
+        _flat(key, value, fields)
+    return fields
+
+
 def _compared(config: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
     """What a resume compares, by name: the config fields, and the run record's entries
     (`data.windows`, `steps_per_epoch`, ...; its `num_epochs` as EPOCHS_FIELD)."""
