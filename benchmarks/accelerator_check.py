@@ -2,6 +2,7 @@
 
     python benchmarks/accelerator_check.py --out /tmp/accel           # golden + embed CLI + tests + training
     python benchmarks/accelerator_check.py --out /tmp/accel --skip-tests --train-steps 20
+    python benchmarks/accelerator_check.py --out /tmp/accel-smoke --smoke  # seconds on a CPU: does it run?
 
 CPU tests cannot see matmul precision (XLA:CPU computes full float32 whatever is asked), so
 this is the check to run on a GPU or TPU. In about 3 minutes on one GPU it:
@@ -16,9 +17,15 @@ this is the check to run on a GPU or TPU. In about 3 minutes on one GPU it:
   synthetic windows and masks) at each `train.matmul_precision` and with bfloat16 compute:
   ms per step and how far each loss curve strays from full float32. On a CPU the reduced
   precisions are emulated by rounding every matmul operand (TF32: 10 mantissa bits,
-  one bfloat16 pass: 7), which is what the accelerators' units do to their inputs. Each
+  one bfloat16 pass: 7; `precision.emulate_operand_rounding`), which is what the
+  accelerators' units do to their inputs. Each
   mode's row also gives the process's peak resident memory and the device's peak memory in
   use (`memory_stats()`, where the device keeps it), both the peaks up to that mode.
+
+`--datasets` limits the parity rows to some of the released models. `--smoke` checks that the
+script runs, in seconds on a CPU: parity of the HHAR model only, no pytest run, and 3 training
+steps per mode of the benchmarks' smoke model (`harness.SMOKE_MODEL`) at batch 16, compiled
+without XLA's optimizations.
 
 Prints one markdown table (and writes `accelerator_check.json`, `accelerator_check.md` and
 `training_precision.png` to `--out`); exits 1 when a parity row or a test failed.
@@ -56,7 +63,7 @@ def _max_error(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-def parity_rows(reference: Path, scratch: Path) -> list[dict]:
+def parity_rows(reference: Path, scratch: Path, datasets: tuple[str, ...] = RELEASED) -> list[dict]:
     """Released weights vs golden outputs through the API and the embed CLI."""
     import jax.numpy as jnp
 
@@ -66,7 +73,7 @@ def parity_rows(reference: Path, scratch: Path) -> list[dict]:
     from limubert_jax.models.recurrent import GRUClassifier
 
     rows = []
-    for name in RELEASED:
+    for name in datasets:
         golden = np.load(reference / "golden" / f"released_{name}.npz")
         bert_dir, gru_dir = scratch / f"limu_bert_{name}", scratch / f"gru_{name}"
         convert.from_torch(reference / "weights" / f"limu_bert_{name}_20_120.pt", bert_dir)
@@ -121,59 +128,39 @@ def test_rows() -> list[dict]:
              "limit": "all pass", "ok": ok, "seconds": round(time.perf_counter() - started, 1)}]
 
 
-@contextlib.contextmanager
-def _emulated(mantissa_bits: int):
-    """Every matmul of the model rounds its float32 operands to `mantissa_bits` (8 exponent
-    bits), as TF32 units (10) or a single bfloat16 pass (7) do; accumulation stays float32."""
-    import jax
-
-    from limubert_jax.models import encoder as model_module
-
-    def rounded(x):
-        return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=mantissa_bits)
-
-    def dot(a, b):
-        return saved[0](rounded(a), rounded(b))
-
-    def einsum(subscripts, *operands):
-        return saved[1](subscripts, *map(rounded, operands))
-
-    saved = model_module.dot, model_module.einsum
-    model_module.dot, model_module.einsum = dot, einsum
-    try:
-        yield
-    finally:
-        model_module.dot, model_module.einsum = saved
-
-
-def training_rows(steps: int, out: Path) -> list[dict]:
-    """ms/step and the loss curve's distance from full float32 for each precision mode."""
+def training_rows(steps: int, out: Path, *, smoke: bool = False) -> list[dict]:
+    """ms/step and the loss curve's distance from full float32 for each precision mode (base_v1
+    at batch 128; with `smoke`, the smoke model at batch 16)."""
     import jax
     import jax.numpy as jnp
 
     from limubert_jax.data.synthetic import synthetic_windows
-    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain
     from limubert_jax.pretraining import optim
     from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_train_step
-    from limubert_jax.runtime import sharding
+    from limubert_jax.runtime import precision, sharding
 
-    cfg = MODEL_CONFIGS["base_v1"]
-    batch = 128
+    cfg = LimuBertConfig(**harness.SMOKE_MODEL) if smoke else MODEL_CONFIGS["base_v1"]
+    model_name = "the smoke model" if smoke else "base_v1"
+    batch = harness.SMOKE_BATCH if smoke else 128
     windows = synthetic_windows(batch * 8, seed=7)
     mesh = sharding.make_mesh()
     accelerator = jax.default_backend() != "cpu"
     modes = [(m, None) for m in PRECISION_MODES]
     if not accelerator:  # reduced precision exists only emulated here
-        modes = [("highest", None), ("tf32 (emulated)", 10), ("bf16 1-pass (emulated)", 7)]
+        modes = [("highest", None), ("tf32 (emulated)", precision.TF32_MANTISSA_BITS),
+                 ("bf16 1-pass (emulated)", precision.BFLOAT16_MANTISSA_BITS)]
     curves, rows = {}, []
     for mode, emulate in modes:
         tx = optim.pretrain_optimizer("bert_adam", learning_rate=1e-3, total_steps=steps * 10, warmup=0.1)
         state = jax.device_put(TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx),
                                sharding.replicated(mesh))
-        precision = "default" if mode == "bfloat16" else mode if emulate is None else "highest"
-        context = _emulated(emulate) if emulate else contextlib.nullcontext()
+        matmul_precision = "default" if mode == "bfloat16" else mode if emulate is None else "highest"
+        # Emulated: every matmul of the step rounds its operands (forward and backward).
+        context = precision.emulate_operand_rounding(emulate) if emulate else contextlib.nullcontext()
         with context:
-            step = jit_train_step(mesh, model_config=cfg, mask_config=MaskConfig(), tx=tx, matmul_precision=precision,
+            step = jit_train_step(mesh, model_config=cfg, mask_config=MaskConfig(), tx=tx,
+                                  matmul_precision=matmul_precision,
                                   compute_dtype=jnp.bfloat16 if mode == "bfloat16" else jnp.float32)
             batches = [sharding.global_batch(windows[(i % 8) * batch:(i % 8 + 1) * batch], mesh) for i in range(steps)]
             losses, times = [], []
@@ -204,7 +191,7 @@ def training_rows(steps: int, out: Path) -> list[dict]:
         bottom.set_ylabel("relative to float32")
         bottom.set_xlabel("step")
         top.legend()
-        top.set_title(f"base_v1 pretraining on {jax.devices()[0].device_kind}")
+        top.set_title(f"{model_name} pretraining on {jax.devices()[0].device_kind}")
         fig.tight_layout()
         fig.savefig(out / "training_precision.png", dpi=100)
         plt.close(fig)
@@ -227,12 +214,30 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", type=Path,
                         default=Path(os.environ.get("LIMUBERT_REFERENCE_DIR") or REPO / "tests" / "reference"),
                         help="the reference directory (weights/, golden/); default: the repository's tests/reference")
-    parser.add_argument("--train-steps", type=int, default=40, help="pretraining steps per precision mode")
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="pretraining steps per precision mode (default 40; 3 with --smoke)")
     parser.add_argument("--skip-tests", action="store_true", help="skip the pytest run")
     parser.add_argument("--skip-parity", action="store_true", help="skip the released-weights comparison")
+    parser.add_argument("--datasets", default=None,
+                        help=f"comma-separated released models for the parity rows (default {','.join(RELEASED)}; "
+                             "hhar with --smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a quick check that the script runs: parity of hhar, no pytest run, 3 training steps "
+                             "per mode of a small model at batch 16")
     args = parser.parse_args(argv)
+    if args.train_steps is None:
+        args.train_steps = 3 if args.smoke else 40
+    if args.datasets is None:
+        args.datasets = "hhar" if args.smoke else ",".join(RELEASED)
+    datasets = tuple(d.strip() for d in args.datasets.split(",") if d.strip())
+    if not datasets or set(datasets) - set(RELEASED):
+        parser.error(f"--datasets: comma-separated, of {', '.join(RELEASED)}")
+    if args.train_steps < 0:
+        parser.error("--train-steps must be >= 0")
     args.out.mkdir(parents=True, exist_ok=True)
     harness.use_checkout()
+    if args.smoke:
+        harness.smoke_compiles()
     import jax
 
     device = jax.devices()[0]
@@ -243,14 +248,14 @@ def main(argv=None) -> int:
     if not args.skip_parity:
         if (args.reference / "golden").is_dir():
             with tempfile.TemporaryDirectory() as scratch:
-                rows += parity_rows(args.reference, Path(scratch))
+                rows += parity_rows(args.reference, Path(scratch), datasets)
         else:
             rows.append({"section": "parity", "check": "released weights", "value": "skipped",
                          "limit": f"no reference at {args.reference}", "ok": True})
-    if not args.skip_tests:
+    if not (args.skip_tests or args.smoke):
         rows += test_rows()
     if args.train_steps > 0:
-        rows += training_rows(args.train_steps, args.out)
+        rows += training_rows(args.train_steps, args.out, smoke=args.smoke)
     table = markdown(rows, header)
     print(table)
     (args.out / "accelerator_check.md").write_text(table + "\n")

@@ -2,6 +2,7 @@
 
     python benchmarks/export_latency.py --out /tmp/limubert-export                # base_v1 + LIMU-GRU, random weights
     python benchmarks/export_latency.py --model RUN_DIR --out /tmp/limubert-export  # a trained classify run
+    python benchmarks/export_latency.py --smoke --out /tmp/limubert-export-smoke   # does it run? (seconds)
 
 Two models, each exported the ways a user ships it:
 
@@ -24,6 +25,8 @@ recorded. Sizes are the files' bytes on disk. Without `--model` the
 weights are random (a run's weights do not change the work); the model is then saved as a
 classify run would save it. Writes `export_latency.json` and `export_latency.png` to `--out`
 and prints a table. The machine should be otherwise idle (the load average is recorded).
+`--smoke` checks that the script runs: the benchmarks' smoke model (`harness.SMOKE_MODEL`),
+5 calls per row after 2, no TFLite conversion; never a timing.
 """
 
 from __future__ import annotations
@@ -66,16 +69,17 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def _make_models(out: Path) -> tuple[Path, Path]:
-    """A base_v1 LIMU-BERT checkpoint and a classify run behind it (gru_v2, 6 classes), random weights."""
+def _make_models(out: Path, smoke: bool = False) -> tuple[Path, Path]:
+    """A base_v1 (`smoke`: the smoke model) LIMU-BERT checkpoint and a classify run behind it
+    (gru_v2, 6 classes), random weights."""
     import jax
 
     from limubert_jax.io import checkpoint
     from limubert_jax.models import pipeline, registry
-    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain
     from limubert_jax.models.pipeline import ClassifierPipelineConfig
 
-    encoder = MODEL_CONFIGS["base_v1"]
+    encoder = LimuBertConfig(**harness.SMOKE_MODEL) if smoke else MODEL_CONFIGS["base_v1"]
     params = LimuBertModel4Pretrain(encoder).init_params(jax.random.key(0))
     encoder_dir = checkpoint.save_model(out / "encoder", params, encoder, overwrite=True)
     config = ClassifierPipelineConfig(
@@ -95,12 +99,22 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="a classify run (RUN_DIR or its model/); default: base_v1 + gru_v2, random")
     parser.add_argument("--encoder", help="the pretrained checkpoint for the encoder rows (default: the run's encoder)")
     parser.add_argument("--out", default="/tmp/limubert-export", help="folder for the exported files and results")
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=500)
+    parser.add_argument("--warmup", type=int, default=None, help="calls before timing (default 50; 2 with --smoke)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 500; 5 with --smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a quick check that the script runs: the smoke model, few calls, no TFLite")
     args = parser.parse_args(argv)
+    args.warmup = (2 if args.smoke else 50) if args.warmup is None else args.warmup
+    args.repeats = (5 if args.smoke else 500) if args.repeats is None else args.repeats
+    if args.warmup < 0 or args.repeats < 1:
+        parser.error("--warmup must be >= 0 and --repeats >= 1")
+    if args.smoke and args.model:
+        parser.error("--smoke makes its own models; leave out --model")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.smoke:
+        harness.smoke_compiles()
     import jax
     import onnxruntime as ort
     import torch
@@ -119,7 +133,7 @@ def main(argv=None) -> int:
         run = Path(args.model)
         encoder_dir = Path(args.encoder) if args.encoder else None
     else:
-        encoder_dir, run = _make_models(out)
+        encoder_dir, run = _make_models(out, args.smoke)
     classifier = predict.load_classifier(run)
     config = classifier.config
     if encoder_dir is None:  # the run's own encoder, saved as a LIMU-BERT checkpoint for the encoder rows
@@ -155,8 +169,8 @@ def main(argv=None) -> int:
     torch_bert = limubert_torch.LIMUBertModel4Pretrain(**encoder_config.to_dict()).eval()
     torch_bert.load_state_dict(torch.load(out / "encoder.pt", weights_only=True), strict=True)
 
-    def jax_encoder(x):  # normalization + encoder, one jitted program (what `limubert-embed` runs)
-        return np.asarray(inference._encode(encoder_params, x, config=encoder_config, normalized=False))
+    def jax_encoder(x):  # what `limubert-embed` runs: the input checks, then normalization + encoder jitted
+        return inference.embed_windows(encoder_params, encoder_config, x, batch_size=1)
 
     def jax_pipeline(x):  # the jitted program `limubert-predict` runs
         return np.asarray(pipeline.predict_batch(classifier.params, x, config=config)["probabilities"])
@@ -176,12 +190,14 @@ def main(argv=None) -> int:
 
     tflite = None
     try:
+        if args.smoke:
+            raise RuntimeError("not converted in a smoke run (the conversion takes minutes)")
         from limubert_jax.export import tflite_export
 
         files["classifier.tflite"] = out / "classifier.tflite"
         tflite_export.export_tflite(run, files["classifier.tflite"], batch=1, overwrite=True)
         sizes["classifier.tflite"] = _size(files["classifier.tflite"])
-        interpreter = tflite_export._interpreter_class()(model_content=files["classifier.tflite"].read_bytes(),
+        interpreter = tflite_export.interpreter_class()(model_content=files["classifier.tflite"].read_bytes(),
                                                           num_threads=1)
         runner = interpreter.get_signature_runner(tflite_export.SIGNATURE)
         tflite = lambda x: runner(windows=x)  # noqa: E731

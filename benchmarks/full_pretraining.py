@@ -4,6 +4,7 @@ windows, batch 128, base_v1, BertAdam) under each of the job's execution modes.
     python benchmarks/full_pretraining.py --out /tmp/full                       # every mode, 3 timed epochs
     python benchmarks/full_pretraining.py --out /tmp/full --full-run resident   # ... then the whole run
     python benchmarks/full_pretraining.py --out /tmp/cpu --windows 1670 --epochs 1 --modes step,resident
+    python benchmarks/full_pretraining.py --out /tmp/full-smoke --smoke          # does it run? (seconds)
 
 Modes, each from fresh parameters on the same `demo.synthetic_windows` (no validation pass):
 
@@ -23,7 +24,9 @@ Per mode: the first epoch (compilation included) and `--epochs` timed epochs; sa
 the median epoch; the full run projected as compile + 3,200 x median epoch. `--full-run MODE`
 (or `fastest`) then continues MODE to `--full-epochs` epochs, if projected under
 `--max-full-seconds`, and reports the measured wall time. Writes
-`full_pretraining.json` and `full_pretraining.png` to `--out` and prints a table.
+`full_pretraining.json` and `full_pretraining.png` to `--out` and prints a table. `--smoke`
+checks that the script runs: every mode on the benchmarks' smoke model (`harness.SMOKE_MODEL`),
+64 windows of batch 16, one timed epoch, then a 3-epoch full run; never a timing.
 """
 
 from __future__ import annotations
@@ -45,12 +48,18 @@ PAPER_EPOCHS = 3200
 MODES = ("step", "dispatch", "resident", "resident_bf16", "torch")
 
 
+def _model_config(args):
+    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertConfig
+
+    return LimuBertConfig(**harness.SMOKE_MODEL) if args.smoke else MODEL_CONFIGS["base_v1"]
+
+
 def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
     """(run_epoch(epoch) -> last loss, steps per epoch) for a JAX mode, from fresh parameters."""
     import jax
     import jax.numpy as jnp
 
-    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.models.encoder import LimuBertModel4Pretrain
     from limubert_jax.pretraining import optim
     from limubert_jax.pretraining.steps import (
         MaskConfig,
@@ -61,7 +70,7 @@ def _jax_epoch_fn(mode: str, args, windows: np.ndarray):
     )
     from limubert_jax.runtime import sharding
 
-    cfg = MODEL_CONFIGS["base_v1"]
+    cfg = _model_config(args)
     batch = args.batch_size
     steps = len(windows) // batch
     mesh = sharding.make_mesh()
@@ -107,14 +116,12 @@ def _torch_epoch_fn(args, windows: np.ndarray):
 
     from reference_pipeline import reference_training, train_step
 
-    from limubert_jax.models.encoder import MODEL_CONFIGS
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     np.random.seed(0)  # the reference masks with NumPy's legacy global generator
-    cfg = MODEL_CONFIGS["base_v1"]
+    cfg = _model_config(args)
     model, optimizer, criterion, loader = reference_training(cfg, windows, batch_size=args.batch_size,
                                                              device=device)
 
@@ -180,7 +187,8 @@ def full_run(result: dict, run_epoch, args) -> None:
 
 def _table(results: list[dict], args) -> str:
     torch_rate = next((r["samples_per_s"] for r in results if r["mode"] == "torch"), None)
-    lines = [f"{args.windows} windows x {PAPER_EPOCHS} epochs, batch {args.batch_size} (base_v1, BertAdam)", "",
+    model = "the smoke model" if args.smoke else "base_v1"
+    lines = [f"{args.windows} windows x {PAPER_EPOCHS} epochs, batch {args.batch_size} ({model}, BertAdam)", "",
              "| mode | samples/s | ms/step | first epoch s | full run (projected) | measured full run | vs torch "
              "| peak RSS MB | peak device MB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -219,20 +227,40 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON and PNG")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    parser.add_argument("--windows", type=int, default=7333, help="training windows (HHAR's split: 7,333)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per mode, after the first")
-    parser.add_argument("--steps-per-dispatch", type=int, default=16, help="the dispatch mode's steps per call")
-    parser.add_argument("--full-run", default="", help="a JAX mode (or 'fastest') to continue to --full-epochs epochs")
-    parser.add_argument("--full-epochs", type=int, default=PAPER_EPOCHS)
-    parser.add_argument("--max-full-seconds", type=float, default=300.0, help="skip a full run projected longer")
+    parser.add_argument("--windows", type=int, default=None, help="training windows (default HHAR's split: 7,333)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 128")
+    parser.add_argument("--epochs", type=int, default=None, help="timed epochs per mode, after the first (default 3)")
+    parser.add_argument("--steps-per-dispatch", type=int, default=None,
+                        help="the dispatch mode's steps per call (default 16)")
+    parser.add_argument("--full-run", default=None,
+                        help="a JAX mode (or 'fastest') to continue to --full-epochs epochs")
+    parser.add_argument("--full-epochs", type=int, default=None, help=f"default {PAPER_EPOCHS}")
+    parser.add_argument("--max-full-seconds", type=float, default=None,
+                        help="skip a full run projected longer (default 300; no limit with --smoke)")
     parser.add_argument("--matmul-precision", default="highest",
                         help="the JAX modes' config.train.matmul_precision: highest (the job's default), high, default")
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a quick check that the script runs: the smoke model, 64 windows, 1 timed epoch per mode, "
+                             "a 3-epoch full run of the fastest")
+    args = parser.parse_args(argv)
+    # Unset sizes: the paper's run, or a smoke run's.
+    defaults = (dict(windows=harness.SMOKE_WINDOWS, batch_size=harness.SMOKE_BATCH, epochs=1, steps_per_dispatch=2,
+                     full_run="fastest", full_epochs=3, max_full_seconds=float("inf")) if args.smoke else
+                dict(windows=7333, batch_size=128, epochs=3, steps_per_dispatch=16, full_run="",
+                     full_epochs=PAPER_EPOCHS, max_full_seconds=300.0))
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if min(args.windows, args.batch_size, args.epochs, args.steps_per_dispatch) < 1 or args.windows < args.batch_size:
+        parser.error("--windows, --batch-size, --epochs and --steps-per-dispatch must be >= 1, "
+                     "and --windows at least --batch-size")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.smoke:
+        harness.smoke_compiles()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown:

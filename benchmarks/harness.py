@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: the checkout's paths, the progress log, the worker
-protocol, memory and timing readings, and the PyTorch oracle.
+"""What the benchmark scripts share: the checkout's paths, the progress log, the smoke
+sizes, the worker protocol, memory and timing readings, and the PyTorch oracle.
 
 The scripts import it as a sibling module (`python benchmarks/X.py` puts benchmarks/ first
 on sys.path). It imports the standard library only: the reference job
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,6 +31,14 @@ RESULT_PREFIX = "RESULT_JSON "
 # the wheel, and imported from there by the benchmarks' PyTorch sides.
 TORCH_ORACLE = REPO / "tests" / "torch_reference.py"
 
+# `--smoke`: every script's check that it runs end to end, in seconds on a CPU (the tests run
+# each: tests/test_benchmark_smoke.py). They all train or export the same small model on the
+# same batch shapes, so that a program one compiles, another loads from the persistent XLA
+# cache. The model keeps base_v1's head size (18), which gpu_variants.py's fused attention pads.
+SMOKE_MODEL = {"hidden": 36, "hidden_ff": 72, "n_layers": 1, "n_heads": 2}
+SMOKE_WINDOWS = 64
+SMOKE_BATCH = 16
+
 
 def log(msg: str) -> None:
     """A timestamped progress line on stderr (stdout carries results)."""
@@ -41,6 +50,15 @@ def use_checkout() -> None:
     GPU image)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+
+
+def smoke_compiles() -> None:
+    """For a `--smoke` run: XLA compiles without its backend optimisations (half the compile
+    time; the programs compute the same operations, only slower), in this process and the
+    processes it starts. A check that the script runs, never a timing."""
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"  # the children, and JAX if not imported yet
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_disable_most_optimizations", True)
 
 
 # ---------------------------------------------------------------------------------------

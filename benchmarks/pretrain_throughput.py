@@ -4,6 +4,7 @@
     python benchmarks/pretrain_throughput.py --whole-job-only --out DIR          # the whole job only
     python benchmarks/pretrain_throughput.py --skip-whole-job --epochs 3         # step and loop only
     python benchmarks/pretrain_throughput.py --skip-torch                        # limubert_jax only
+    python benchmarks/pretrain_throughput.py --smoke --out /tmp/throughput-smoke # does it run? (seconds)
 
 Both sides train LIMU-BERT `base_v1` with Adam (lr 1e-3) on the same synthetic raw windows
 (`limubert_jax.data.synthetic.synthetic_windows`), on the same machine, one process at a time.
@@ -101,18 +102,25 @@ def _stats(times: list[float], samples_per_item: int) -> dict:
     }
 
 
+def _step_loop_model(args):
+    """The step and loop measurement's model: base_v1, or the smoke model."""
+    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertConfig
+
+    return LimuBertConfig(**harness.SMOKE_MODEL) if args.smoke else MODEL_CONFIGS["base_v1"]
+
+
 def run_jax(args) -> dict:
     import jax
     import numpy as np
 
-    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.models.encoder import LimuBertModel4Pretrain
     from limubert_jax.pretraining import optim
     from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_train_step
     from limubert_jax.runtime import cpu_devices, sharding
 
     cpu_devices.split_cores()  # as the main job does, before JAX starts
     raw = _windows(args)
-    cfg = MODEL_CONFIGS["base_v1"]
+    cfg = _step_loop_model(args)
     batch_size = args.batch_size
     mesh = sharding.training_mesh(batch_size)
     tx = optim.pretrain_optimizer("adam", learning_rate=args.lr)
@@ -193,13 +201,11 @@ def run_torch(args) -> dict:
     from reference_pipeline import reference_training
     from reference_pipeline import train_step as reference_step
 
-    from limubert_jax.models.encoder import MODEL_CONFIGS
-
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)  # the reference masks with NumPy's legacy global generator
     raw = _windows(args)
-    cfg = MODEL_CONFIGS["base_v1"]
+    cfg = _step_loop_model(args)
     batch_size = args.batch_size
     model, optimizer, criterion, loader = reference_training(cfg, raw, batch_size=batch_size, lr=args.lr,
                                                              num_workers=args.torch_workers)
@@ -399,8 +405,8 @@ class WholeJob:
         cache.mkdir(parents=True)
         # Untimed for the per-epoch figures: the first run fills the empty cache (what the first
         # run of a command on a machine pays); the timed runs load from it, as a rerun does.
-        first = self.run_jax(batch, short, "first", cache)
-        warmups = [first]
+        # A smoke run skips it: its numbers mean nothing, and it checks the timed runs' path.
+        warmups = [] if args.smoke else [self.run_jax(batch, short, "first", cache)]
         if args.jax_optimizer == "bert_adam":  # its schedule's length is in the program: one per run length
             warmups.append(self.run_jax(batch, long, "warmup", cache))
         runs: list[dict] = []
@@ -708,6 +714,12 @@ def _int_tuple(text: str) -> tuple[int, ...]:
     return values
 
 
+# `--smoke`'s sizes (every whole-job command, the step loop's workers and the reference job).
+SMOKE_SIZES = {"epochs": 1, "batch_size": harness.SMOKE_BATCH, "num_windows": harness.SMOKE_WINDOWS,
+               "steady_steps": 2, "warmup_steps": 1, "whole_job_batch_sizes": (harness.SMOKE_BATCH,),
+               "whole_job_epochs": (1, 2), "whole_job_windows": 100, "model": "tiny"}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed end-to-end epochs per side (train loop)")
@@ -744,7 +756,12 @@ def parse_args(argv=None):
                             "e.g. --jax-flag=--config.train.steps_per_dispatch=8")
     whole.add_argument("--model", choices=("base_v1", "tiny"), default="base_v1",
                        help="whole job's model; tiny only checks that the benchmark runs")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a quick check that the script runs, never a timing: the smoke model in the step loop "
+                             f"({', '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in SMOKE_SIZES.items())})")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):
+        parser.set_defaults(**SMOKE_SIZES)  # flags given explicitly still win
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.steady_steps < 1 or args.batch_size < 1:
         parser.error("--epochs, --steady-steps and --batch-size must be >= 1")
@@ -784,11 +801,13 @@ def main(argv=None) -> int:
         harness.emit_result(result)
         return 0
 
+    if args.smoke:
+        harness.smoke_compiles()
     out = Path(args.out)
     worker_argv = [a for a in argv if a != "--skip-torch"]
     results: dict = {
-        "config": {k: v for k, v in vars(args).items() if k != "worker"} | {"model_step_loop": "base_v1",
-                                                                              "optimizer_step_loop": "adam"},
+        "config": {k: v for k, v in vars(args).items() if k != "worker"} | {
+            "model_step_loop": harness.SMOKE_MODEL if args.smoke else "base_v1", "optimizer_step_loop": "adam"},
         "environment": {
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),

@@ -1,7 +1,8 @@
 """Pretraining on a corpus larger than what the process holds: streaming vs in-memory windows.
 
     python benchmarks/streaming_pretraining.py --out /tmp/limubert-streaming                 # 2,000,000 windows
-    python benchmarks/streaming_pretraining.py --windows 20000 --steps 20 --out /tmp/smoke  # a quick look
+    python benchmarks/streaming_pretraining.py --windows 20000 --steps 20 --out /tmp/look  # a quick look
+    python benchmarks/streaming_pretraining.py --smoke --out /tmp/limubert-streaming-smoke  # does it run?
 
 The corpus is `--windows` synthetic windows of 120 x 6 float32 (2,000,000: 5.8 GB), written
 chunk by chunk as `data_20_120.npy` (unlabelled windows, the `imu_npy` layout) and built into
@@ -30,6 +31,8 @@ with the corpus. The page cache is not process memory: with `--drop-caches` (roo
 drops it before each phase, so the streaming reads come from the disk.
 
 Writes `streaming_pretraining.json` and `streaming_pretraining.png` to `--out` and prints a table.
+`--smoke` checks that the script runs: 2,000 windows, the benchmarks' smoke model
+(`harness.SMOKE_MODEL`) at batch 16, 4 measured steps, the corpus under `--out`; never a timing.
 """
 
 from __future__ import annotations
@@ -158,7 +161,7 @@ def phase_train(args) -> dict:
     import numpy as np
 
     from limubert_jax.data import input_pipeline, loading, splits
-    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertModel4Pretrain
+    from limubert_jax.models.encoder import MODEL_CONFIGS, LimuBertConfig, LimuBertModel4Pretrain
     from limubert_jax.pretraining import optim
     from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_train_step
     from limubert_jax.runtime import sharding
@@ -176,7 +179,7 @@ def phase_train(args) -> dict:
         data = dataclasses.replace(data, train=loading.WindowView(ram, train),
                                    vali=loading.WindowView(ram, vali), num_windows=n)
     rss_before_training = peaks.read()["peak_rss_anon_mb"]
-    cfg = MODEL_CONFIGS["base_v1"]
+    cfg = LimuBertConfig(**harness.SMOKE_MODEL) if args.smoke else MODEL_CONFIGS["base_v1"]
     mesh = sharding.make_mesh()
     tx = optim.pretrain_optimizer("adam", learning_rate=1e-3)
     state = TrainState.create(LimuBertModel4Pretrain(cfg).init_params(jax.random.key(0)), tx)
@@ -247,20 +250,37 @@ def _plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--windows", type=int, default=2_000_000, help="corpus size (windows of 120 x 6 float32)")
-    parser.add_argument("--cache-dir", default="/tmp/limubert-streaming-cache", help="corpus and builds, reused")
+    parser.add_argument("--windows", type=int, default=None,
+                        help="corpus size (windows of 120 x 6 float32; default 2,000,000)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="corpus and builds, reused "
+                             "(default /tmp/limubert-streaming-cache; OUT/cache with --smoke)")
     parser.add_argument("--out", default="/tmp/limubert-streaming", help="where the JSON and PNG go")
-    parser.add_argument("--steps", type=int, default=240, help="measured train steps per phase")
-    parser.add_argument("--block", type=int, default=20, help="steps per timed block")
-    parser.add_argument("--warmup", type=int, default=10, help="steps before timing (compilation included)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--in-memory-windows", type=int, default=100_000, help="windows the in-memory phase holds")
+    parser.add_argument("--steps", type=int, default=None, help="measured train steps per phase (default 240)")
+    parser.add_argument("--block", type=int, default=None, help="steps per timed block (default 20)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="steps before timing, compilation included (default 10)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 128")
+    parser.add_argument("--in-memory-windows", type=int, default=None,
+                        help="windows the in-memory phase holds (default 100,000)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a quick check that the script runs: 2,000 windows, the smoke model, 4 steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scaling", action="store_true", help="also stream a 10x smaller corpus (peak RSS vs size)")
     parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before each phase (root)")
     parser.add_argument("--phase", choices=["build", "streaming", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--phase-windows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Unset sizes: the measurement's, or a smoke run's.
+    defaults = (dict(windows=2000, cache_dir=str(Path(args.out) / "cache"), steps=4, block=2, warmup=1,
+                     batch_size=harness.SMOKE_BATCH, in_memory_windows=1000) if args.smoke else
+                dict(windows=2_000_000, cache_dir="/tmp/limubert-streaming-cache", steps=240, block=20, warmup=10,
+                     batch_size=128, in_memory_windows=100_000))
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.smoke:
+        harness.smoke_compiles()
     if args.phase:
         result = phase_build(args) if args.phase == "build" else phase_train(args)
         harness.emit_result(result)
@@ -268,6 +288,7 @@ def main() -> None:
     args.passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in (
         ("cache_dir", args.cache_dir), ("steps", args.steps), ("block", args.block), ("warmup", args.warmup),
         ("batch_size", args.batch_size), ("in_memory_windows", args.in_memory_windows), ("seed", args.seed))]
+    args.passthrough += ["--smoke"] if args.smoke else []
     if args.steps < args.block:
         raise SystemExit("--steps must be at least --block")
 

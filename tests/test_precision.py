@@ -112,6 +112,57 @@ def test_train_step_follows_matmul_precision_and_eval_stays_full(tiny_params):
         _lowered_train_step(tiny_params, matmul_precision="tf32")
 
 
+def rounded_dot_operands(text: str) -> tuple[int, int, set[str]]:
+    """(dot_generals, their operands produced by a `reduce_precision`, the rounding formats
+    used) of a StableHLO module's text; SSA names are scoped per function, so per function."""
+    dots = rounded = 0
+    for function in text.split("func.func")[1:]:
+        defined_by = dict(re.findall(r"(%[\w#]+)(?::\d+)? = \"?([\w.]+)", function))
+        for op in re.finditer(r"stablehlo\.dot_general (%[\w#]+), (%[\w#]+)", function):
+            dots += 1
+            rounded += sum(defined_by.get(name) == "stablehlo.reduce_precision" for name in op.groups())
+    return dots, rounded, set(re.findall(r"reduce_precision .*format = (e\d+m\d+)", text))
+
+
+def test_emulated_rounding_reaches_every_matmul_of_the_train_step(tiny_params):
+    """The emulation's one home is `precision.dot`/`einsum`, which every layer calls: inside
+    the scope each matmul of the step, the backward pass's too, reads rounded operands."""
+    with precision.emulate_operand_rounding(precision.BFLOAT16_MANTISSA_BITS):
+        dots, rounded, formats = rounded_dot_operands(_lowered_train_step(tiny_params))
+    assert dots > 40 and rounded == 2 * dots and formats == {"e8m7"}
+    with precision.emulate_operand_rounding(precision.TF32_MANTISSA_BITS):
+        assert rounded_dot_operands(_lowered_train_step(tiny_params))[1:] == (2 * dots, {"e8m10"})
+    # Outside the scope (and traced again: the scope is part of the jit cache key) nothing is rounded.
+    assert rounded_dot_operands(_lowered_train_step(tiny_params)) == (dots, 0, set())
+    assert precision.operand_rounding() is None
+
+
+def test_emulated_rounding_numbers():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(16, 32)).astype(np.float32), rng.normal(size=(32, 8)).astype(np.float32)
+
+    def bf16(x):  # round to nearest even on 7 mantissa bits, as a bfloat16 pass reads its inputs
+        return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), np.float64)
+
+    full = jax.jit(precision.dot)(a, b)
+    loss = jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(precision.dot(a, b) ** 2), argnums=(0, 1)))
+    with precision.emulate_operand_rounding(7):
+        emulated = jax.jit(precision.dot)(a, b)
+        (_, (grad_a, grad_b)) = loss(a, b)
+        einsum = jax.jit(lambda a, b: precision.einsum("ik,kj->ij", a, b))(a, b)
+    want = bf16(a) @ bf16(b)
+    np.testing.assert_allclose(emulated, want, rtol=1e-5, atol=1e-5)  # float32 accumulation of rounded inputs
+    np.testing.assert_allclose(einsum, want, rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(np.asarray(full, np.float64) - want)) > 1e-3  # the rounding is visible at this size
+    # Backward: the cotangent 2*y (y from rounded operands) is rounded too before each matmul.
+    cotangent = bf16(2 * np.asarray(emulated, np.float64))
+    np.testing.assert_allclose(grad_a, cotangent @ bf16(b).T, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(grad_b, bf16(a).T @ cotangent, rtol=1e-5, atol=1e-4)
+    for bad in (0, 23, 7.0):
+        with pytest.raises(ValueError, match="an integer from 1 to 22"):
+            precision.emulate_operand_rounding(bad)
+
+
 @pytest.fixture
 def ir_dump(tmp_path):
     """Every program compiled inside the fixture is dumped as StableHLO into the folder yielded."""

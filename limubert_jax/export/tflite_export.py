@@ -61,7 +61,8 @@ def _import_converter():
     return torch, litert_torch
 
 
-def _interpreter_class():
+def interpreter_class():
+    """LiteRT's `Interpreter` class, or a one-line `LimuBertError` naming the extra."""
     return import_extra("ai_edge_litert.interpreter", extra="tflite",
                         reason="running TFLite models needs 'ai-edge-litert', which is not installed").Interpreter
 
@@ -152,8 +153,7 @@ def run_tflite(path: str | os.PathLike, windows: np.ndarray, *, threads: int = 1
     """Runs an exported .tflite with the LiteRT interpreter on raw windows [N, S, F]:
     {output name: array [N, ...]}. Any N: the windows go through in groups of the file's
     fixed batch, the last group padded with zeros (their outputs dropped)."""
-    interpreter_class = _interpreter_class()
-    interpreter = interpreter_class(model_content=storage.as_path(path).read_bytes(), num_threads=threads)
+    interpreter = interpreter_class()(model_content=storage.as_path(path).read_bytes(), num_threads=threads)
     runner = interpreter.get_signature_runner(SIGNATURE)
     shape = [int(d) for d in runner.get_input_details()[INPUT]["shape"]]
     windows = np.asarray(windows, np.float32)
