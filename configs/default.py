@@ -69,12 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.matmul_precision = "highest"  # train-step matmuls: 'highest' full fp32 (the reference); 'high'/'default' TF32 (GPU), bf16 passes (TPU)
     config.train.device_resident = False  # training windows on device; each epoch (shuffle, masking) one call
     config.train.fall_back_to_good_checkpoint = False  # resume: move a corrupted step aside and resume from the newest good one
+    config.train.init_from = ""  # start pretraining from these weights: released ones by name (limu_bert_x) or a checkpoint/workdir; model fields left at their defaults follow them; a resume ignores it
 
     config.downstream = ml_collections.ConfigDict()
     config.downstream.label = "activity"  # the task's label, by name: activity, user, position, device_model
     config.downstream.label_rate = 0.01  # fraction of the training sub-windows that are labelled
     config.downstream.balance = True  # draw the same number of labelled sub-windows per class
-    config.downstream.merge = 20  # classifier sub-window length (steps); must divide seq_len
+    config.downstream.merge = ml_collections.config_dict.placeholder(int)  # classifier sub-window length (steps), dividing seq_len; None: the encoder's seq_len where shorter than the windows, else 20
     config.downstream.classifier = "gru_v2"  # head for classify/finetune: gru_v1, gru_v2, lstm_v1, cnn1_v1, cnn2_v1, attn_v1
     config.downstream.baseline = "rgru"  # model for the baseline task: dcnn, deepsense, rgru
     config.downstream.methods = "limu_gru_v2,dcnn,deepsense,rgru"  # report task: limu_<head>, finetune_<head>, baselines

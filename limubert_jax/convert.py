@@ -65,7 +65,7 @@ def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
     flags.DEFINE_integer("batch", 1, "to_tflite: the file's fixed batch size (windows per call).", lower_bound=1,
                          flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs: a checkpoint directory holding exactly "
-                      "model_config.json and params/ (from_torch), the files the command writes (to_*).",
+                      "model_config.json, params/ and its README.md (from_torch), the files the command writes (to_*).",
                       flag_values=fv)
 
 

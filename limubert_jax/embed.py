@@ -9,7 +9,10 @@ stays bounded for N in the millions; E appears under its name only when complete
 existing E, or one that appears while the command runs, is refused unless `--overwrite`;
 E may never be X nor lie inside CKPT. X, E and CKPT may be object-store paths
 (`gs://bucket/...`): objects cannot be memory-mapped, so a bucket X is read whole into
-memory and a bucket E is assembled in memory, then written whole.
+memory and a bucket E is assembled in memory, then written whole. CKPT may also name released
+weights (`limu_bert_x`, `limu_bert:hhar`, ...: `limubert-fetch`), fetched on first use.
+
+From Python: `load_encoder(CKPT_OR_NAME).embed(windows)`.
 """
 
 from __future__ import annotations
@@ -21,12 +24,42 @@ from typing import Sequence
 import numpy as np
 from absl import flags
 
+from limubert_jax.export import released
 from limubert_jax.io import checkpoint, storage
-from limubert_jax.io.state_dict import LIMU_BERT
+from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE, LIMU_BERT
 from limubert_jax.io.windows import open_windows
+from limubert_jax.models.encoder import LimuBertConfig
 from limubert_jax.models.inference import check_windows, embed_windows
 from limubert_jax.runtime import cli
 from limubert_jax.runtime.errors import LimuBertError
+
+
+class TrainedEncoder:
+    """A pretrained LIMU-BERT encoder, ready to embed: `load_encoder(NAME_OR_PATH).embed(windows)`."""
+
+    def __init__(self, config: LimuBertConfig, params: dict, path: str = ""):
+        self.config, self.params, self.path = config, params, path
+
+    def embed(self, windows, *, normalized: bool = False, batch_size: int = 1024,
+              progress: bool = False) -> np.ndarray:
+        """Embeddings (N, S, hidden) float32 of windows (N, S, F): raw readings (acc m/s^2,
+        gyro rad/s, then magnetometer; extra trailing features ignored), normalized as the
+        reference does, or with `normalized` already normalized (exactly F features). S is
+        at most the encoder's `config.seq_len`, or a multiple of it (encoded in pieces)."""
+        return embed_windows(self.params, self.config, windows, normalized=normalized, batch_size=batch_size,
+                             source=self.path or "windows", progress=progress)
+
+
+def load_encoder(name_or_path: str | os.PathLike) -> TrainedEncoder:
+    """The LIMU-BERT encoder of released weights by name (`limu_bert_x`, `limu_bert:hhar`, ...;
+    downloaded and converted on first use: `limubert-fetch`), of a checkpoint folder, or of a
+    pretraining workdir (its best step)."""
+    path = released.resolve(name_or_path)
+    kind, config, params = checkpoint.load_model(path)
+    if kind != LIMU_BERT:
+        raise LimuBertError(f"{name_or_path}: holds a {kind} model, not a LIMU-BERT encoder"
+                            + ("; load it with load_classifier" if kind == CLASSIFIER_PIPELINE else ""))
+    return TrainedEncoder(config, params, str(name_or_path))
 
 
 def embed_file(
@@ -48,6 +81,7 @@ def embed_file(
     embedded.
     """
     input_path = storage.as_path(input_path)
+    checkpoint_path = released.resolve(checkpoint_path)
     output_path = storage.check_output_file(output_path, input_path, checkpoint_path, overwrite=overwrite)
     kind, config, params = checkpoint.load_model(checkpoint_path)
     if kind != LIMU_BERT:
@@ -77,7 +111,8 @@ def embed_file(
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    flags.DEFINE_string("checkpoint", None, "LIMU-BERT checkpoint directory (or a pretraining workdir).",
+    flags.DEFINE_string("checkpoint", None, "LIMU-BERT checkpoint directory, a pretraining workdir, or released "
+                        "weights by name (limu_bert_x, limu_bert:hhar, ...).",
                         required=True, flag_values=fv)
     flags.DEFINE_string("input", None, "Windows (N, S, F) as .npy.", required=True, flag_values=fv)
     flags.DEFINE_string("output", None, "Embeddings (N, S, hidden) .npy to write.", required=True, flag_values=fv)

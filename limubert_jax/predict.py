@@ -19,7 +19,8 @@ RUN_DIR is a classify, finetune or baseline run (`workdir/<task>/<method>-<label
   `--ignore_columns` read them as the training job's `config.dataset` fields of those names do.
 
 The model runs what it was trained with: the normalization (docs/reference.md §1), the encoder over the
-whole window, the cut into `merge`-step sub-windows, the classifier on each sub-window. A
+whole window (or over each of its seq_len-step pieces, for an encoder shorter than the
+windows), the cut into `merge`-step sub-windows, the classifier on each sub-window. A
 window's answer is the mean of its sub-windows' class probabilities, then the most probable
 class (`models.pipeline.AGGREGATION`). P.csv has one row per window: `window` (its index;
 for recordings also `recording` and `start_s`, and `true_<label>` when the recordings carry
@@ -53,6 +54,7 @@ from etils import epath
 from tqdm.auto import tqdm
 
 from limubert_jax.downstream import evaluation
+from limubert_jax.export import released
 from limubert_jax.io import checkpoint, storage
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE
 from limubert_jax.io.windows import open_windows  # one reader of window files (embed uses it too)
@@ -64,8 +66,9 @@ from limubert_jax.runtime.errors import LimuBertError, check_terminated
 
 
 def model_dir(path: str | os.PathLike) -> epath.Path:
-    """The classifier checkpoint that `path` names: a run directory's `model/`, or the checkpoint."""
-    path = storage.as_path(path)
+    """The classifier checkpoint that `path` names: a run directory's `model/`, the checkpoint,
+    or a released classifier by name (`gru:hhar`, ...; fetched on first use: `limubert-fetch`)."""
+    path = storage.as_path(released.resolve(path))
     if not path.exists():
         raise LimuBertError(f"{path}: no such run directory")
     try:
@@ -404,7 +407,8 @@ class _in_memory:
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
-    flags.DEFINE_string("model", None, "A classify / finetune / baseline run directory (or its model/ checkpoint).",
+    flags.DEFINE_string("model", None, "A classify / finetune / baseline run directory (or its model/ checkpoint), "
+                        "or a released classifier by name (gru:hhar, gru:motion, gru:shoaib, gru:uci).",
                         required=True, flag_values=fv)
     flags.DEFINE_string("input", None, "Raw windows (N, S, F) .npy, or a folder of recordings.", required=True,
                         flag_values=fv)

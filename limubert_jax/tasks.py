@@ -37,7 +37,8 @@ class Shared:
 
     def downstream_inputs(self) -> runners.Inputs:
         if self.downstream is None:
-            self.downstream = runners.Inputs(self.config, self.workdir, self.data)
+            self.downstream = runners.Inputs(self.config, self.workdir, self.data,
+                                             encoded=runners.uses_encoder(self.config, parse_tasks(self.config.task)))
         return self.downstream
 
 

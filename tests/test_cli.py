@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from absl import flags
 
-from limubert_jax import config_lib, convert, demo, embed, main, predict, prepare_data
+from limubert_jax import config_lib, convert, demo, embed, fetch, main, predict, prepare_data
 from limubert_jax.runtime import cli, errors
 from limubert_jax.runtime.errors import LimuBertError
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPTS = PYPROJECT["project"]["scripts"]
 COMMANDS = {"limubert-train": main, "limubert-prepare-data": prepare_data, "limubert-embed": embed,
-            "limubert-convert": convert, "limubert-demo": demo, "limubert-predict": predict}
+            "limubert-convert": convert, "limubert-demo": demo, "limubert-predict": predict, "limubert-fetch": fetch}
 
 
 def test_every_command_has_a_console_script_that_runs_without_arguments():

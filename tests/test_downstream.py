@@ -78,7 +78,7 @@ def test_split_by_user_keeps_users_apart_in_the_classifier_protocol(synthetic_da
     user = labels.load_labelled(_config(synthetic_data_dir, label="user")).labels.per_step[:, 0]
     np.testing.assert_array_equal(data.groups, user)
     proto = labels.protocol_split(data, config)
-    seq = data.windows.shape[1] // config.downstream.merge
+    seq = data.windows.shape[1] // proto.merge
     users = [set(user[getattr(proto.split, part).index // seq]) for part in ("train", "vali", "test")]
     assert all(users) and not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])
 
@@ -264,7 +264,7 @@ def test_a_rerun_with_other_settings_never_replaces_a_runs_results(synthetic_dat
     earlier = _config(synthetic_data_dir, "baseline")
     out = runners.run_dir(workdir, "baseline", "rgru", earlier)
     out.mkdir(parents=True)
-    settings = runners.run_settings(earlier, "baseline", "rgru", "synthetic_imu/20_120")
+    settings = runners.run_settings(earlier, "baseline", "rgru", "synthetic_imu/20_120", merge=20)
     (out / runners.SETTINGS_FILE).write_text(json.dumps(settings))
     other = _config(synthetic_data_dir, "baseline", merge=40, learning_rate=5e-4)
     with pytest.raises(LimuBertError, match=r"^.*rgru-activity-0\.1 holds the results of other settings \(learning_rate "
@@ -335,7 +335,7 @@ def _predict_reproduces_the_test_accuracy(config, out, saved, *, via_cli):
         _LABELLED[key] = labels.load_labelled(config)
     data = _LABELLED[key]
     proto = labels.protocol_split(data, config)
-    per_window = data.windows.shape[1] // config.downstream.merge
+    per_window = data.windows.shape[1] // proto.merge
     index = proto.split.test.index
     windows = np.unique(index // per_window)  # the test windows, raw readings
     rows = np.searchsorted(windows, index // per_window) * per_window + index % per_window  # their sub-windows

@@ -107,7 +107,7 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, capsys, state_dict)
     assert "--overwrite" in _error_line(capsys)
     assert (out / "model_config.json").stat().st_mtime_ns == before
     assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(out), "--overwrite"]) == 0
-    assert _listing(out) == ["model_config.json", "params"]
+    assert _listing(out) == ["README.md", "model_config.json", "params"]
     assert _listing(tmp_path) == ["in.pt", "out"]  # the old checkpoint is gone, not set aside
 
 
@@ -141,14 +141,14 @@ def test_overwrite_replaces_a_checkpoint_and_removes_a_dead_writers_staging(tmp_
     (leftover / "params").mkdir(parents=True)
     assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(out), "--overwrite"]) == 0
     assert _listing(tmp_path) == ["in.pt", "out"]
-    assert _listing(out) == ["model_config.json", "params"]
+    assert _listing(out) == ["README.md", "model_config.json", "params"]
 
 
 def test_from_torch_into_an_empty_directory(tmp_path, state_dict):
     torch.save(state_dict, tmp_path / "in.pt")
     (tmp_path / "out").mkdir()
     assert convert.main(["from_torch", str(tmp_path / "in.pt"), str(tmp_path / "out")]) == 0
-    assert _listing(tmp_path / "out") == ["model_config.json", "params"]
+    assert _listing(tmp_path / "out") == ["README.md", "model_config.json", "params"]
 
 
 def test_sparse_tensor_is_refused(tmp_path, capsys, state_dict):

@@ -128,7 +128,7 @@ def test_the_layers_are_ordered():
 
 def test_top_level_holds_commands_and_the_registry_only():
     top = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-    assert top == ["config_lib", "convert", "demo", "embed", "main", "predict", "prepare_data", "tasks"]
+    assert top == ["config_lib", "convert", "demo", "embed", "fetch", "main", "predict", "prepare_data", "tasks"]
     assert sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()) == sorted(SUBPACKAGES)
 
 

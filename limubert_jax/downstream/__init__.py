@@ -3,5 +3,5 @@ protocol split (`labels`), training a classifier on device (`fit`), the tasks em
 classify, finetune, baseline and report (`runners`), metrics (`evaluation`), the
 paper-style report table (`report`) and t-SNE (`tsne`).
 
-May import: runtime, data, models, io, pretraining.
+May import: runtime, data, models, io, export, pretraining.
 """

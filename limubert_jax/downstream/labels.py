@@ -1,6 +1,6 @@
 """Labelled data for the downstream protocol (docs/reference.md §7): every window with one task's labels,
 chosen by task name (`activity`, `user`, `position`, ...), never by column index, and the
-protocol's split (80/10/10 windows, 20-step sub-windows, a balanced labelled subset)."""
+protocol's split (80/10/10 windows, `merge`-step sub-windows, a balanced labelled subset)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,20 @@ import numpy as np
 from limubert_jax.data import loading, splits
 from limubert_jax.datasets.common import MISSING_LABEL
 from limubert_jax.runtime.errors import LimuBertError
+
+
+def resolve_merge(config: ml_collections.ConfigDict, encoder_seq_len: int | None, seq_len: int) -> int:
+    """The sub-window length (steps) of the protocol on `seq_len`-step windows:
+    `config.downstream.merge` when set; unset (None), the encoder's `seq_len` when the encoder
+    is shorter than the windows (it encodes them in pieces of that length, and LIMU-BERT-X's
+    release classifies each such piece), else the reference's `splits.MERGE` (also for
+    methods without an encoder: `encoder_seq_len` None)."""
+    merge = config.downstream.get("merge")
+    if merge is not None:
+        return merge
+    if encoder_seq_len is not None and encoder_seq_len < seq_len:
+        return encoder_seq_len
+    return splits.MERGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,15 +124,17 @@ def _task_labels(task: str, tasks: dict, data, rows, seq: int) -> TaskLabels:
     return TaskLabels(task, names, per_step)
 
 
-def check_protocol(config: ml_collections.ConfigDict, data) -> None:
+def check_protocol(config: ml_collections.ConfigDict, data, merge: int) -> None:
     """Raises the `LimuBertError` that `protocol_split` would raise for `config.downstream`
-    (a `label_rate` that selects no labelled sub-window, too few windows to split), from the
-    labels alone: a downstream stage's data fails before the pretraining that precedes it."""
+    and `merge`-step sub-windows (a `label_rate` that selects no labelled sub-window, too few
+    windows to split), from the labels alone: a downstream stage's data fails before the
+    pretraining that precedes it."""
     tasks = check_label(config, data)
     data = downstream_data(config, data)
     rows = [{k: v for k, v in r.items() if k != loading.FEATURE}  # the windows' readings dropped as read
             for records in loading.records_in_batches(data.train.source) for r in records]
-    _split(_task_labels(config.downstream.label, tasks, data, rows, data.seq_len), data.groups, data.name, config)
+    _split(_task_labels(config.downstream.label, tasks, data, rows, data.seq_len), data.groups, data.name, config,
+           merge)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,24 +143,27 @@ class ProtocolData:
 
     split: splits.ClassifierSplit
     names: tuple[str, ...]
+    merge: int  # steps of each sub-window; split indices count sub-windows of all windows, window-major
 
     def labels(self, part: str) -> np.ndarray:
         return getattr(self.split, part).labels
 
 
-def protocol_split(data: LabelledData, config: ml_collections.ConfigDict) -> ProtocolData:
-    """`splits.classifier_split` on the chosen task; class ids stay indices into the names
+def protocol_split(data: LabelledData, config: ml_collections.ConfigDict, merge: int | None = None) -> ProtocolData:
+    """`splits.classifier_split` on the chosen task, in `merge`-step sub-windows (None:
+    `resolve_merge` for a method without an encoder); class ids stay indices into the names
     (the reference's minus-the-minimum shift is undone)."""
-    return ProtocolData(_split(data.labels, data.groups, data.name, config), data.labels.names)
+    merge = resolve_merge(config, None, data.windows.shape[1]) if merge is None else merge
+    return ProtocolData(_split(data.labels, data.groups, data.name, config, merge), data.labels.names, merge)
 
 
 def _split(labels: TaskLabels, groups: np.ndarray | None, name: str,
-           config: ml_collections.ConfigDict) -> splits.ClassifierSplit:
+           config: ml_collections.ConfigDict, merge: int) -> splits.ClassifierSplit:
     d = config.downstream
     per_step = labels.per_step
     try:
         split = splits.classifier_split(
-            per_step[:, :, None], 0, label_rate=d.label_rate, seed=config.dataset.seed, merge=d.merge,
+            per_step[:, :, None], 0, label_rate=d.label_rate, seed=config.dataset.seed, merge=merge,
             balance=d.balance, train_rate=config.dataset.train_rate, vali_rate=config.dataset.vali_rate,
             groups=groups, missing=MISSING_LABEL,
         )

@@ -13,7 +13,8 @@ baseline run of limubert-jax. The pipeline computes what the run trained:
 1. normalization of raw readings (acc m/s^2 columns 0-2, gyro rad/s 3-5, magnetometer 6-8):
    the first `feature_num` columns, acceleration / 9.8, the magnetometer scaled to unit norm
    per step;
-2. the LIMU-BERT encoder over the whole window (absent for baselines on raw readings);
+2. the LIMU-BERT encoder over the whole window, or over each of its seq_len-step pieces for
+   an encoder shorter than the windows (absent for baselines on raw readings);
 3. the window cut into `merge`-step sub-windows, each classified by the head (GRU or LSTM
    stacks, the last step, linear layers);
 4. a window's probabilities: the mean of its sub-windows' softmax.
@@ -240,7 +241,11 @@ class ClassifierPipeline(nn.Module):
         b = x.shape[0]
         h = normalize(x.float(), self.feature_num, **self.norm_constants)
         if self.encoder is not None:
-            h = self.encoder(h)
+            piece = min(self.seq_len, self.config["encoder"]["seq_len"])  # each piece encoded apart
+            # Concrete sizes, no -1: TFLite's converter traces this with a fixed batch and
+            # refuses a reshape it cannot size.
+            h = self.encoder(h.reshape(b * (self.seq_len // piece), piece, h.shape[-1]))
+            h = h.reshape(b, self.seq_len, h.shape[-1])
         k = self.seq_len // self.merge
         logits = self.head(h.reshape(b * k, self.merge, h.shape[-1]))
         return logits.reshape(b, k, logits.shape[-1])

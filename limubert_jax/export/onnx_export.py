@@ -297,7 +297,11 @@ def _classifier_model(onnx, helper, numpy_helper, config, params: dict):
     s, f, k, c = config.seq_len, config.feature_num, config.subwindows, config.num_classes
     h = _normalize(g, "windows", f)
     if config.encoder is not None:
-        h = _encoder(g, h, params["encoder"]["transformer"], config.encoder, s)
+        pieces = config.encoder_pieces
+        if pieces > 1:  # an encoder shorter than the windows sees each piece apart (`encoder.encode_windows`)
+            h = g.op("Reshape", [h, g.const([-1, s // pieces, f], np.int64)], name="encoder_pieces")  # [B * P, L, F]
+        # The sub-window cut below reads [B * P, L, H] as [B, S, H]: the pieces are in window order.
+        h = _encoder(g, h, params["encoder"]["transformer"], config.encoder, s // pieces)
     sub = g.op("Reshape", [h, g.const([-1, config.merge, config.head_input_dim], np.int64)],
                name="subwindows")  # [B * K, merge, D]
     logits = _recurrent_head(g, sub, params["head"], config.head_module())

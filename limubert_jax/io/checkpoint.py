@@ -4,6 +4,7 @@ Layout of a model checkpoint directory (what `limubert-convert from_torch` write
 
     DIR/model_config.json   {"kind": "limu_bert" | "gru_classifier" | "classifier_pipeline", "config": {...}}
     DIR/params/             Orbax (StandardCheckpointer) pytree of the Flax parameters
+    DIR/README.md           its model card (`io.model_card`): what it is, where it comes from, how to load it
 
 Local writes go to a hidden sibling directory that is renamed into place only when
 complete, so an interrupted or failed save never leaves a half-written checkpoint under DIR.
@@ -27,6 +28,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from limubert_jax.io import storage
+from limubert_jax.io.model_card import CARD_FILE
 from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE, GRU_CLASSIFIER, LIMU_BERT
 from limubert_jax.models.encoder import LimuBertConfig
 from limubert_jax.models.pipeline import MODEL_DIR, ClassifierPipelineConfig
@@ -88,14 +90,16 @@ def kind_of(config) -> str:
     raise TypeError(f"not a model config: {type(config).__name__}")
 
 
-def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: bool = False) -> epath.Path:
-    """Saves `params` and `config` as a model checkpoint directory, atomically.
+def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: bool = False,
+               card: str | None = None) -> epath.Path:
+    """Saves `params` and `config` as a model checkpoint directory, atomically, with its
+    model card `card` (`io.model_card`) as README.md when given.
 
     An existing non-empty `directory` is an error unless `overwrite` is set, and even then
-    unless it is a model checkpoint (exactly `model_config.json` and `params/`): `overwrite`
-    replaces what this function writes, never a training workdir or a user's files. The old
-    checkpoint is replaced only after the new one is complete (locally; see the module
-    docstring for object stores).
+    unless it is a model checkpoint (`model_config.json`, `params/` and perhaps its README.md):
+    `overwrite` replaces what this function writes, never a training workdir or a user's
+    files. The old checkpoint is replaced only after the new one is complete (locally; see
+    the module docstring for object stores).
     """
     directory = storage.absolute(directory)
     if directory.exists() and not directory.is_dir():
@@ -108,12 +112,16 @@ def save_model(directory: str | os.PathLike, params: Any, config, *, overwrite: 
         (directory / CONFIG_FILE).unlink(missing_ok=True)
         (directory / PARAMS_DIR).rmtree(missing_ok=True)
         _save_params(directory / PARAMS_DIR, params)
+        if card is not None:
+            storage.write_text(directory / CARD_FILE, card)
         storage.write_text(directory / CONFIG_FILE, text)
         return directory
     staging = None
     try:
         with storage.staged(directory, directory=True, replace=overwrite) as (staging,):
             _save_params(staging / PARAMS_DIR, params)
+            if card is not None:
+                (staging / CARD_FILE).write_text(card)
             (staging / CONFIG_FILE).write_text(text)
     except BaseException:
         if staging is not None:
@@ -143,15 +151,16 @@ def _save_params(path, params) -> None:
 
 def _check_replaceable(directory: epath.Path, overwrite: bool) -> None:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
-    if not names or (overwrite and names == [CONFIG_FILE, PARAMS_DIR + "/"]):
+    own = (CONFIG_FILE, PARAMS_DIR + "/", CARD_FILE)  # what `save_model` writes
+    if not names or (overwrite and set(names) <= set(own) and {CONFIG_FILE, PARAMS_DIR + "/"} <= set(names)):
         return
     if not overwrite:
         raise LimuBertError(f"{directory}: already exists and is not empty (pass --overwrite to replace it)")
-    foreign = [n for n in names if n not in (CONFIG_FILE, PARAMS_DIR + "/")] or names
+    foreign = [n for n in names if n not in own] or names
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     raise LimuBertError(
         f"{directory}: is not a model checkpoint, so --overwrite will not replace it (it holds "
-        f"{shown}; a checkpoint holds exactly {CONFIG_FILE} and {PARAMS_DIR}/)"
+        f"{shown}; a checkpoint holds exactly {CONFIG_FILE}, {PARAMS_DIR}/ and perhaps {CARD_FILE})"
     )
 
 

@@ -368,6 +368,32 @@ def encode(p, x: jax.Array, cfg: LimuBertConfig, positions: jax.Array | None = N
     return out.reshape(n * chunk, *out.shape[2:])[:batch]
 
 
+def encoder_pieces(seq: int, seq_len: int) -> int:
+    """How many pieces the encoder cuts a window of `seq` steps into: 1 when the window fits
+    its position table (`seq` <= `seq_len`), `seq // seq_len` pieces of `seq_len` steps when
+    `seq` is a multiple of `seq_len` (an encoder shorter than the windows, as LIMU-BERT-X's
+    1-second encoder on longer windows, whose release cuts its data the same way); a
+    ValueError saying what would fit otherwise."""
+    if 1 <= seq <= seq_len:
+        return 1
+    if seq > seq_len and seq % seq_len == 0:
+        return seq // seq_len
+    raise ValueError(f"windows of {seq} steps: the encoder takes 1..{seq_len} steps, or a multiple of {seq_len} "
+                     f"(encoded in {seq_len}-step pieces)")
+
+
+def encode_windows(p, x: jax.Array, cfg: LimuBertConfig, chunk: int | None = None) -> jax.Array:
+    """The encoder over whole windows x [B, S, F] -> [B, S, H]: `encode` when S <= seq_len;
+    a window of S = k x seq_len steps is cut into its k consecutive seq_len-step pieces, each
+    encoded on its own (positions 0..seq_len-1), and their outputs put back in order
+    (`encoder_pieces`). Every downstream use of the encoder (embeddings, classifiers,
+    fine-tuning, the saved pipeline and its exports) computes this."""
+    batch, seq, features = x.shape
+    k = encoder_pieces(seq, cfg.seq_len)
+    h = encode(p, x.reshape(batch * k, seq // k, features), cfg, chunk=chunk)
+    return h.reshape(batch, seq, h.shape[-1])
+
+
 class Transformer(nn.Module):
     """The LIMU-BERT encoder: embeddings, then one shared block applied `n_layers` times.
 
@@ -422,8 +448,9 @@ class LimuBertModel4Pretrain(nn.Module):
         return self.decode(self.transformer(x, masked_pos, chunk))
 
     def encode(self, x: jax.Array) -> jax.Array:
-        """x: [B, S, F] normalized windows -> embeddings [B, S, H]."""
-        return self.transformer(x)
+        """x: [B, S, F] normalized windows -> embeddings [B, S, H]; windows of a multiple of
+        `seq_len` steps are encoded in `seq_len`-step pieces (`encode_windows`)."""
+        return encode_windows(self.transformer.variables["params"], x, self.config)
 
     def decode(self, h: jax.Array) -> jax.Array:
         """h: [B, T, H] representations -> reconstructions [B, T, F]."""

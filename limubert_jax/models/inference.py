@@ -11,21 +11,25 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from limubert_jax.data.normalization import normalize
-from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
+from limubert_jax.models.encoder import LimuBertConfig, encode_windows, encoder_pieces
 from limubert_jax.runtime.errors import LimuBertError, check_terminated
 
 
 def check_windows(shape: tuple[int, ...], config: LimuBertConfig, *, normalized: bool, source: str) -> None:
     """Raises `LimuBertError` unless windows of `shape` fit the model.
 
-    Raw windows may carry extra trailing features (the reference keeps the first F);
-    normalized windows must have exactly F.
+    Windows of up to `seq_len` steps, or of a multiple of it (encoded in `seq_len`-step
+    pieces, `encoder.encode_windows`). Raw windows may carry extra trailing features (the
+    reference keeps the first F); normalized windows must have exactly F.
     """
     if len(shape) != 3:
         raise LimuBertError(f"{source}: expected windows of shape (N, S, F), got shape {shape}")
     _, seq, features = shape
-    if not 1 <= seq <= config.seq_len:
-        raise LimuBertError(f"{source}: shape {shape} has S={seq} time steps; the model takes 1..{config.seq_len}")
+    try:
+        encoder_pieces(seq, config.seq_len)
+    except ValueError:
+        raise LimuBertError(f"{source}: shape {shape} has S={seq} time steps; the model takes 1..{config.seq_len}, "
+                            f"or a multiple of {config.seq_len} (encoded in {config.seq_len}-step pieces)") from None
     if features < config.feature_num or (normalized and features != config.feature_num):
         need = f"exactly {config.feature_num}" if normalized else f"at least {config.feature_num}"
         raise LimuBertError(
@@ -65,8 +69,7 @@ def _encode(params, windows, *, config: LimuBertConfig, normalized: bool):
     x = windows.astype(jnp.float32)
     if not normalized:
         x = normalize(x, config.feature_num)
-    model = LimuBertModel4Pretrain(config)
-    return model.apply({"params": params}, x, method=model.encode)
+    return encode_windows(params["transformer"], x, config)
 
 
 def embed_windows(
@@ -80,7 +83,8 @@ def embed_windows(
     source: str = "input",
     progress: bool = False,
 ) -> np.ndarray:
-    """Encoder outputs for `windows` [N, S, F] -> [N, S, hidden] float32.
+    """Encoder outputs for `windows` [N, S, F] -> [N, S, hidden] float32 (windows longer than
+    the encoder's `seq_len`, a multiple of it, in `seq_len`-step pieces: `encode_windows`).
 
     Runs in fixed-size jitted batches (the last one padded, so one compilation serves all).
     `out` may be a preallocated (e.g. memory-mapped) array to fill. Non-finite input raises

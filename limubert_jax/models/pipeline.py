@@ -3,9 +3,11 @@ the encoder when the method has one, sub-windows, the head, and the window's ans
 
 What the downstream protocol trains (docs/reference.md §7) only works on inputs prepared exactly as in
 training: raw windows of `seq_len` steps, normalized, encoded whole (the encoder sees the
-whole window, as in `classify`), then cut into `merge`-step sub-windows, each classified on
-its own. A `ClassifierPipelineConfig` records every one of those choices, so that the saved
-run (`save`) needs nothing else to predict.
+whole window, as in `classify`; an encoder shorter than the windows, e.g. LIMU-BERT-X's 20
+steps, sees each of its `encoder.seq_len`-step pieces: `encoder.encode_windows`), then cut
+into `merge`-step sub-windows, each classified on its own. A `ClassifierPipelineConfig`
+records every one of those choices, so that the saved run (`save`) needs nothing else to
+predict.
 
 Parameters: {"encoder": {"transformer": ...}} (LIMU-BERT's encoder; absent for a baseline on
 raw windows) and {"head": ...} (a `registry` classifier). Aggregation of a window: the mean
@@ -64,6 +66,9 @@ class ClassifierPipelineConfig:
         if self.encoder is not None and self.encoder.feature_num != self.feature_num:
             raise ValueError(f"ClassifierPipelineConfig: feature_num {self.feature_num} differs from the "
                              f"encoder's {self.encoder.feature_num}")
+        if self.encoder_pieces > 1 and self.encoder.seq_len % self.merge:  # a sub-window within one piece
+            raise ValueError(f"ClassifierPipelineConfig: merge ({self.merge}) must divide the encoder's seq_len "
+                             f"({self.encoder.seq_len}), which encodes the {self.seq_len}-step windows in pieces")
         registry.make_classifier(self.head, num_classes=self.num_classes, input_dim=self.head_input_dim,
                                  seq_len=self.merge)  # a ValueError for an unknown head or sizes it cannot take
 
@@ -75,6 +80,17 @@ class ClassifierPipelineConfig:
     def subwindows(self) -> int:
         """K: sub-windows per window."""
         return self.seq_len // self.merge
+
+    @property
+    def encoder_pieces(self) -> int:
+        """Pieces the encoder cuts each window into (`encoder.encoder_pieces`): 1 when it sees
+        the whole window (or there is no encoder), seq_len // encoder.seq_len when shorter."""
+        if self.encoder is None:
+            return 1
+        try:
+            return encoder_lib.encoder_pieces(self.seq_len, self.encoder.seq_len)
+        except ValueError as e:
+            raise ValueError(f"ClassifierPipelineConfig: {e}") from None
 
     @property
     def head_input_dim(self) -> int:
@@ -112,7 +128,7 @@ def subwindow_logits(params, config: ClassifierPipelineConfig, windows: jax.Arra
     b = windows.shape[0]
     x = normalize(windows.astype(jnp.float32), config.feature_num)
     if config.encoder is not None:
-        x = encoder_lib.encode(params["encoder"]["transformer"], x, config.encoder)
+        x = encoder_lib.encode_windows(params["encoder"]["transformer"], x, config.encoder)
     sub = x.reshape(b * config.subwindows, config.merge, x.shape[-1])
     logits = config.head_module().apply({"params": params["head"]}, sub, train=False)
     return logits.reshape(b, config.subwindows, config.num_classes)

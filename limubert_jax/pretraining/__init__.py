@@ -3,5 +3,5 @@ optimizers including BertAdam's warmup schedule and freezing (`optim`), the metr
 writer (`metrics`: metrics.jsonl and TensorBoard), and the epoch loop
 with validation, checkpoints, metrics and plots (`trainer`).
 
-May import: runtime, data, models, io.
+May import: runtime, data, models, io, export.
 """

@@ -40,8 +40,10 @@ from tqdm.auto import tqdm
 from limubert_jax.data import input_pipeline, loading
 from limubert_jax.data.loading import load_data
 from limubert_jax.data.normalization import normalize
-from limubert_jax.io import plots, storage
+from limubert_jax.export import released
+from limubert_jax.io import checkpoint, plots, storage
 from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, host_copy, model_record
+from limubert_jax.io.model_card import CARD_FILE, model_card
 from limubert_jax.io.workdir import RunCheckpoints, check_resume, run_record, write_run_files
 from limubert_jax.models.encoder import ENCODER_STREAMS, LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.pretraining import optim
@@ -79,13 +81,65 @@ def model_seq_len(config: ml_collections.ConfigDict) -> int:
         raise LimuBertError(f"config.dataset.version: {e}") from None
 
 
+def init_from(config: ml_collections.ConfigDict):
+    """The checkpoint `config.train.init_from` names (released weights by name are fetched:
+    `export.released`), None when unset."""
+    value = config.train.get("init_from")
+    return storage.as_path(released.resolve(value)) if value else None
+
+
+def _start_config(config: ml_collections.ConfigDict, path) -> LimuBertConfig:
+    """The LIMU-BERT config of the init_from checkpoint `path`; an error for any other kind."""
+    kind, start = checkpoint.read_model_config(path)
+    if kind != "limu_bert":
+        raise LimuBertError(f"config.train.init_from={config.train.init_from}: holds a {kind} model, not a "
+                            "LIMU-BERT to pretrain on from")
+    return start
+
+
 def model_config_from(config: ml_collections.ConfigDict) -> LimuBertConfig:
     """The frozen model config from the `model` section (the window length per
-    `model_seq_len`), with a clear error for bad values."""
+    `model_seq_len`), with a clear error for bad values. With `config.train.init_from`, the
+    fields left at their defaults (and an unset seq_len) follow that checkpoint's model, and
+    a field set otherwise must equal it (its weights fix every shape)."""
+    start_from = init_from(config)
+    if start_from is not None:
+        start, defaults, fields = _start_config(config, start_from), LimuBertConfig(), {}
+        for name, theirs in start.to_dict().items():
+            given = config.model.get(name)
+            if given is None or (name != "seq_len" and given == getattr(defaults, name)):
+                fields[name] = theirs
+            elif given != theirs:
+                raise LimuBertError(f"config.model.{name}={given!r} but config.train.init_from="
+                                    f"{config.train.init_from} has {name} {theirs!r}: leave config.model.{name} unset "
+                                    "(it follows the weights) or start from weights of that shape")
+            else:
+                fields[name] = given
+        return start if fields == start.to_dict() else LimuBertConfig.from_dict(fields)
     try:
         return LimuBertConfig.from_dict({**dict(config.model), "seq_len": model_seq_len(config)})
     except (TypeError, ValueError) as e:
         raise LimuBertError(f"config.model: {e}") from None
+
+
+def initial_params(config: ml_collections.ConfigDict, model_config: LimuBertConfig):
+    """The parameters of `config.train.init_from` for a new run of `model_config` (None
+    without it): the whole pretraining model (encoder and reconstruction head) as saved by a
+    pretraining, `limubert-convert from_torch` or `limubert-fetch`; every shape must be the model's."""
+    start_from = init_from(config)
+    if start_from is None:
+        return None
+    kind, _, params = checkpoint.load_model(start_from)
+    if kind != "limu_bert":
+        _start_config(config, start_from)  # its one-line refusal
+    expected = jax.eval_shape(LimuBertModel4Pretrain(model_config).init_params, jax.random.key(0))
+    want = {checkpoint.leaf_name(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+    have = {checkpoint.leaf_name(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    for name in sorted(set(want) | set(have)):
+        if want.get(name) != have.get(name):
+            raise LimuBertError(f"config.train.init_from={config.train.init_from}: parameter {name} has shape "
+                                f"{have.get(name)}, the model {model_config} needs {want.get(name)}")
+    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, jnp.float32), params)
 
 
 def mask_config_from(config: ml_collections.ConfigDict) -> MaskConfig:
@@ -110,9 +164,11 @@ def _check_config(config, data, model_config: LimuBertConfig, mask_config: MaskC
         if not isinstance(train[name], int) or train[name] < 1:
             raise LimuBertError(f"config.train.{name} must be a positive integer, got {train[name]!r}")
     if data.seq_len != model_config.seq_len:
+        hint = (f" (the length of config.train.init_from={train.init_from}: pretrain it on windows of that length, "
+                f"e.g. dataset version <rate>_{model_config.seq_len})" if train.get("init_from") else "")
         raise LimuBertError(
             f"config.model.seq_len={model_config.seq_len} but dataset {config.dataset.name}/"
-            f"{config.dataset.version} has windows of {data.seq_len} steps"
+            f"{config.dataset.version} has windows of {data.seq_len} steps{hint}"
         )
     if data.num_features < model_config.feature_num:
         raise LimuBertError(
@@ -311,13 +367,18 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         like = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)),
                                       jax.eval_shape(initial_state, init_key))
         start_step, state = checkpoints.restore_latest(like, fall_back=config.train.fall_back_to_good_checkpoint)
-    if start_step:
+    if start_step:  # a resumed run goes on from its own checkpoints, whatever init_from says
         logging.info("resumed from step %d of %d in %s", start_step, total_steps, workdir)
     else:
-        state = jax.device_put(initial_state(init_key), replicated(mesh))
+        start = initial_params(config, model_config)
+        if start is not None:
+            logging.info("starting from the weights of %s", config.train.init_from)
+        state = jax.device_put(initial_state(init_key) if start is None else TrainState.create(start, tx),
+                               replicated(mesh))
     if jax.process_index() == 0:
         storage.write_text(workdir / CONFIG_FILE, json.dumps(model_record(model_config), indent=2) + "\n")
         write_run_files(workdir, config, record)
+        _write_card(workdir, config, model_config, None)
 
     encoder_chunk = None if config.train.encoder_chunk == DEFAULT_ENCODER_CHUNK else config.train.encoder_chunk
     step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
@@ -397,5 +458,23 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
             np.asarray(positions), np.asarray(predictions), title=f"best step {best_step}",
         ))
         storage.write_text(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        _write_card(workdir, config, model_config, summary)
     checkpoints.close()
     return summary
+
+
+def _write_card(workdir, config, model_config: LimuBertConfig, summary: dict[str, Any] | None) -> None:
+    """The workdir's model card (README.md beside model_config.json): the run so far, or its result."""
+    start = config.train.get("init_from")
+    about = (f"A LIMU-BERT encoder with its reconstruction head, pretrained by masked reconstruction "
+             f"{f'from the weights of {start} ' if start else ''}in this training workdir (its best checkpoint is "
+             "the model" + ("; the run has not finished" if summary is None else "") + ").")
+    metrics = None if summary is None else {"best validation loss": summary["best_val_loss"],
+                                             "at step": summary["best_step"], "of steps": summary["steps"]}
+    text = model_card("limu_bert", model_config, title=f"LIMU-BERT pretrained on {config.dataset.name}", about=about,
+                      path=workdir, data=f"{config.dataset.name}/{config.dataset.version}"
+                      + (f" ({config.dataset.manual_dir})" if config.dataset.get("manual_dir") else ""),
+                      metrics=metrics, source=f"limubert-jax pretraining, seed {config.seed}"
+                      + (f", started from {start}" if start else ""),
+                      licence="that of the data (and of the starting weights, if any)")
+    storage.write_text(storage.as_path(workdir) / CARD_FILE, text)
