@@ -14,6 +14,13 @@ inherited by the children too), which halves compile times; the programs compute
 operations, only slower (values may differ in the last float32 bits). Tests that run long or
 compare with the original code's outputs are marked `optimized` and compile as users' runs do
 (`tests/conftest.py`).
+
+Where Python may not write bytecode next to the sources (`PYTHONDONTWRITEBYTECODE`, and no
+`PYTHONPYCACHEPREFIX` of the user's), every process of the session would compile the source
+of JAX, TensorFlow, PyTorch and the package again (2-8 s each, and the suite starts dozens):
+the session keeps their bytecode in a temporary folder of its own instead
+(`PYTHONPYCACHEPREFIX`, inherited by the workers and children), removed at its end; nothing is
+written into the tree or the environment.
 """
 import os
 import shutil
@@ -31,10 +38,26 @@ _SESSION_SETTINGS = {
 }
 _OWNER = "LIMUBERT_TESTS_XLA_CACHE"  # the session's folder, for pytest-xdist workers to share
 _xla_cache_dir = None  # the folder this process made, and removes
+_PYCACHE_OWNER = "LIMUBERT_TESTS_PYCACHE"  # the session's bytecode folder, likewise
+_pycache_dir = None
+
+
+def _share_bytecode() -> None:
+    """The session's bytecode folder (module docstring), where bytecode is not written already."""
+    global _pycache_dir
+    shared = os.environ.get(_PYCACHE_OWNER)
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and shared and os.path.isdir(shared)):
+        if not sys.dont_write_bytecode or sys.pycache_prefix:  # the user's own setting: kept
+            return
+        shared = _pycache_dir = tempfile.mkdtemp(prefix="limubert-tests-pycache-")
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ.update(PYTHONPYCACHEPREFIX=shared, **{_PYCACHE_OWNER: shared})
+    sys.pycache_prefix, sys.dont_write_bytecode = shared, False
 
 
 def pytest_configure(config):
     global _xla_cache_dir
+    _share_bytecode()
     shared = os.environ.get(_OWNER)
     if not (os.environ.get("PYTEST_XDIST_WORKER") and shared and os.path.isdir(shared)):
         shared = _xla_cache_dir = tempfile.mkdtemp(prefix="limubert-tests-xla-cache-")
@@ -54,5 +77,6 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    if _xla_cache_dir is not None:
-        shutil.rmtree(_xla_cache_dir, ignore_errors=True)
+    for folder in (_xla_cache_dir, _pycache_dir):
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)

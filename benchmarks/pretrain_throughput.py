@@ -717,7 +717,7 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 # `--smoke`'s sizes (every whole-job command, the step loop's workers and the reference job).
 SMOKE_SIZES = {"epochs": 1, "batch_size": harness.SMOKE_BATCH, "num_windows": harness.SMOKE_WINDOWS,
                "steady_steps": 2, "warmup_steps": 1, "whole_job_batch_sizes": (harness.SMOKE_BATCH,),
-               "whole_job_epochs": (1, 2), "whole_job_windows": 100, "model": "tiny"}
+               "whole_job_epochs": (1, 2), "whole_job_windows": 100, "model": "tiny", "torch_threads": 1}
 
 
 def parse_args(argv=None):

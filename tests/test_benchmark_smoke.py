@@ -3,9 +3,10 @@ benchmarks' smoke model), checked for exit 0 and the table and JSON it writes; a
 project names the scripts use exist and are public, so that a refactor breaks this test
 rather than a run on a lent accelerator.
 
-The scripts start together (a module fixture) and each test waits for its own: they are
-mostly interpreter start-up and imports, and a sequential run would be this module's whole
-time on one worker. They share the session's persistent XLA cache (conftest.py)."""
+The scripts run two at a time from a module fixture, the longest first, and each test waits
+for its own: they are mostly interpreter start-up, imports and waiting for their own child
+processes, so that two overlap well on one pytest worker. They share the session's
+persistent XLA cache (conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,42 +24,52 @@ from conftest import child_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-# script -> extra arguments after `--smoke --out DIR`. gpu_variants.py's smoke run is tested in
+# script -> extra arguments after `--smoke --out DIR`, the longest run first. gpu_variants.py's smoke run is tested in
 # test_benchmarks.py (without the packages the GPU image lacks); reference_pretrain.py runs
 # inside pretrain_throughput.py's smoke run and on its own in test_benchmarks.py.
 SMOKE_RUNS = {
-    "accelerator_check": [],
-    "export_latency": [],
-    "full_pretraining": [],
-    "streaming_pretraining": [],
     "pretrain_throughput": [],
+    "accelerator_check": [],
+    "streaming_pretraining": [],
+    "full_pretraining": [],
+    "export_latency": [],
 }
+AT_ONCE = 2
 TESTED_ELSEWHERE = {"gpu_variants", "reference_pretrain"}
 MODULES = {"harness", "reference_pipeline"}  # imported by the scripts, not run
 
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
-    """{script: (CompletedProcess-like dict, out dir)}: every smoke run, started at once."""
+    """{script: ({returncode, stdout, stderr}, out dir)}: every smoke run, `AT_ONCE` at a time."""
     root = tmp_path_factory.mktemp("smoke")
-    procs = {}
-    for name, extra in SMOKE_RUNS.items():
-        out = root / name
-        log = (root / f"{name}.log").open("w")
-        procs[name] = (subprocess.Popen([sys.executable, str(BENCHMARKS / f"{name}.py"), "--smoke", "--out", str(out),
-                                         *extra], stdout=subprocess.PIPE, stderr=log, text=True, cwd=root,
-                                        env=child_env()), out, log)
-    results = {}
+    # One compute thread per process: two runs at a time beside the suite's other worker
+    # already fill the cores, and spinning thread pools would only take turns on them.
+    env = child_env()
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
+    env["OMP_NUM_THREADS"] = "1"
+    waiting, running, results = list(SMOKE_RUNS), {}, {}
+    deadline = time.monotonic() + 600
     try:
-        for name, (proc, out, log) in procs.items():
-            stdout, _ = proc.communicate(timeout=300)
-            log.close()
-            results[name] = ({"returncode": proc.returncode, "stdout": stdout,
-                              "stderr": Path(log.name).read_text(errors="replace")}, out)
+        while waiting or running:
+            while waiting and len(running) < AT_ONCE:
+                name = waiting.pop(0)
+                out, log = root / name, root / f"{name}.log"
+                with (root / f"{name}.stdout").open("w") as stdout, log.open("w") as stderr:
+                    running[name] = subprocess.Popen(
+                        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--smoke", "--out", str(out),
+                         *SMOKE_RUNS[name]], stdout=stdout, stderr=stderr, cwd=root, env=env)
+            for name, proc in list(running.items()):
+                if proc.poll() is not None:
+                    del running[name]
+                    results[name] = ({"returncode": proc.returncode,
+                                      "stdout": (root / f"{name}.stdout").read_text(errors="replace"),
+                                      "stderr": (root / f"{name}.log").read_text(errors="replace")}, root / name)
+            assert time.monotonic() < deadline, f"smoke runs still running after 600 s: {sorted(running)}"
+            time.sleep(0.1)
     finally:
-        for proc, _, _ in procs.values():
-            if proc.poll() is None:
-                proc.kill()
+        for proc in running.values():
+            proc.kill()
     return results
 
 

@@ -185,6 +185,7 @@ def test_every_program_of_the_commands_is_full_float32_but_the_train_step(ir_dum
     config = config_lib.sibling_config(str(ROOT / "tests" / "configs" / "test.py"), "test").get_config()
     config.dataset.data_dir = str(synthetic_data_dir)
     config.task = "pretrain+report"
+    config.dataset.train_rate = 0.2  # 3 steps: the programs are what the test reads, not the training
     config.train.num_epochs = 1
     config.train.batch_size = 128
     config.train.encoder_chunk = -1  # the CPU default's chunked encoder, as users' runs compile it

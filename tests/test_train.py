@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import child_env
-from limubert_jax import config_lib, convert, embed, tasks
+from limubert_jax import config_lib, convert, embed, main, tasks
 from limubert_jax.data import loading
 from limubert_jax.io import checkpoint
 from limubert_jax.pretraining import trainer
@@ -235,8 +235,9 @@ def test_a_batch_that_does_not_divide_the_devices_names_its_field(data_dir):
             trainer.check_pretrain_config(_config(data_dir, **{f"train.{field}": size}), data, mesh=two_devices)
 
 
-def test_bad_config_from_the_command_line_exits_2(tmp_path, data_dir):
-    result = subprocess.run(_main_command(tmp_path / "w", data_dir, "--config.optimizer.name=sgd"),
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2
-    assert "error: config.optimizer: unknown optimizer 'sgd'" in result.stderr
+def test_bad_config_from_the_command_line_exits_2(tmp_path, data_dir, capsys):
+    # The command's own `main`, in this process: the error comes before any JAX work (the
+    # exit status and stderr of a real process: test_workdir.py's command-line tests).
+    status = main.main(_main_command(tmp_path / "w", data_dir, "--config.optimizer.name=sgd")[3:])
+    assert status == 2
+    assert "error: config.optimizer: unknown optimizer 'sgd'" in capsys.readouterr().err

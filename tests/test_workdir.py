@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from limubert_jax import config_lib, tasks
+from limubert_jax import config_lib, main, tasks
 from limubert_jax.data import loading
 from limubert_jax.io import checkpoint, workdir
 from limubert_jax.models.encoder import LimuBertConfig, LimuBertModel4Pretrain
@@ -324,8 +324,11 @@ def test_interrupted_saves_and_deletes_are_cleaned_on_start(run):
 # Command lines.
 
 
-def test_bad_command_lines_are_one_line(tmp_path, synthetic_data_dir):
+def test_bad_command_lines_are_one_line(tmp_path, synthetic_data_dir, capsys, monkeypatch):
+    # The command's own `main`, in this process (the errors come before any JAX work); a real
+    # process's stderr: `test_unreadable_checkpoint_files_are_one_line` and the lock test above.
     test_config = ROOT / "tests" / "configs" / "test.py"
+    monkeypatch.chdir(tmp_path)
     cases = [
         ([f"--config={test_config}", "--config.train.bogus=1"],
          "error: --config.train.bogus: no config field 'bogus' (every field: configs/default.py)"),
@@ -333,8 +336,11 @@ def test_bad_command_lines_are_one_line(tmp_path, synthetic_data_dir):
                                                   f"'{tmp_path / 'missing.py'}'"),
     ]
     for args, expected in cases:
-        result = _main(*args, f"--workdir={tmp_path / 'run'}", cwd=tmp_path)
-        assert (result.returncode, result.stderr.strip()) == (2, expected)
+        try:  # a flag's usage error exits (SystemExit), as argparse's do; other errors return the status
+            status = main.main([*args, f"--workdir={tmp_path / 'run'}"])
+        except SystemExit as exit_info:
+            status = exit_info.code
+        assert (status, capsys.readouterr().err.strip()) == (2, expected)
     assert not (tmp_path / "run").exists()
     with pytest.raises(LimuBertError, match=r"^config\.train: global_batch_size 4096 is larger than the training "
                                             r"split of synthetic_imu/20_120 \(480 windows\)"):
