@@ -574,7 +574,9 @@ def run_whole_job(args) -> dict:
     """Every `--whole-job-batch-sizes` batch size, both sides; the scratch folder (data, TFDS
     build, XLA caches, workdirs, logs) is `--whole-job-dir`, else a temporary folder removed
     after a successful run (kept, and named, after a failure)."""
-    root = Path(args.whole_job_dir) if args.whole_job_dir else Path(tempfile.mkdtemp(prefix="limubert-whole-job-"))
+    # Absolute: the commands run from the checkout, wherever this script was started.
+    root = (Path(args.whole_job_dir).resolve() if args.whole_job_dir
+            else Path(tempfile.mkdtemp(prefix="limubert-whole-job-")))
     ok = False
     try:
         job = WholeJob(args, root)

@@ -24,11 +24,12 @@ from conftest import child_env
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-# script -> extra arguments after `--smoke --out DIR`, the longest run first. gpu_variants.py's smoke run is tested in
-# test_benchmarks.py (without the packages the GPU image lacks); reference_pretrain.py runs
-# inside pretrain_throughput.py's smoke run and on its own in test_benchmarks.py.
+# script -> extra arguments after `--smoke --out DIR` (run in the module's folder), the longest
+# run first. gpu_variants.py's smoke run is tested in test_benchmarks.py (without the
+# packages the GPU image lacks); reference_pretrain.py runs inside pretrain_throughput.py's
+# whole job, whose scratch folder the run keeps for `test_pretrain_throughput` to read.
 SMOKE_RUNS = {
-    "pretrain_throughput": [],
+    "pretrain_throughput": ["--whole-job-dir", "whole-job"],
     "accelerator_check": [],
     "streaming_pretraining": [],
     "full_pretraining": [],
@@ -142,6 +143,32 @@ def test_pretrain_throughput(smoke_runs):
     assert {r["side"] for r in batch["reference"]["runs"] + batch["limubert_jax"]["runs"]} == {
         "reference", "limubert_jax"}
     assert "whole job, batch 16" in stdout and (out / "pretrain_throughput.png").stat().st_size > 0
+
+
+def test_the_reference_job_inside_the_whole_job(smoke_runs):
+    """reference_pretrain.py as pretrain_throughput.py's whole job ran it (tiny model, 100
+    windows, batch 16, the last partial batch dropped): its result line, and a best model that
+    loads strictly into the PyTorch model written from the reference's behaviour."""
+    _finished(smoke_runs, "pretrain_throughput")
+    scratch = smoke_runs["pretrain_throughput"][1].parent / "whole-job"
+    log = (scratch / "logs" / "b16_reference_e2_r0.log").read_text()
+    assert "epoch 2/2: train loss" in log
+    result = json.loads(next(line for line in reversed(log.splitlines()) if line.startswith("RESULT_JSON "))[12:])
+    assert result["epochs"] == 2 and len(result["epoch_seconds"]) == 2
+    assert (result["train_windows"], result["vali_windows"], result["steps_per_epoch"]) == (80, 10, 5)
+    assert result["best_epoch"] in (1, 2) and result["best_val_loss"] == result["best_val_loss"]  # not NaN
+    assert result["total_seconds"] > 0 and result["peak_rss_mb"] > 0 and result["peak_device_bytes"] is None
+    assert result["labels_loaded"] and not result["jax_imported"]  # the reference job never loads JAX
+    best = scratch / "b16" / "reference_e2_r0" / "model.pt"
+    assert (scratch.parent / result["best_model"]).resolve() == best.resolve() and best.is_file()
+
+    import torch
+    from torch_reference import LIMUBertModel4Pretrain
+
+    from limubert_jax.models.encoder import LimuBertConfig
+
+    model = LIMUBertModel4Pretrain(LimuBertConfig(hidden=24, hidden_ff=48, n_layers=2, n_heads=2))
+    model.load_state_dict(torch.load(best, weights_only=True), strict=True)
 
 
 def _finite(x) -> bool:
