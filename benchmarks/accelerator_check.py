@@ -214,21 +214,16 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", type=Path,
                         default=Path(os.environ.get("LIMUBERT_REFERENCE_DIR") or REPO / "tests" / "reference"),
                         help="the reference directory (weights/, golden/); default: the repository's tests/reference")
-    parser.add_argument("--train-steps", type=int, default=None,
-                        help="pretraining steps per precision mode (default 40; 3 with --smoke)")
+    parser.add_argument("--train-steps", type=int, default=40,
+                        help="pretraining steps per precision mode (3 with --smoke)")
     parser.add_argument("--skip-tests", action="store_true", help="skip the pytest run")
     parser.add_argument("--skip-parity", action="store_true", help="skip the released-weights comparison")
-    parser.add_argument("--datasets", default=None,
-                        help=f"comma-separated released models for the parity rows (default {','.join(RELEASED)}; "
-                             "hhar with --smoke)")
+    parser.add_argument("--datasets", default=",".join(RELEASED),
+                        help="comma-separated released models for the parity rows (hhar with --smoke)")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check that the script runs: parity of hhar, no pytest run, 3 training steps "
                              "per mode of a small model at batch 16")
-    args = parser.parse_args(argv)
-    if args.train_steps is None:
-        args.train_steps = 3 if args.smoke else 40
-    if args.datasets is None:
-        args.datasets = "hhar" if args.smoke else ",".join(RELEASED)
+    args = harness.parse_args(parser, argv, {"train_steps": 3, "datasets": "hhar"})
     datasets = tuple(d.strip() for d in args.datasets.split(",") if d.strip())
     if not datasets or set(datasets) - set(RELEASED):
         parser.error(f"--datasets: comma-separated, of {', '.join(RELEASED)}")
@@ -236,8 +231,6 @@ def main(argv=None) -> int:
         parser.error("--train-steps must be >= 0")
     args.out.mkdir(parents=True, exist_ok=True)
     harness.use_checkout()
-    if args.smoke:
-        harness.smoke_compiles()
     import jax
 
     device = jax.devices()[0]

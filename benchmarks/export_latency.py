@@ -99,13 +99,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="a classify run (RUN_DIR or its model/); default: base_v1 + gru_v2, random")
     parser.add_argument("--encoder", help="the pretrained checkpoint for the encoder rows (default: the run's encoder)")
     parser.add_argument("--out", default="/tmp/limubert-export", help="folder for the exported files and results")
-    parser.add_argument("--warmup", type=int, default=None, help="calls before timing (default 50; 2 with --smoke)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls (default 500; 5 with --smoke)")
+    parser.add_argument("--warmup", type=int, default=50, help="calls before timing (2 with --smoke)")
+    parser.add_argument("--repeats", type=int, default=500, help="timed calls (5 with --smoke)")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check that the script runs: the smoke model, few calls, no TFLite")
-    args = parser.parse_args(argv)
-    args.warmup = (2 if args.smoke else 50) if args.warmup is None else args.warmup
-    args.repeats = (5 if args.smoke else 500) if args.repeats is None else args.repeats
+    args = harness.parse_args(parser, argv, {"warmup": 2, "repeats": 5})
     if args.warmup < 0 or args.repeats < 1:
         parser.error("--warmup must be >= 0 and --repeats >= 1")
     if args.smoke and args.model:
@@ -113,8 +111,6 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    if args.smoke:
-        harness.smoke_compiles()
     import jax
     import onnxruntime as ort
     import torch

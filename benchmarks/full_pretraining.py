@@ -227,30 +227,22 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON and PNG")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
-    parser.add_argument("--windows", type=int, default=None, help="training windows (default HHAR's split: 7,333)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 128")
-    parser.add_argument("--epochs", type=int, default=None, help="timed epochs per mode, after the first (default 3)")
-    parser.add_argument("--steps-per-dispatch", type=int, default=None,
-                        help="the dispatch mode's steps per call (default 16)")
-    parser.add_argument("--full-run", default=None,
-                        help="a JAX mode (or 'fastest') to continue to --full-epochs epochs")
-    parser.add_argument("--full-epochs", type=int, default=None, help=f"default {PAPER_EPOCHS}")
-    parser.add_argument("--max-full-seconds", type=float, default=None,
-                        help="skip a full run projected longer (default 300; no limit with --smoke)")
+    parser.add_argument("--windows", type=int, default=7333, help="training windows (HHAR's split: 7,333)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per mode, after the first")
+    parser.add_argument("--steps-per-dispatch", type=int, default=16, help="the dispatch mode's steps per call")
+    parser.add_argument("--full-run", default="", help="a JAX mode (or 'fastest') to continue to --full-epochs epochs")
+    parser.add_argument("--full-epochs", type=int, default=PAPER_EPOCHS)
+    parser.add_argument("--max-full-seconds", type=float, default=300.0,
+                        help="skip a full run projected longer (no limit with --smoke)")
     parser.add_argument("--matmul-precision", default="highest",
                         help="the JAX modes' config.train.matmul_precision: highest (the job's default), high, default")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check that the script runs: the smoke model, 64 windows, 1 timed epoch per mode, "
                              "a 3-epoch full run of the fastest")
-    args = parser.parse_args(argv)
-    # Unset sizes: the paper's run, or a smoke run's.
-    defaults = (dict(windows=harness.SMOKE_WINDOWS, batch_size=harness.SMOKE_BATCH, epochs=1, steps_per_dispatch=2,
-                     full_run="fastest", full_epochs=3, max_full_seconds=float("inf")) if args.smoke else
-                dict(windows=7333, batch_size=128, epochs=3, steps_per_dispatch=16, full_run="",
-                     full_epochs=PAPER_EPOCHS, max_full_seconds=300.0))
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    args = harness.parse_args(parser, argv, dict(
+        windows=harness.SMOKE_WINDOWS, batch_size=harness.SMOKE_BATCH, epochs=1, steps_per_dispatch=2,
+        full_run="fastest", full_epochs=3, max_full_seconds=float("inf")))
     if min(args.windows, args.batch_size, args.epochs, args.steps_per_dispatch) < 1 or args.windows < args.batch_size:
         parser.error("--windows, --batch-size, --epochs and --steps-per-dispatch must be >= 1, "
                      "and --windows at least --batch-size")
@@ -259,8 +251,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.smoke:
-        harness.smoke_compiles()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown:

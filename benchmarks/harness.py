@@ -52,6 +52,19 @@ def use_checkout() -> None:
         sys.path.insert(0, str(REPO))
 
 
+def parse_args(parser, argv, smoke_defaults: dict):
+    """`parser.parse_args(argv)` (None: sys.argv) for a script with a `--smoke` flag: with it,
+    the flags not given take `smoke_defaults` (those given still win), and XLA compiles as
+    `smoke_compiles` says."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--smoke" in argv:
+        parser.set_defaults(**smoke_defaults)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        smoke_compiles()
+    return args
+
+
 def smoke_compiles() -> None:
     """For a `--smoke` run: XLA compiles without its backend optimisations (half the compile
     time; the programs compute the same operations, only slower), in this process and the

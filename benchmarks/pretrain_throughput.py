@@ -762,9 +762,7 @@ def parse_args(argv=None):
                         help="a quick check that the script runs, never a timing: the smoke model in the step loop "
                              f"({', '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in SMOKE_SIZES.items())})")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
-    if "--smoke" in (sys.argv[1:] if argv is None else argv):
-        parser.set_defaults(**SMOKE_SIZES)  # flags given explicitly still win
-    args = parser.parse_args(argv)
+    args = harness.parse_args(parser, argv, SMOKE_SIZES)
     if args.epochs < 1 or args.steady_steps < 1 or args.batch_size < 1:
         parser.error("--epochs, --steady-steps and --batch-size must be >= 1")
     if args.num_windows < args.batch_size:
@@ -803,8 +801,6 @@ def main(argv=None) -> int:
         harness.emit_result(result)
         return 0
 
-    if args.smoke:
-        harness.smoke_compiles()
     out = Path(args.out)
     worker_argv = [a for a in argv if a != "--skip-torch"]
     results: dict = {

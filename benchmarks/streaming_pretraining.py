@@ -250,19 +250,16 @@ def _plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--windows", type=int, default=None,
-                        help="corpus size (windows of 120 x 6 float32; default 2,000,000)")
+    parser.add_argument("--windows", type=int, default=2_000_000, help="corpus size (windows of 120 x 6 float32)")
     parser.add_argument("--cache-dir", default=None,
                         help="corpus and builds, reused "
                              "(default /tmp/limubert-streaming-cache; OUT/cache with --smoke)")
     parser.add_argument("--out", default="/tmp/limubert-streaming", help="where the JSON and PNG go")
-    parser.add_argument("--steps", type=int, default=None, help="measured train steps per phase (default 240)")
-    parser.add_argument("--block", type=int, default=None, help="steps per timed block (default 20)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="steps before timing, compilation included (default 10)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 128")
-    parser.add_argument("--in-memory-windows", type=int, default=None,
-                        help="windows the in-memory phase holds (default 100,000)")
+    parser.add_argument("--steps", type=int, default=240, help="measured train steps per phase")
+    parser.add_argument("--block", type=int, default=20, help="steps per timed block")
+    parser.add_argument("--warmup", type=int, default=10, help="steps before timing (compilation included)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--in-memory-windows", type=int, default=100_000, help="windows the in-memory phase holds")
     parser.add_argument("--smoke", action="store_true",
                         help="a quick check that the script runs: 2,000 windows, the smoke model, 4 steps")
     parser.add_argument("--seed", type=int, default=0)
@@ -270,17 +267,10 @@ def main() -> None:
     parser.add_argument("--drop-caches", action="store_true", help="drop the page cache before each phase (root)")
     parser.add_argument("--phase", choices=["build", "streaming", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--phase-windows", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    # Unset sizes: the measurement's, or a smoke run's.
-    defaults = (dict(windows=2000, cache_dir=str(Path(args.out) / "cache"), steps=4, block=2, warmup=1,
-                     batch_size=harness.SMOKE_BATCH, in_memory_windows=1000) if args.smoke else
-                dict(windows=2_000_000, cache_dir="/tmp/limubert-streaming-cache", steps=240, block=20, warmup=10,
-                     batch_size=128, in_memory_windows=100_000))
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.smoke:
-        harness.smoke_compiles()
+    args = harness.parse_args(parser, None, dict(windows=2000, steps=4, block=2, warmup=1,
+                                                 batch_size=harness.SMOKE_BATCH, in_memory_windows=1000))
+    if args.cache_dir is None:  # a smoke run keeps its corpus with its results
+        args.cache_dir = str(Path(args.out) / "cache") if args.smoke else "/tmp/limubert-streaming-cache"
     if args.phase:
         result = phase_build(args) if args.phase == "build" else phase_train(args)
         harness.emit_result(result)

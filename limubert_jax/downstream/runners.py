@@ -343,10 +343,11 @@ def sampling_rate_hz(version: str) -> float | None:
 
 
 def save_trained(out: epath.Path, *, method: str, model: str, config, data: LabelledData, proto: ProtocolData,
-                 head_params, encoder: tuple[LimuBertConfig, dict] | None) -> epath.Path:
+                 head_params, encoder: tuple[LimuBertConfig, dict] | None, metrics: dict) -> epath.Path:
     """The trained model of a run as a checkpoint `out/model/` (`models.pipeline`): the head's
     selected parameters, the encoder it runs behind (None: a baseline on readings) and
-    everything between raw windows and classes. Returns the checkpoint directory."""
+    everything between raw windows and classes, with a model card giving what the run reached
+    (`metrics`, as `_write_outputs` returns them). Returns the checkpoint directory."""
     encoder_config, encoder_params = encoder if encoder is not None else (None, None)
     pipeline_config = ClassifierPipelineConfig(
         method=method, head=model, class_names=tuple(proto.names), label=data.labels.task,
@@ -356,10 +357,6 @@ def save_trained(out: epath.Path, *, method: str, model: str, config, data: Labe
     params = {"head": head_params}
     if encoder_params is not None:
         params["encoder"] = {"transformer": encoder_params["transformer"]}  # the decoder is not used
-    try:  # what the run reached, written just before (`_write_outputs`)
-        reached = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        reached = {}
     rate = pipeline_config.sampling_rate_hz
     behind = (f"behind the encoder {config.downstream.encoder or 'pretrained in its workdir'}" if encoder_config
               else "on normalized readings (no encoder)")
@@ -369,7 +366,7 @@ def save_trained(out: epath.Path, *, method: str, model: str, config, data: Labe
         f"paper's downstream protocol; it takes raw windows of {pipeline_config.seq_len} steps x "
         f"{pipeline_config.feature_num} features{f' at {rate:g} Hz' if rate else ''}.",
         data=f"{data.name}/{data.version}, {config.downstream.label_rate:g} of the training sub-windows labelled",
-        metrics={name: reached.get(key) for name, key in (("test accuracy", "accuracy"), ("test macro-F1", "macro_f1"),
+        metrics={name: metrics[key] for name, key in (("test accuracy", "accuracy"), ("test macro-F1", "macro_f1"),
                                                           ("validation accuracy", "best_vali_accuracy"),
                                                           ("at epoch", "best_epoch"))})
     return checkpoint.save_model(out / MODEL_DIR, jax.device_get(params), pipeline_config, overwrite=True, card=card)
@@ -392,7 +389,7 @@ def _train_on_features(config, workdir: epath.Path, *, task: str, method: str, m
                              predictions=predictions, tsne_features=part["test"].mean(axis=1), result=result,
                              seconds=time.perf_counter() - start)
     save_trained(out, method=method, model=model, config=config, data=data, proto=proto, head_params=result.params,
-                 encoder=encoder)
+                 encoder=encoder, metrics=metrics)
     return metrics
 
 
@@ -479,7 +476,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
                              predictions=predictions, tsne_features=features.mean(axis=1), result=result,
                              seconds=time.perf_counter() - start)
     save_trained(out, method=method, model=head, config=config, data=data, proto=proto,
-                 head_params=result.params["head"], encoder=(model_config, result.params["encoder"]))
+                 head_params=result.params["head"], encoder=(model_config, result.params["encoder"]), metrics=metrics)
     return metrics
 
 

@@ -165,8 +165,7 @@ def fetch(name: str, *, cache: str | os.PathLike | None = None) -> epath.Path:
     if (target / checkpoint.CONFIG_FILE).is_file():
         return epath.Path(target)
     if entry.kind == ENCODER:
-        kind, config, params = _read(entry, folder)
-        model, card_kind = config, LIMU_BERT
+        _, model, params = _read(entry, folder)
     else:
         _, encoder_config, encoder_params = _read(release(entry.encoder), folder)
         _, head_config, head_params = _read(entry, folder)
@@ -175,8 +174,7 @@ def fetch(name: str, *, cache: str | os.PathLike | None = None) -> epath.Path:
             seq_len=encoder_config.seq_len, merge=head_config.seq_len, feature_num=encoder_config.feature_num,
             encoder=encoder_config, sampling_rate_hz=20.0, dataset=entry.dataset)
         params = {"head": head_params, "encoder": {"transformer": encoder_params["transformer"]}}
-        card_kind = "classifier_pipeline"
-    card = model_card(card_kind, model, title=entry.name, about=f"{entry.about}.", path=entry.name,
+    card = model_card(checkpoint.kind_of(model), model, title=entry.name, about=f"{entry.about}.", path=entry.name,
                       data=entry.data, source=f"{entry.url} (sha256 {entry.sha256}; {entry.repository} at commit "
                       f"{entry.commit})" + (f", behind {release(entry.encoder).url}" if entry.encoder else ""),
                       licence=entry.licence, citation=entry.citation, command=f"limubert-fetch {entry.name}")

@@ -9,17 +9,18 @@ import shlex
 import sys
 from typing import Any
 
+from limubert_jax.io.state_dict import CLASSIFIER_PIPELINE, GRU_CLASSIFIER, LIMU_BERT
 from limubert_jax.runtime.cli import version
 
 CARD_FILE = "README.md"
 
 _LOADERS = {
-    "limu_bert": ("an encoder", "import limubert_jax\nencoder = limubert_jax.load_encoder({path!r})\n"
+    LIMU_BERT: ("an encoder", "import limubert_jax\nencoder = limubert_jax.load_encoder({path!r})\n"
                   "embeddings = encoder.embed(windows)  # raw windows (N, S, F) -> (N, S, hidden)"),
-    "classifier_pipeline": ("a classifier from raw readings",
+    CLASSIFIER_PIPELINE: ("a classifier from raw readings",
                             "import limubert_jax\nclassifier = limubert_jax.load_classifier({path!r})\n"
                             "p = classifier.predict(windows)  # raw windows (N, S, F): p.labels, p.probabilities"),
-    "gru_classifier": ("a GRU classifier over embeddings",
+    GRU_CLASSIFIER: ("a GRU classifier over embeddings",
                        "from limubert_jax.io import checkpoint\n"
                        "kind, config, params = checkpoint.load_model({path!r})"),
 }
@@ -33,9 +34,9 @@ def model_card(kind: str, config: Any, *, title: str, about: str, path: str | os
     `metrics`: name -> value it reached (None: not known); `source`, `licence`, `citation`:
     where the weights come from; `command`: what made it (default: this process's command
     line); `path`: the folder as the loading snippet names it."""
-    what, loader = _LOADERS.get(kind, ("a model", _LOADERS["gru_classifier"][1]))
+    what, loader = _LOADERS.get(kind, ("a model", _LOADERS[GRU_CLASSIFIER][1]))
     fields = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    if kind == "classifier_pipeline" and fields.get("encoder"):
+    if kind == CLASSIFIER_PIPELINE and fields.get("encoder"):
         fields = {**fields, "encoder": ", ".join(f"{k} {v}" for k, v in fields["encoder"].items())}
     shown = "; ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                       for k, v in fields.items())

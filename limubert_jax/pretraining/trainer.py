@@ -44,6 +44,7 @@ from limubert_jax.export import released
 from limubert_jax.io import checkpoint, plots, storage
 from limubert_jax.io.checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, host_copy, model_record
 from limubert_jax.io.model_card import CARD_FILE, model_card
+from limubert_jax.io.state_dict import LIMU_BERT
 from limubert_jax.io.workdir import RunCheckpoints, check_resume, run_record, write_run_files
 from limubert_jax.models.encoder import ENCODER_STREAMS, LimuBertConfig, LimuBertModel4Pretrain
 from limubert_jax.pretraining import optim
@@ -88,12 +89,17 @@ def init_from(config: ml_collections.ConfigDict):
     return storage.as_path(released.resolve(value)) if value else None
 
 
+def _check_start_kind(config: ml_collections.ConfigDict, kind: str) -> None:
+    """A one-line error unless the init_from checkpoint holds a LIMU-BERT (`kind`)."""
+    if kind != LIMU_BERT:
+        raise LimuBertError(f"config.train.init_from={config.train.init_from}: holds a {kind} model, not a "
+                            "LIMU-BERT to pretrain on from")
+
+
 def _start_config(config: ml_collections.ConfigDict, path) -> LimuBertConfig:
     """The LIMU-BERT config of the init_from checkpoint `path`; an error for any other kind."""
     kind, start = checkpoint.read_model_config(path)
-    if kind != "limu_bert":
-        raise LimuBertError(f"config.train.init_from={config.train.init_from}: holds a {kind} model, not a "
-                            "LIMU-BERT to pretrain on from")
+    _check_start_kind(config, kind)
     return start
 
 
@@ -130,8 +136,7 @@ def initial_params(config: ml_collections.ConfigDict, model_config: LimuBertConf
     if start_from is None:
         return None
     kind, _, params = checkpoint.load_model(start_from)
-    if kind != "limu_bert":
-        _start_config(config, start_from)  # its one-line refusal
+    _check_start_kind(config, kind)
     expected = jax.eval_shape(LimuBertModel4Pretrain(model_config).init_params, jax.random.key(0))
     want = {checkpoint.leaf_name(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)}
     have = {checkpoint.leaf_name(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
@@ -471,7 +476,7 @@ def _write_card(workdir, config, model_config: LimuBertConfig, summary: dict[str
              "the model" + ("; the run has not finished" if summary is None else "") + ").")
     metrics = None if summary is None else {"best validation loss": summary["best_val_loss"],
                                              "at step": summary["best_step"], "of steps": summary["steps"]}
-    text = model_card("limu_bert", model_config, title=f"LIMU-BERT pretrained on {config.dataset.name}", about=about,
+    text = model_card(LIMU_BERT, model_config, title=f"LIMU-BERT pretrained on {config.dataset.name}", about=about,
                       path=workdir, data=f"{config.dataset.name}/{config.dataset.version}"
                       + (f" ({config.dataset.manual_dir})" if config.dataset.get("manual_dir") else ""),
                       metrics=metrics, source=f"limubert-jax pretraining, seed {config.seed}"
