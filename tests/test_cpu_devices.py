@@ -6,6 +6,7 @@ interpreters; the test process itself runs on one pinned CPU device (conftest.py
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -45,7 +46,9 @@ _SCRIPT = textwrap.dedent(
             step = jit_train_step(training_mesh(24), model_config=cfg, mask_config=MaskConfig(), tx=optax.adam(1e-3),
                                   encoder_chunk=chunk)
             with open(f"{sys.argv[2]}/step_{chunk}.txt", "w") as f:
-                f.write(step.lower(state, raw, jax.random.key(1)).compile().as_text())
+                # As users' runs compile it (the test session turns the fusion emitters off).
+                options = {"xla_cpu_use_fusion_emitters": True}
+                f.write(step.lower(state, raw, jax.random.key(1)).compile(compiler_options=options).as_text())
     print(json.dumps(out))
     """
 )
@@ -53,7 +56,7 @@ _SCRIPT = textwrap.dedent(
 
 def _split(devices: int, *args: str, xla_flags: str = "") -> dict:
     env = child_env()
-    env["XLA_FLAGS"] = xla_flags
+    env["XLA_FLAGS"] = f"{os.environ.get('LIMUBERT_TESTS_XLA_FLAGS', '')} {xla_flags}".strip()
     env.pop("JAX_NUM_CPU_DEVICES", None)
     done = subprocess.run([sys.executable, "-c", _SCRIPT, str(devices), *args], capture_output=True, text=True,
                           timeout=300, env=env, cwd=ROOT)

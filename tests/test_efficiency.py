@@ -116,7 +116,10 @@ def test_the_train_step_takes_a_chunk_gradient_per_core_in_each_loop_iteration(m
     def trip_counts(chunk):
         step = jax.jit(lambda s, raw: train_step(s, raw, jax.random.key(1), model_config=CFG, mask_config=MaskConfig(),
                                                  tx=TX, encoder_chunk=chunk))
-        return loop_trip_counts(step.lower(state, raw).compile().as_text())
+        # Compiled as users' runs compile it (the session turns XLA:CPU's fusion emitters off,
+        # conftest.py, and the older emitters write some fusions as loops of their own).
+        compiled = step.lower(state, raw).compile(compiler_options={"xla_cpu_use_fusion_emitters": True})
+        return loop_trip_counts(compiled.as_text())
 
     assert trip_counts(4) - trip_counts(0) == Counter({iterations: 1})  # the masking's loops are in both
 

@@ -64,7 +64,8 @@ def data_dir(synthetic_data_dir):
 
 def _env(devices: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_SETTINGS)}
-    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
+    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+               XLA_FLAGS=os.environ.get("LIMUBERT_TESTS_XLA_FLAGS", ""))  # the session's compile settings
     return env
 
 
