@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.seed = 3431  # seed of the reference's 80/10/10 window shuffle-split
     config.dataset.train_rate = 0.8  # fraction of windows for training
     config.dataset.vali_rate = 0.1  # fraction for validation (the rest is test, unused here)
+    config.dataset.window_store = True  # read windows from one float32 array beside the build (written once), not its records
     config.dataset.split_by = "window"  # 'window': the reference's window shuffle; 'recording'/'user': none in two splits
     config.dataset.stride = 0  # recordings: steps between window starts; 0: the window length (no overlap)
     config.dataset.max_gap_s = 1.0  # recordings: a longer pause between timestamps splits a recording

@@ -108,7 +108,9 @@ def test_deterministic_and_seeded(data):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_windows_kept_in_memory_give_the_same_stream_and_are_read_once(data, monkeypatch):
+def test_windows_kept_in_memory_give_the_same_stream_and_are_read_once(dirs, monkeypatch):
+    data = loading.load_pretrain_data(_config(*dirs, window_store=False))  # read from the records
+    assert not data.train.in_store
     kept = _take(ip.train_batches(data, global_batch_size=BATCH, seed=3), 25)
     monkeypatch.setattr(ip, "KEEP_IN_MEMORY_BYTES", 0)  # every epoch read from the records
     read_through = _take(ip.train_batches(data, global_batch_size=BATCH, seed=3), 25)

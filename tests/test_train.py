@@ -72,6 +72,7 @@ def finished_run(tmp_path_factory, data_dir):
                           capture_output=True, text=True, timeout=600)
     (workdir.parent / "wall_s").write_text(str(time.monotonic() - start))
     assert done.returncode == 0, done.stderr[-3000:]
+    (workdir.parent / "stdout").write_text(done.stdout)
     return workdir
 
 
@@ -90,6 +91,11 @@ def test_main_job_outputs_and_exports(tmp_path, finished_run):
     # Startup is counted from the process's launch, so it lies within the command's wall time.
     assert 0.5 < summary["startup_s"] < float((workdir.parent / "wall_s").read_text())
     assert summary["peak_host_bytes"] > 100e6 and summary["peak_device_bytes"] is None  # XLA:CPU reports none
+    # The loop's host time per step, read from the build's window store, is printed at the end.
+    assert summary["input"] == "window store" and 0 < summary["host_input_ms_per_step"] < 1e3
+    stdout = (workdir.parent / "stdout").read_text()
+    assert f"host time per step {summary['host_input_ms_per_step']:.2f} ms (reading batches from the window store" in stdout
+    assert f"best validation loss {summary['best_val_loss']:.4f} at step {summary['best_step']}" in stdout
     # The main job splits the cores into CPU devices and trains data parallel over as many
     # as the batch divides by (`runtime.cpu_devices`, `sharding.training_mesh`).
     batch = json.loads((workdir / "config.json").read_text())["train"]["batch_size"]

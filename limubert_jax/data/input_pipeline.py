@@ -14,21 +14,29 @@ Windows stay raw (physical units); normalization and masking happen in the train
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import functools
 import importlib
+import itertools
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
+from limubert_jax.data import index_shuffle
 from limubert_jax.data.loading import PretrainData
 
-# Batches computed ahead by background threads. A batch is read with one batched
-# array_record lookup, so two threads stay far ahead of a ~0.3 s train step.
+# Reads done ahead by background threads: blocks of training batches (`train_batches`, a
+# block a few milliseconds of NumPy that mostly releases the GIL), or evaluation batches.
 NUM_THREADS = 2
 PREFETCH_BATCHES = 4
+# A training read covers consecutive steps of about this many bytes of windows: one shuffle
+# and one gather for dozens of batches, instead of a few dozen NumPy calls per batch.
+BLOCK_BYTES = 16 << 20
 # Training splits up to this size keep their windows in memory once read (`RowsKeptOnRead`);
 # larger corpora are read from their records every epoch.
 KEEP_IN_MEMORY_BYTES = 1 << 28
@@ -122,6 +130,28 @@ def steps_per_epoch(data: PretrainData, global_batch_size: int) -> int:
     return steps
 
 
+def train_rows(steps: np.ndarray, *, num_windows: int, global_batch_size: int, seed: int, lo: int = 0,
+               local: int | None = None) -> np.ndarray:
+    """The rows of the training split that global steps `steps` read: [len(steps), local] int64.
+
+    Step k is batch k % steps_per_epoch of epoch e = k // steps_per_epoch, whose order is
+    grain's `MapDataset.range(n).shuffle(seed).batch(B, drop_remainder=True).repeat()`: position
+    p of epoch e holds row `index_shuffle(p, max_index=n - 1, seed=seed + e)` (`index_shuffle`,
+    the same function on whole arrays). This process takes positions [lo, lo + local) of each
+    global batch (None: all of it)."""
+    steps = np.asarray(steps, dtype=np.int64)
+    local = global_batch_size if local is None else local
+    per_epoch = num_windows // global_batch_size
+    epochs = steps // per_epoch
+    positions = (steps % per_epoch)[:, None] * global_batch_size + lo + np.arange(local)[None, :]
+    rows = np.empty_like(positions)
+    for epoch in np.unique(epochs):  # one vectorised shuffle per epoch the steps touch
+        at = epochs == epoch
+        rows[at] = index_shuffle.shuffled_positions(positions[at], length=num_windows,
+                                                    seed=(seed + int(epoch)) % 2**32)
+    return rows
+
+
 def train_batches(
     data: PretrainData,
     *,
@@ -135,16 +165,19 @@ def train_batches(
     """The infinite training stream; batch k is global step k.
 
     Epoch e is a permutation of the training windows drawn from (seed, e) (grain's
-    `shuffle`, seed + e per epoch), cut into `steps_per_epoch` global batches; the last
-    `len(train) % global_batch_size` windows of each epoch's order are dropped. Starting at
-    `start_step` yields exactly the batches a run from step 0 yields from there on.
+    `shuffle`, seed + e per epoch: `train_rows`), cut into `steps_per_epoch` global batches;
+    the last `len(train) % global_batch_size` windows of each epoch's order are dropped.
+    Starting at `start_step` yields exactly the batches a run from step 0 yields from there on.
 
     This process gets rows [i * B_local, (i + 1) * B_local) of every global batch, with
     i / n its shard (default `grain.sharding.ShardByJaxProcess`: the JAX process index and
     count) and B_local = global_batch_size // n: arrays [B_local, S, F] float32.
 
-    `num_threads` background threads keep `prefetch` batches ready (0: read in the caller's
-    thread); neither changes the stream.
+    Batches are read a block of consecutive steps at a time (`BLOCK_BYTES`): one vectorised
+    shuffle and one gather from the split's window store (or a batched read of its records,
+    kept in memory when the split is small: `RowsKeptOnRead`). `num_threads` background
+    threads read `prefetch` blocks ahead (0: in the caller's thread); neither changes the
+    stream.
     """
     shard_index, shard_count = _shard(shard_options)
     local = _local_batch_size(global_batch_size, shard_count)
@@ -153,15 +186,37 @@ def train_batches(
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    lo, view = shard_index * local, RowsKeptOnRead(data.train)
+    view = data.train if getattr(data.train, "in_store", False) else RowsKeptOnRead(data.train)
+    rows_of = functools.partial(train_rows, num_windows=len(view), global_batch_size=global_batch_size,
+                                seed=int(seed), lo=shard_index * local, local=local)
+    window_bytes = 4 * data.seq_len * data.num_features
+    block = max(1, BLOCK_BYTES // (local * window_bytes))  # steps per read
 
-    ds = grain.MapDataset.range(len(view)).shuffle(seed=int(seed))  # epoch e: seed + e
-    ds = ds.batch(global_batch_size, drop_remainder=True)  # batched within each epoch
-    ds = ds.repeat()  # infinite: index k = step k (epoch k // steps_per_epoch)
-    if start_step:
-        ds = ds.slice(slice(int(start_step), None))
-    ds = ds.map(lambda rows: view.read(rows[lo : lo + local]))
-    return _iterate(ds, num_threads, prefetch)
+    def read(first_step: int) -> np.ndarray:  # [block, B_local, S, F]
+        rows = rows_of(np.arange(first_step, first_step + block))
+        return view.read(rows.ravel()).reshape(*rows.shape, *window_shape)
+
+    window_shape = (data.seq_len, data.num_features)
+    blocks = _ahead(read, itertools.count(int(start_step), block), num_threads, prefetch)
+    return itertools.chain.from_iterable(blocks)  # checked above, read from the first next()
+
+
+def _ahead(map_fn: Callable, items: Iterator, num_threads: int, prefetch: int) -> Iterator:
+    """map_fn over an infinite iterator, in order, with up to `prefetch` results computed ahead
+    by `num_threads` threads (0: in the caller's thread, nothing ahead)."""
+    if num_threads <= 0 or prefetch <= 0:
+        yield from map(map_fn, items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="limubert-input") as pool:
+        pending = collections.deque(pool.submit(map_fn, next(items)) for _ in range(prefetch))
+        try:
+            while True:
+                result = pending.popleft().result()
+                pending.append(pool.submit(map_fn, next(items)))
+                yield result
+        finally:  # the consumer stopped (or failed): drop what was read ahead
+            for future in pending:
+                future.cancel()
 
 
 def num_eval_batches(data: PretrainData, global_batch_size: int) -> int:

@@ -50,28 +50,40 @@ class WindowView(Sequence):
     """Random access to one feature of selected examples of a data source.
 
     `view[i]` is feature `feature` of example `indices[i]` of `source`; `view.read(rows)`
-    reads several at once into one stacked float32 array.
+    reads several at once into one stacked float32 array. With `store` (the build's window
+    store, [N, S, F] float32 memory-mapped: `window_store`), the `imu` windows are gathered
+    from it instead of decoded from their records: the same values, at memory speed.
     """
 
-    def __init__(self, source: Sequence, indices: np.ndarray, feature: str = FEATURE):
+    def __init__(self, source: Sequence, indices: np.ndarray, feature: str = FEATURE, store: np.ndarray | None = None):
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
         self.feature = feature
+        self.store = store if feature == FEATURE else None
+
+    @property
+    def in_store(self) -> bool:
+        """Whether reads gather from a window store (rather than decode records)."""
+        return self.store is not None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
     def __getitem__(self, i: int) -> np.ndarray:
+        if self.store is not None:
+            return np.array(self.store[self.indices[i]])
         return np.asarray(self.source[int(self.indices[i])][self.feature], dtype=np.float32)
 
     def read(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Rows `rows` of this view, stacked: [len(rows), S, F] float32."""
-        keys = [int(k) for k in self.indices[np.asarray(rows, dtype=np.int64)]]
-        records = read_records(self.source, keys)
+        keys = self.indices[np.asarray(rows, dtype=np.int64)]
+        if self.store is not None:
+            return self.store[keys]  # fancy indexing: a copy in memory, never a view of the file
+        records = read_records(self.source, [int(k) for k in keys])
         return np.stack([np.asarray(r[self.feature], dtype=np.float32) for r in records])
 
     def __repr__(self) -> str:
-        return f"WindowView({len(self)} windows, feature={self.feature!r})"
+        return f"WindowView({len(self)} windows, feature={self.feature!r}{', from its store' if self.in_store else ''})"
 
 
 class MergedView(Sequence):
@@ -85,6 +97,10 @@ class MergedView(Sequence):
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def in_store(self) -> bool:
+        return all(p.in_store for p in self.parts)
 
     def __getitem__(self, i: int) -> np.ndarray:
         part = int(np.searchsorted(self.starts, i, side="right")) - 1
@@ -324,10 +340,11 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
     num_windows = len(source)
     groups = split_groups(source, info, split_by, f"{name}/{version}")
     train_index, vali_index, _ = splits.window_split(num_windows, seed, train_rate, vali_rate, groups)
-    train = WindowView(source, train_index)
-    first = train[0]
+    first = WindowView(source, train_index)[0]  # from its record
     if first.ndim != 2:
         raise ValueError(f"{name}/{version}: `{FEATURE}` must be (S, F) per window, got {first.shape}")
+    store = _window_store(builder, source, first, train_index[0], bool(_field(dataset_config, "window_store", True)))
+    train = WindowView(source, train_index, store=store)
     meta = dict(info.metadata or {})
     rate = meta.get("sampling_rate_hz", getattr(builder.builder_config, "sampling_rate", None))
     names = meta.get("feature_names")
@@ -335,7 +352,7 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
         name=name,
         version=version,
         train=train,
-        vali=WindowView(source, vali_index),
+        vali=WindowView(source, vali_index, store=store),
         num_windows=num_windows,
         seq_len=int(first.shape[0]),
         num_features=int(first.shape[1]),
@@ -346,6 +363,39 @@ def load_pretrain_data(dataset_config: Any) -> PretrainData:
         groups=groups,
         split_by=split_by,
     )
+
+
+def _window_store(builder, source: Sequence, first: np.ndarray, first_key: int, enabled: bool) -> np.ndarray | None:
+    """The build's window store (`window_store`), memory-mapped: written from the records the
+    first time a build without one is opened (one pass; one process at a time, `build_lock`).
+    None where it is turned off (`config.dataset.window_store=False`), the build is not on a
+    local disk, or its folder cannot be written (a log line says so): reads then decode the
+    records. A store that disagrees with its build is a ValueError naming it."""
+    from absl import logging  # noqa: PLC0415
+
+    from limubert_jax.datasets import window_store  # noqa: PLC0415
+
+    build_dir = os.fspath(builder.data_dir)
+    if not enabled or "://" in build_dir:
+        return None
+    store = window_store.open_store(build_dir, len(source), first.shape)
+    if store is None:
+        with build_lock(builder):
+            store = window_store.open_store(build_dir, len(source), first.shape)  # written meanwhile?
+            if store is None:
+                logging.info("writing the window store of %s (%d windows, once)", build_dir, len(source))
+                try:
+                    window_store.write_from_records(records_in_batches(source), build_dir, len(source),
+                                                    log=logging.info)
+                except (LimuBertError, OSError) as e:
+                    logging.warning("no window store for %s (%s): reading its records instead, more slowly",
+                                    build_dir, e)
+                    return None
+                store = window_store.open_store(build_dir, len(source), first.shape)
+    if not np.array_equal(store[first_key], first):
+        raise ValueError(f"{window_store.store_path(build_dir)} does not hold the windows of its build; delete it "
+                         f"to have it written again")
+    return store
 
 
 def split_groups(source: Sequence, info: Any, split_by: str, what: str) -> np.ndarray | None:

@@ -244,8 +244,28 @@ class StartupClock:
             logging.info("training started %.1f s after launch", self.seconds)
 
 
+class HostInputClock:
+    """The train loop's host time per step: waiting for the input pipeline's next batches and
+    handing them to the devices, i.e. what an accelerator waits for between steps when the
+    host is the bottleneck. The first read (the pipeline starting) counts as start-up."""
+
+    def __init__(self):
+        self.seconds, self.steps, self._first = 0.0, 0, True
+
+    def add(self, seconds: float, steps: int) -> None:
+        if self._first:
+            self._first = False
+            return
+        self.seconds += seconds
+        self.steps += steps
+
+    @property
+    def ms_per_step(self) -> float | None:
+        return 1e3 * self.seconds / self.steps if self.steps else None
+
+
 def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: int, start_step: int,
-                 clock: StartupClock) -> EpochRunner:
+                 clock: StartupClock, host: HostInputClock) -> EpochRunner:
     """Epochs fed by the host input pipeline, `config.train.steps_per_dispatch` steps per
     compiled call (a `lax.scan` over a stack of batches; 1: the plain step). An epoch's
     remainder, fewer steps than a call, goes through the plain step one by one: a program
@@ -262,12 +282,16 @@ def _host_epochs(config, data, mesh, step_kwargs: dict, rng, steps_per_epoch: in
         losses, done = [], 0
         while done < steps_per_epoch:
             n = per_call if steps_per_epoch - done >= per_call else 1
+            start = time.perf_counter()
             if n == 1:
-                state, metrics = one_step(state, global_batch(next(batches), mesh), rng)
+                batch = global_batch(next(batches), mesh)
+                host.add(time.perf_counter() - start, 1)
+                state, metrics = one_step(state, batch, rng)
                 losses.append(metrics["loss"][None])
             else:
-                stack = np.stack([next(batches) for _ in range(n)])
-                state, metrics = many_steps(state, global_batch(stack, mesh, stacked=True), rng)
+                stack = global_batch(np.stack([next(batches) for _ in range(n)]), mesh, stacked=True)
+                host.add(time.perf_counter() - start, n)
+                state, metrics = many_steps(state, stack, rng)
                 losses.append(metrics["loss"])
             clock.mark()
             step = epoch * steps_per_epoch + done
@@ -389,11 +413,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     step_kwargs = dict(model_config=model_config, mask_config=mask_config, tx=tx,
                        compute_dtype=compute_dtype_of(config.train.compute_dtype),
                        matmul_precision=config.train.matmul_precision, encoder_chunk=encoder_chunk)
-    clock = StartupClock()
+    clock, host = StartupClock(), HostInputClock()
     if config.train.device_resident:
         run_epoch = _resident_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, clock)
     else:
-        run_epoch = _host_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, start_step, clock)
+        run_epoch = _host_epochs(config, data, mesh, step_kwargs, mask_key, steps_per_epoch, start_step, clock, host)
     validation_batch = eval_batch_size(config, data, mesh)
     eval_step = jit_eval_step(mesh, model_config=model_config, mask_config=mask_config, encoder_chunk=encoder_chunk)
     writer = MetricsWriter(workdir, start_step) if jax.process_index() == 0 else None
@@ -446,7 +470,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     best = checkpoints.record(best_step)
     summary = {"steps": total_steps, "best_step": best_step, "best_val_loss": best["val_loss"],
                "checkpoints": str(workdir / CHECKPOINTS_DIR), "devices": int(mesh.devices.size),
-               "startup_s": clock.seconds,
+               "startup_s": clock.seconds, "input": _input_kind(config, data),
+               "host_input_ms_per_step": host.ms_per_step,
                "peak_host_bytes": resources.peak_host_bytes(), "peak_device_bytes": resources.peak_device_bytes()}
     # Every process takes part in the restore (Orbax); process 0 plots from its host copy
     # of the replicated parameters, on its own devices only.
@@ -464,8 +489,29 @@ def pretrain(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         ))
         storage.write_text(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
         _write_card(workdir, config, model_config, summary)
+        summary["table"] = summary_lines(summary)
     checkpoints.close()
     return summary
+
+
+def _input_kind(config, data: loading.PretrainData) -> str:
+    if config.train.device_resident:
+        return "device-resident"
+    return "window store" if getattr(data.train, "in_store", False) else "records"
+
+
+def summary_lines(summary: dict[str, Any]) -> str:
+    """What the main command prints when pretraining ends: the best checkpoint, the start-up
+    time, and the loop's host time per step (what an accelerator would wait for)."""
+    lines = [f"pretrained {summary['steps']} steps: best validation loss {summary['best_val_loss']:.4f} at step "
+             f"{summary['best_step']} ({summary['checkpoints']})"]
+    if summary.get("startup_s") is not None:
+        lines.append(f"first step {summary['startup_s']:.1f} s after launch")
+    host = summary.get("host_input_ms_per_step")
+    if host is not None:
+        lines.append(f"host time per step {host:.2f} ms (reading batches from the {summary['input']} and handing them "
+                     f"to the devices)")
+    return "\n".join(lines)
 
 
 def _write_card(workdir, config, model_config: LimuBertConfig, summary: dict[str, Any] | None) -> None:
