@@ -126,6 +126,72 @@ def peak_memory(jax_device: bool = True) -> dict:
     return {"peak_rss_mb": peak_rss_mb(), "peak_device_bytes": peak_device_bytes() if jax_device else None}
 
 
+def _status_mb(*fields: str) -> dict[str, float]:
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in fields:
+            values[name] = int(rest.split()[0]) / 1024
+    return values
+
+
+class MemoryPeaks:
+    """Peak resident memory of this process, sampled every 0.1 s by a thread: `anon` (what the
+    process owns: heap, arrays) and `total` (VmHWM: also the file pages it maps, e.g. the .npy
+    a build reads memory-mapped, which are page cache the kernel reclaims under pressure)."""
+
+    def __init__(self):
+        import threading
+
+        self.anon = 0.0
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self):
+        while True:
+            self.anon = max(self.anon, _status_mb("RssAnon").get("RssAnon", 0.0))
+            time.sleep(0.1)
+
+    def read(self) -> dict[str, float]:
+        self.anon = max(self.anon, _status_mb("RssAnon").get("RssAnon", 0.0))
+        return {"peak_rss_anon_mb": self.anon, "peak_rss_mb": _status_mb("VmHWM")["VmHWM"]}
+
+
+CORPUS_CHUNK = 20_000  # windows generated at once by `write_npy_corpus`
+
+
+def write_npy_corpus(folder: Path, windows: int, seq_len: int, features: int, version: str, seed: int = 0) -> Path:
+    """`folder/data_<version>.npy`: `windows` synthetic IMU-like windows [seq_len, features]
+    float32 (sines plus noise, gravity on channel 2), the unlabelled `imu_npy` layout, written
+    chunk by chunk (never held whole); kept once complete, so a rerun reuses it."""
+    import numpy as np
+
+    path = folder / f"data_{version}.npy"
+    done = folder / "complete"
+    if done.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(windows, seq_len, features))
+    rng = np.random.default_rng(seed)
+    t = np.arange(seq_len, dtype=np.float32) / 20.0
+    t0 = time.perf_counter()
+    for start in range(0, windows, CORPUS_CHUNK):
+        n = min(CORPUS_CHUNK, windows - start)
+        freq = rng.uniform(0.2, 3.0, (n, 1, 1)).astype(np.float32)
+        amp = rng.uniform(0.1, 4.0, (n, 1, features)).astype(np.float32)
+        chunk = amp * np.sin(2 * np.pi * freq * t[None, :, None]) + rng.standard_normal((n, seq_len, features),
+                                                                                      dtype=np.float32) * 0.3
+        chunk[:, :, min(2, features - 1)] += 9.8
+        out[start : start + n] = chunk
+        if (start // CORPUS_CHUNK) % 20 == 0:
+            rate = (start + n) / (time.perf_counter() - t0)
+            log(f"corpus {folder.name}: {start + n:,}/{windows:,} windows, {rate:,.0f}/s, "
+                f"ETA {(windows - start - n) / rate:.0f} s")
+    out.flush()
+    del out
+    done.write_text("ok")
+    return path
+
+
 def call_seconds(call: Callable[[], object], repeats: int, warmup: int = 0) -> list[float]:
     """Wall seconds of each of `repeats` calls of `call`, after `warmup` untimed ones. `call`
     must wait for its work (`jax.block_until_ready`, `.item()`): dispatch is not the cost."""

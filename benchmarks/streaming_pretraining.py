@@ -17,8 +17,8 @@ their JAX device's peak memory (`peak_bytes_in_use`; not on CPU, which keeps no 
 * build: preparing the array_record build from the .npy (windows/s, wall time, peak memory);
 * streaming: `base_v1` pretraining steps (Adam, batch `--batch-size`, the jitted
   `steps.jit_train_step` with on-device masking, the CPU default encoder chunking) fed by
-  `input_pipeline.train_batches` (grain, background threads, one batched array_record read per
-  batch) over the reference training split of the whole build;
+  `input_pipeline.train_batches` (the training stream: blocks of batches gathered from the
+  build's window store by background threads) over the reference training split of the whole build;
 * in memory: the same steps fed by the same `train_batches`, over the first
   `--in-memory-windows` windows loaded into a NumPy array in RAM (what a dataset small enough
   to hold would give; the step does not depend on the corpus size).
@@ -50,37 +50,6 @@ import harness
 from harness import log
 SEQ_LEN, FEATURES = 120, 6
 VERSION = "20_120"
-CHUNK = 20_000  # windows generated / checked at once
-
-
-def _status_mb(*fields: str) -> dict[str, float]:
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in fields:
-            values[name] = int(rest.split()[0]) / 1024
-    return values
-
-
-class _MemoryPeaks:
-    """Peak resident memory of this process, sampled every 0.1 s by a thread: `anon` (what the
-    process owns: heap, arrays) and `total` (VmHWM: also the file pages it maps, e.g. the .npy
-    the build reads memory-mapped, which are page cache the kernel reclaims under pressure)."""
-
-    def __init__(self):
-        import threading
-
-        self.anon = 0.0
-        threading.Thread(target=self._sample, daemon=True).start()
-
-    def _sample(self):
-        while True:
-            self.anon = max(self.anon, _status_mb("RssAnon").get("RssAnon", 0.0))
-            time.sleep(0.1)
-
-    def read(self) -> dict[str, float]:
-        self.anon = max(self.anon, _status_mb("RssAnon").get("RssAnon", 0.0))
-        return {"peak_rss_anon_mb": self.anon, "peak_rss_mb": _status_mb("VmHWM")["VmHWM"]}
 
 
 def _corpus_dir(args, windows: int) -> Path:
@@ -93,34 +62,8 @@ def _dataset_config(args, windows: int) -> dict:
 
 
 def generate(args, windows: int) -> Path:
-    """data_20_120.npy of `windows` windows, written chunk by chunk (never held whole)."""
-    import numpy as np
-
-    folder = _corpus_dir(args, windows)
-    path = folder / f"data_{VERSION}.npy"
-    done = folder / "complete"
-    if done.is_file():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(windows, SEQ_LEN, FEATURES))
-    rng = np.random.default_rng(args.seed)
-    t = np.arange(SEQ_LEN, dtype=np.float32) / 20.0
-    t0 = time.perf_counter()
-    for start in range(0, windows, CHUNK):
-        n = min(CHUNK, windows - start)
-        freq = rng.uniform(0.2, 3.0, (n, 1, 1)).astype(np.float32)
-        amp = rng.uniform(0.1, 4.0, (n, 1, FEATURES)).astype(np.float32)
-        chunk = amp * np.sin(2 * np.pi * freq * t[None, :, None]) + rng.standard_normal((n, SEQ_LEN, FEATURES),
-                                                                                      dtype=np.float32) * 0.3
-        chunk[:, :, 2] += 9.8
-        out[start : start + n] = chunk
-        if (start // CHUNK) % 20 == 0:
-            rate = (start + n) / (time.perf_counter() - t0)
-            log(f"generate: {start + n:,}/{windows:,} windows, {rate:,.0f}/s, ETA {(windows - start - n) / rate:.0f} s")
-    out.flush()
-    del out
-    done.write_text("ok")
-    return path
+    """data_20_120.npy of `windows` windows (`harness.write_npy_corpus`), kept in the cache."""
+    return harness.write_npy_corpus(_corpus_dir(args, windows), windows, SEQ_LEN, FEATURES, VERSION, args.seed)
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,7 +73,7 @@ def generate(args, windows: int) -> Path:
 def phase_build(args) -> dict:
     from limubert_jax.data import loading
 
-    peaks = _MemoryPeaks()
+    peaks = harness.MemoryPeaks()
     t0 = time.perf_counter()
     data = loading.load_pretrain_data(_dataset_config(args, args.phase_windows))
     seconds = time.perf_counter() - t0
@@ -166,7 +109,7 @@ def phase_train(args) -> dict:
     from limubert_jax.pretraining.steps import MaskConfig, TrainState, jit_train_step
     from limubert_jax.runtime import sharding
 
-    peaks = _MemoryPeaks()
+    peaks = harness.MemoryPeaks()
     data = loading.load_pretrain_data(_dataset_config(args, args.phase_windows))
     if args.phase == "memory":  # the first windows, read into RAM, split like the whole
         n = min(args.in_memory_windows, data.num_windows)

@@ -34,6 +34,7 @@ SMOKE_RUNS = {
     "streaming_pretraining": [],
     "full_pretraining": [],
     "export_latency": [],
+    "input_pipeline": [],
 }
 AT_ONCE = 2
 TESTED_ELSEWHERE = {"gpu_variants", "reference_pretrain"}
@@ -132,6 +133,22 @@ def test_streaming_pretraining(smoke_runs):
     assert results["windows"] == 2000 and results["build"]["windows"] == 2000
     assert results["streaming"]["train_windows"] == 1600 and results["memory"]["windows"] == 1000
     assert results["streaming_over_memory"] > 0 and "streaming / in memory:" in stdout
+
+
+def test_input_pipeline(smoke_runs):
+    stdout, out = _finished(smoke_runs, "input_pipeline")
+    results = json.loads((out / "input_pipeline.json").read_text())
+    assert {shape: b["windows"] for shape, b in results["build"].items()} == {"120x6": 3_000, "20x6": 20_000}
+    for cores in ("1", "2"):
+        rows = results["stream"][cores]
+        assert set(rows) == {f"{shape} {cache}" for shape in ("120x6", "20x6") for cache in ("warm", "cold")}
+        for r in rows.values():
+            assert r["cores"] == int(cores) and r["stream"]["batches"] > 0 and r["gather"]["per_cpu_s"] > 0
+            assert r["ratio_per_cpu_s"] == r["stream"]["per_cpu_s"] / r["gather"]["per_cpu_s"]
+    projection = results["projection"]
+    assert projection["windows"] == 1.43e6 * 3600 and set(projection["hosts_warm"]) == {"8-GPU node", "v5e-256"}
+    assert (out / "input_pipeline.md").read_text().strip() in stdout
+    assert (out / "input_pipeline.png").stat().st_size > 0
 
 
 def test_pretrain_throughput(smoke_runs):

@@ -1,0 +1,276 @@
+"""The training stream against a plain memory-mapped gather, and the build rate, with a
+projection to a corpus of LIMU-BERT-X's size.
+
+    python benchmarks/input_pipeline.py --out /tmp/limubert-input                 # 2 M + 5 M windows
+    python benchmarks/input_pipeline.py --smoke --out /tmp/limubert-input-smoke   # does it run?
+
+Two synthetic corpora (`harness.write_npy_corpus`, kept in `--cache-dir`): `--windows` windows of
+120 x 6 and `--short-windows` of 20 x 6 float32 (LIMU-BERT-X's window), both far larger than
+`input_pipeline.KEEP_IN_MEMORY_BYTES`. Each is built through the project's own path
+(`loading.load_pretrain_data`: the imu_npy build, array_record records and the window store
+beside them) in a process of its own, which reports the build's windows/s and peak memory.
+
+Then, in a process pinned to 1 and to 2 cores (`os.sched_setaffinity`), for each corpus:
+* stream: `input_pipeline.train_batches` (batch `--batch-size`, the reference training split,
+  0 reader threads on 1 core, 2 on 2 cores) for `--seconds`, counted in windows per second of
+  wall time and per CPU-second of the process (all its threads);
+* memmap gather: the same process gathering `--batch-size` random rows per batch from the
+  same window store, memory-mapped (`np.load(mmap_mode="r")`): what a random read from memory
+  costs, the yardstick the stream is held to (ratio = stream / gather, per CPU-second);
+* warm (the store read once through before) and cold (its pages evicted from the page cache
+  with `posix_fadvise(DONTNEED)`; the first `--seconds` of reads then come from the disk).
+
+The projection: LIMU-BERT-X's 1.43 M hours at 20 Hz are about 5.1 x 10^9 one-second windows
+(20 x 6): hours per epoch for one host streaming at the measured 2-core rate, and how many such
+hosts feed an 8-GPU node and a v5e-256 slice at the accelerator rates given by
+`--gpu-windows-per-s` (default: the README's H200 figure for 120-step windows, scaled to 20-step
+windows by `--short-window-speedup`, an assumption until measured) and `--tpu-chip-windows-per-s`
+(default: the same per chip as the H200, an upper bound on what a v5e chip consumes).
+
+Writes `input_pipeline.json`, `input_pipeline.md` (the table) and `input_pipeline.png` to `--out`
+and prints the table. `--smoke` checks that the script runs: tiny corpora, 0.3 s per
+measurement; never a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import harness
+from harness import log
+
+SHAPES = {"120x6": (120, 6, "20_120"), "20x6": (20, 6, "20_20")}
+LIMU_BERT_X_HOURS = 1.43e6
+LIMU_BERT_X_WINDOWS = LIMU_BERT_X_HOURS * 3600  # one-second windows at 20 Hz: 20 steps each
+# docs/accelerators.md: base_v1 pretraining on one H200, device-resident epochs in bf16, 120-step windows.
+H200_WINDOWS_PER_S_120 = 95_434
+SHORT_WINDOW_SPEEDUP = 6.0  # 20- vs 120-step windows: the model's cost per window is about linear in its length
+V5E_256_CHIPS = 256
+GPUS_PER_NODE = 8
+
+
+def _corpus(args, shape: str) -> tuple[Path, Path]:
+    """(the corpus folder, the TFDS data_dir of its build)."""
+    windows = args.windows if shape == "120x6" else args.short_windows
+    root = Path(args.cache_dir)
+    return root / f"npy_{shape}_{windows}", root / f"tfds_{shape}_{windows}"
+
+
+def _dataset_config(args, shape: str) -> dict:
+    folder, data_dir = _corpus(args, shape)
+    return {"name": "imu_npy", "version": SHAPES[shape][2], "manual_dir": str(folder), "data_dir": str(data_dir)}
+
+
+# ---------------------------------------------------------------------------------------
+# Workers (each in its own interpreter).
+
+
+def worker_build(args) -> dict:
+    """Builds one corpus (records and window store): windows/s and peak memory."""
+    from limubert_jax.data import loading
+
+    peaks = harness.MemoryPeaks()
+    t0 = time.perf_counter()
+    data = loading.load_pretrain_data(_dataset_config(args, args.shape))
+    seconds = time.perf_counter() - t0
+    assert data.train.in_store, "the build has no window store"
+    return {"windows": data.num_windows, "seconds": seconds, "windows_per_s": data.num_windows / seconds,
+            **peaks.read()}
+
+
+def _evict(path: Path) -> None:
+    """Drops a file's pages from the page cache (clean pages only: the store is read-only)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _rate(read_batch, batch_size: int, seconds: float) -> dict:
+    """Calls `read_batch()` for `seconds`: windows per wall second and per CPU-second."""
+    n, wall0, cpu0 = 0, time.perf_counter(), time.process_time()
+    while True:
+        read_batch()
+        n += 1
+        wall = time.perf_counter() - wall0
+        if wall >= seconds:
+            break
+    cpu = time.process_time() - cpu0
+    return {"batches": n, "wall_s": wall, "cpu_s": cpu, "per_s": n * batch_size / wall,
+            "per_cpu_s": n * batch_size / max(cpu, 1e-9)}
+
+
+def worker_stream(args) -> dict:
+    """Stream vs memmap gather on `--cores` cores, warm and cold, for every corpus."""
+    import numpy as np
+
+    from limubert_jax.data import input_pipeline, loading
+
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
+    threads = 0 if args.cores == 1 else args.cores
+    results = {}
+    for shape in SHAPES:
+        data = loading.load_pretrain_data(_dataset_config(args, shape))
+        path = Path(data.train.store.filename)
+        store, rows = data.train.store, data.train.indices
+        rng = np.random.default_rng(0)
+        for cache in ("warm", "cold"):
+            if cache == "warm":
+                for start in range(0, len(store), 1 << 16):  # read through once: pages cached
+                    np.asarray(store[start : start + (1 << 16)]).sum()
+            else:
+                _evict(path)
+            stream = input_pipeline.train_batches(data, global_batch_size=args.batch_size, seed=0,
+                                                  num_threads=threads)
+            stream_rate = _rate(lambda: next(stream), args.batch_size, args.seconds)  # noqa: B023  (called here)
+            if cache == "cold":
+                _evict(path)
+            gather_rate = _rate(lambda: store[rows[rng.integers(0, len(rows), args.batch_size)]], args.batch_size,
+                                args.seconds)
+            results[f"{shape} {cache}"] = {
+                "shape": shape, "cache": cache, "cores": args.cores, "reader_threads": threads,
+                "store_gb": path.stat().st_size / 2**30, "stream": stream_rate, "gather": gather_rate,
+                "ratio_per_cpu_s": stream_rate["per_cpu_s"] / gather_rate["per_cpu_s"],
+            }
+            log(f"{args.cores} core(s), {shape} {cache}: stream {stream_rate['per_s']:,.0f}/s "
+                f"({stream_rate['per_cpu_s']:,.0f}/CPU-s), gather {gather_rate['per_cpu_s']:,.0f}/CPU-s")
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# The driver.
+
+
+def _worker(args, kind: str, **extra) -> dict:
+    cmd = [sys.executable, __file__, "--worker", kind, *args.passthrough,
+           *(f"--{k.replace('_', '-')}={v}" for k, v in extra.items())]
+    return harness.run_worker(cmd, f"{kind} worker")
+
+
+def projection(args, stream_2_cores_warm: float, stream_2_cores_cold: float) -> dict:
+    """Hours per epoch of a LIMU-BERT-X-sized corpus per host, and hosts per accelerator group."""
+    gpu = args.gpu_windows_per_s * args.short_window_speedup
+    tpu_chip = args.tpu_chip_windows_per_s * args.short_window_speedup
+    demand = {f"{GPUS_PER_NODE}-GPU node": GPUS_PER_NODE * gpu, f"v5e-{V5E_256_CHIPS}": V5E_256_CHIPS * tpu_chip}
+    return {
+        "windows": LIMU_BERT_X_WINDOWS, "terabytes": LIMU_BERT_X_WINDOWS * 20 * 6 * 4 / 1e12,
+        "hours_per_epoch_one_host_warm": LIMU_BERT_X_WINDOWS / stream_2_cores_warm / 3600,
+        "hours_per_epoch_one_host_cold": LIMU_BERT_X_WINDOWS / stream_2_cores_cold / 3600,
+        "accelerator_windows_per_s": demand,
+        "hosts_warm": {name: math.ceil(rate / stream_2_cores_warm) for name, rate in demand.items()},
+        "hosts_cold": {name: math.ceil(rate / stream_2_cores_cold) for name, rate in demand.items()},
+    }
+
+
+def table(results: dict) -> str:
+    rows = ["| windows | cores | page cache | stream windows/s | stream per CPU-s | memmap gather per CPU-s | ratio |",
+            "|---|---:|---|---:|---:|---:|---:|"]
+    for cores in (1, 2):
+        for key, r in results["stream"][str(cores)].items():
+            rows.append(f"| {r['shape']} | {cores} | {r['cache']} | {r['stream']['per_s']:,.0f} | "
+                        f"{r['stream']['per_cpu_s']:,.0f} | {r['gather']['per_cpu_s']:,.0f} | "
+                        f"{r['ratio_per_cpu_s']:.2f} |")
+    rows += ["", "| build | windows | seconds | windows/s | peak RSS (anonymous) |", "|---|---:|---:|---:|---:|"]
+    for shape, b in results["build"].items():
+        rows.append(f"| imu_npy {shape} | {b['windows']:,} | {b['seconds']:.1f} | {b['windows_per_s']:,.0f} | "
+                    f"{b['peak_rss_anon_mb']:,.0f} MB |")
+    p = results["projection"]
+    hosts = ", ".join(f"{name}: {p['hosts_warm'][name]} ({p['hosts_cold'][name]} from disk)"
+                      for name in p["hosts_warm"])
+    rows += ["", f"LIMU-BERT-X-sized corpus ({p['windows']:.2e} windows of 20 x 6, {p['terabytes']:.1f} TB): "
+             f"{p['hours_per_epoch_one_host_warm']:.1f} h per epoch for one 2-core host from the page cache, "
+             f"{p['hours_per_epoch_one_host_cold']:.0f} h from this disk; hosts to feed {hosts}."]
+    return "\n".join(rows)
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    labels, stream, gather = [], [], []
+    for cores in (1, 2):
+        for r in results["stream"][str(cores)].values():
+            labels.append(f"{r['shape']}\n{cores} core{'s' * (cores > 1)}\n{r['cache']}")
+            stream.append(r["stream"]["per_cpu_s"])
+            gather.append(r["gather"]["per_cpu_s"])
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], gather, width=0.4, label="memmap gather", color="tab:gray")
+    ax.bar([i + 0.2 for i in x], stream, width=0.4, label="training stream", color="tab:blue")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("windows per CPU-second")
+    ax.set_title("training stream vs a random gather from the memory-mapped window store")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--windows", type=int, default=2_000_000,
+                        help="windows of 120 x 6 (also the build-rate corpus)")
+    parser.add_argument("--short-windows", type=int, default=5_000_000, help="windows of 20 x 6")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--cache-dir", default=None,
+                        help="corpora and builds, reused (default /tmp/limubert-input-cache; OUT/cache with --smoke)")
+    parser.add_argument("--out", default="/tmp/limubert-input", help="where the JSON, table and PNG go")
+    parser.add_argument("--gpu-windows-per-s", type=float, default=H200_WINDOWS_PER_S_120,
+                        help="one GPU's pretraining rate on 120-step windows")
+    parser.add_argument("--tpu-chip-windows-per-s", type=float, default=H200_WINDOWS_PER_S_120,
+                        help="one v5e chip's rate on 120-step windows (default: the H200's, an upper bound)")
+    parser.add_argument("--short-window-speedup", type=float, default=SHORT_WINDOW_SPEEDUP,
+                        help="accelerator windows/s on 20-step windows over 120-step ones")
+    parser.add_argument("--smoke", action="store_true", help="a quick check that the script runs (tiny corpora)")
+    parser.add_argument("--worker", choices=["build", "stream"], help=argparse.SUPPRESS)
+    parser.add_argument("--shape", choices=list(SHAPES), help=argparse.SUPPRESS)
+    parser.add_argument("--cores", type=int, help=argparse.SUPPRESS)
+    args = harness.parse_args(parser, argv, dict(windows=3_000, short_windows=20_000, seconds=0.3))
+    if args.cache_dir is None:
+        args.cache_dir = str(Path(args.out) / "cache") if args.smoke else "/tmp/limubert-input-cache"
+    harness.use_checkout()
+    if args.worker:
+        harness.emit_result(worker_build(args) if args.worker == "build" else worker_stream(args))
+        return
+    args.passthrough = [f"--windows={args.windows}", f"--short-windows={args.short_windows}",
+                        f"--batch-size={args.batch_size}", f"--seconds={args.seconds}", f"--cache-dir={args.cache_dir}"]
+    usable = len(os.sched_getaffinity(0))
+    if usable < 2:
+        raise SystemExit(f"this process may use {usable} core; the benchmark measures 1 and 2")
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                           "load_avg_1min_before": os.getloadavg()[0]},
+               "settings": {k: getattr(args, k) for k in ("windows", "short_windows", "batch_size", "seconds")}}
+    results["build"] = {}
+    for shape, (seq_len, features, version) in SHAPES.items():
+        folder, _ = _corpus(args, shape)
+        harness.write_npy_corpus(folder, args.windows if shape == "120x6" else args.short_windows, seq_len, features,
+                                 version)
+        log(f"build {shape}")
+        results["build"][shape] = _worker(args, "build", shape=shape)
+    results["stream"] = {str(cores): _worker(args, "stream", cores=cores) for cores in (1, 2)}
+    two = results["stream"]["2"]
+    results["projection"] = projection(args, two["20x6 warm"]["stream"]["per_s"], two["20x6 cold"]["stream"]["per_s"])
+    text = table(results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "input_pipeline.json").write_text(json.dumps(results, indent=2))
+    (out / "input_pipeline.md").write_text(text + "\n")
+    _plot(results, out / "input_pipeline.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
