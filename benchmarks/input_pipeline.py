@@ -85,8 +85,12 @@ def worker_build(args) -> dict:
             **peaks.read()}
 
 
-def _evict(path: Path) -> None:
-    """Drops a file's pages from the page cache (clean pages only: the store is read-only)."""
+def _evict(path: Path, mapped) -> None:
+    """Drops a file's pages from the page cache. The pages this process maps (`mapped`, its
+    np.memmap) are unmapped first: the kernel keeps mapped pages in the cache."""
+    import mmap
+
+    mapped._mmap.madvise(mmap.MADV_DONTNEED)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -128,12 +132,13 @@ def worker_stream(args) -> dict:
                 for start in range(0, len(store), 1 << 16):  # read through once: pages cached
                     np.asarray(store[start : start + (1 << 16)]).sum()
             else:
-                _evict(path)
+                _evict(path, store)
             stream = input_pipeline.train_batches(data, global_batch_size=args.batch_size, seed=0,
                                                   num_threads=threads)
             stream_rate = _rate(lambda: next(stream), args.batch_size, args.seconds)  # noqa: B023  (called here)
+            stream.close()  # its reader threads stop before the gather is timed
             if cache == "cold":
-                _evict(path)
+                _evict(path, store)
             gather_rate = _rate(lambda: store[rows[rng.integers(0, len(rows), args.batch_size)]], args.batch_size,
                                 args.seconds)
             results[f"{shape} {cache}"] = {

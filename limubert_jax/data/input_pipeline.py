@@ -197,8 +197,16 @@ def train_batches(
         return view.read(rows.ravel()).reshape(*rows.shape, *window_shape)
 
     window_shape = (data.seq_len, data.num_features)
-    blocks = _ahead(read, itertools.count(int(start_step), block), num_threads, prefetch)
-    return itertools.chain.from_iterable(blocks)  # checked above, read from the first next()
+    return _unblocked(_ahead(read, itertools.count(int(start_step), block), num_threads, prefetch))
+
+
+def _unblocked(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The batches of each block in turn; closing it (or dropping it) stops the reader threads."""
+    try:
+        for windows in blocks:
+            yield from windows
+    finally:
+        blocks.close()
 
 
 def _ahead(map_fn: Callable, items: Iterator, num_threads: int, prefetch: int) -> Iterator:
