@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -63,6 +64,50 @@ def file_stat(path: os.PathLike | str) -> list[int]:
     taken as unchanged, and its SHA-256 (seconds for a corpus of gigabytes) is not read again."""
     stat = os.stat(path)
     return [int(stat.st_size), int(stat.st_mtime_ns)]
+
+
+def row_chunks(array: np.ndarray, rows: int = _CHECK_ROWS, digest=None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, array[first : first + rows]) over an (N, ...) array opened by `_load`, read with
+    plain file reads into one buffer that every chunk reuses: the pages of a memory map would
+    stay mapped, counting toward the process's memory until it had the whole file. Other
+    arrays (not memory-mapped in C order) are sliced.
+
+    digest: a `hashlib` object fed the file's bytes as they are read (header, rows, anything
+    after them), so that a complete pass leaves it with the file's hash; None for arrays that
+    are not memory-mapped in C order (`streams_bytes`)."""
+    if not streams_bytes(array):
+        if digest is not None:
+            raise ValueError("only a C-order memory-mapped .npy array can be hashed as it is read")
+        for start in range(0, len(array), rows):
+            yield start, np.asarray(array[start : start + rows])
+        return
+    buffer = np.empty((min(rows, len(array)), *array.shape[1:]), array.dtype)
+    with open(array.filename, "rb") as f:
+        header = f.read(array.offset)
+        if digest is not None:
+            digest.update(header)
+        for start in range(0, len(array), rows):
+            chunk = buffer[: min(rows, len(array) - start)]
+            view = memoryview(chunk).cast("B")
+            got = 0
+            while got < len(view):
+                n = f.readinto(view[got:])
+                if not n:
+                    raise ValueError(f"{array.filename} ends before its {len(array)} rows of {array.shape[1:]} "
+                                     f"{array.dtype} (a truncated file?)")
+                got += n
+            if digest is not None:
+                digest.update(view)
+            yield start, chunk
+        if digest is not None:
+            while block := f.read(1 << 22):
+                digest.update(block)
+
+
+def streams_bytes(array: np.ndarray) -> bool:
+    """Whether `row_chunks` reads `array` from its file (a C-order memory-mapped .npy array)."""
+    return (isinstance(array, np.memmap) and array.flags.c_contiguous and array.size > 0
+            and getattr(array, "filename", None) is not None and array.offset is not None)
 
 
 def _load(path: epath.Path) -> np.ndarray:
@@ -116,20 +161,25 @@ def load_arrays(manual_dir: os.PathLike | str, version: str, seq_len: int,
             f"imu_npy/{version}: windows in {manual_dir / data_name} have {data.shape[1]} steps; "
             f"version {version} needs {seq_len}"
         )
-    for start in range(0, data.shape[0], _CHECK_ROWS):
-        x = np.asarray(data[start : start + _CHECK_ROWS])
-        bad = ~np.isfinite(x).all(axis=(1, 2))
-        if bad.any():
-            raise ValueError(
-                f"imu_npy/{version}: {manual_dir / data_name} has NaN/Inf in window {start + int(np.argmax(bad))}"
-            )
-        y = np.asarray(label[start : start + _CHECK_ROWS])
-        bad = ~(np.isfinite(y) & (np.rint(y) == y)).all(axis=(1, 2)) if y.dtype.kind == "f" else np.zeros(len(y), bool)
-        if bad.any():
-            raise ValueError(
-                f"imu_npy/{version}: {manual_dir / label_name} has a non-integer label in window "
-                f"{start + int(np.argmax(bad))}"
-            )
+    # Integer arrays hold finite integers: only float ones are read.
+    data_chunks = row_chunks(data) if data.dtype.kind == "f" else None
+    label_chunks = row_chunks(label) if label.dtype.kind == "f" else None
+    for start in range(0, data.shape[0], _CHECK_ROWS) if data_chunks or label_chunks else ():
+        if data_chunks is not None:
+            _, x = next(data_chunks)
+            bad = ~np.isfinite(x).all(axis=(1, 2))
+            if bad.any():
+                raise ValueError(
+                    f"imu_npy/{version}: {manual_dir / data_name} has NaN/Inf in window {start + int(np.argmax(bad))}"
+                )
+        if label_chunks is not None:
+            _, y = next(label_chunks)
+            bad = ~(np.isfinite(y) & (np.rint(y) == y)).all(axis=(1, 2))
+            if bad.any():
+                raise ValueError(
+                    f"imu_npy/{version}: {manual_dir / label_name} has a non-integer label in window "
+                    f"{start + int(np.argmax(bad))}"
+                )
     return data, label
 
 
@@ -164,8 +214,7 @@ def label_columns(manual_dir: os.PathLike | str, label: np.ndarray) -> tuple[lis
                 or len(set(class_names)) != len(class_names)):
             raise ValueError(f"{path}: the classes of {column!r} must be a list of distinct, non-empty strings or null")
         index = names.index(column)
-        chunks = (np.asarray(label[i : i + _CHECK_ROWS, :, index]) for i in range(0, len(label), _CHECK_ROWS))
-        bounds = [(chunk.min(), chunk.max()) for chunk in chunks]  # one pass, a chunk in memory at a time
+        bounds = [(chunk[:, :, index].min(), chunk[:, :, index].max()) for _, chunk in row_chunks(label)]
         low, high = int(min(b[0] for b in bounds)), int(max(b[1] for b in bounds))
         if low < 0 or high >= len(class_names):
             raise ValueError(f"{path}: {column!r} names {len(class_names)} classes, but its labels run from {low} "
@@ -269,7 +318,8 @@ class Builder(common.UserFolderBuilder):
         data_name, label_name = file_names(config_version(config))
         labelled = (manual_dir / label_name).is_file()
         num_features, num_labels = int(data.shape[2]), int(label.shape[2])
-        # Recorded in metadata.json with the prepared data.
+        # Recorded in metadata.json with the prepared data; the SHA-256 once the pass that writes
+        # the examples has read the files (`_examples`).
         self.info.metadata.update(
             num_windows=int(data.shape[0]),
             num_features=num_features,
@@ -277,8 +327,8 @@ class Builder(common.UserFolderBuilder):
             feature_names=feature_names(num_features),
             feature_units=feature_units(num_features),
             source_dir=os.fspath(manual_dir),
-            data_sha256=sha256(manual_dir / data_name),
-            label_sha256=sha256(manual_dir / label_name) if labelled else None,
+            data_sha256=None,
+            label_sha256=None,
             data_stat=file_stat(manual_dir / data_name),
             label_stat=file_stat(manual_dir / label_name) if labelled else None,
         )
@@ -286,10 +336,33 @@ class Builder(common.UserFolderBuilder):
         self.info.metadata["label_columns"] = columns
         if classes:
             self.info.metadata["label_classes"] = classes
-        return {"train": self._generate_examples(data, label)}
+        return {"train": self._examples(manual_dir, data, label if labelled else None)}
 
-    def _generate_examples(self, data: np.ndarray, label: np.ndarray):
-        to_int = (lambda y: np.rint(y).astype(np.int64)) if label.dtype.kind == "f" else (lambda y: y.astype(np.int64))
-        for i in range(data.shape[0]):
-            example = {"imu": np.asarray(data[i], dtype=np.float32), "label": to_int(np.asarray(label[i]))}
-            yield common.ordered_key(i, data.shape[0]), example
+    def _examples(self, manual_dir: epath.Path, data: np.ndarray, label: np.ndarray | None) -> common.ExampleChunks:
+        """The windows as chunks (`common.ExampleChunks`) of `imu` float32 [k, S, F] and `label` int64
+        [k, S, L] (label None: L = 0), in row order. A pass reads the files once (`row_chunks`),
+        hashing them as it goes: hashing them apart read the gigabytes of a corpus once more."""
+        files = dict(zip(("data", "label"), file_names(config_version(self.builder_config))))
+        arrays = {"data": data, "label": label} if label is not None else {"data": data}
+        digests: dict[str, str] = {}  # of the last complete pass
+
+        def chunks():
+            hashes = {key: hashlib.sha256() for key, array in arrays.items() if streams_bytes(array)}
+            readers = {key: row_chunks(array, common.CHUNK_WINDOWS, hashes.get(key)) for key, array in arrays.items()}
+            for _, x in readers["data"]:
+                if label is None:
+                    y = np.zeros((len(x), data.shape[1], 0), np.int64)
+                else:
+                    _, y = next(readers["label"])
+                    y = np.rint(y).astype(np.int64) if y.dtype.kind == "f" else y.astype(np.int64, copy=False)
+                yield {"imu": np.asarray(x, np.float32), "label": y}
+            for reader in readers.values():  # to its end: the bytes after the rows are hashed too
+                for _ in reader:
+                    pass
+            digests.update({key: digest.hexdigest() for key, digest in hashes.items()})
+
+        def finish():  # a pass that did not hash a file (not memory-mapped, cut short): hashed now
+            self.info.metadata.update({f"{key}_sha256": digests.get(key) or sha256(manual_dir / files[key])
+                                       for key in arrays})
+
+        return common.ExampleChunks(int(data.shape[0]), chunks, finish)
