@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.train_rate = 0.8  # fraction of windows for training
     config.dataset.vali_rate = 0.1  # fraction for validation (the rest is test, unused here)
     config.dataset.window_store = True  # read windows from one float32 array beside the build (written once), not its records
-    config.dataset.split_by = "window"  # 'window': the reference's window shuffle; 'recording'/'user': none in two splits
+    config.dataset.split_by = "window"  # 'window': the reference's window shuffle; 'recording'/'user'/'device' (HHAR's device_model): none in two splits
     config.dataset.stride = 0  # recordings: steps between window starts; 0: the window length (no overlap)
     config.dataset.max_gap_s = 1.0  # recordings: a longer pause between timestamps splits a recording
     config.dataset.acc_unit = "m/s^2"  # recordings: accelerometer columns in 'm/s^2' or 'g' (x 9.80665)
@@ -89,4 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.downstream.batch_size = 128  # classifier batch
     config.downstream.learning_rate = 1e-3  # classifier Adam learning rate
     config.downstream.tsne_points = 2000  # test sub-windows drawn in tsne.png
+    config.downstream.seeds = 1  # draws per method (labelled subset and classifier init seeded +0, +1, ...; same encoder and split): >1 reports mean, sd, 95% t-interval and paired differences vs the best baseline
+    config.downstream.label_rates = ""  # report: a label-rate curve, e.g. '0.002,0.01,0.05,0.2,1.0' (each rate replaces label_rate; label_rate_curve.png); '': label_rate alone
+    config.downstream.labels_per_class = ""  # labelled sub-windows per class instead of a rate, e.g. '5'; report: a curve, e.g. '1,5,10'; '': by label_rate
+    config.downstream.split_by = ml_collections.config_dict.placeholder(str)  # downstream split groups: window, user, recording, device (HHAR's device_model); None: config.dataset.split_by's
+    config.downstream.folds = 1  # grouped K-fold over the split groups, each tested once, scores averaged over folds; -1: one fold per group (leave one subject out); 1: the one split
     return config

@@ -71,7 +71,8 @@ def random_pipeline_params(config, seed: int = 0) -> dict:
 # 45-85 s down to about 20 s). With `--dist loadscope` pytest-xdist hands out whole modules in
 # collection order, so a heavy module collected late runs on alone at the end while the
 # other workers idle; the other modules keep their order after these.
-_HEAVIEST_MODULES = ("test_downstream.py", "test_small_datasets.py", "test_benchmark_smoke.py", "test_multiprocess.py",
+_HEAVIEST_MODULES = ("test_benchmark_smoke.py", "test_downstream.py", "test_evaluation_protocol.py",
+                     "test_small_datasets.py", "test_multiprocess.py",
                      "test_train.py", "test_pretrain_step.py", "test_precision.py", "test_short_encoder.py",
                      "test_workdir.py", "test_dataset_builders.py", "test_outputs.py", "test_released.py",
                      "test_cpu_devices.py")

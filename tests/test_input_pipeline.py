@@ -246,7 +246,7 @@ def test_load_errors(tmp_path, dirs):
     # imu_npy is the user's folder: without one, the error says how to give it.
     with pytest.raises(ValueError, match=r"dataset 'imu_npy' is built from your files: set config\.dataset\.manual_dir"):
         loading.load_pretrain_data(_config(tmp_path / "fresh", None))
-    with pytest.raises(ValueError, match=r"config\.dataset\.split_by must be one of window, recording, user; got 'rec'"):
+    with pytest.raises(ValueError, match=r"config\.dataset\.split_by must be one of window, recording, user, device; got 'rec'"):
         loading.load_pretrain_data(_config(data_dir, npy_dir, split_by="rec"))
     # Too few windows for the reference split.
     with pytest.raises(ValueError, match="too small"):

@@ -162,3 +162,16 @@ def test_a_folder_that_cannot_take_the_store_reads_the_records(tmp_path, monkeyp
     assert not any(p.name.startswith(".") or "windows" in p.name for p in Path(first.train.store.filename).parent.iterdir())
     np.testing.assert_array_equal(next(ip.train_batches(data, global_batch_size=8, seed=0)),
                                   next(ip.train_batches(first, global_batch_size=8, seed=0)))
+
+
+def test_a_split_by_device_keeps_each_phone_model_in_one_split(tmp_path):
+    """`split_by='device'` groups by HHAR's `device_model` (its dummy raw files: four models)."""
+    dummy = Path(__file__).resolve().parents[1] / "datasets" / "hhar" / "dummy_data"
+    data = loading.load_pretrain_data(_config(tmp_path / "tfds", dummy, name="hhar", split_by="device"))
+    records = [r for batch in loading.records_in_batches(data.train.source) for r in batch]
+    np.testing.assert_array_equal(data.groups, [int(r["device_model"]) for r in records])
+    train, vali = set(data.groups[data.train_index]), set(data.groups[data.vali_index])
+    assert train and vali and not train & vali
+    with pytest.raises(ValueError, match=r"split_by='device': imu_npy/20_120 has no device labels \(a `device_model` "
+                                         r"task\); split by user or window"):
+        loading.load_pretrain_data(_config(tmp_path / "tfds", _npy(tmp_path / "npy", 30), split_by="device"))

@@ -288,7 +288,10 @@ def _prepare(builder, manual_dir: str | None, rebuild: Callable[[], Any]):
     return builder
 
 
-SPLIT_BY = ("window", "recording", "user")  # config.dataset.split_by
+SPLIT_BY = ("window", "recording", "user", "device")  # config.dataset.split_by
+# The label whose values are the groups of split_by 'user' / 'device' (a ClassLabel task, or a
+# column of the npy layout's `label`): the person, or the phone or watch model (HHAR's).
+GROUP_LABELS = {"user": "user", "device": "device_model"}
 
 
 def load_pretrain_data(dataset_config: Any) -> PretrainData:
@@ -399,11 +402,13 @@ def _window_store(builder, source: Sequence, first: np.ndarray, first_key: int, 
 
 
 def split_groups(source: Sequence, info: Any, split_by: str, what: str) -> np.ndarray | None:
-    """One split-group id per window for `split_by` 'recording' or 'user' (None for 'window').
+    """One split-group id per window for `split_by` 'recording', 'user' or 'device' (None for
+    'window').
 
     Recordings come from the builder's metadata (`recordings`: windows per recording, in
-    order); users from the `user` task (a ClassLabel, or a `user` column of the npy layout's
-    `label`), one pass over the windows. ValueError when the dataset has no such ids.
+    order); users and devices from the `user` / `device_model` task (`GROUP_LABELS`: a
+    ClassLabel, or a column of that name in the npy layout's `label`), one pass over the
+    windows. ValueError when the dataset has no such ids.
     """
     if split_by == "window":
         return None
@@ -419,18 +424,21 @@ def split_groups(source: Sequence, info: Any, split_by: str, what: str) -> np.nd
                              f"{len(source)}; delete the build to rebuild it")
         return groups
     columns = [str(c) for c in meta.get("label_columns") or ()]
-    if "user" in info.features:
-        user = lambda records: [int(r["user"]) for r in records]  # noqa: E731
-    elif "user" in columns:
-        column = columns.index("user")
-        user = lambda records: [int(np.asarray(r["label"])[0, column]) for r in records]  # noqa: E731
+    label = GROUP_LABELS[split_by]
+    if label in info.features:
+        group = lambda records: [int(r[label]) for r in records]  # noqa: E731
+    elif label in columns:
+        column = columns.index(label)
+        group = lambda records: [int(np.asarray(r["label"])[0, column]) for r in records]  # noqa: E731
     else:
-        raise ValueError(f"config.dataset.split_by='user': {what} has no user labels (a `user` task); split by "
-                         f"{'recording' if meta.get('recordings') else 'window'}")
-    groups = np.asarray([g for records in records_in_batches(source) for g in user(records)], np.int64)
+        others = [by for by, name in GROUP_LABELS.items() if name in info.features or name in columns]
+        others += ["recording"] if meta.get("recordings") else []
+        raise ValueError(f"config.dataset.split_by='{split_by}': {what} has no {split_by} labels (a `{label}` task); "
+                         f"split by {' or '.join(others + ['window'])}")
+    groups = np.asarray([g for records in records_in_batches(source) for g in group(records)], np.int64)
     if (groups < 0).any():
-        raise ValueError(f"config.dataset.split_by='user': {np.count_nonzero(groups < 0)} windows of {what} have no "
-                         f"user label")
+        raise ValueError(f"config.dataset.split_by='{split_by}': {np.count_nonzero(groups < 0)} windows of {what} "
+                         f"have no {split_by} label")
     return groups
 
 

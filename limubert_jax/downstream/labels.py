@@ -1,6 +1,12 @@
 """Labelled data for the downstream protocol (docs/reference.md §7): every window with one task's labels,
 chosen by task name (`activity`, `user`, `position`, ...), never by column index, and the
-protocol's split (80/10/10 windows, `merge`-step sub-windows, a balanced labelled subset)."""
+protocol's split (80/10/10 windows, `merge`-step sub-windows, a balanced labelled subset).
+
+Beyond the reference's one split and one draw (`protocol_draws`): repeated labelled draws
+(`config.downstream.seeds`), a number of labels per class (`labels_per_class`), splits by
+another group than pretraining's (`config.downstream.split_by`, e.g. `device`) and a grouped
+K-fold (`config.downstream.folds`: every group is tested once; K = number of groups leaves
+one subject out)."""
 
 from __future__ import annotations
 
@@ -12,6 +18,10 @@ import numpy as np
 from limubert_jax.data import loading, splits
 from limubert_jax.datasets.common import MISSING_LABEL
 from limubert_jax.runtime.errors import LimuBertError
+
+SPLIT_BY = ("window", "recording", "user", "device")  # config.downstream.split_by
+# The task whose labels name each window's group, for the groups that are a task.
+GROUP_TASKS = {"user": "user", "device": "device_model"}
 
 
 def resolve_merge(config: ml_collections.ConfigDict, encoder_seq_len: int | None, seq_len: int) -> int:
@@ -106,7 +116,43 @@ def load_labelled(config: ml_collections.ConfigDict, data=None) -> LabelledData:
     rows = [r for records in loading.records_in_batches(data.train.source) for r in records]
     windows = np.stack([np.asarray(r[loading.FEATURE], np.float32) for r in rows])
     labels = _task_labels(config.downstream.label, tasks, data, rows, windows.shape[1])
-    return LabelledData(data.name, data.version, windows, labels, data.groups)
+    return LabelledData(data.name, data.version, windows, labels, _groups(config, data, tasks, rows, windows.shape[1]))
+
+
+def split_by(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(the group the downstream protocol splits by, the config field that says so):
+    `config.downstream.split_by` where set, else pretraining's `config.dataset.split_by`."""
+    if config.downstream.get("split_by"):
+        return str(config.downstream.split_by), "config.downstream.split_by"
+    return str(config.dataset.get("split_by", "window")), "config.dataset.split_by"
+
+
+def _groups(config: ml_collections.ConfigDict, data, tasks: dict, rows, seq: int) -> np.ndarray | None:
+    """One split-group id per window (N,) for the downstream protocol (`split_by`; None: by
+    window): pretraining's groups when the protocol splits as pretraining does, else read
+    from the records `rows` (every window of `data`, in order)."""
+    by, field = split_by(config)
+    if by == getattr(data, "split_by", "window"):
+        return data.groups
+    if by not in SPLIT_BY:
+        raise LimuBertError(f"{field} must be one of {', '.join(SPLIT_BY)}; got {by!r}")
+    if by == "window":
+        return None
+    what = f"{data.name}/{data.version}"
+    if by == "recording":
+        try:
+            return loading.split_groups(data.train.source, data.info, "recording", what)
+        except ValueError as e:
+            raise LimuBertError(f"{field}='recording': {str(e).partition(': ')[2]}") from None
+    task = GROUP_TASKS[by]
+    if task not in tasks:
+        has = [g for g, t in GROUP_TASKS.items() if t in tasks]
+        raise LimuBertError(f"{field}={by!r}: {what} has no {by} labels (a {task!r} task; HHAR has one); split by "
+                            f"{' or '.join(['window', *has])}")
+    groups = _task_labels(task, tasks, data, rows, seq).per_step[:, 0]
+    if (groups < 0).any():
+        raise LimuBertError(f"{field}={by!r}: {np.count_nonzero(groups < 0)} windows of {what} have no {task} label")
+    return groups
 
 
 def _task_labels(task: str, tasks: dict, data, rows, seq: int) -> TaskLabels:
@@ -124,17 +170,21 @@ def _task_labels(task: str, tasks: dict, data, rows, seq: int) -> TaskLabels:
     return TaskLabels(task, names, per_step)
 
 
-def check_protocol(config: ml_collections.ConfigDict, data, merge: int) -> None:
-    """Raises the `LimuBertError` that `protocol_split` would raise for `config.downstream`
-    and `merge`-step sub-windows (a `label_rate` that selects no labelled sub-window, too few
-    windows to split), from the labels alone: a downstream stage's data fails before the
-    pretraining that precedes it."""
+def check_protocol(config: ml_collections.ConfigDict, data, merge: int,
+                   points: list[ml_collections.ConfigDict] | None = None) -> None:
+    """Raises the `LimuBertError` that `protocol_draws` would raise for `config.downstream`
+    (or for each config of `points`: the label rates of a curve) and `merge`-step
+    sub-windows (a `label_rate` that selects no labelled sub-window, too few windows to split,
+    a fold without test sub-windows, more labels per class than a class has), from the labels
+    alone: a downstream stage's data fails before the pretraining that precedes it."""
     tasks = check_label(config, data)
     data = downstream_data(config, data)
     rows = [{k: v for k, v in r.items() if k != loading.FEATURE}  # the windows' readings dropped as read
             for records in loading.records_in_batches(data.train.source) for r in records]
-    _split(_task_labels(config.downstream.label, tasks, data, rows, data.seq_len), data.groups, data.name, config,
-           merge)
+    labels = _task_labels(config.downstream.label, tasks, data, rows, data.seq_len)
+    groups = _groups(config, data, tasks, rows, data.seq_len)
+    for point in points or [config]:
+        _protocol_draws(labels, groups, data.name, point, merge)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +205,186 @@ def protocol_split(data: LabelledData, config: ml_collections.ConfigDict, merge:
     (the reference's minus-the-minimum shift is undone)."""
     merge = resolve_merge(config, None, data.windows.shape[1]) if merge is None else merge
     return ProtocolData(_split(data.labels, data.groups, data.name, config, merge), data.labels.names, merge)
+
+
+def protocol_draws(data: LabelledData, config: ml_collections.ConfigDict, merge: int) -> list[list[ProtocolData]]:
+    """Every labelled draw of the protocol, [fold][seed]: `config.downstream.folds` folds
+    (1: the protocol's one split) times `config.downstream.seeds` labelled draws, each at
+    `label_rate` or, where `labels_per_class` holds one number, that many per class. One
+    fold and one seed at a label rate is `protocol_split` (the reference's draw, exactly);
+    otherwise draw s of a fold is the same balanced (or unbalanced) draw from that fold's
+    training sub-windows with the seed `config.dataset.seed + s`, so that draw 0 of one split
+    is the reference's draw and draw s is the same labelled set for every method."""
+    return _protocol_draws(data.labels, data.groups, data.name, config, merge)
+
+
+def labels_per_class(config: ml_collections.ConfigDict) -> int | None:
+    """The number of labels per class of one evaluation (`config.downstream.labels_per_class`
+    holding one number), or None: the labelled draw is by `label_rate`."""
+    values = parse_list(config, "labels_per_class", int)
+    if len(values) > 1:
+        raise LimuBertError(f"config.downstream.labels_per_class={config.downstream.labels_per_class!r}: one number "
+                            "here (a curve over several numbers is the report task's)")
+    return values[0] if values else None
+
+
+def parse_list(config: ml_collections.ConfigDict, field: str, kind: type) -> list:
+    """`config.downstream.<field>`, a comma-separated list ('0.01,0.1'; '' or None: empty;
+    a list or tuple as is), as values of `kind`; a value that is not one is a one-line
+    `LimuBertError` naming the field."""
+    value = config.downstream.get(field)
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, (list, tuple)) else [v.strip() for v in str(value).split(",")]
+    try:
+        return [kind(v) if kind is float else _integer(v) for v in items]
+    except (TypeError, ValueError):
+        what = "numbers" if kind is float else "whole numbers"
+        raise LimuBertError(f"config.downstream.{field}={value!r}: give comma-separated {what}, e.g. "
+                            f"{'0.01,0.1' if kind is float else '1,5,10'}") from None
+
+
+def _integer(value) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(str(value)) if isinstance(value, str) else int(value)
+
+
+def _protocol_draws(labels: TaskLabels, groups: np.ndarray | None, name: str, config: ml_collections.ConfigDict,
+                    merge: int) -> list[list[ProtocolData]]:
+    d = config.downstream
+    seeds, folds = int(d.get("seeds") or 1), int(d.get("folds") or 1)
+    per_class = labels_per_class(config)
+    if seeds == 1 and folds == 1 and per_class is None:  # the reference's split and draw
+        return [[ProtocolData(_split(labels, groups, name, config, merge), labels.names, merge)]]
+    where = f"config.downstream ({name}, task {labels.task})"
+    per_step = labels.per_step
+    seq = per_step.shape[1]
+    if seq % merge:
+        raise LimuBertError(f"{where}: merge={merge} must divide the window length {seq}")
+    draws = []
+    fold_parts = _fold_windows(len(per_step), groups, config, folds)
+    for fold, parts in enumerate(fold_parts):
+        of_fold = f" of fold {fold + 1} of {len(fold_parts)}" if len(fold_parts) > 1 else ""
+        train, vali, test = (_constant_subwindows(w, per_step, merge) for w in parts)
+        for part, split in (("train", train), ("vali", vali), ("test", test)):
+            if len(split) == 0:
+                raise LimuBertError(f"{where}: no constant-label sub-windows in the {part} split{of_fold}; too few "
+                                    f"windows")
+        fold_draws = []
+        for seed in range(seeds):
+            rows = _draw(train.labels, config.dataset.seed + seed, rate=d.label_rate, per_class=per_class,
+                         balance=d.balance, where=where + of_fold)
+            drawn = np.unique(train.labels[rows])
+            if len(drawn) < 2:
+                raise LimuBertError(f"{where}: the labelled draw{of_fold} holds one class only "
+                                    f"({labels.names[int(drawn[0])]}); a classifier needs two or more")
+            labelled = splits.SubwindowSplit(train.index[rows], train.ids[rows], train.labels[rows])
+            split = splits.ClassifierSplit(train=labelled, vali=vali, test=test, merge=merge)
+            fold_draws.append(ProtocolData(split, labels.names, merge))
+        draws.append(fold_draws)
+    return draws
+
+
+def number_of_folds(config: ml_collections.ConfigDict, groups: np.ndarray | None) -> int:
+    """`config.downstream.folds`, -1 resolved to the number of groups (leave one group out)."""
+    folds = int(config.downstream.get("folds") or 1)
+    return len(np.unique(groups)) if folds == -1 and groups is not None else folds
+
+
+def _fold_windows(num_windows: int, groups: np.ndarray | None, config: ml_collections.ConfigDict,
+                  folds: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, validation, test) window indices of each fold. One fold: the protocol's split
+    (`splits.window_split`). K folds (grouped K-fold): the groups, shuffled with
+    `config.dataset.seed`, go largest first to the fold holding the fewest windows so far (a
+    fold per group when K is the number of groups); fold k tests its groups and splits the
+    others into training and validation groups in the ratio train_rate : vali_rate
+    (`splits.group_split`, seeded `config.dataset.seed + k`), so that no group is in two
+    parts of a fold."""
+    ds = config.dataset
+    if folds == 1:
+        try:
+            return [splits.window_split(num_windows, ds.seed, ds.train_rate, ds.vali_rate, groups)]
+        except ValueError as e:
+            raise LimuBertError(f"config.downstream: {e}") from None
+    by, field = split_by(config)
+    if groups is None:
+        raise LimuBertError(f"config.downstream.folds={config.downstream.folds}: a grouped K-fold needs split groups; "
+                            f"{field}={by!r} has none: split by user (or recording, or device where the dataset has "
+                            "device labels)")
+    ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    folds = len(ids) if folds == -1 else folds
+    if not 2 <= folds <= len(ids):
+        raise LimuBertError(f"config.downstream.folds={config.downstream.folds}: the data has {len(ids)} {by} groups, "
+                            f"so 2 to {len(ids)} folds (-1: one per group, leaving one {by} out)")
+    shuffled = np.arange(len(ids))
+    np.random.RandomState(ds.seed).shuffle(shuffled)
+    fold_of, sizes = np.empty(len(ids), np.int64), np.zeros(folds, np.int64)
+    for g in shuffled[np.argsort(-counts[shuffled], kind="stable")]:  # largest first, ties in shuffled order
+        fold_of[g] = int(np.argmin(sizes))
+        sizes[fold_of[g]] += counts[g]
+    left = len(ids) - np.bincount(fold_of, minlength=folds)  # groups outside each fold
+    if left.min() < 2:
+        raise LimuBertError(f"config.downstream.folds={config.downstream.folds}: fold {int(np.argmin(left)) + 1} "
+                            f"leaves {int(left.min())} {by} group for training and validation, which need one each; "
+                            "use fewer folds")
+    window_fold = fold_of[inverse]
+    train_share = ds.train_rate / (ds.train_rate + ds.vali_rate)
+    vali_share = 1.0 - train_share
+    if train_share + vali_share > 1.0:  # rounding: group_split wants the two to sum to 1 at most
+        vali_share = np.nextafter(vali_share, 0.0)
+    parts = []
+    for k in range(folds):
+        rest = np.flatnonzero(window_fold != k)
+        # Each fold its own validation groups (a seed per fold), not the same few every time.
+        train, vali, _ = splits.group_split(groups[rest], ds.seed + k, train_share, vali_share)
+        parts.append((rest[train], rest[vali], np.flatnonzero(window_fold == k)))
+    return parts
+
+
+def _constant_subwindows(windows: np.ndarray, per_step: np.ndarray, merge: int) -> splits.SubwindowSplit:
+    """The sub-windows of `windows` (window indices, in split order) whose label is the same
+    known class at each of their `merge` steps, in split order and then step order (as the
+    reference cuts them); labels are class indices of the task's names."""
+    seq = per_step.shape[1]
+    per_window = seq // merge
+    cut = per_step[windows].reshape(len(windows), per_window, merge)
+    constant = np.all(cut == cut[..., :1], axis=-1) & (cut[..., 0] >= 0)  # negative: no label
+    sample, j = np.nonzero(constant)
+    sample = windows[sample]
+    return splits.SubwindowSplit(index=(sample * per_window + j).astype(np.int64),
+                                 ids=(sample * seq + j * merge).astype(np.int64),
+                                 labels=per_step[sample, j * merge].astype(np.int64))
+
+
+def _draw(labels: np.ndarray, seed: int, *, rate: float, per_class: int | None, balance: bool,
+          where: str) -> np.ndarray:
+    """Rows of the labelled subset of training sub-windows with classes `labels` (n,), in
+    their order, drawn as the reference draws (docs/reference.md §7) from a
+    `RandomState(seed)`: k per class, each class's rows shuffled in class order and the
+    first k kept, where k is `per_class` or, balanced, min(smallest class count,
+    int(n x rate / classes)); unbalanced, the first int(n x rate) rows of one shuffle."""
+    rng = np.random.RandomState(seed)
+    n = len(labels)
+    if per_class is not None or balance:
+        classes, counts = np.unique(labels, return_counts=True)
+        if per_class is not None and per_class > counts.min():
+            raise LimuBertError(f"{where}: labels_per_class={per_class} exceeds the {int(counts.min())} training "
+                                f"sub-windows of its smallest class")
+        k = per_class if per_class is not None else min(int(counts.min()), int(n * rate / len(classes)))
+        keep = np.zeros(n, dtype=bool)
+        for c in classes:
+            rows = np.flatnonzero(labels == c)
+            rng.shuffle(rows)
+            keep[rows[:k]] = True
+        rows = np.flatnonzero(keep)
+    else:
+        order = np.arange(n)
+        rng.shuffle(order)
+        rows = order[: int(n * rate)]
+    if rows.size == 0:
+        raise LimuBertError(f"{where}: label_rate={rate} selects no labelled sub-windows out of {n}")
+    return rows
 
 
 def _split(labels: TaskLabels, groups: np.ndarray | None, name: str,

@@ -11,6 +11,13 @@ baseline, and a report comparing methods.
 * `report`: several methods (`config.downstream.methods`) on one dataset, as a markdown
   table in the layout of the paper's Table 3.
 
+Beyond the reference's one draw (docs/downstream.md): `config.downstream.seeds` repeats each
+method over other labelled subsets and initialisations (mean, sd, 95% t-interval, paired
+differences against the best baseline), `folds` runs a grouped K-fold over the split groups
+(`split_by`: user, device, ...), and a report over `label_rates` or `labels_per_class` draws the
+label-rate curve; every draw's numbers stay in its run's metrics.json, the report's in
+report.json and its TensorBoard run.
+
 Data (docs/reference.md §7): the reference's 80/10/10 window split (same seed as pretraining), windows
 re-cut into `merge`-step sub-windows (20; an encoder shorter than the windows: its seq_len,
 `labels.resolve_merge`) with a constant label, and a balanced labelled subset at
@@ -44,17 +51,23 @@ from etils import epath
 from limubert_jax.data import splits
 from limubert_jax.data.normalization import normalize
 from limubert_jax.datasets.common import parse_version
-from limubert_jax.downstream import evaluation, report, tsne
-from limubert_jax.downstream.fit import ApplyFn, FitResult, fit, map_batches, predict
+from limubert_jax.downstream import evaluation, report, stats, tsne
+from limubert_jax.downstream.fit import ApplyFn, FitResult, fit, fit_many, map_batches, predict, predict_many
 from limubert_jax.downstream.labels import (
+    GROUP_TASKS,
+    SPLIT_BY,
     LabelledData,
     ProtocolData,
     check_label,
     check_protocol,
     downstream_data,
+    labels_per_class,
     load_labelled,
+    parse_list,
+    protocol_draws,
     protocol_split,
     resolve_merge,
+    split_by,
 )
 from limubert_jax.export import released
 from limubert_jax.io import checkpoint, plots, storage
@@ -65,6 +78,7 @@ from limubert_jax.models.encoder import LimuBertConfig, encode_windows, encoder_
 from limubert_jax.models.inference import embed_windows
 from limubert_jax.models.pipeline import MODEL_DIR, ClassifierPipelineConfig
 from limubert_jax.runtime.errors import LimuBertError
+from limubert_jax.runtime.xla_options import compile_once
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,11 +144,50 @@ def _check_merge(merge: int, config: ml_collections.ConfigDict, name: str, seq: 
                             f"unset it for {encoder.seq_len}-step sub-windows")
 
 
+def point_name(config: ml_collections.ConfigDict) -> str:
+    """What a run labels, as its folder names it: the label rate (`0.01`) or, where
+    `config.downstream.labels_per_class` holds one number, that many per class (`5perclass`)."""
+    per_class = labels_per_class(config)
+    return f"{per_class}perclass" if per_class is not None else f"{config.downstream.label_rate:g}"
+
+
 def run_dir(workdir: epath.Path, task: str, method: str, config: ml_collections.ConfigDict) -> epath.Path:
-    """Where a downstream run writes: workdir/<task>/<method>-<label>-<label rate>[-<run_name>]/."""
+    """Where a downstream run writes: workdir/<task>/<method>-<label>-<label rate or N
+    perclass>[-<run_name>]/ (`point_name`)."""
     d = config.downstream
-    name = f"{method}-{d.label}-{d.label_rate:g}" + (f"-{d.run_name}" if d.get("run_name") else "")
+    name = f"{method}-{d.label}-{point_name(config)}" + (f"-{d.run_name}" if d.get("run_name") else "")
     return storage.as_path(workdir) / task / name
+
+
+def labelled_text(config: ml_collections.ConfigDict) -> str:
+    """How much is labelled, in words: "0.01 labels" (a rate) or "5 labels per class"."""
+    per_class = labels_per_class(config)
+    return f"{per_class} labels per class" if per_class is not None else f"{config.downstream.label_rate:g} labels"
+
+
+def repeated(config: ml_collections.ConfigDict) -> bool:
+    """Whether a run evaluates more than one labelled draw (seeds > 1 or folds)."""
+    return int(config.downstream.get("seeds") or 1) > 1 or int(config.downstream.get("folds") or 1) != 1
+
+
+def evaluation_points(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """One config per point of a label-rate curve: `config.downstream.label_rates` (each
+    point's `label_rate`) or `labels_per_class` (each point's one number); `[config]` itself
+    when neither lists more than one value, so that a plain run is the run it always was."""
+    rates = parse_list(config, "label_rates", float)
+    per_class = parse_list(config, "labels_per_class", int)
+    if not rates and len(per_class) <= 1:
+        return [config]
+    points = []
+    for value in rates or per_class:
+        point = config.copy_and_resolve_references()
+        if rates:
+            point.downstream.label_rate = float(value)
+            point.downstream.label_rates = ""
+        else:
+            point.downstream.labels_per_class = str(value)
+        points.append(point)
+    return points
 
 
 def method_name(task: str, model: str, config: ml_collections.ConfigDict) -> str:
@@ -166,6 +219,14 @@ def run_settings(config: ml_collections.ConfigDict, task: str, model: str, datas
         "num_epochs": d.num_epochs, "batch_size": d.batch_size, "learning_rate": d.learning_rate,
         "seed": config.seed, "downstream_dataset": d.get("dataset"),
     }
+    # The protocol's extensions, recorded only where used: a plain run's settings stay the
+    # ones earlier versions wrote, so that their run folders are not "other settings".
+    per_class = labels_per_class(config)
+    if per_class is not None:
+        settings.update(labels_per_class=per_class, label_rate=None)
+    for field, default in (("seeds", 1), ("folds", 1), ("split_by", None)):
+        if d.get(field) not in (default, ""):
+            settings[field] = d.get(field)
     if task == "baseline":
         settings["feature_num"] = config.model.feature_num
     else:
@@ -226,6 +287,8 @@ def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, confi
         "num_epochs": config.downstream.num_epochs, "seconds": seconds, "merge": proto.merge,
         "encoder": settings.get("encoder"), "run_dir": f"{task}/{out.name}",
     })
+    if labels_per_class(config) is not None:
+        metrics.update(label_rate=None, labels_per_class=labels_per_class(config))
     rows = tsne.subsample(len(tsne_features), config.downstream.tsne_points, config.seed, labels=test_y)
     perplexity = tsne.perplexity_for(len(rows))
     # What a small dataset could not give: said in the log, the metrics and the report.
@@ -242,7 +305,7 @@ def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, confi
     metrics["notes"] = notes
     storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     storage.write_text(out / "history.json", json.dumps(result.history) + "\n")
-    title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {config.downstream.label_rate:g} labels"
+    title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {labelled_text(config)}"
     plots.confusion_png(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names,
                         f"{title}: test accuracy {metrics['accuracy']:.3f}")
     if perplexity is not None:
@@ -253,19 +316,42 @@ def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, confi
     return metrics
 
 
-def _head(name: str, proto: ProtocolData, input_dim: int, config) -> tuple[ApplyFn, dict]:
+def _head_module(name: str, proto: ProtocolData, input_dim: int):
+    """The head `name` for `proto`'s classes on `input_dim`-wide sub-windows, and its apply function."""
     try:
         module = registry.make_classifier(name, num_classes=len(proto.names), input_dim=input_dim,
                                        seq_len=proto.merge)
     except ValueError as e:
         raise LimuBertError(f"config.downstream: {e}") from None
-    params = registry.init_classifier(module, jax.random.key(config.seed), seq_len=proto.merge,
-                                   input_dim=input_dim)
 
     def apply_fn(p, x, train, key):
         return module.apply({"params": p}, x, train=train, rngs={"dropout": key} if train else None)
 
+    return module, apply_fn
+
+
+def _head(name: str, proto: ProtocolData, input_dim: int, config) -> tuple[ApplyFn, dict]:
+    module, apply_fn = _head_module(name, proto, input_dim)
+    params = registry.init_classifier(module, jax.random.key(config.seed), seq_len=proto.merge,
+                                   input_dim=input_dim)
     return apply_fn, params
+
+
+def _heads(name: str, proto: ProtocolData, input_dim: int, config, count: int) -> tuple[ApplyFn, dict]:
+    """`_head` for `count` draws: its apply function and the parameters of each draw s,
+    initialised from the seed `config.seed + s` (draw 0's are `_head`'s), stacked on a
+    leading axis (count, ...) in one compiled program."""
+    module, apply_fn = _head_module(name, proto, input_dim)
+
+    def init(key):
+        return registry.init_classifier(module, key, seq_len=proto.merge, input_dim=input_dim)
+
+    keys = jax.vmap(jax.random.key)(jnp.arange(count, dtype=jnp.uint32) + np.uint32(config.seed))
+    return apply_fn, compile_once(jax.vmap(init))(keys)
+
+
+def _stack(trees: list) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
 def _fit_kwargs(config) -> dict:
@@ -302,6 +388,16 @@ class Inputs:
     @functools.cached_property
     def proto(self) -> ProtocolData:
         return protocol_split(self.data, self.config, self.merge)
+
+    def draws(self, config: ml_collections.ConfigDict) -> list[list[ProtocolData]]:
+        """The labelled draws [fold][seed] of `config` (`labels.protocol_draws`: this
+        config's label rate or a point of its curve), each computed once."""
+        d = config.downstream
+        key = (d.label_rate, labels_per_class(config), d.balance, int(d.get("seeds") or 1), int(d.get("folds") or 1))
+        cache = self.__dict__.setdefault("_draws", {})
+        if key not in cache:
+            cache[key] = protocol_draws(self.data, config, self.merge)
+        return cache[key]
 
     @functools.cached_property
     def encoder(self) -> tuple[LimuBertConfig, dict]:
@@ -365,7 +461,9 @@ def save_trained(out: epath.Path, *, method: str, model: str, config, data: Labe
         path=out, about=f"A classifier of {data.labels.task} ({', '.join(proto.names)}), {behind}, trained under the "
         f"paper's downstream protocol; it takes raw windows of {pipeline_config.seq_len} steps x "
         f"{pipeline_config.feature_num} features{f' at {rate:g} Hz' if rate else ''}.",
-        data=f"{data.name}/{data.version}, {config.downstream.label_rate:g} of the training sub-windows labelled",
+        data=f"{data.name}/{data.version}, " + (
+            f"{per_class} training sub-windows per class labelled" if (per_class := labels_per_class(config))
+            is not None else f"{config.downstream.label_rate:g} of the training sub-windows labelled"),
         metrics={name: metrics[key] for name, key in (("test accuracy", "accuracy"), ("test macro-F1", "macro_f1"),
                                                           ("validation accuracy", "best_vali_accuracy"),
                                                           ("at epoch", "best_epoch"))})
@@ -373,11 +471,15 @@ def save_trained(out: epath.Path, *, method: str, model: str, config, data: Labe
 
 
 def _train_on_features(config, workdir: epath.Path, *, task: str, method: str, model: str, windows: np.ndarray,
-                       data: LabelledData, proto: ProtocolData, start: float,
+                       data: LabelledData, draws: list[list[ProtocolData]], start: float,
                        encoder: tuple[LimuBertConfig, dict] | None = None) -> dict:
     """Trains `model` on the labelled sub-windows of per-window features `windows` (N, S, D)
     (embeddings of `encoder`, or normalized readings), evaluates on the test split, writes the
-    outputs and the trained model."""
+    outputs and the trained model; of several draws [fold][seed], each (`_train_draws`)."""
+    if len(draws) > 1 or len(draws[0]) > 1:
+        return _train_draws(config, workdir, task=task, method=method, model=model, windows=windows, data=data,
+                            draws=draws, start=start, encoder=encoder)
+    proto = draws[0][0]
     sub = splits.subwindows(windows, proto.merge)
     part = {k: sub[getattr(proto.split, k).index] for k in ("train", "vali", "test")}
     apply_fn, params = _head(model, proto, windows.shape[-1], config)
@@ -393,27 +495,148 @@ def _train_on_features(config, workdir: epath.Path, *, task: str, method: str, m
     return metrics
 
 
+def _train_draws(config, workdir: epath.Path, *, task: str, method: str, model: str, windows: np.ndarray,
+                 data: LabelledData, draws: list[list[ProtocolData]], start: float,
+                 encoder: tuple[LimuBertConfig, dict] | None) -> dict:
+    """`_train_on_features` over several draws: the draws of a fold train through one
+    compiled program (`fit_many`: side by side on an accelerator, in turn on a CPU) and
+    predict the fold's test split through one more (`predict_many`); the outputs hold every
+    draw (`_write_draw_outputs`), the saved model is draw 0 of fold 0."""
+    merge = draws[0][0].merge
+    sub = splits.subwindows(windows, merge)
+    apply_fn, params = _heads(model, draws[0][0], windows.shape[-1], config, len(draws[0]))
+    fits, predictions = [], []
+    for fold, fold_draws in enumerate(draws):
+        # The draws' labelled rows index one pool (their union), uploaded once.
+        pool = np.unique(np.concatenate([p.split.train.index for p in fold_draws]))
+        rows = np.stack([np.searchsorted(pool, p.split.train.index) for p in fold_draws])
+        proto = fold_draws[0]
+        results = fit_many(apply_fn, params, sub[pool], rows, np.stack([p.labels("train") for p in fold_draws]),
+                           jnp.asarray(sub[proto.split.vali.index]), proto.labels("vali"),
+                           seeds=[config.seed + s for s in range(len(fold_draws))],
+                           desc=method + (f" fold {fold + 1}/{len(draws)}" if len(draws) > 1 else ""),
+                           **{k: v for k, v in _fit_kwargs(config).items() if k != "seed"})
+        fits.append(results)
+        predictions.append(predict_many(apply_fn, _stack([r.params for r in results]), sub[proto.split.test.index]))
+    out = run_dir(workdir, task, method, config)
+    metrics = _write_draw_outputs(out, method=method, model=model, task=task, config=config, data=data, draws=draws,
+                                  predictions=predictions, fits=fits,
+                                  tsne_features=sub[draws[0][0].split.test.index].mean(axis=1),
+                                  seconds=time.perf_counter() - start)
+    save_trained(out, method=method, model=model, config=config, data=data, proto=draws[0][0],
+                 head_params=fits[0][0].params, encoder=encoder, metrics=metrics["draws"][0])
+    return metrics
+
+
+def _write_draw_outputs(out: epath.Path, *, method: str, model: str, task: str, config, data: LabelledData,
+                        draws: list[list[ProtocolData]], predictions: list[np.ndarray], fits: list[list[FitResult]],
+                        tsne_features: np.ndarray, seconds: float) -> dict:
+    """settings.json, metrics.json, history.json, confusion.png and tsne.png of a run of
+    several draws [fold][seed]. `predictions[fold]` [seeds, test sub-windows of the fold];
+    `tsne_features`: of fold 0's test sub-windows (N, ...).
+
+    metrics.json holds every draw's scores (`draws`: accuracy, macro-F1, per-class scores,
+    confusion matrix, fold, seeds, sizes, selected epoch), each seed's mean over the folds
+    (`per_seed`), each fold's mean over the seeds (`per_fold`), and their `summary`: mean,
+    sd and 95% t-interval over the seeds (over the folds for one seed, without interval);
+    `accuracy` and `macro_f1` are the means, `confusion_matrix` the sum over draws."""
+    out.mkdir(parents=True, exist_ok=True)
+    d = config.downstream
+    settings = run_settings(config, task, model, f"{data.name}/{data.version}", merge=draws[0][0].merge)
+    storage.write_text(out / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
+    names = list(draws[0][0].names)
+    num_folds, num_seeds = len(draws), len(draws[0])
+    runs, histories, absent = [], [], {}
+    for fold, (fold_draws, fold_predictions, fold_fits) in enumerate(zip(draws, predictions, fits)):
+        test_y = fold_draws[0].labels("test")
+        for seed, (proto, predicted, result) in enumerate(zip(fold_draws, fold_predictions, fold_fits)):
+            scores = evaluation.classification_metrics(test_y, predicted, names)
+            scores.update({
+                "fold": fold, "seed": seed, "draw_seed": config.dataset.seed + seed,
+                "classifier_seed": config.seed + seed, "num_labelled": len(proto.split.train),
+                "num_vali": len(proto.split.vali), "num_test": len(proto.split.test),
+                "best_epoch": result.best_epoch, "best_vali_accuracy": result.best_vali_accuracy,
+            })
+            runs.append(scores)
+            histories.append({"fold": fold, "seed": seed, **result.history})
+            for name, class_scores in scores["per_class"].items():
+                if class_scores["support"] == 0:
+                    absent.setdefault(name, set()).add(fold)
+    per = {metric: np.asarray([r[metric] for r in runs]).reshape(num_folds, num_seeds) for metric in ("accuracy",
+                                                                                                        "macro_f1")}
+    over = "seeds" if num_seeds > 1 else "folds"
+    summary = {metric: stats.summary(v.mean(axis=0) if num_seeds > 1 else v[:, 0]) for metric, v in per.items()}
+    if over == "folds":  # folds are not independent draws: their spread, but no interval
+        for entry in summary.values():
+            entry["ci"] = None
+    by, _ = split_by(config)
+    per_class = labels_per_class(config)
+    metrics = {
+        "method": method, "task": task, "dataset": f"{data.name}/{data.version}", "label": data.labels.task,
+        "label_rate": None if per_class is not None else d.label_rate, "labels_per_class": per_class,
+        "accuracy": summary["accuracy"]["mean"], "macro_f1": summary["macro_f1"]["mean"],
+        "summary": {**summary, "over": over}, "seeds": num_seeds, "folds": num_folds, "split_by": by,
+        "per_seed": {metric: v.mean(axis=0).tolist() for metric, v in per.items()},
+        "per_fold": {metric: v.mean(axis=1).tolist() for metric, v in per.items()},
+        "num_labelled": runs[0]["num_labelled"], "num_test": sum(len(f[0].split.test) for f in draws),
+        "class_names": names,
+        "confusion_matrix": np.sum([r["confusion_matrix"] for r in runs], axis=0).tolist(),
+        "num_epochs": d.num_epochs, "seconds": seconds, "merge": draws[0][0].merge,
+        "encoder": settings.get("encoder"), "run_dir": f"{task}/{out.name}", "draws": runs,
+    }
+    test_y = draws[0][0].labels("test")
+    rows = tsne.subsample(len(tsne_features), d.tsne_points, config.seed, labels=test_y)
+    perplexity = tsne.perplexity_for(len(rows))
+    notes = []
+    if absent:
+        where = lambda folds: "" if num_folds == 1 else f" (fold {', '.join(str(f + 1) for f in sorted(folds))})"  # noqa: E731
+        classes = ", ".join(f"{name}{where(folds)}" for name, folds in absent.items())
+        notes.append(f"no test sub-window of class {classes}: its scores are 0, and macro-F1 averages the classes in "
+                     "the test labels or the predictions")
+    if perplexity is None:
+        notes.append(f"no t-SNE plot: {len(rows)} test sub-windows, fewer than the {tsne.MIN_POINTS} a plot needs")
+        (out / "tsne.png").unlink(missing_ok=True)  # an earlier run's plot is not this run's
+    for note in notes:
+        logging.info("%s: %s", method, note)
+    metrics["notes"] = notes
+    storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    storage.write_text(out / "history.json", json.dumps({"draws": histories}) + "\n")
+    title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {labelled_text(config)}"
+    plots.confusion_png(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names,
+                        f"{title}: summed over {len(runs)} draws, mean test accuracy {metrics['accuracy']:.3f}")
+    if perplexity is not None:
+        points = tsne.tsne(tsne_features[rows].reshape(len(rows), -1), perplexity=perplexity, seed=config.seed)
+        plots.tsne_png(out / "tsne.png", np.asarray(points), test_y[rows], names,
+                       f"t-SNE of test sub-windows: {title}" + (", fold 1" if num_folds > 1 else ""))
+    acc, f1 = summary["accuracy"], summary["macro_f1"]
+    logging.info("%s: test accuracy %.4f (sd %s), macro-F1 %.4f over %d draws -> %s", method, acc["mean"],
+                 "-" if acc["sd"] is None else f"{acc['sd']:.4f}", f1["mean"], len(runs), out)
+    return metrics
+
+
 def classify(config: ml_collections.ConfigDict, workdir: epath.Path, head: str | None = None,
              inputs: Inputs | None = None) -> dict:
     """A head on frozen embeddings of the labelled sub-windows (LIMU-<head>)."""
+    config = evaluation_points(config)[0]  # a one-value label_rates is that label rate (a curve is a report's)
     head = head or config.downstream.classifier
     start = time.perf_counter()
     inputs = inputs or Inputs(config, workdir)
     method = method_name("classify", head, config)
     return _train_on_features(config, workdir, task="classify", method=method, model=head,
-                              windows=inputs.embeddings, data=inputs.data, proto=inputs.proto, start=start,
+                              windows=inputs.embeddings, data=inputs.data, draws=inputs.draws(config), start=start,
                               encoder=inputs.encoder)
 
 
 def baseline(config: ml_collections.ConfigDict, workdir: epath.Path, name: str | None = None,
              inputs: Inputs | None = None) -> dict:
     """A model on raw normalized sub-windows (DCNN, DeepSense, R-GRU): no pretraining."""
+    config = evaluation_points(config)[0]  # a one-value label_rates is that label rate (a curve is a report's)
     name = name or config.downstream.baseline
     start = time.perf_counter()
     inputs = inputs or Inputs(config, workdir, encoded=False)
     normalized = normalize(inputs.data.windows, config.model.feature_num).astype(np.float32)
     return _train_on_features(config, workdir, task="baseline", method=name, model=name,
-                              windows=normalized, data=inputs.data, proto=inputs.proto, start=start)
+                              windows=normalized, data=inputs.data, draws=inputs.draws(config), start=start)
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str | None = None,
@@ -421,10 +644,12 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     """Encoder + head trained together on the labelled sub-windows (the encoder sees each
     sub-window's whole window, as in `classify`, or the seq_len-step piece of it that holds
     the sub-window when it is shorter); `freeze_encoder` trains the head only."""
+    config = evaluation_points(config)[0]  # a one-value label_rates is that label rate (a curve is a report's)
     head = head or config.downstream.classifier
     start = time.perf_counter()
     inputs = inputs or Inputs(config, workdir)
-    data, proto = inputs.data, inputs.proto
+    data, draws = inputs.data, inputs.draws(config)
+    proto = draws[0][0]
     model_config, enc_params = inputs.encoder
     merge = proto.merge
     n, seq, _ = data.windows.shape
@@ -435,7 +660,11 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
     per_piece = piece // merge  # sub-windows per piece; sub-window i lies in piece row i // per_piece
     windows = jnp.asarray(normalize(data.windows, model_config.feature_num).astype(np.float32)).reshape(
         n * (seq // piece), piece, model_config.feature_num)
-    apply_head, head_params = _head(head, proto, model_config.hidden, config)
+    several = len(draws) > 1 or len(draws[0]) > 1
+    if several:
+        apply_head, head_params = _heads(head, proto, model_config.hidden, config, len(draws[0]))
+    else:
+        apply_head, head_params = _head(head, proto, model_config.hidden, config)
 
     def encode(p, x):  # x [B, piece, F] -> [B, piece, H]
         return encode_windows(p["transformer"], x, model_config)
@@ -448,10 +677,12 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
         h = encode(p["encoder"], windows[index // per_piece])
         return apply_head(p["head"], pieces(h, index % per_piece), train, key)
 
-    # Validation encodes each validation piece once and classifies all its sub-windows.
-    vali_pieces = np.unique(proto.split.vali.index // per_piece)
-    position = np.searchsorted(vali_pieces, proto.split.vali.index // per_piece) * per_piece + (
-        proto.split.vali.index % per_piece)
+    def vali_inputs(proto: ProtocolData) -> tuple[jax.Array, jax.Array]:
+        # Validation encodes each validation piece once and classifies all its sub-windows.
+        vali_pieces = np.unique(proto.split.vali.index // per_piece)
+        position = np.searchsorted(vali_pieces, proto.split.vali.index // per_piece) * per_piece + (
+            proto.split.vali.index % per_piece)
+        return jnp.asarray(vali_pieces), jnp.asarray(position)
 
     def predict_fn(p, inputs):
         rows, position = inputs
@@ -459,19 +690,42 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
         sub = h.reshape(-1, merge, h.shape[-1])
         return jnp.argmax(apply_head(p["head"], sub[position], False, jax.random.key(0)), -1)
 
-    params = {"encoder": enc_params, "head": head_params}
     trainable = {"encoder": jax.tree_util.tree_map_with_path(
         lambda path, _: (not config.downstream.freeze_encoder) and path[0].key == "transformer", enc_params),
         "head": jax.tree.map(lambda _: True, head_params)}
     method = method_name("finetune", head, config)
-    result = fit(apply_fn, params, proto.split.train.index, proto.labels("train"),
-                 (jnp.asarray(vali_pieces), jnp.asarray(position)), proto.labels("vali"),
-                 predict_fn=predict_fn, trainable=trainable, desc=method, **_fit_kwargs(config))
+    test_features = jax.jit(lambda p, i: pieces(encode(p, windows[i // per_piece]), i % per_piece))
+    out = run_dir(workdir, "finetune", method, config)
+    if several:
+        count = len(draws[0])
+        params = {"encoder": jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (count, *leaf.shape)), enc_params),
+                  "head": head_params}
+        fits, predictions = [], []
+        for fold, fold_draws in enumerate(draws):
+            pool = np.unique(np.concatenate([p.split.train.index for p in fold_draws]))
+            rows = np.stack([np.searchsorted(pool, p.split.train.index) for p in fold_draws])
+            results = fit_many(apply_fn, params, pool, rows, np.stack([p.labels("train") for p in fold_draws]),
+                               vali_inputs(fold_draws[0]), fold_draws[0].labels("vali"), predict_fn=predict_fn,
+                               trainable=trainable, seeds=[config.seed + s for s in range(count)],
+                               desc=method + (f" fold {fold + 1}/{len(draws)}" if len(draws) > 1 else ""),
+                               **{k: v for k, v in _fit_kwargs(config).items() if k != "seed"})
+            fits.append(results)
+            predictions.append(predict_many(apply_fn, _stack([r.params for r in results]),
+                                            fold_draws[0].split.test.index, batch_size=256))
+        first = fits[0][0].params
+        features = map_batches(lambda rows: test_features(first["encoder"], rows), proto.split.test.index, 256)
+        metrics = _write_draw_outputs(out, method=method, model=head, task="finetune", config=config, data=data,
+                                      draws=draws, predictions=predictions, fits=fits,
+                                      tsne_features=features.mean(axis=1), seconds=time.perf_counter() - start)
+        save_trained(out, method=method, model=head, config=config, data=data, proto=proto, head_params=first["head"],
+                     encoder=(model_config, first["encoder"]), metrics=metrics["draws"][0])
+        return metrics
+    params = {"encoder": enc_params, "head": head_params}
+    result = fit(apply_fn, params, proto.split.train.index, proto.labels("train"), vali_inputs(proto),
+                 proto.labels("vali"), predict_fn=predict_fn, trainable=trainable, desc=method, **_fit_kwargs(config))
     test_index = proto.split.test.index
     predictions = predict(apply_fn, result.params, test_index, batch_size=256)
-    test_features = jax.jit(lambda p, i: pieces(encode(p, windows[i // per_piece]), i % per_piece))
     features = map_batches(lambda rows: test_features(result.params["encoder"], rows), test_index, 256)
-    out = run_dir(workdir, "finetune", method, config)
     metrics = _write_outputs(out, method=method, model=head, task="finetune", config=config, data=data, proto=proto,
                              predictions=predictions, tsne_features=features.mean(axis=1), result=result,
                              seconds=time.perf_counter() - start)
@@ -507,12 +761,12 @@ def run_method(config: ml_collections.ConfigDict, workdir: epath.Path, method: s
     return train(config, workdir, model, inputs)
 
 
-def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: Inputs | None = None) -> dict:
-    """Every method of `config.downstream.methods` on one dataset -> workdir/report.md."""
-    methods = report_methods(config)
-    inputs = inputs or Inputs(config, workdir, encoded=uses_encoder(config, ["report"]))
+def _run_methods(config: ml_collections.ConfigDict, workdir: epath.Path, methods: list[str],
+                 inputs: Inputs) -> dict[str, dict]:
+    """Every method of `methods` under `config`: their metrics, keyed by the method each one
+    ran as (a frozen fine-tuning says so); a method that could not run is a dict with a note."""
     results, failed = {}, []
-    for m in methods:  # keyed by the method each one ran as (a frozen fine-tuning says so)
+    for m in methods:
         try:
             metrics = run_method(config, workdir, m, inputs)
         except LimuBertError as e:  # the other methods' results are still worth a report
@@ -523,13 +777,32 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
         results[metrics["method"]] = metrics
     if len(failed) == len(methods):
         raise LimuBertError(f"config.downstream.methods: no method could run ({'; '.join(failed)})")
+    return results
+
+
+def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: Inputs | None = None) -> dict:
+    """Every method of `config.downstream.methods` on one dataset -> workdir/report.md, and
+    the report's TensorBoard run (workdir/tensorboard/report/). Of several draws or label
+    rates (`config.downstream.seeds`, `folds`, `label_rates`, `labels_per_class`), the
+    report holds intervals, paired comparisons and the label-rate curve, and
+    workdir/report.json every number of it (`_evaluation_report`)."""
+    methods = report_methods(config)
+    inputs = inputs or Inputs(config, workdir, encoded=uses_encoder(config, ["report"]))
+    points = evaluation_points(config)
+    if len(points) > 1 or repeated(config):
+        return _evaluation_report(config, workdir, methods, [(p, _run_methods(p, workdir, methods, inputs))
+                                                             for p in points])
+    config = points[0]  # a one-value label_rates is that label rate
+    results = _run_methods(config, workdir, methods, inputs)
     ran = next(r for r in results.values() if "run_dir" in r)
     dataset = f"{config.dataset.name}/{config.dataset.version}"
     path = storage.as_path(workdir) / "report.md"
     d = config.downstream
+    per_class = labels_per_class(config)
     report.write_report(
         path, {dataset: results},
-        title=f"{dataset}: {d.label}, {d.label_rate:g} labels per class-balanced draw",
+        title=f"{dataset}: {d.label}, " + (f"{per_class} labels per class" if per_class is not None
+                                           else f"{d.label_rate:g} labels per class-balanced draw"),
         notes=[f"Test accuracy and macro-F1 of the epoch with the best validation accuracy ({d.num_epochs} epochs, "
                f"Adam lr {d.learning_rate:g}, batch {d.batch_size}); {ran['num_labelled']} labelled "
                f"sub-windows of {ran.get('merge')} steps.",
@@ -537,9 +810,148 @@ def run_report(config: ml_collections.ConfigDict, workdir: epath.Path, inputs: I
                + ", ".join(f"{r['run_dir']}" for r in results.values() if "run_dir" in r) + ".",
                *dict.fromkeys(note for r in results.values() for note in r.get("notes", ()))],
     )
+    table = report.table3_markdown({dataset: results})
+    _report_board(config, workdir, path, [(config, results)], curve=None)
     # The table is the task's result for the user; the command prints it (`tasks.run`'s on_done).
-    return {"report": str(path), "table": report.table3_markdown({dataset: results}),
+    return {"report": str(path), "table": table,
             "results": {m: {k: r.get(k) for k in ("accuracy", "macro_f1")} for m, r in results.items()}}
+
+
+REPORT_JSON = "report.json"  # beside report.md: every number of a report of several draws or label rates
+CURVE_PNG = "label_rate_curve.png"  # beside report.md: a report's label-rate curve
+
+
+def _point_heading(config: ml_collections.ConfigDict) -> str:
+    per_class = labels_per_class(config)
+    return f"{per_class} per class" if per_class is not None else f"{config.downstream.label_rate:g}"
+
+
+def _split_note(config: ml_collections.ConfigDict, results: dict) -> str:
+    by, field = split_by(config)
+    ran = next((r for r in results.values() if "draws" in r), {})
+    folds = ran.get("folds", 1)
+    if by == "window":
+        split = "the reference's split of shuffled windows (a person's windows may be in training and test alike)"
+    else:
+        split = f"split by {by} ({field}): training, validation and test hold disjoint {by} groups"
+    if folds > 1:
+        split += (f"; grouped {folds}-fold: each fold tests its {by} groups, and a seed's score is its mean over the "
+                  "folds")
+    pretrained = str(config.dataset.get("split_by", "window"))
+    if by != pretrained or folds > 1:
+        # Pretraining holds out one split's windows; the protocol tests others as well.
+        split += (f". The encoder's pretraining split (config.dataset.split_by={pretrained!r}) is not this one: its "
+                  f"pretraining windows may include test {by}s of this protocol "
+                  "(unlabelled)")
+    return "Split: " + split + "."
+
+
+def _evaluation_report(config: ml_collections.ConfigDict, workdir: epath.Path, methods: list[str],
+                       points: list[tuple[ml_collections.ConfigDict, dict]]) -> dict:
+    """report.md, report.json, label_rate_curve.png (several points) and the TensorBoard run
+    of a report of several draws or label-rate points (`points`: (point config, results by
+    method)): per point the Table-3 layout with mean ± sd [95% t-interval] over the draws,
+    each method against the best baseline draw for draw, and over the points the curve."""
+    d = config.downstream
+    dataset = f"{config.dataset.name}/{config.dataset.version}"
+    workdir = storage.as_path(workdir)
+    several = len(points) > 1
+    sections, notes, summary_points = [], [], []
+    for point, results in points:
+        heading = (f"Label rate {point.downstream.label_rate:g}" if labels_per_class(point) is None
+                   else f"{labels_per_class(point)} labels per class")
+        table = report.table3_markdown({dataset: results})
+        baseline = report.best_baseline(results, [m for m in results if m in registry.BASELINES])
+        comparisons = report.paired_comparisons(results, baseline) if baseline else {}
+        body = table
+        if comparisons:
+            body += (f"\nAgainst the best baseline ({report.method_display_name(baseline)}, highest mean accuracy), "
+                     "draw for draw: the mean difference in percentage points ± its sd [95% t-interval]:\n\n"
+                     + report.paired_markdown(comparisons, baseline))
+        sections.append((heading if several else None, body))
+        summary_points.append({
+            "point": point_name(point), "label_rate": None if labels_per_class(point) is not None else
+            point.downstream.label_rate, "labels_per_class": labels_per_class(point), "best_baseline": baseline,
+            "paired": comparisons,
+            "results": {m: {k: r.get(k) for k in ("accuracy", "macro_f1", "summary", "per_seed", "per_fold",
+                                                    "num_labelled", "run_dir", "notes")} for m, r in results.items()}})
+        notes += [note for r in results.values() for note in r.get("notes", ())]
+    seeds = int(d.get("seeds") or 1)
+    first = next((r for _, results in points for r in results.values() if "run_dir" in r), {})
+    over = (first.get("summary") or {}).get("over")
+    spread = (f"mean ± sd over the {seeds} draws" if seeds > 1 else
+              f"mean ± sd over the {first.get('folds')} folds" if over == "folds" else "one draw")
+    curve = None
+    if several:
+        columns = [(_point_heading(p), results) for p, results in points]
+        per_class = labels_per_class(points[0][0]) is not None
+        sections.append(("Label-rate curve", f"Accuracy (%), {spread}:\n\n"
+                         + report.curve_markdown(columns, "accuracy", methods_order=list(points[0][1]))
+                         + f"\nMacro-F1 (%), {spread}:\n\n"
+                         + report.curve_markdown(columns, "macro_f1", methods_order=list(points[0][1]))
+                         + f"\n![label-rate curve]({CURVE_PNG})\n"))
+        xs = [labels_per_class(p) if per_class else p.downstream.label_rate for p, _ in points]
+        methods_seen = list(dict.fromkeys(m for _, results in points for m in results))
+        curve = report.label_rate_curve_png(
+            workdir / CURVE_PNG, xs, "labelled sub-windows per class" if per_class else "label rate",
+            {m: [results.get(m) for _, results in points] for m in methods_seen},
+            title=f"{dataset}: {d.label}" + (f", {int(d.get('seeds') or 1)} draws per point"
+                                             if int(d.get("seeds") or 1) > 1 else ""))
+    if seeds > 1:
+        cells = (f"mean ± standard deviation over {seeds} draws (other labelled subsets and classifier "
+                 "initialisations; the same encoder and split) [the 95% t-interval of the mean]")
+    elif over == "folds":
+        cells = "mean ± standard deviation over the folds (no interval: folds are not independent draws)"
+    else:
+        cells = "one draw"
+    explain = [f"Test accuracy and macro-F1 in percent: {cells}; best mean per column in bold; {report.MISSING} = "
+               "not run. Each classifier is the epoch with the best validation accuracy "
+               f"({d.num_epochs} epochs, Adam lr {d.learning_rate:g}, batch {d.batch_size}).",
+               _split_note(config, points[0][1]),
+               f"Encoder: {d.encoder or 'pretrained in this workdir'}; every draw's numbers in each run's metrics.json "
+               f"({', '.join(dict.fromkeys(r['run_dir'] for _, rs in points for r in rs.values() if 'run_dir' in r))})"
+               f" and in {REPORT_JSON}."]
+    title = f"{dataset}: {d.label}, " + ("label-rate curve" if several else labelled_text(points[0][0]))
+    path = report.write_sections(workdir / "report.md", title, sections, [*explain, *dict.fromkeys(notes)])
+    storage.write_text(workdir / REPORT_JSON, json.dumps({"dataset": dataset, "label": d.label, "seeds": seeds,
+                                                          "split_by": split_by(config)[0], "points": summary_points},
+                                                         indent=2) + "\n")
+    _report_board(config, workdir, path, points, curve=curve)
+    body = "\n".join((f"## {heading}\n\n" if heading else "") + text for heading, text in sections)
+    results = ({m: {k: r.get(k) for k in ("accuracy", "macro_f1", "summary")} for m, r in points[0][1].items()}
+               if not several else {point_name(p): {m: {k: r.get(k) for k in ("accuracy", "macro_f1", "summary")}
+                                                    for m, r in results.items()} for p, results in points})
+    return {"report": str(path), "table": body, "results": results}
+
+
+def _report_board(config: ml_collections.ConfigDict, workdir: epath.Path, report_path: epath.Path,
+                  points: list[tuple[ml_collections.ConfigDict, dict]], curve: epath.Path | None) -> None:
+    """The report's TensorBoard run, workdir/tensorboard/report/: the report's text, the
+    label-rate curve, and an HParams session per method and point (its settings, and the
+    mean, sd and interval of each metric)."""
+    d = config.downstream
+    dataset = f"{config.dataset.name}/{config.dataset.version}"
+    sessions = []
+    for point, results in points:
+        for method, r in results.items():
+            if r.get("accuracy") is None:
+                continue
+            per_class = labels_per_class(point)
+            hparams = {"method": method, "dataset": dataset, "label": d.label, "split_by": split_by(config)[0],
+                       "label_rate": -1.0 if per_class is not None else float(point.downstream.label_rate),
+                       "labels_per_class": per_class or 0, "seeds": int(d.get("seeds") or 1),
+                       "folds": int(r.get("folds") or 1), "num_epochs": int(d.num_epochs),
+                       "encoder": str(d.encoder or "workdir")}
+            metrics = {"accuracy": r["accuracy"], "macro_f1": r.get("macro_f1")}
+            for metric in ("accuracy", "macro_f1"):
+                entry = (r.get("summary") or {}).get(metric) or {}
+                metrics[f"{metric}_sd"] = entry.get("sd")
+                if entry.get("ci") is not None:
+                    metrics[f"{metric}_ci_low"], metrics[f"{metric}_ci_high"] = entry["ci"]
+            sessions.append((f"{method}-{point_name(point)}", hparams, metrics))
+    images = {"label_rate_curve": report.png_bytes(curve)} if curve is not None else {}
+    report.write_tensorboard(storage.as_path(workdir) / "tensorboard" / "report", text=report_path.read_text(),
+                             images=images, sessions=sessions)
 
 
 def _stage_methods(task: str, config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
@@ -590,15 +1002,37 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, stages:
             raise LimuBertError(f"config.downstream.{field} must be a positive integer, got {value!r}")
     if not 0.0 < d.label_rate <= 1.0:
         raise LimuBertError(f"config.downstream.label_rate must be in (0, 1], got {d.label_rate!r}")
+    seeds, folds = d.get("seeds", 1), d.get("folds", 1)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise LimuBertError(f"config.downstream.seeds must be a positive integer (draws per method), got {seeds!r}")
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds == 0 or folds < -1:
+        raise LimuBertError(f"config.downstream.folds must be 1 (the protocol's one split), K >= 2 (a grouped K-fold) "
+                            f"or -1 (one fold per group: leave one subject out), got {folds!r}")
+    rates, per_class = parse_list(config, "label_rates", float), parse_list(config, "labels_per_class", int)
+    if rates and per_class:
+        raise LimuBertError("config.downstream.label_rates and config.downstream.labels_per_class: give one of them "
+                            "(a curve over label rates or over labels per class)")
+    if bad := [r for r in rates if not 0.0 < r <= 1.0]:
+        raise LimuBertError(f"config.downstream.label_rates: each must be in (0, 1], got {bad[0]!r}")
+    if bad := [k for k in per_class if k < 1]:
+        raise LimuBertError(f"config.downstream.labels_per_class: each must be a positive integer, got {bad[0]!r}")
+    single = [t for t in stages if t in ("classify", "finetune", "baseline")]
+    if single and (len(rates) > 1 or len(per_class) > 1):
+        field = "label_rates" if rates else "labels_per_class"
+        raise LimuBertError(f"config.downstream.{field}={d[field]!r}: a curve over several values is the report task's "
+                            f"(config.task=report); {single[0]} runs one (config.downstream.{field} with one value)")
+    if d.get("split_by") and d.split_by not in SPLIT_BY:
+        raise LimuBertError(f"config.downstream.split_by must be one of {', '.join(SPLIT_BY)} (or unset: "
+                            f"config.dataset.split_by's), got {d.split_by!r}")
     if not d.learning_rate > 0:
         raise LimuBertError(f"config.downstream.learning_rate must be positive, got {d.learning_rate!r}")
     if d.get("run_name") is not None and not re.fullmatch(r"[A-Za-z0-9][\w.+=-]*", str(d.run_name)):
         raise LimuBertError(f"config.downstream.run_name={d.run_name!r}: a folder-name suffix (letters, digits, "
                             "'_', '.', '+', '=', '-'; no '/')")
-    split_by = config.dataset.get("split_by", "window")
-    if d.label == split_by:
-        raise LimuBertError(f"config.downstream.label={d.label!r} with config.dataset.split_by={split_by!r}: every "
-                            f"{split_by} is in one split only, so the test {split_by}s have no training labels; "
+    by, by_field = split_by(config)
+    if d.label in (by, GROUP_TASKS.get(by)):
+        raise LimuBertError(f"config.downstream.label={d.label!r} with {by_field}={by!r}: every "
+                            f"{by} is in one split only, so the test {by}s have no training labels; "
                             f"split by another group (or 'window') to classify {d.label}s")
     models = [m for t in stages for m in _stage_methods(t, config)]
     name = f"{dataset.name}/{dataset.version}"
@@ -613,10 +1047,12 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, stages:
         _check_windows(name, dataset.seq_len, dataset.num_features, encoder)
     merge = resolve_merge(config, encoder.seq_len if encoder else None, dataset.seq_len)  # as `Inputs.merge`
     _check_merge(merge, config, name, dataset.seq_len, encoder)
-    if any(t != "embed" for t in stages):  # the labelled draw, before any stage trains
-        check_protocol(config, loaded, merge)
+    points = evaluation_points(config)
+    if any(t != "embed" for t in stages):  # the labelled draws, before any stage trains
+        check_protocol(config, loaded, merge, points=points)
     for _, task, model in models:
-        check_replaces_nothing(config, workdir, task, model, name, merge=merge)
+        for point in points:
+            check_replaces_nothing(point, workdir, task, model, name, merge=merge)
     num_classes = max(2, len(label_tasks[d.label] or ()))  # sizes only; npy classes are counted later
     for field, task, model in models:
         input_dim = config.model.feature_num if task == "baseline" else encoder.hidden
