@@ -46,6 +46,28 @@ def _check_rates(train_rate: float, vali_rate: float) -> None:
         raise ValueError(f"train_rate + vali_rate must be <= 1, got {train_rate} + {vali_rate}")
 
 
+def labelled_rows(labels: np.ndarray, rng: np.random.RandomState, *, label_rate: float, balance: bool,
+                  per_class: int | None = None) -> np.ndarray:
+    """Rows of the labelled subset of training sub-windows of classes `labels` (n,), in their
+    order, drawn as the reference draws them from `rng`: balanced (or `per_class`), k rows per
+    class, each class's rows shuffled in class order and the first k kept, k = `per_class` or
+    min(smallest class count, int(n x label_rate / classes)); unbalanced, the first
+    int(n x label_rate) rows of one shuffle. May be empty (the caller says why)."""
+    n = len(labels)
+    if balance or per_class is not None:
+        classes, counts = np.unique(labels, return_counts=True)
+        k = per_class if per_class is not None else min(int(counts.min()), int(n * label_rate / len(classes)))
+        keep = np.zeros(n, dtype=bool)
+        for c in classes:
+            rows = np.flatnonzero(labels == c)
+            rng.shuffle(rows)
+            keep[rows[:k]] = True
+        return np.flatnonzero(keep)
+    order = np.arange(n)
+    rng.shuffle(order)
+    return order[: int(n * label_rate)]
+
+
 def pretrain_split(
     num_windows: int,
     seed: int = REFERENCE_SEED,
@@ -261,24 +283,11 @@ def classifier_split(
         if len(split) == 0:
             raise ValueError(f"no constant-label sub-windows in the {name} split; too few windows")
 
-    rng = np.random.RandomState(seed)  # the reference re-seeds before the labelled draw
-    n_train = len(train)
-    if balance:
-        classes, counts = np.unique(train.labels, return_counts=True)
-        k = min(int(counts.min()), int(n_train * label_rate / len(classes)))
-        keep = np.zeros(n_train, dtype=bool)
-        for c in classes:
-            rows = np.flatnonzero(train.labels == c)
-            rng.shuffle(rows)
-            keep[rows[:k]] = True
-        rows = np.flatnonzero(keep)
-    else:
-        order = np.arange(n_train)
-        rng.shuffle(order)
-        rows = order[: int(n_train * label_rate)]
+    # the reference re-seeds before the labelled draw
+    rows = labelled_rows(train.labels, np.random.RandomState(seed), label_rate=label_rate, balance=balance)
     if rows.size == 0:
         raise ValueError(
-            f"label_rate={label_rate} selects no labelled sub-windows out of {n_train}"
+            f"label_rate={label_rate} selects no labelled sub-windows out of {len(train)}"
         )
     labelled = _take(train, rows, int(train.labels.min()))
     return ClassifierSplit(train=labelled, vali=vali, test=test, merge=merge)

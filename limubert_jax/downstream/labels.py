@@ -359,29 +359,17 @@ def _constant_subwindows(windows: np.ndarray, per_step: np.ndarray, merge: int) 
 
 def _draw(labels: np.ndarray, seed: int, *, rate: float, per_class: int | None, balance: bool,
           where: str) -> np.ndarray:
-    """Rows of the labelled subset of training sub-windows with classes `labels` (n,), in
-    their order, drawn as the reference draws (docs/reference.md §7) from a
-    `RandomState(seed)`: k per class, each class's rows shuffled in class order and the
-    first k kept, where k is `per_class` or, balanced, min(smallest class count,
-    int(n x rate / classes)); unbalanced, the first int(n x rate) rows of one shuffle."""
-    rng = np.random.RandomState(seed)
-    n = len(labels)
-    if per_class is not None or balance:
-        classes, counts = np.unique(labels, return_counts=True)
-        if per_class is not None and per_class > counts.min():
-            raise LimuBertError(f"{where}: labels_per_class={per_class} exceeds the {int(counts.min())} training "
+    """Rows of the labelled subset of training sub-windows with classes `labels` (n,), drawn as
+    the reference draws them (`splits.labelled_rows`, docs/reference.md §7) from a
+    `RandomState(seed)`; a draw that cannot be made is a `LimuBertError` naming `where`."""
+    if per_class is not None:
+        smallest = int(np.unique(labels, return_counts=True)[1].min())
+        if per_class > smallest:
+            raise LimuBertError(f"{where}: labels_per_class={per_class} exceeds the {smallest} training "
                                 f"sub-windows of its smallest class")
-        k = per_class if per_class is not None else min(int(counts.min()), int(n * rate / len(classes)))
-        keep = np.zeros(n, dtype=bool)
-        for c in classes:
-            rows = np.flatnonzero(labels == c)
-            rng.shuffle(rows)
-            keep[rows[:k]] = True
-        rows = np.flatnonzero(keep)
-    else:
-        order = np.arange(n)
-        rng.shuffle(order)
-        rows = order[: int(n * rate)]
+    n = len(labels)
+    rows = splits.labelled_rows(labels, np.random.RandomState(seed), label_rate=rate, balance=balance,
+                                per_class=per_class)
     if rows.size == 0:
         raise LimuBertError(f"{where}: label_rate={rate} selects no labelled sub-windows out of {n}")
     return rows

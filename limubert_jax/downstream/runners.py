@@ -269,6 +269,22 @@ def check_replaces_nothing(config: ml_collections.ConfigDict, workdir: epath.Pat
         f"(written to {out.name}-NAME), or config.downstream.overwrite=True to replace them")
 
 
+def _small_data_notes(out: epath.Path, method: str, absent_classes: str, tsne_points: int) -> list[str]:
+    """What a small dataset could not give (test classes without a sub-window, a t-SNE plot of
+    too few points), said in the log and returned for the metrics and the report; a t-SNE plot
+    of an earlier run that this one cannot replace is removed."""
+    notes = []
+    if absent_classes:
+        notes.append(f"no test sub-window of class {absent_classes}: its scores are 0, and macro-F1 averages the "
+                     "classes in the test labels or the predictions")
+    if tsne.perplexity_for(tsne_points) is None:
+        notes.append(f"no t-SNE plot: {tsne_points} test sub-windows, fewer than the {tsne.MIN_POINTS} a plot needs")
+        (out / "tsne.png").unlink(missing_ok=True)  # an earlier run's plot is not this run's
+    for note in notes:
+        logging.info("%s: %s", method, note)
+    return notes
+
+
 def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, config, data: LabelledData,
                    proto: ProtocolData, predictions: np.ndarray, tsne_features: np.ndarray, result: FitResult,
                    seconds: float) -> dict:
@@ -291,18 +307,8 @@ def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, confi
         metrics.update(label_rate=None, labels_per_class=labels_per_class(config))
     rows = tsne.subsample(len(tsne_features), config.downstream.tsne_points, config.seed, labels=test_y)
     perplexity = tsne.perplexity_for(len(rows))
-    # What a small dataset could not give: said in the log, the metrics and the report.
-    notes = []
     absent = [name for name, scores in metrics["per_class"].items() if scores["support"] == 0]
-    if absent:
-        notes.append(f"no test sub-window of class {', '.join(absent)}: its scores are 0, and macro-F1 averages "
-                     "the classes in the test labels or the predictions")
-    if perplexity is None:
-        notes.append(f"no t-SNE plot: {len(rows)} test sub-windows, fewer than the {tsne.MIN_POINTS} a plot needs")
-        (out / "tsne.png").unlink(missing_ok=True)  # an earlier run's plot is not this run's
-    for note in notes:
-        logging.info("%s: %s", method, note)
-    metrics["notes"] = notes
+    metrics["notes"] = _small_data_notes(out, method, ", ".join(absent), len(rows))
     storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     storage.write_text(out / "history.json", json.dumps(result.history) + "\n")
     title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {labelled_text(config)}"
@@ -587,18 +593,9 @@ def _write_draw_outputs(out: epath.Path, *, method: str, model: str, task: str, 
     test_y = draws[0][0].labels("test")
     rows = tsne.subsample(len(tsne_features), d.tsne_points, config.seed, labels=test_y)
     perplexity = tsne.perplexity_for(len(rows))
-    notes = []
-    if absent:
-        where = lambda folds: "" if num_folds == 1 else f" (fold {', '.join(str(f + 1) for f in sorted(folds))})"  # noqa: E731
-        classes = ", ".join(f"{name}{where(folds)}" for name, folds in absent.items())
-        notes.append(f"no test sub-window of class {classes}: its scores are 0, and macro-F1 averages the classes in "
-                     "the test labels or the predictions")
-    if perplexity is None:
-        notes.append(f"no t-SNE plot: {len(rows)} test sub-windows, fewer than the {tsne.MIN_POINTS} a plot needs")
-        (out / "tsne.png").unlink(missing_ok=True)  # an earlier run's plot is not this run's
-    for note in notes:
-        logging.info("%s: %s", method, note)
-    metrics["notes"] = notes
+    where = lambda folds: "" if num_folds == 1 else f" (fold {', '.join(str(f + 1) for f in sorted(folds))})"  # noqa: E731
+    classes = ", ".join(f"{name}{where(folds)}" for name, folds in absent.items())
+    metrics["notes"] = _small_data_notes(out, method, classes, len(rows))
     storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     storage.write_text(out / "history.json", json.dumps({"draws": histories}) + "\n")
     title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {labelled_text(config)}"
