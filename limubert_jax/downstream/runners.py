@@ -285,6 +285,19 @@ def _small_data_notes(out: epath.Path, method: str, absent_classes: str, tsne_po
     return notes
 
 
+def _write_run_files(out: epath.Path, metrics: dict, history: dict, names, confusion_title: str,
+                     tsne_features: np.ndarray, tsne_labels: np.ndarray, perplexity: float | None, tsne_title: str,
+                     seed: int) -> None:
+    """A run folder's metrics.json, history.json, confusion.png and (where `perplexity` is
+    set) tsne.png of the test sub-windows `tsne_features` [P, ...] with classes `tsne_labels` [P]."""
+    storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    storage.write_text(out / "history.json", json.dumps(history) + "\n")
+    plots.confusion_png(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names, confusion_title)
+    if perplexity is not None:
+        points = tsne.tsne(tsne_features.reshape(len(tsne_features), -1), perplexity=perplexity, seed=seed)
+        plots.tsne_png(out / "tsne.png", np.asarray(points), tsne_labels, names, tsne_title)
+
+
 def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, config, data: LabelledData,
                    proto: ProtocolData, predictions: np.ndarray, tsne_features: np.ndarray, result: FitResult,
                    seconds: float) -> dict:
@@ -309,15 +322,9 @@ def _write_outputs(out: epath.Path, *, method: str, model: str, task: str, confi
     perplexity = tsne.perplexity_for(len(rows))
     absent = [name for name, scores in metrics["per_class"].items() if scores["support"] == 0]
     metrics["notes"] = _small_data_notes(out, method, ", ".join(absent), len(rows))
-    storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    storage.write_text(out / "history.json", json.dumps(result.history) + "\n")
     title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {labelled_text(config)}"
-    plots.confusion_png(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names,
-                        f"{title}: test accuracy {metrics['accuracy']:.3f}")
-    if perplexity is not None:
-        points = tsne.tsne(tsne_features[rows].reshape(len(rows), -1), perplexity=perplexity, seed=config.seed)
-        plots.tsne_png(out / "tsne.png", np.asarray(points), test_y[rows], names,
-                       f"t-SNE of test sub-windows: {title}")
+    _write_run_files(out, metrics, result.history, names, f"{title}: test accuracy {metrics['accuracy']:.3f}",
+                     tsne_features[rows], test_y[rows], perplexity, f"t-SNE of test sub-windows: {title}", config.seed)
     logging.info("%s: test accuracy %.4f, macro-F1 %.4f -> %s", method, metrics["accuracy"], metrics["macro_f1"], out)
     return metrics
 
@@ -596,15 +603,11 @@ def _write_draw_outputs(out: epath.Path, *, method: str, model: str, task: str, 
     where = lambda folds: "" if num_folds == 1 else f" (fold {', '.join(str(f + 1) for f in sorted(folds))})"  # noqa: E731
     classes = ", ".join(f"{name}{where(folds)}" for name, folds in absent.items())
     metrics["notes"] = _small_data_notes(out, method, classes, len(rows))
-    storage.write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    storage.write_text(out / "history.json", json.dumps({"draws": histories}) + "\n")
     title = f"{method} on {data.name}/{data.version}, {data.labels.task}, {labelled_text(config)}"
-    plots.confusion_png(out / "confusion.png", np.asarray(metrics["confusion_matrix"]), names,
-                        f"{title}: summed over {len(runs)} draws, mean test accuracy {metrics['accuracy']:.3f}")
-    if perplexity is not None:
-        points = tsne.tsne(tsne_features[rows].reshape(len(rows), -1), perplexity=perplexity, seed=config.seed)
-        plots.tsne_png(out / "tsne.png", np.asarray(points), test_y[rows], names,
-                       f"t-SNE of test sub-windows: {title}" + (", fold 1" if num_folds > 1 else ""))
+    _write_run_files(out, metrics, {"draws": histories}, names,
+                     f"{title}: summed over {len(runs)} draws, mean test accuracy {metrics['accuracy']:.3f}",
+                     tsne_features[rows], test_y[rows], perplexity,
+                     f"t-SNE of test sub-windows: {title}" + (", fold 1" if num_folds > 1 else ""), config.seed)
     acc, f1 = summary["accuracy"], summary["macro_f1"]
     logging.info("%s: test accuracy %.4f (sd %s), macro-F1 %.4f over %d draws -> %s", method, acc["mean"],
                  "-" if acc["sd"] is None else f"{acc['sd']:.4f}", f1["mean"], len(runs), out)
