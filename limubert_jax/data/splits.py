@@ -201,10 +201,12 @@ def _to_class_labels(values: np.ndarray) -> np.ndarray:
     return rounded.astype(np.int64)
 
 
-def _constant_subwindows(
+def constant_subwindows(
     windows: np.ndarray, task: np.ndarray, merge: int
 ) -> SubwindowSplit:
-    """Sub-windows of `windows` (original indices, in split order) whose label is constant."""
+    """The `merge`-step sub-windows of `windows` (original indices, in split order) whose
+    label in `task` (N, S) is the same known class (>= 0) at each of their steps, in split
+    order and then step order, as the reference cuts them."""
     per_window = task.shape[1] // merge
     cut = task[windows].reshape(len(windows), per_window, merge)
     constant = np.all(cut == cut[..., :1], axis=-1) & (cut[..., 0] >= 0)  # negative: no label (see classifier_split)
@@ -278,7 +280,7 @@ def classifier_split(
     # The offset uses the whole dataset, not one split, so classes line up across splits;
     # missing labels fall below 0 and their sub-windows are dropped.
     task = _to_class_labels(task - known.min())
-    train, vali, test = (_constant_subwindows(w, task, merge) for w in (train_w, vali_w, test_w))
+    train, vali, test = (constant_subwindows(w, task, merge) for w in (train_w, vali_w, test_w))
     for name, split in (("train", train), ("vali", vali), ("test", test)):
         if len(split) == 0:
             raise ValueError(f"no constant-label sub-windows in the {name} split; too few windows")

@@ -19,10 +19,6 @@ from limubert_jax.data import loading, splits
 from limubert_jax.datasets.common import MISSING_LABEL
 from limubert_jax.runtime.errors import LimuBertError
 
-SPLIT_BY = ("window", "recording", "user", "device")  # config.downstream.split_by
-# The task whose labels name each window's group, for the groups that are a task.
-GROUP_TASKS = {"user": "user", "device": "device_model"}
-
 
 def resolve_merge(config: ml_collections.ConfigDict, encoder_seq_len: int | None, seq_len: int) -> int:
     """The sub-window length (steps) of the protocol on `seq_len`-step windows:
@@ -134,8 +130,8 @@ def _groups(config: ml_collections.ConfigDict, data, tasks: dict, rows, seq: int
     by, field = split_by(config)
     if by == getattr(data, "split_by", "window"):
         return data.groups
-    if by not in SPLIT_BY:
-        raise LimuBertError(f"{field} must be one of {', '.join(SPLIT_BY)}; got {by!r}")
+    if by not in loading.SPLIT_BY:
+        raise LimuBertError(f"{field} must be one of {', '.join(loading.SPLIT_BY)}; got {by!r}")
     if by == "window":
         return None
     what = f"{data.name}/{data.version}"
@@ -144,9 +140,9 @@ def _groups(config: ml_collections.ConfigDict, data, tasks: dict, rows, seq: int
             return loading.split_groups(data.train.source, data.info, "recording", what)
         except ValueError as e:
             raise LimuBertError(f"{field}='recording': {str(e).partition(': ')[2]}") from None
-    task = GROUP_TASKS[by]
+    task = loading.GROUP_LABELS[by]
     if task not in tasks:
-        has = [g for g, t in GROUP_TASKS.items() if t in tasks]
+        has = [g for g, t in loading.GROUP_LABELS.items() if t in tasks]
         raise LimuBertError(f"{field}={by!r}: {what} has no {by} labels (a {task!r} task; HHAR has one); split by "
                             f"{' or '.join(['window', *has])}")
     groups = _task_labels(task, tasks, data, rows, seq).per_step[:, 0]
@@ -266,7 +262,7 @@ def _protocol_draws(labels: TaskLabels, groups: np.ndarray | None, name: str, co
     fold_parts = _fold_windows(len(per_step), groups, config, folds)
     for fold, parts in enumerate(fold_parts):
         of_fold = f" of fold {fold + 1} of {len(fold_parts)}" if len(fold_parts) > 1 else ""
-        train, vali, test = (_constant_subwindows(w, per_step, merge) for w in parts)
+        train, vali, test = (splits.constant_subwindows(w, per_step, merge) for w in parts)
         for part, split in (("train", train), ("vali", vali), ("test", test)):
             if len(split) == 0:
                 raise LimuBertError(f"{where}: no constant-label sub-windows in the {part} split{of_fold}; too few "
@@ -340,21 +336,6 @@ def _fold_windows(num_windows: int, groups: np.ndarray | None, config: ml_collec
         train, vali, _ = splits.group_split(groups[rest], ds.seed + k, train_share, vali_share)
         parts.append((rest[train], rest[vali], np.flatnonzero(window_fold == k)))
     return parts
-
-
-def _constant_subwindows(windows: np.ndarray, per_step: np.ndarray, merge: int) -> splits.SubwindowSplit:
-    """The sub-windows of `windows` (window indices, in split order) whose label is the same
-    known class at each of their `merge` steps, in split order and then step order (as the
-    reference cuts them); labels are class indices of the task's names."""
-    seq = per_step.shape[1]
-    per_window = seq // merge
-    cut = per_step[windows].reshape(len(windows), per_window, merge)
-    constant = np.all(cut == cut[..., :1], axis=-1) & (cut[..., 0] >= 0)  # negative: no label
-    sample, j = np.nonzero(constant)
-    sample = windows[sample]
-    return splits.SubwindowSplit(index=(sample * per_window + j).astype(np.int64),
-                                 ids=(sample * seq + j * merge).astype(np.int64),
-                                 labels=per_step[sample, j * merge].astype(np.int64))
 
 
 def _draw(labels: np.ndarray, seed: int, *, rate: float, per_class: int | None, balance: bool,

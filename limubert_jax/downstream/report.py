@@ -317,36 +317,24 @@ def png_bytes(path) -> bytes:
 
 
 def write_sections(path, title: str, sections: Sequence[tuple[str | None, str]],
-                   notes: Sequence[str] = ()) -> epath.Path:
-    """Writes `# title`, then each section ((heading or None, markdown)), then the notes as
-    bullet points, to a markdown file (whole, `storage.write_text`). Returns the path."""
+                   notes: str | Sequence[str] | None = None) -> epath.Path:
+    """Writes `# title`, then each section ((heading or None, markdown)), then the notes (a
+    paragraph, or a list of bullet points) to a markdown file. `path` is local or an
+    object-store path; the file appears whole (`storage.write_text`). Returns the path."""
     parts = [f"# {title}"]
     for heading, body in sections:
         parts += ["", f"## {heading}"] if heading else []
         parts += ["", body.rstrip("\n")]
     if notes:
-        parts += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+        parts += ["", "## Notes", ""] + ([notes.strip()] if isinstance(notes, str) else [f"- {note}" for note in notes])
     return storage.write_text(path, "\n".join(parts) + "\n")
 
 
 def write_report(path, results: Mapping[str, Mapping[str, Mapping]], title: str,
                  notes: str | Sequence[str] | None = None, *, datasets_order: Sequence[str] | None = None,
                  methods_order: Sequence[str] | None = None) -> epath.Path:
-    """Writes `# title`, the Table-3 layout and optional notes to a markdown file.
-
-    notes: a paragraph (str) or a list of bullet points. `path` is local or an object-store
-    path; the file appears whole (`storage.write_text`). Returns the path.
-    """
-    parts = [f"# {title}", "", table3_markdown(results, datasets_order, methods_order).rstrip("\n")]
-    parts.append("")
-    parts.append("Accuracy and macro-F1 in percent on the test split; best per column in bold; "
-                 f"{MISSING} = not run.")
-    if notes:
-        parts += ["", "## Notes", ""]
-        if isinstance(notes, str):
-            parts.append(notes.strip())
-        else:
-            parts += [f"- {note}" for note in notes]
-    text = "\n".join(parts) + "\n"
-
-    return storage.write_text(path, text)
+    """Writes `# title`, the Table-3 layout and optional notes (`write_sections`) to a markdown
+    file. Returns the path."""
+    table = table3_markdown(results, datasets_order, methods_order).rstrip("\n")
+    return write_sections(path, title, [(None, f"{table}\n\nAccuracy and macro-F1 in percent on the test split; "
+                                               f"best per column in bold; {MISSING} = not run.")], notes)

@@ -39,6 +39,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -48,14 +49,12 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from limubert_jax.data import splits
+from limubert_jax.data import loading, splits
 from limubert_jax.data.normalization import normalize
 from limubert_jax.datasets.common import parse_version
 from limubert_jax.downstream import evaluation, report, stats, tsne
 from limubert_jax.downstream.fit import ApplyFn, FitResult, fit, fit_many, map_batches, predict, predict_many
 from limubert_jax.downstream.labels import (
-    GROUP_TASKS,
-    SPLIT_BY,
     LabelledData,
     ProtocolData,
     check_label,
@@ -518,19 +517,9 @@ def _train_draws(config, workdir: epath.Path, *, task: str, method: str, model: 
     merge = draws[0][0].merge
     sub = splits.subwindows(windows, merge)
     apply_fn, params = _heads(model, draws[0][0], windows.shape[-1], config, len(draws[0]))
-    fits, predictions = [], []
-    for fold, fold_draws in enumerate(draws):
-        # The draws' labelled rows index one pool (their union), uploaded once.
-        pool = np.unique(np.concatenate([p.split.train.index for p in fold_draws]))
-        rows = np.stack([np.searchsorted(pool, p.split.train.index) for p in fold_draws])
-        proto = fold_draws[0]
-        results = fit_many(apply_fn, params, sub[pool], rows, np.stack([p.labels("train") for p in fold_draws]),
-                           jnp.asarray(sub[proto.split.vali.index]), proto.labels("vali"),
-                           seeds=[config.seed + s for s in range(len(fold_draws))],
-                           desc=method + (f" fold {fold + 1}/{len(draws)}" if len(draws) > 1 else ""),
-                           **{k: v for k, v in _fit_kwargs(config).items() if k != "seed"})
-        fits.append(results)
-        predictions.append(predict_many(apply_fn, _stack([r.params for r in results]), sub[proto.split.test.index]))
+    fits, predictions = _fit_folds(apply_fn, params, draws, config, method, train_inputs=lambda pool: sub[pool],
+                                   vali_inputs=lambda proto: jnp.asarray(sub[proto.split.vali.index]),
+                                   test_inputs=lambda proto: sub[proto.split.test.index])
     out = run_dir(workdir, task, method, config)
     metrics = _write_draw_outputs(out, method=method, model=model, task=task, config=config, data=data, draws=draws,
                                   predictions=predictions, fits=fits,
@@ -539,6 +528,32 @@ def _train_draws(config, workdir: epath.Path, *, task: str, method: str, model: 
     save_trained(out, method=method, model=model, config=config, data=data, proto=draws[0][0],
                  head_params=fits[0][0].params, encoder=encoder, metrics=metrics["draws"][0])
     return metrics
+
+
+def _fit_folds(apply_fn: ApplyFn, params, draws: list[list[ProtocolData]], config, method: str, *,
+               train_inputs: Callable[[np.ndarray], Any], vali_inputs: Callable[[ProtocolData], Any],
+               test_inputs: Callable[[ProtocolData], Any], predict_batch_size: int = 2048,
+               **fit_options) -> tuple[list[list[FitResult]], list[np.ndarray]]:
+    """Each fold's draws [fold][seed] trained through one compiled program (`fit_many`, draw s
+    seeded `config.seed + s`; `params` stacked per draw) and their test predictions through one
+    more (`predict_many`): ([fold][seed] results, [fold] predictions [seeds, test rows]).
+    `train_inputs(pool)` are the model inputs of training sub-windows `pool`, the union of the
+    fold's labelled rows (uploaded once); `vali_inputs` / `test_inputs` those of a draw's
+    validation / test split (the same for every draw of a fold)."""
+    fits, predictions = [], []
+    for fold, fold_draws in enumerate(draws):
+        pool = np.unique(np.concatenate([p.split.train.index for p in fold_draws]))
+        rows = np.stack([np.searchsorted(pool, p.split.train.index) for p in fold_draws])
+        proto = fold_draws[0]
+        results = fit_many(apply_fn, params, train_inputs(pool), rows,
+                           np.stack([p.labels("train") for p in fold_draws]), vali_inputs(proto), proto.labels("vali"),
+                           seeds=[config.seed + s for s in range(len(fold_draws))],
+                           desc=method + (f" fold {fold + 1}/{len(draws)}" if len(draws) > 1 else ""),
+                           **fit_options, **{k: v for k, v in _fit_kwargs(config).items() if k != "seed"})
+        fits.append(results)
+        predictions.append(predict_many(apply_fn, _stack([r.params for r in results]), test_inputs(proto),
+                                        batch_size=predict_batch_size))
+    return fits, predictions
 
 
 def _write_draw_outputs(out: epath.Path, *, method: str, model: str, task: str, config, data: LabelledData,
@@ -700,18 +715,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: epath.Path, head: str |
         count = len(draws[0])
         params = {"encoder": jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (count, *leaf.shape)), enc_params),
                   "head": head_params}
-        fits, predictions = [], []
-        for fold, fold_draws in enumerate(draws):
-            pool = np.unique(np.concatenate([p.split.train.index for p in fold_draws]))
-            rows = np.stack([np.searchsorted(pool, p.split.train.index) for p in fold_draws])
-            results = fit_many(apply_fn, params, pool, rows, np.stack([p.labels("train") for p in fold_draws]),
-                               vali_inputs(fold_draws[0]), fold_draws[0].labels("vali"), predict_fn=predict_fn,
-                               trainable=trainable, seeds=[config.seed + s for s in range(count)],
-                               desc=method + (f" fold {fold + 1}/{len(draws)}" if len(draws) > 1 else ""),
-                               **{k: v for k, v in _fit_kwargs(config).items() if k != "seed"})
-            fits.append(results)
-            predictions.append(predict_many(apply_fn, _stack([r.params for r in results]),
-                                            fold_draws[0].split.test.index, batch_size=256))
+        fits, predictions = _fit_folds(apply_fn, params, draws, config, method, train_inputs=lambda pool: pool,
+                                       vali_inputs=vali_inputs, test_inputs=lambda proto: proto.split.test.index,
+                                       predict_batch_size=256, predict_fn=predict_fn, trainable=trainable)
         first = fits[0][0].params
         features = map_batches(lambda rows: test_features(first["encoder"], rows), proto.split.test.index, 256)
         metrics = _write_draw_outputs(out, method=method, model=head, task="finetune", config=config, data=data,
@@ -1021,8 +1027,8 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, stages:
         field = "label_rates" if rates else "labels_per_class"
         raise LimuBertError(f"config.downstream.{field}={d[field]!r}: a curve over several values is the report task's "
                             f"(config.task=report); {single[0]} runs one (config.downstream.{field} with one value)")
-    if d.get("split_by") and d.split_by not in SPLIT_BY:
-        raise LimuBertError(f"config.downstream.split_by must be one of {', '.join(SPLIT_BY)} (or unset: "
+    if d.get("split_by") and d.split_by not in loading.SPLIT_BY:
+        raise LimuBertError(f"config.downstream.split_by must be one of {', '.join(loading.SPLIT_BY)} (or unset: "
                             f"config.dataset.split_by's), got {d.split_by!r}")
     if not d.learning_rate > 0:
         raise LimuBertError(f"config.downstream.learning_rate must be positive, got {d.learning_rate!r}")
@@ -1030,7 +1036,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path, stages:
         raise LimuBertError(f"config.downstream.run_name={d.run_name!r}: a folder-name suffix (letters, digits, "
                             "'_', '.', '+', '=', '-'; no '/')")
     by, by_field = split_by(config)
-    if d.label in (by, GROUP_TASKS.get(by)):
+    if d.label in (by, loading.GROUP_LABELS.get(by)):
         raise LimuBertError(f"config.downstream.label={d.label!r} with {by_field}={by!r}: every "
                             f"{by} is in one split only, so the test {by}s have no training labels; "
                             f"split by another group (or 'window') to classify {d.label}s")
