@@ -148,6 +148,20 @@ def test_recordings_records_are_tfds_bytes_and_the_build_is_tfds_build(tmp_path)
     assert fast.info.metadata["source_fingerprint"] == reader.fingerprint(folder)
 
 
+def _windows_one_by_one(source) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """The recordings' windows cut one at a time, the rule written out: every `stride` steps of
+    every segment, a label column the same known class at every step of the window, else -1."""
+    windows = []
+    for index, recording in enumerate(source.recordings):
+        for imu, labels in recording.segments:
+            for start in range(0, len(imu) - source.seq_len + 1, source.stride):
+                y = labels[start : start + source.seq_len]
+                keep = (y == y[0]).all(axis=0) & (y[0] >= 0)
+                windows.append((imu[start : start + source.seq_len],
+                                np.broadcast_to(np.where(keep, y[0], -1).astype(np.int64), y.shape), index))
+    return windows
+
+
 def test_recording_chunks_cut_the_windows_of_source_windows():
     """Labels missing (-1) or changing inside a window, segments too short for one, several chunks."""
     rng = np.random.default_rng(3)
@@ -159,15 +173,20 @@ def test_recording_chunks_cut_the_windows_of_source_windows():
         reader.Recording("a.csv", 20.0, 2, segments[:2]), reader.Recording("b.csv", 20.0, 2, segments[2:])], {})
     for recording in source.recordings:
         recording.windows = sum(len(source.starts(len(imu))) for imu, _ in recording.segments)
-    chunks = list(recordings.window_chunks(source))
+    chunks = list(source.window_chunks(common.CHUNK_WINDOWS))
     assert len(chunks) > 2 and all(len(c["recording"]) >= common.CHUNK_WINDOWS for c in chunks[:-1])
     got = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
-    windows = list(source.windows())
+    windows = _windows_one_by_one(source)
     assert len(got["imu"]) == len(windows) == source.num_windows
     np.testing.assert_array_equal(got["imu"], np.stack([w[0] for w in windows]))
     np.testing.assert_array_equal(got["label"], np.stack([w[1] for w in windows]))
     np.testing.assert_array_equal(got["recording"], [w[2] for w in windows])
     assert (got["label"] == -1).any() and (got["label"] >= 0).any()
+    # `Source.windows` is the same windows one by one.
+    for (imu, label, index), (want_imu, want_label, want_index) in zip(source.windows(), windows, strict=True):
+        np.testing.assert_array_equal(imu, want_imu)
+        np.testing.assert_array_equal(label, want_label)
+        assert index == want_index and label.dtype == np.int64 and label.flags.c_contiguous
 
 
 def test_integers_of_every_varint_length_in_one_chunk_are_tfds_bytes():

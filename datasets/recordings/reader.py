@@ -850,15 +850,28 @@ class Source:
     def windows(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """(imu (S, F) float32, label (S, L) int64, recording index) of every window, in order:
         recordings, segments, windows in time order. A column whose label is missing at a step
-        or not the same at every step is -1 at every step of the window."""
+        or not the same at every step is -1 at every step of the window (`window_chunks`)."""
+        for chunk in self.window_chunks(WINDOWS_PER_CHUNK):
+            for imu, label, index in zip(chunk["imu"], chunk["label"], chunk["recording"]):
+                yield imu, np.ascontiguousarray(label), int(index)
+
+    def window_chunks(self, size: int) -> Iterator[dict[str, np.ndarray]]:
+        """The windows of `windows` in chunks of about `size` (at least `size`, but the last):
+        `imu` float32 [k, S, F], `label` int64 [k, S, L], `recording` int64 [k]."""
+        pending, count = [], 0
         for index, recording in enumerate(self.recordings):
             for imu, labels in recording.segments:
-                for start in self.starts(len(imu)):
-                    y = labels[start : start + self.seq_len]
-                    first = y[0]
-                    keep = (y == first).all(axis=0) & (first >= 0)
-                    label = np.broadcast_to(np.where(keep, first, MISSING_LABEL).astype(np.int64), y.shape)
-                    yield imu[start : start + self.seq_len], np.ascontiguousarray(label), index
+                starts = np.asarray(self.starts(len(imu)), np.int64)
+                changes = _label_changes(labels) if len(starts) else None
+                for first in range(0, len(starts), size):
+                    pending.append(_segment_windows(imu, labels, changes, starts[first : first + size],
+                                                    self.seq_len, index))
+                    count += len(pending[-1]["recording"])
+                    if count >= size:
+                        yield _concatenate(pending)
+                        pending, count = [], 0
+        if pending:
+            yield _concatenate(pending)
 
     def window_times(self) -> Iterator[tuple[int, float]]:
         """(recording index, start time in the recording's seconds) of every window, in the
@@ -886,6 +899,35 @@ class Source:
                 for r in self.recordings
             ],
         )
+
+WINDOWS_PER_CHUNK = 4096  # windows cut at once by `Source.windows`
+
+
+def _label_changes(labels: np.ndarray) -> np.ndarray:
+    """(M, L): how often each column of a segment's labels (M, L) changed up to each step."""
+    return np.concatenate([np.zeros((1, labels.shape[1]), np.int64), np.cumsum(labels[1:] != labels[:-1], axis=0)])
+
+
+def _segment_windows(imu: np.ndarray, labels: np.ndarray, changes: np.ndarray, starts: np.ndarray, seq_len: int,
+                     recording: int) -> dict[str, np.ndarray]:
+    """The windows of one segment (imu (M, F), labels (M, L), their `_label_changes`) at `starts`:
+    a label column not the same at every step of a window (or missing, -1) is -1 at every step
+    of it."""
+    steps = starts[:, None] + np.arange(seq_len)
+    first = labels[starts].astype(np.int64)
+    # the same at every step: no change between the window's first and last step
+    keep = (changes[starts + seq_len - 1] == changes[starts]) & (first >= 0)
+    label = np.where(keep, first, MISSING_LABEL)
+    return {
+        "imu": imu[steps],
+        "label": np.broadcast_to(label[:, None, :], (len(starts), seq_len, labels.shape[1])),
+        "recording": np.full(len(starts), recording, np.int64),
+    }
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
 
 
 def _class_names(values: set[str]) -> tuple[list[str], dict[str, int]]:

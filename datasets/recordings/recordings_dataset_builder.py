@@ -7,8 +7,6 @@ writes the windows it cuts.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
@@ -88,49 +86,4 @@ class Builder(common.UserFolderBuilder):
         return {"train": self._examples(source)}
 
     def _examples(self, source: reader.Source) -> common.ExampleChunks:
-        return common.ExampleChunks(source.num_windows, lambda: window_chunks(source))
-
-
-def window_chunks(source: reader.Source) -> Iterator[dict[str, np.ndarray]]:
-    """`source.windows()` as chunks of about `common.CHUNK_WINDOWS` windows (`common.ExampleChunks`):
-    `imu` float32 [k, S, F], `label` int64 [k, S, L], `recording` int64 [k]."""
-    pending, size = [], 0
-    for index, recording in enumerate(source.recordings):
-        for imu, labels in recording.segments:
-            starts = np.asarray(source.starts(len(imu)), np.int64)
-            changes = _label_changes(labels) if len(starts) else None
-            for first in range(0, len(starts), common.CHUNK_WINDOWS):
-                pending.append(_windows(imu, labels, changes, starts[first : first + common.CHUNK_WINDOWS],
-                                        source.seq_len, index))
-                size += len(pending[-1]["recording"])
-                if size >= common.CHUNK_WINDOWS:
-                    yield _concatenate(pending)
-                    pending, size = [], 0
-    if pending:
-        yield _concatenate(pending)
-
-
-def _label_changes(labels: np.ndarray) -> np.ndarray:
-    """(M, L): how often each column of a segment's labels (M, L) changed up to each step."""
-    return np.concatenate([np.zeros((1, labels.shape[1]), np.int64), np.cumsum(labels[1:] != labels[:-1], axis=0)])
-
-
-def _windows(imu: np.ndarray, labels: np.ndarray, changes: np.ndarray, starts: np.ndarray, seq_len: int,
-             recording: int) -> dict[str, np.ndarray]:
-    """The windows of one segment (imu (M, F), labels (M, L), their `_label_changes`) at `starts`,
-    as `Source.windows` cuts them: a label column not the same at every step of a window (or
-    missing, -1) is -1 at every step of it."""
-    steps = starts[:, None] + np.arange(seq_len)
-    first = labels[starts].astype(np.int64)
-    # the same at every step: no change between the window's first and last step
-    keep = (changes[starts + seq_len - 1] == changes[starts]) & (first >= 0)
-    label = np.where(keep, first, reader.MISSING_LABEL)
-    return {
-        "imu": imu[steps],
-        "label": np.broadcast_to(label[:, None, :], (len(starts), seq_len, labels.shape[1])),
-        "recording": np.full(len(starts), recording, np.int64),
-    }
-
-
-def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return common.ExampleChunks(source.num_windows, lambda: source.window_chunks(common.CHUNK_WINDOWS))
