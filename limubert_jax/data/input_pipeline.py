@@ -189,14 +189,13 @@ def train_batches(
     view = data.train if getattr(data.train, "in_store", False) else RowsKeptOnRead(data.train)
     rows_of = functools.partial(train_rows, num_windows=len(view), global_batch_size=global_batch_size,
                                 seed=int(seed), lo=shard_index * local, local=local)
-    window_bytes = 4 * data.seq_len * data.num_features
-    block = max(1, BLOCK_BYTES // (local * window_bytes))  # steps per read
+    window_shape = (data.seq_len, data.num_features)
+    block = max(1, BLOCK_BYTES // (local * 4 * data.seq_len * data.num_features))  # steps per read
 
     def read(first_step: int) -> np.ndarray:  # [block, B_local, S, F]
         rows = rows_of(np.arange(first_step, first_step + block))
         return view.read(rows.ravel()).reshape(*rows.shape, *window_shape)
 
-    window_shape = (data.seq_len, data.num_features)
     return _unblocked(_ahead(read, itertools.count(int(start_step), block), num_threads, prefetch))
 
 
