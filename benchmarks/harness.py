@@ -192,6 +192,67 @@ def write_npy_corpus(folder: Path, windows: int, seq_len: int, features: int, ve
     return path
 
 
+RECORDING_ACTIVITIES = ("walk", "sit", "stand", "bike", "stairs")
+
+
+def recording_rows(seconds_per_file: float, raw_hz: float) -> int:
+    """Rows (samples) of each file `write_recordings_corpus` writes."""
+    return round(seconds_per_file * raw_hz)
+
+
+def write_recordings_corpus(folder: Path, files: int, seconds_per_file: float, raw_hz: float, seed: int = 0) -> Path:
+    """`folder/rec_XXXX.csv`: `files` synthetic phone recordings in the `recordings` layout
+    (datasets/recordings/README.md), `seconds_per_file` each at `raw_hz`, written one file at a
+    time; kept once complete, so a rerun reuses it. Returns `folder` (the manual_dir).
+
+    As a phone logs them: Unix-like timestamps in seconds, on a steady clock with +-10 % of a
+    step of jitter, to the microsecond; the channels of `write_npy_corpus` (sines plus noise,
+    gravity on acc_z; frequency and amplitudes drawn again at each activity change) to 5
+    decimals; a text label `activity` changing about every 30 s."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    done = folder / ".complete"  # the reader skips dot names: the folder stays a valid one
+    if done.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = recording_rows(seconds_per_file, raw_hz)
+    step = 1.0 / raw_hz
+    channels = ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"]
+    written, t0 = 0, time.perf_counter()
+    for i in range(files):
+        t = np.arange(rows) * step
+        span_starts = np.arange(0.0, seconds_per_file, 30.0)
+        span_starts[1:] += rng.uniform(-5, 5, len(span_starts) - 1)
+        span = np.searchsorted(span_starts, t, side="right") - 1  # each row's activity span
+        # no activity twice in a row: each span moves 1-4 names on from the last
+        activity_of_span = np.cumsum(rng.integers(1, len(RECORDING_ACTIVITIES), len(span_starts))) % len(
+            RECORDING_ACTIVITIES)
+        freq = rng.uniform(0.2, 3.0, len(span_starts))[span]
+        amp = rng.uniform(0.1, 4.0, (len(span_starts), 6))[span]
+        phase = 2 * np.pi * np.cumsum(freq * step)  # continuous through activity changes
+        signal = amp * np.sin(phase)[:, None] + rng.standard_normal((rows, 6)) * 0.3
+        signal[:, 2] += 9.8
+        timestamps = 1.7e9 + i * (seconds_per_file + 60) + t + rng.uniform(-0.1, 0.1, rows) * step
+        columns = {"timestamp": np.round(timestamps, 6)}
+        columns.update({name: np.round(signal[:, j], 5) for j, name in enumerate(channels)})
+        columns["activity"] = np.asarray(RECORDING_ACTIVITIES)[activity_of_span[span]]
+        part = folder / f".rec_{i:04d}.csv.part"  # renamed once whole: a stopped run leaves no short file
+        with part.open("wb") as out:  # a header without quotes, as loggers write it (pyarrow quotes its own)
+            out.write((",".join(columns) + "\n").encode())
+            pacsv.write_csv(pa.table(columns), out, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+        part.rename(folder / f"rec_{i:04d}.csv")
+        written += rows
+        if i % 10 == 0 or i == files - 1:
+            rate = written / (time.perf_counter() - t0)
+            log(f"corpus {folder.name}: {i + 1:,}/{files:,} files, {rate:,.0f} rows/s, "
+                f"ETA {(files - i - 1) * rows / rate:.0f} s")
+    done.write_text("ok")
+    return folder
+
+
 def call_seconds(call: Callable[[], object], repeats: int, warmup: int = 0) -> list[float]:
     """Wall seconds of each of `repeats` calls of `call`, after `warmup` untimed ones. `call`
     must wait for its work (`jax.block_until_ready`, `.item()`): dispatch is not the cost."""

@@ -1,7 +1,7 @@
 """The training stream against a plain memory-mapped gather, and the build rate, with a
 projection to a corpus of LIMU-BERT-X's size.
 
-    python benchmarks/input_pipeline.py --out /tmp/limubert-input                 # 2 M + 5 M windows
+    python benchmarks/input_pipeline.py --out /tmp/limubert-input                 # 2 M + 5 M windows, 2 M from CSV
     python benchmarks/input_pipeline.py --smoke --out /tmp/limubert-input-smoke   # does it run?
 
 Two synthetic corpora (`harness.write_npy_corpus`, kept in `--cache-dir`): `--windows` windows of
@@ -9,6 +9,15 @@ Two synthetic corpora (`harness.write_npy_corpus`, kept in `--cache-dir`): `--wi
 `input_pipeline.KEEP_IN_MEMORY_BYTES`. Each is built through the project's own path
 (`loading.load_pretrain_data`: the imu_npy build, array_record records and the window store
 beside them) in a process of its own, which reports the build's windows/s and peak memory.
+
+Then builds from what users bring: for each of `--recording-strides`, a folder of phone-like
+CSV recordings (`harness.write_recordings_corpus`, also kept: `--recording-hz` timestamps with
+jitter, 6 channels, an `activity` label; as many `--recording-file-seconds` files as give at
+least `--recording-windows` windows of 120 steps every `stride` steps at 20 Hz), built as
+`recordings` version 20_120 the same way: reading and checking the CSV, the anti-aliased
+resampling, cutting and writing the windows. The stride sets how many source rows a window
+costs (stride x raw rate / 20), hence the mix of reading and writing; each row also gives the
+source rows (CSV lines) and CSV megabytes read per second of the whole build.
 
 Then, in a process pinned to 1 and to 2 cores (`os.sched_setaffinity`), for each corpus:
 * stream: `input_pipeline.train_batches` (batch `--batch-size`, the reference training split,
@@ -55,6 +64,9 @@ LIMU_BERT_X_WINDOWS = LIMU_BERT_X_HOURS * 3600  # one-second windows at 20 Hz: 2
 # docs/accelerators.md: base_v1 pretraining on one H200, device-resident epochs in bf16, 120-step windows.
 H200_WINDOWS_PER_S_120 = 95_434
 SHORT_WINDOW_SPEEDUP = 6.0  # 20- vs 120-step windows: the model's cost per window is about linear in its length
+# The flags a worker takes from its driver (besides --cache-dir), also recorded in the results.
+SETTINGS = ("windows", "short_windows", "recording_windows", "recording_strides", "recording_hz",
+            "recording_file_seconds", "batch_size", "seconds")
 V5E_256_CHIPS = 256
 GPUS_PER_NODE = 8
 
@@ -64,6 +76,21 @@ def _corpus(args, shape: str) -> tuple[Path, Path]:
     windows = args.windows if shape == "120x6" else args.short_windows
     root = Path(args.cache_dir)
     return root / f"npy_{shape}_{windows}", root / f"tfds_{shape}_{windows}"
+
+
+def _strides(args) -> list[int]:
+    return [int(s) for s in str(args.recording_strides).split(",") if s.strip()]
+
+
+def _recordings(args, stride: int) -> dict:
+    """The recordings corpus for windows every `stride` steps: its size, folder and data_dir."""
+    steps = round(args.recording_file_seconds * 20)  # per file at version 20_120
+    per_file = (steps - 120) // (stride or 120) + 1
+    files = math.ceil(args.recording_windows / per_file)
+    name = f"{files}x{args.recording_file_seconds:g}s_{args.recording_hz:g}hz"
+    root = Path(args.cache_dir)
+    return {"files": files, "folder": root / f"recordings_{name}",
+            "data_dir": root / f"tfds_recordings_{name}_stride{stride}"}
 
 
 def _dataset_config(args, shape: str) -> dict:
@@ -87,6 +114,27 @@ def worker_build(args) -> dict:
     assert data.train.in_store, "the build has no window store"
     return {"windows": data.num_windows, "seconds": seconds, "windows_per_s": data.num_windows / seconds,
             **peaks.read()}
+
+
+def worker_build_recordings(args) -> dict:
+    """Builds the recordings corpus (its data_dir removed before): windows/s, source rows/s,
+    CSV MB/s and peak memory."""
+    from limubert_jax.data import loading
+
+    corpus = _recordings(args, args.stride)
+    folder = corpus["folder"]
+    rows = corpus["files"] * harness.recording_rows(args.recording_file_seconds, args.recording_hz)
+    csv_bytes = sum(p.stat().st_size for p in folder.glob("*.csv"))
+    peaks = harness.MemoryPeaks()
+    t0 = time.perf_counter()
+    data = loading.load_pretrain_data({"name": "recordings", "version": "20_120", "manual_dir": str(folder),
+                                       "data_dir": str(corpus["data_dir"]), "stride": args.stride})
+    seconds = time.perf_counter() - t0
+    assert data.train.in_store, "the build has no window store"
+    return {"windows": data.num_windows, "seconds": seconds, "windows_per_s": data.num_windows / seconds,
+            "files": corpus["files"], "file_seconds": args.recording_file_seconds, "raw_hz": args.recording_hz,
+            "stride": args.stride, "source_rows": rows, "source_rows_per_s": rows / seconds,
+            "csv_mb": csv_bytes / 1e6, "csv_mb_per_s": csv_bytes / 1e6 / seconds, **peaks.read()}
 
 
 def _evict(path: Path, mapped) -> None:
@@ -155,6 +203,8 @@ def worker_stream(args) -> dict:
     return results
 
 
+WORKERS = {"build": worker_build, "build_recordings": worker_build_recordings, "stream": worker_stream}
+
 # ---------------------------------------------------------------------------------------
 # The driver.
 
@@ -192,9 +242,16 @@ def table(results: dict) -> str:
             rows.append(f"| {r['shape']} | {cores} | {r['cache']} | {r['stream']['per_s']:,.0f} | "
                         f"{r['stream']['per_cpu_s']:,.0f} | {r['gather']['per_cpu_s']:,.0f} | "
                         f"{r['ratio_per_cpu_s']:.2f} |")
-    rows += ["", "| build | windows | seconds | windows/s | peak RSS (anonymous) |", "|---|---:|---:|---:|---:|"]
-    for shape, b in results["build"].items():
-        rows.append(f"| imu_npy {shape} | {b['windows']:,} | {b['seconds']:.1f} | {b['windows_per_s']:,.0f} | "
+    rows += ["", "| build | windows | seconds | windows/s | source rows/s | CSV MB/s | peak RSS (anonymous) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, b in results["build"].items():
+        if name.startswith("recordings"):
+            what = (f"recordings 120x6, stride {b['stride']}: {b['files']:,} x {b['file_seconds']:g} s of "
+                    f"{b['raw_hz']:g} Hz CSV ({b['source_rows']:,} rows, {b['csv_mb']:,.0f} MB)")
+            source = f"{b['source_rows_per_s']:,.0f} | {b['csv_mb_per_s']:.1f}"
+        else:
+            what, source = f"imu_npy {name}", "— | —"
+        rows.append(f"| {what} | {b['windows']:,} | {b['seconds']:.1f} | {b['windows_per_s']:,.0f} | {source} | "
                     f"{b['peak_rss_anon_mb']:,.0f} MB |")
     p = results["projection"]
     hosts = ", ".join(f"{name}: {p['hosts_warm'][name]} ({p['hosts_cold'][name]} from disk)"
@@ -237,6 +294,13 @@ def main(argv=None) -> None:
     parser.add_argument("--windows", type=int, default=2_000_000,
                         help="windows of 120 x 6 (also the build-rate corpus)")
     parser.add_argument("--short-windows", type=int, default=5_000_000, help="windows of 20 x 6")
+    parser.add_argument("--recording-windows", type=int, default=2_000_000,
+                        help="at least this many windows of 120 x 6 from the recordings corpus (version 20_120)")
+    parser.add_argument("--recording-strides", default="1,6",
+                        help="a recordings build for each: steps between window starts (0: the window length, no "
+                             "overlap), comma-separated")
+    parser.add_argument("--recording-hz", type=float, default=100.0, help="the recordings' raw sampling rate")
+    parser.add_argument("--recording-file-seconds", type=float, default=3600.0, help="length of each recording")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--cache-dir", default=None,
@@ -249,24 +313,25 @@ def main(argv=None) -> None:
     parser.add_argument("--short-window-speedup", type=float, default=SHORT_WINDOW_SPEEDUP,
                         help="accelerator windows/s on 20-step windows over 120-step ones")
     parser.add_argument("--smoke", action="store_true", help="a quick check that the script runs (tiny corpora)")
-    parser.add_argument("--worker", choices=["build", "stream"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--shape", choices=list(SHAPES), help=argparse.SUPPRESS)
     parser.add_argument("--cores", type=int, help=argparse.SUPPRESS)
-    args = harness.parse_args(parser, argv, dict(windows=3_000, short_windows=20_000, seconds=0.3))
+    parser.add_argument("--stride", type=int, help=argparse.SUPPRESS)
+    args = harness.parse_args(parser, argv, dict(windows=3_000, short_windows=20_000, recording_windows=300,
+                                                 recording_strides="6", recording_file_seconds=60.0, seconds=0.3))
     if args.cache_dir is None:
         args.cache_dir = str(Path(args.out) / "cache") if args.smoke else "/tmp/limubert-input-cache"
     harness.use_checkout()
     if args.worker:
-        harness.emit_result(worker_build(args) if args.worker == "build" else worker_stream(args))
+        harness.emit_result(WORKERS[args.worker](args))
         return
-    args.passthrough = [f"--windows={args.windows}", f"--short-windows={args.short_windows}",
-                        f"--batch-size={args.batch_size}", f"--seconds={args.seconds}", f"--cache-dir={args.cache_dir}"]
+    args.passthrough = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (*SETTINGS, "cache_dir")]
     usable = len(os.sched_getaffinity(0))
     if usable < 2:
         raise SystemExit(f"this process may use {usable} core; the benchmark measures 1 and 2")
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                            "load_avg_1min_before": os.getloadavg()[0]},
-               "settings": {k: getattr(args, k) for k in ("windows", "short_windows", "batch_size", "seconds")}}
+               "settings": {k: getattr(args, k) for k in SETTINGS}}
     results["build"] = {}
     for shape, (seq_len, features, version) in SHAPES.items():
         folder, _ = _corpus(args, shape)
@@ -275,6 +340,13 @@ def main(argv=None) -> None:
         shutil.rmtree(_corpus(args, shape)[1], ignore_errors=True)  # a rerun builds again: the build is measured
         log(f"build {shape}")
         results["build"][shape] = _worker(args, "build", shape=shape)
+    for stride in _strides(args):
+        corpus = _recordings(args, stride)
+        harness.write_recordings_corpus(corpus["folder"], corpus["files"], args.recording_file_seconds,
+                                        args.recording_hz)
+        shutil.rmtree(corpus["data_dir"], ignore_errors=True)
+        log(f"build recordings, stride {stride} ({corpus['files']} files)")
+        results["build"][f"recordings stride {stride}"] = _worker(args, "build_recordings", stride=stride)
     results["stream"] = {str(cores): _worker(args, "stream", cores=cores) for cores in (1, 2)}
     two = results["stream"]["2"]
     cold = [r["stream"]["per_s"] for rows in results["stream"].values() for r in rows.values() if r["cache"] == "cold"]

@@ -138,7 +138,13 @@ def test_streaming_pretraining(smoke_runs):
 def test_input_pipeline(smoke_runs):
     stdout, out = _finished(smoke_runs, "input_pipeline")
     results = json.loads((out / "input_pipeline.json").read_text())
-    assert {shape: b["windows"] for shape, b in results["build"].items()} == {"120x6": 3_000, "20x6": 20_000}
+    # recordings (smoke): 120-step windows every 6 steps at 20 Hz from files of 60 s, 300 or more
+    per_file = (60 * 20 - 120) // 6 + 1  # 181: 2 files
+    assert {name: b["windows"] for name, b in results["build"].items()} == {
+        "120x6": 3_000, "20x6": 20_000, "recordings stride 6": 2 * per_file}
+    recordings = results["build"]["recordings stride 6"]
+    assert recordings["files"] == 2 and recordings["source_rows"] == 2 * 60 * 100 and recordings["stride"] == 6
+    assert recordings["windows_per_s"] > 0 and recordings["source_rows_per_s"] > 0 and recordings["csv_mb_per_s"] > 0
     for cores in ("1", "2"):
         rows = results["stream"][cores]
         assert set(rows) == {f"{shape} {cache}" for shape in ("120x6", "20x6") for cache in ("warm", "cold")}

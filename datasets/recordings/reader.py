@@ -6,14 +6,16 @@ directly, without a build.
 
 The whole folder is read and checked in `read_source` (the builder calls it in
 `_split_generators`, before the first example is written): every file is parsed once
-(pyarrow), split into segments at gaps and at rate changes, and each segment is brought to the
-version's rate (`resample`: copied at its own rate, else an anti-aliasing low-pass evaluated
-at the output steps); only the resampled segments are kept, and the windows are cut from them
+(pyarrow; a file per core at a time), split into segments at gaps and at rate changes, and each
+segment is brought to the version's rate (`resample`: copied at its own rate, else an
+anti-aliasing low-pass evaluated at the output steps); only the resampled segments are kept (in
+memory, and past SPILL_AFTER_BYTES in the build's own folder), and the windows are cut from them
 (`Source.windows`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import dataclasses
 import datetime
@@ -24,6 +26,9 @@ import json
 import math
 import os
 import re
+import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -60,7 +65,14 @@ RATE_WINDOW = 31  # time steps in the running median that finds rate changes (ro
 CUTOFF = 0.45
 HALF_WIDTH_STEPS = 16
 KAISER_BETA = 8.0
+_STRIDED_PHASES = 16  # up to this many phases, each evenly spaced, the low-pass is a matrix product per phase
+_SPARSE_WEIGHTS = 1 << 22  # weights in one sparse matrix of the low-pass (32 MB)
+_STRIDED_OUTPUTS = 1 << 14  # outputs per matrix product (its partial sums: pieces x 16 k x F float64)
 _PHASES = 4096  # output positions are rounded to 1/4096 of a raw step to share filter weights
+READ_THREADS = 0  # files read at once; 0: one per core
+PROGRESS_S = 10.0  # seconds between progress lines while a folder is read
+SPILL_AFTER_BYTES = 1 << 28  # resampled steps kept in memory before `read_source(spill_dir=...)` writes them out
+_LABEL_ROWS = 1 << 20  # steps whose label codes are indexed at once
 MAX_LABEL_CLASSES = 100  # more distinct numbers in a column (without label_columns): a sensor
 _HEAD_BYTES = 1 << 16
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -463,7 +475,10 @@ def _text_times(strings, unit: str, where: _Where, row_of) -> _Times:
     empty = empty.to_numpy(zero_copy_only=False)
     if empty.any():
         raise where.error("timestamp is empty or not a finite number", row_of(int(np.argmax(empty))))
-    for kind in (pa.int64(), pa.float64()):
+    # The cast to integers is only tried when the first timestamp is one: a failed cast costs
+    # as much as reading the file.
+    kinds = (pa.int64(), pa.float64()) if len(strings) and _INTEGER.fullmatch(strings[0].as_py()) else (pa.float64(),)
+    for kind in kinds:
         try:
             values = pc.cast(strings, kind).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -617,7 +632,9 @@ def _read(path: epath.Path, rel: str, raw: list[str], names: list[str], features
     else:
         table, row_of = _read_csv(path, raw, names, wanted, where)
         times = _text_times(table[TIMESTAMP], options["timestamp_unit"], where, row_of)
-    x = np.stack([table[n].to_numpy(zero_copy_only=False).astype(np.float64) for n in features], axis=1)
+    x = np.empty((table.num_rows, len(features)))
+    for j, name in enumerate(features):
+        x[:, j] = table[name].to_numpy(zero_copy_only=False)
     values = times.values
     bad = ~np.isfinite(values)
     if bad.any():
@@ -674,13 +691,10 @@ def clock(t: np.ndarray) -> tuple[float, bool]:
 
 
 def _running_median(values: np.ndarray, width: int) -> np.ndarray:
-    padded = np.pad(values, width // 2, mode="edge")
-    view = np.lib.stride_tricks.sliding_window_view(padded, width)
-    out = np.empty(len(values))
-    block = 1 << 15
-    for start in range(0, len(values), block):
-        out[start : start + block] = np.median(view[start : start + block], axis=1)
-    return out
+    """The median of the `width` (odd) values centred on each value, the ends repeated."""
+    import scipy.ndimage  # noqa: PLC0415
+
+    return scipy.ndimage.median_filter(np.asarray(values, np.float64), size=width, mode="nearest")
 
 
 def rate_changes(t: np.ndarray) -> list[int]:
@@ -758,11 +772,57 @@ def _lowpass_at(grid: np.ndarray, positions: np.ndarray, raw: float, rate: float
     reach = -int(taps[0]) + 1
     padded = _extend(grid, reach)
     out = np.empty((len(positions), grid.shape[1]))
-    block = max(1, (1 << 22) // (len(taps) * grid.shape[1]))
-    for start in range(0, len(positions), block):
-        index = base[start : start + block, None] + taps[None, :] + reach
-        out[start : start + block] = np.einsum("mk,mkf->mf", weights[which[start : start + block]], padded[index])
+    if len(phases) <= _STRIDED_PHASES:
+        groups = [np.flatnonzero(which == j) for j in range(len(phases))]
+        steps = [np.unique(np.diff(base[g])) for g in groups]
+        if all(len(step) <= 1 for step in steps):  # a whole-number ratio of rates, or a ratio of small ones
+            for j, (group, step) in enumerate(zip(groups, steps)):
+                first = base[group[0]] + taps[0] + reach
+                out[group] = _strided_filter(padded[first:], weights[j], int(step[0]) if len(step) else 1, len(group))
+            return out
+    _sparse_filter(padded, base + taps[0] + reach, weights, which, out)
     return out
+
+
+def _strided_filter(samples: np.ndarray, weights: np.ndarray, step: int, count: int) -> np.ndarray:
+    """(count, F): sum_k weights[k] samples[i step + k] for i < count, as matrix products: the
+    samples cut into rows of `step`, the weights cut the same way (Q pieces); output i is the
+    sum over q of piece q times row i + q. _STRIDED_OUTPUTS outputs at a time."""
+    pieces = -(-len(weights) // step)
+    kernel = np.zeros(pieces * step)
+    kernel[: len(weights)] = weights
+    kernel = kernel.reshape(pieces, step)
+    features = samples.shape[1]
+    out = np.zeros((count, features))
+    for first in range(0, count, _STRIDED_OUTPUTS):
+        n = min(_STRIDED_OUTPUTS, count - first)
+        rows = n + pieces - 1
+        cut = np.zeros((rows * step, features))
+        available = samples[first * step : (first + rows) * step]
+        cut[: len(available)] = available  # past the samples: weights of 0 only
+        by_offset = cut.reshape(rows, step, features).transpose(1, 0, 2).reshape(step, rows * features)
+        partial = (kernel @ by_offset).reshape(pieces, rows, features)
+        for q in range(pieces):
+            out[first : first + n] += partial[q, q : q + n]
+    return out
+
+
+def _sparse_filter(padded: np.ndarray, first: np.ndarray, weights: np.ndarray, which: np.ndarray,
+                   out: np.ndarray) -> None:
+    """out[m] = sum_k weights[which[m], k] padded[first[m] + k], a block of outputs at a time as
+    a sparse matrix (a row of weights per output) times the samples."""
+    import scipy.sparse  # noqa: PLC0415
+
+    index = np.int32 if len(padded) < 2**31 - 1 else np.int64  # scipy's own choice: no copy in the matrix
+    width = weights.shape[1]
+    block = max(1, _SPARSE_WEIGHTS // width)
+    for start in range(0, len(first), block):
+        rows = first[start : start + block].astype(index)
+        columns = (rows[:, None] + np.arange(width, dtype=index)[None, :]).ravel()
+        indptr = np.arange(len(rows) + 1, dtype=index) * index(width)
+        matrix = scipy.sparse.csr_matrix((weights[which[start : start + block]].ravel(), columns, indptr),
+                                         shape=(len(rows), len(padded)))
+        out[start : start + block] = matrix @ padded
 
 
 def _nearest(t: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -839,6 +899,13 @@ class Source:
     recordings: list[Recording]
     options: dict[str, Any]
     fingerprint: str = ""  # of the folder as read (`fingerprint(source_dir, options['fingerprint'])`)
+    spill: _Spill | None = dataclasses.field(default=None, repr=False)  # where resampled steps past memory went
+
+    def close(self) -> None:
+        """Removes the resampled steps `read_source` spilled to files (the segments that were
+        there can no longer be read)."""
+        if self.spill is not None:
+            self.spill.close()
 
     @property
     def num_windows(self) -> int:
@@ -903,6 +970,39 @@ class Source:
 WINDOWS_PER_CHUNK = 4096  # windows cut at once by `Source.windows`
 
 
+class _Spill:
+    """Where `read_source` keeps resampled arrays: in memory up to SPILL_AFTER_BYTES in all, then
+    as .npy files memory-mapped from a temporary folder made in `parent` (None: memory only)."""
+
+    def __init__(self, parent: epath.PathLike | None):
+        self._folder = None
+        if parent is not None and "://" not in os.fspath(parent):
+            self._folder = tempfile.TemporaryDirectory(prefix=".recordings-resampled-", dir=os.fspath(parent))
+        self._in_memory = self._files = 0
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        with self._lock:
+            to_file = self._folder is not None and self._in_memory + nbytes > SPILL_AFTER_BYTES
+            self._in_memory += 0 if to_file else nbytes
+            self._files += to_file
+            name = f"{self._files}.npy"
+        if not to_file:
+            return np.empty(shape, dtype)
+        return np.lib.format.open_memmap(os.path.join(self._folder.name, name), mode="w+", dtype=dtype, shape=shape)
+
+    def keep(self, array: np.ndarray, dtype=None) -> np.ndarray:
+        """`array` (cast to `dtype`) where it is kept."""
+        kept = self.empty(array.shape, array.dtype if dtype is None else dtype)
+        kept[...] = array
+        return kept
+
+    def close(self) -> None:
+        if self._folder is not None:
+            self._folder.cleanup()
+
+
 def _label_changes(labels: np.ndarray) -> np.ndarray:
     """(M, L): how often each column of a segment's labels (M, L) changed up to each step."""
     return np.concatenate([np.zeros((1, labels.shape[1]), np.int64), np.cumsum(labels[1:] != labels[:-1], axis=0)])
@@ -960,14 +1060,109 @@ def _split(t: np.ndarray, max_gap_s: float) -> list[tuple[int, int]]:
     return bounds
 
 
+@dataclasses.dataclass
+class _ReadFile:
+    """One file read and resampled (`_read_file`): its segments [(imu (M, F) float32, label codes
+    (M, columns it has) int32 or None, first timestamp)], raw rate, segment count, {column it has:
+    its values}, skipped slow segments, and (where, row_of, first sample, rate) of every segment
+    too slow for the version."""
+
+    rel: str
+    segments: list[tuple[np.ndarray, np.ndarray | None, float]]
+    rate: float | None
+    num_segments: int
+    labels: dict[str, list[str]]
+    skipped: list[dict[str, Any]]
+    slow: list[tuple[_Where, Any, int, float]]
+    rows: int  # raw samples read
+
+
+def _release_parsed() -> None:
+    """Hands the memory pyarrow kept from a parsed file back to the system (its allocator keeps
+    freed pages for reuse: about 40 bytes a sample, per reading thread)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    pa.default_memory_pool().release_unused()
+
+
+def _read_file(root: epath.Path, rel: str, raw: list[str], names: list[str], version: str, sampling_rate: int,
+               seq_len: int, features: Sequence[str], label_columns: Sequence[str], options: dict[str, Any],
+               spill: _Spill) -> _ReadFile:
+    """Reads one recording and resamples its segments; only the resampled steps are kept."""
+    where = _Where(version, root / rel)
+    table, row_of = _read(root / rel, rel, raw, names, features, label_columns, options, where)
+    _release_parsed()
+    t, x = table.t, table.x
+    dt = np.diff(t)
+    within = dt[dt <= options["max_gap_s"]]  # the time steps inside segments
+    rate = _snap(1.0 / float(np.median(within))) if len(within) else None
+    bounds = _split(t, options["max_gap_s"])
+    segments, skipped, slow = [], [], []
+    for a, b in bounds:
+        if b - a < 2:
+            continue
+        segment_rate, _ = clock(t[a:b])
+        seconds = (b - a) / segment_rate
+        if sampling_rate > segment_rate * (1 + UPSAMPLE_TOLERANCE):
+            slow.append((where, row_of, a, segment_rate))
+            if seconds * sampling_rate >= seq_len - 1e-9:  # it would have made a window
+                skipped.append({"row": row_of(a), "rate_hz": round(segment_rate, 3), "seconds": round(seconds, 3)})
+                logging.warning("recordings/%s: %s row %d: %g s sampled at %.4g Hz, below the %d Hz of the "
+                                "version: skipped (recordings are never up-sampled)", version, root / rel,
+                                skipped[-1]["row"], seconds, segment_rate, sampling_rate)
+            continue
+        if output_length(b - a, segment_rate, sampling_rate) < seq_len:
+            continue  # too short for a window
+        out, rows = resample(t[a:b], x[a:b], sampling_rate)
+        if len(out) >= seq_len:
+            codes = np.stack([c[rows + a] for c, _ in table.labels.values()], axis=1) if table.labels else None
+            segments.append((spill.keep(out, np.float32), None if codes is None else spill.keep(codes),
+                             table.origin_s + float(t[a])))
+    return _ReadFile(rel, segments, rate, len(bounds), {c: v for c, (_, v) in table.labels.items()}, skipped, slow,
+                     len(t))
+
+
+def _read_files(root: epath.Path, files: Sequence[str], headers: Sequence[tuple[list[str], list[str]]],
+                version: str, sampling_rate: int, seq_len: int, features: Sequence[str],
+                label_columns: Sequence[str], options: dict[str, Any], spill: _Spill) -> list[_ReadFile]:
+    """`_read_file` of every file, in order, READ_THREADS at a time (parsing, the low-pass and
+    the spill's writes release the GIL); the first failing file in order raises, and the files
+    not started then are not read. Logs progress every PROGRESS_S seconds."""
+    threads = max(1, min(len(files), READ_THREADS or os.cpu_count() or 1))
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="recordings-read")
+    started = logged = time.monotonic()
+    parsed, rows = [], 0
+    try:
+        futures = [pool.submit(_read_file, root, rel, raw, names, version, sampling_rate, seq_len, features,
+                               label_columns, options, spill) for rel, (raw, names) in zip(files, headers)]
+        for future in futures:
+            parsed.append(future.result())
+            rows += parsed[-1].rows
+            if time.monotonic() - logged > PROGRESS_S and len(parsed) < len(files):
+                logged = time.monotonic()
+                rate = len(parsed) / (logged - started)
+                logging.info("recordings/%s: %d of %d recordings read (%.2g M samples/s), %.0f s to go", version,
+                             len(parsed), len(files), rows / (logged - started) / 1e6,
+                             (len(files) - len(parsed)) / rate)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return parsed
+
+
 def read_source(source_dir: epath.PathLike, sampling_rate: int, seq_len: int, *, stride: int = 0,
                 max_gap_s: float = 1.0, acc_unit: str = "m/s^2", gyro_unit: str = "rad/s", timestamp_unit: str = "s",
                 columns: str | dict = "", label_columns: str | Sequence[str] = "",
-                ignore_columns: str | Sequence[str] = "", fingerprint: str = "stat") -> Source:
+                ignore_columns: str | Sequence[str] = "", fingerprint: str = "stat",
+                spill_dir: epath.PathLike | None = None) -> Source:
     """Reads and checks every recording under `source_dir` and resamples it to `sampling_rate`
     (see README.md); the options are SOURCE_OPTIONS (OPTION_HELP). ValueError naming the file
     (and row) for any malformed input, naming `config.dataset.<option>` for a bad option, when
-    the folder changes while it is read, and when the folder makes no window of `seq_len` steps."""
+    the folder changes while it is read, and when the folder makes no window of `seq_len` steps.
+
+    Memory: READ_THREADS files' raw samples at a time, and the resampled steps of the folder;
+    with `spill_dir` (a local folder), the resampled steps beyond SPILL_AFTER_BYTES go to
+    memory-mapped files in a temporary folder inside it, removed by `Source.close()` (or when
+    the Source is collected)."""
     options = check_options(stride=stride, max_gap_s=max_gap_s, acc_unit=acc_unit, gyro_unit=gyro_unit,
                             timestamp_unit=timestamp_unit, columns=columns, label_columns=label_columns,
                             ignore_columns=ignore_columns, fingerprint=fingerprint)
@@ -1002,71 +1197,58 @@ def read_source(source_dir: epath.PathLike, sampling_rate: int, seq_len: int, *,
                                            if n not in CHANNELS and n not in ignored))
     step = options["stride"] or seq_len
 
-    # (rel, segments [(imu, label codes (M, columns here), first timestamp)], raw rate, segment count,
-    # {column here: its values}, skipped slow segments); only the resampled steps are kept, the raw
-    # samples of one file at a time.
-    parsed = []
-    slow = []  # (where, row_of, first sample, rate) of every segment too slow for the version
-    for rel, (raw, names) in zip(files, headers):
-        where = _Where(version, root / rel)
-        table, row_of = _read(root / rel, rel, raw, names, features, label_columns, options, where)
-        t, x = table.t, table.x
-        dt = np.diff(t)
-        within = dt[dt <= options["max_gap_s"]]  # the time steps inside segments
-        rate = _snap(1.0 / float(np.median(within))) if len(within) else None
-        bounds = _split(t, options["max_gap_s"])
-        segments, skipped = [], []
-        for a, b in bounds:
-            if b - a < 2:
-                continue
-            segment_rate, _ = clock(t[a:b])
-            seconds = (b - a) / segment_rate
-            if sampling_rate > segment_rate * (1 + UPSAMPLE_TOLERANCE):
-                slow.append((where, row_of, a, segment_rate))
-                if seconds * sampling_rate >= seq_len - 1e-9:  # it would have made a window
-                    skipped.append({"row": row_of(a), "rate_hz": round(segment_rate, 3), "seconds": round(seconds, 3)})
-                    logging.warning("recordings/%s: %s row %d: %g s sampled at %.4g Hz, below the %d Hz of the "
-                                    "version: skipped (recordings are never up-sampled)", version, root / rel,
-                                    skipped[-1]["row"], seconds, segment_rate, sampling_rate)
-                continue
-            if output_length(b - a, segment_rate, sampling_rate) < seq_len:
-                continue  # too short for a window
-            out, rows = resample(t[a:b], x[a:b], sampling_rate)
-            if len(out) >= seq_len:
-                codes = np.stack([c[rows + a] for c, _ in table.labels.values()], axis=1) if table.labels else None
-                segments.append((out.astype(np.float32), codes, table.origin_s + float(t[a])))
-        parsed.append((rel, segments, rate, len(bounds), {c: v for c, (_, v) in table.labels.items()}, skipped))
+    spill = _Spill(spill_dir)
+    try:
+        source = _resampled_source(root, files, headers, version, sampling_rate, seq_len, step, features,
+                                   label_columns, bool(wanted_labels), options, before, spill)
+    except BaseException:
+        spill.close()
+        raise
+    return source
 
+
+def _resampled_source(root: epath.Path, files: Sequence[str], headers: Sequence[tuple[list[str], list[str]]],
+                      version: str, sampling_rate: int, seq_len: int, step: int, features: Sequence[str],
+                      label_columns: list[str], labels_named: bool, options: dict[str, Any], before: str,
+                      spill: _Spill) -> Source:
+    """The rest of `read_source`: the files read, their labels indexed in the folder's classes."""
+    parsed = _read_files(root, files, headers, version, sampling_rate, seq_len, features, label_columns, options,
+                         spill)
+    slow = [entry for p in parsed for entry in p.slow]
     classes, lookup = {}, {}
     for column in label_columns:
-        values = {v for *_, labels, _ in parsed if column in labels for v in labels[column]}
-        if not wanted_labels and values and all(_is_number(v) for v in values):
+        values = {v for p in parsed if column in p.labels for v in p.labels[column]}
+        if not labels_named and values and all(_is_number(v) for v in values):
             fractional = next((v for v in sorted(values) if not _INTEGER.fullmatch(v.strip())), None)
             if fractional is not None or len(values) > MAX_LABEL_CLASSES:
-                first = next(rel for rel, *_, labels, _ in parsed if column in labels)
+                first = next(p.rel for p in parsed if column in p.labels)
                 detail = (f"numbers such as {fractional!r}" if fractional is not None
                           else f"{len(values)} distinct numbers, more than {MAX_LABEL_CLASSES}")
                 raise _sensor_like(column, detail, _Where(version, root / first))
         classes[column], lookup[column] = _class_names(values)
     recordings = []
-    for rel, segments, rate, count, labels, skipped in parsed:
+    for p in parsed:
         # a file's code -> the class index; code -1 (no label) -> the last entry, -1
-        luts = [np.asarray([lookup[c][v] for v in values] + [MISSING_LABEL], np.int32) for c, values in labels.items()]
-        positions = [label_columns.index(c) for c in labels]
+        luts = [np.asarray([lookup[c][v] for v in values] + [MISSING_LABEL], np.int32)
+                for c, values in p.labels.items()]
+        positions = [label_columns.index(c) for c in p.labels]
         kept = []
-        for imu, codes, _ in segments:
-            y = np.full((len(imu), len(label_columns)), MISSING_LABEL, np.int32)
-            for k, (j, lut) in enumerate(zip(positions, luts)):
-                y[:, j] = lut[codes[:, k]]
+        for imu, codes, _ in p.segments:
+            y = spill.empty((len(imu), len(label_columns)), np.int32)
+            for a in range(0, len(imu), _LABEL_ROWS):
+                block = np.full((min(_LABEL_ROWS, len(imu) - a), len(label_columns)), MISSING_LABEL, np.int32)
+                for k, (j, lut) in enumerate(zip(positions, luts)):
+                    block[:, j] = lut[codes[a : a + len(block), k]]
+                y[a : a + len(block)] = block
             kept.append((imu, y))
-        recordings.append(Recording(rel, rate, count, kept, segment_starts_s=[first for *_, first in segments],
-                                    skipped_segments=skipped))
+        recordings.append(Recording(p.rel, p.rate, p.num_segments, kept,
+                                    segment_starts_s=[first for *_, first in p.segments], skipped_segments=p.skipped))
     after = _fingerprint_of(root, find_recordings(root, version), options["fingerprint"])
     if after != before:
         raise ValueError(f"recordings/{version}: {root}: the folder changed while it was read (a recording added, "
                          f"removed or rewritten); build again when it is complete")
     source = Source(str(root), sampling_rate, seq_len, step, len(features), label_columns, classes, recordings,
-                    options, before)
+                    options, before, spill)
     for recording in recordings:
         recording.windows = sum(len(source.starts(len(imu))) for imu, _ in recording.segments)
     if source.num_windows == 0 and slow:

@@ -91,6 +91,16 @@ def test_build_and_read_back(built):
     assert "timestamp" in builder.info.description  # README.md is the description
 
 
+def test_a_build_whose_resampled_steps_spill_to_disk_is_the_same_and_leaves_no_spill(built, tmp_path, monkeypatch):
+    folder, _, data = built
+    monkeypatch.setattr(rec, "SPILL_AFTER_BYTES", 0)
+    spilled = _build(folder, tmp_path)
+    source = spilled.as_data_source(split="train")
+    for name, values in data.items():
+        np.testing.assert_array_equal(np.stack([np.asarray(source[i][name]) for i in range(len(source))]), values)
+    assert not [p for p in tmp_path.rglob("*") if "resampled" in p.name]
+
+
 def test_labels_of_the_build(built):
     _, _, data = built
     activity, user, place = (data["label"][..., j] for j in range(3))
@@ -380,15 +390,17 @@ def test_empty_folders_and_no_window(tmp_path):
     assert [r.windows for r in _read(tmp_path, "20_10").recordings] == [0, 0, 1]  # short ones add none
 
 
-def test_nothing_half_built_after_an_error(tmp_path):
-    (tmp_path / "src").mkdir()
+def test_nothing_half_built_after_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(rec, "SPILL_AFTER_BYTES", 0)  # what a.csv spilled to disk goes too
+    testing.write_recording(tmp_path / "src" / "a.csv", np.arange(100) / 20)  # 10 windows
     (tmp_path / "src" / "bad.csv").write_text("\n".join([HEADER, *GOOD[:5], ROW.format(t=0)]))
     with pytest.raises(ValueError, match=r"bad\.csv row 7: timestamp 0\.0 does not increase"):
         _build(tmp_path / "src", tmp_path / "tfds", "20_10")
     assert not (tmp_path / "tfds" / "recordings").exists()
     (tmp_path / "src" / "bad.csv").write_text("\n".join([HEADER, *GOOD]))  # fixed: builds
     builder = _build(tmp_path / "src", tmp_path / "tfds", "20_10")
-    assert len(builder.as_data_source(split="train")) == 3
+    assert len(builder.as_data_source(split="train")) == 10 + 3
+    assert not [p for p in tmp_path.rglob("*") if "resampled" in p.name]
 
 
 # ---------------------------------------------------------------------------------------

@@ -110,6 +110,38 @@ def test_an_irregular_clock_is_interpolated_then_low_passed():
     assert out[:, 1].std() < 0.1  # (a 40 Hz tone: its remains from the interpolation's errors)
 
 
+def _lowpass_one_output_at_a_time(grid, positions, raw, rate):
+    """The low-pass written out per output step: its own weights (`lowpass_weights` at its
+    phase) over the samples it reaches, the ends point-reflected (`_extend`)."""
+    taps, _ = rec.lowpass_weights(np.zeros(1), raw, rate)
+    reach = -int(taps[0]) + 1
+    padded = rec._extend(grid, reach)
+    out = np.empty((len(positions), grid.shape[1]))
+    for m, position in enumerate(positions):
+        base = math.floor(position)
+        phase = np.round((position - base) * rec._PHASES) / rec._PHASES
+        _, weights = rec.lowpass_weights(np.array([phase]), raw, rate)
+        out[m] = weights[0] @ padded[base + taps + reach]
+    return out
+
+
+@pytest.mark.parametrize("raw", [100.0, 50.0, 128.0, 99.37, 20.5])  # phases: 1, 2, 5 (as matrix products), ~1 per output, 40
+def test_the_low_pass_is_its_definition_at_every_output_step(raw, monkeypatch):
+    monkeypatch.setattr(rec, "_STRIDED_OUTPUTS", 7)  # outputs in blocks, the last one short
+    monkeypatch.setattr(rec, "_SPARSE_WEIGHTS", 1000)
+    grid = np.random.default_rng(0).standard_normal((900, 3)).cumsum(axis=0)
+    positions = np.arange(rec.output_length(len(grid), raw, 20)) * (raw / 20)
+    np.testing.assert_allclose(rec._lowpass_at(grid, positions, raw, 20), _lowpass_one_output_at_a_time(
+        grid, positions, raw, 20), rtol=0, atol=1e-12)
+
+
+def test_the_running_median_is_the_median_of_each_window():
+    values = np.random.default_rng(1).uniform(0.5, 1.5, 400)
+    padded = np.pad(values, 3, mode="edge")
+    expected = [np.median(padded[i : i + 7]) for i in range(len(values))]
+    np.testing.assert_array_equal(rec._running_median(values, 7), expected)
+
+
 # ---------------------------------------------------------------------------------------
 # Rate changes inside a file.
 
@@ -317,6 +349,49 @@ def test_read_source_checks_max_gap_s(tmp_path, gap):
     testing.write_recording(tmp_path / "r.csv", np.arange(100) / 20)
     with pytest.raises(ValueError, match=r"^config\.dataset\.max_gap_s must be a number of seconds > 0"):
         _read(tmp_path, max_gap_s=gap)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a folder: files on several threads, resampled steps spilled to disk.
+
+
+def _labelled_folder(folder):
+    for i, seconds in enumerate([30, 45, 20]):
+        t = np.arange(100 * seconds) / 100 + 1000 * i
+        activity = ["walk" if (k // 700) % 2 else "sit" for k in range(len(t))]
+        testing.write_recording(folder / f"r{i}.csv", t, labels={"activity": activity, "user": [i] * len(t)})
+
+
+def test_files_read_on_threads_and_spilled_to_disk_give_the_same_windows(tmp_path, monkeypatch):
+    _labelled_folder(tmp_path / "src")
+    monkeypatch.setattr(rec, "READ_THREADS", 1)
+    alone = _read(tmp_path / "src", "20_40", stride=7)
+    monkeypatch.setattr(rec, "READ_THREADS", 3)
+    monkeypatch.setattr(rec, "SPILL_AFTER_BYTES", 30_000)  # some segments in memory, the rest on disk
+    (tmp_path / "spill").mkdir()
+    spilled = _read(tmp_path / "src", "20_40", stride=7, spill_dir=tmp_path / "spill")
+    kinds = [type(a) for r in spilled.recordings for segment in r.segments for a in segment]
+    assert np.memmap in kinds and np.ndarray in kinds
+    assert spilled.metadata() == alone.metadata() and alone.num_windows > 100
+    for a, b in zip(alone.window_chunks(50), spilled.window_chunks(50), strict=True):
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    (folder,) = (tmp_path / "spill").iterdir()
+    assert folder.name.startswith(".recordings-resampled-") and len(list(folder.iterdir())) > 2
+    spilled.close()
+    assert not any((tmp_path / "spill").iterdir())
+
+
+def test_the_first_bad_file_in_order_is_reported_and_nothing_spilled_stays(tmp_path, monkeypatch):
+    _labelled_folder(tmp_path / "src")
+    testing.write_recording(tmp_path / "src" / "r1.csv", np.r_[0.0, 0.1, 0.1])
+    testing.write_recording(tmp_path / "src" / "r2.csv", np.r_[0.0, -1.0])  # also bad, and quicker to read
+    monkeypatch.setattr(rec, "READ_THREADS", 3)
+    monkeypatch.setattr(rec, "SPILL_AFTER_BYTES", 0)
+    (tmp_path / "spill").mkdir()
+    with pytest.raises(ValueError, match=r"r1\.csv row 4: timestamp 0\.1 does not increase"):
+        _read(tmp_path / "src", "20_40", spill_dir=tmp_path / "spill")
+    assert not any((tmp_path / "spill").iterdir())
 
 
 # ---------------------------------------------------------------------------------------
