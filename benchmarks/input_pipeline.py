@@ -347,6 +347,7 @@ def main(argv=None) -> None:
         shutil.rmtree(corpus["data_dir"], ignore_errors=True)
         log(f"build recordings, stride {stride} ({corpus['files']} files)")
         results["build"][f"recordings stride {stride}"] = _worker(args, "build_recordings", stride=stride)
+        shutil.rmtree(corpus["data_dir"], ignore_errors=True)  # not streamed: its disk space back
     results["stream"] = {str(cores): _worker(args, "stream", cores=cores) for cores in (1, 2)}
     two = results["stream"]["2"]
     cold = [r["stream"]["per_s"] for rows in results["stream"].values() for r in rows.values() if r["cache"] == "cold"]

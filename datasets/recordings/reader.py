@@ -1010,24 +1010,26 @@ def _label_changes(labels: np.ndarray) -> np.ndarray:
 
 def _segment_windows(imu: np.ndarray, labels: np.ndarray, changes: np.ndarray, starts: np.ndarray, seq_len: int,
                      recording: int) -> dict[str, np.ndarray]:
-    """The windows of one segment (imu (M, F), labels (M, L), their `_label_changes`) at `starts`:
-    a label column not the same at every step of a window (or missing, -1) is -1 at every step
-    of it."""
-    steps = starts[:, None] + np.arange(seq_len)
+    """The windows of one segment (imu (M, F), labels (M, L), their `_label_changes`) at `starts`
+    (evenly spaced): a label column not the same at every step of a window (or missing, -1) is
+    -1 at every step of it."""
     first = labels[starts].astype(np.int64)
     # the same at every step: no change between the window's first and last step
     keep = (changes[starts + seq_len - 1] == changes[starts]) & (first >= 0)
-    label = np.where(keep, first, MISSING_LABEL)
-    return {
-        "imu": imu[steps],
-        "label": np.broadcast_to(label[:, None, :], (len(starts), seq_len, labels.shape[1])),
-        "recording": np.full(len(starts), recording, np.int64),
-    }
+    label = np.empty((len(starts), seq_len, labels.shape[1]), np.int64)
+    label[...] = np.where(keep, first, MISSING_LABEL)[:, None, :]
+    # The windows as a strided view of the segment, copied once (a gather by index is 5x slower).
+    rows = np.asarray(imu)[starts[0] :] if len(starts) else np.asarray(imu)
+    step = int(starts[1] - starts[0]) if len(starts) > 1 else 1
+    windows = np.lib.stride_tricks.as_strided(rows, shape=(len(starts), seq_len, imu.shape[1]), writeable=False,
+                                              strides=(step * rows.strides[0], *rows.strides))
+    return {"imu": np.array(windows), "label": label, "recording": np.full(len(starts), recording, np.int64)}
 
 
 def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
 
 
 def _class_names(values: set[str]) -> tuple[list[str], dict[str, int]]:

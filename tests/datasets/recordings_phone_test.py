@@ -382,6 +382,16 @@ def test_files_read_on_threads_and_spilled_to_disk_give_the_same_windows(tmp_pat
     assert not any((tmp_path / "spill").iterdir())
 
 
+def test_reading_a_folder_logs_its_progress(tmp_path, monkeypatch, caplog):
+    _labelled_folder(tmp_path)
+    monkeypatch.setattr(rec, "PROGRESS_S", -1.0)  # a line after every file but the last
+    with caplog.at_level(logging.INFO):
+        _read(tmp_path, "20_40")
+    lines = [r.getMessage() for r in caplog.records if "recordings read" in r.getMessage()]
+    assert [line.split(" (")[0] for line in lines] == [f"recordings/20_40: {k} of 3 recordings read" for k in (1, 2)]
+    assert all(line.endswith(" s to go") and "M samples/s" in line for line in lines)
+
+
 def test_the_first_bad_file_in_order_is_reported_and_nothing_spilled_stays(tmp_path, monkeypatch):
     _labelled_folder(tmp_path / "src")
     testing.write_recording(tmp_path / "src" / "r1.csv", np.r_[0.0, 0.1, 0.1])
