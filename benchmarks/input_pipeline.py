@@ -39,7 +39,7 @@ windows by `--short-window-speedup`, an assumption until measured) and `--tpu-ch
 (default: the same per chip as the H200, an upper bound on what a v5e chip consumes).
 
 Writes `input_pipeline.json`, `input_pipeline.md` (the table) and `input_pipeline.png` to `--out`
-and prints the table. `--smoke` checks that the script runs: tiny corpora, 0.3 s per
+and prints the table. `--smoke` checks that the script runs: tiny corpora, 0.1 s per
 measurement; never a timing.
 """
 
@@ -318,7 +318,7 @@ def main(argv=None) -> None:
     parser.add_argument("--cores", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stride", type=int, help=argparse.SUPPRESS)
     args = harness.parse_args(parser, argv, dict(windows=3_000, short_windows=20_000, recording_windows=300,
-                                                 recording_strides="6", recording_file_seconds=60.0, seconds=0.3))
+                                                 recording_strides="6", recording_file_seconds=60.0, seconds=0.1))
     if args.cache_dir is None:
         args.cache_dir = str(Path(args.out) / "cache") if args.smoke else "/tmp/limubert-input-cache"
     harness.use_checkout()
