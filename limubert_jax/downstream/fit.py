@@ -35,6 +35,7 @@ def _optimizer(learning_rate: float, trainable: Any) -> optax.GradientTransforma
 
 
 def _argmax_fn(apply_fn: ApplyFn) -> PredictFn:
+    """The classes a classifier predicts (eval mode): (params, x [N, ...]) -> [N]."""
     return lambda p, x: jnp.argmax(apply_fn(p, x, False, jax.random.key(0)), -1)
 
 
@@ -231,7 +232,7 @@ def predict_many(apply_fn: ApplyFn, params, x: np.ndarray, batch_size: int = 204
     """Predicted classes [D, N] of D classifiers (`params` leaves with a leading axis D) on
     the rows of `x` [N, ...] (eval mode), one compiled program for all of them: side by side
     where `vectorize` (default `vectorized_default()`), else one after another."""
-    one = lambda p, xb: jnp.argmax(apply_fn(p, xb, False, jax.random.key(0)), -1)  # noqa: E731
+    one = _argmax_fn(apply_fn)
     if vectorize if vectorize is not None else vectorized_default():
         apply = jax.jit(jax.vmap(one, in_axes=(0, None)))
         return np.moveaxis(map_batches(lambda xb: np.moveaxis(np.asarray(apply(params, xb)), 0, 1), x, batch_size),
@@ -244,7 +245,7 @@ def predict_many(apply_fn: ApplyFn, params, x: np.ndarray, batch_size: int = 204
 
 def predict(apply_fn: ApplyFn, params, x: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     """Predicted classes [N] of the rows of `x` [N, ...] (eval mode), `batch_size` rows a call."""
-    apply = jax.jit(lambda p, xb: jnp.argmax(apply_fn(p, xb, False, jax.random.key(0)), -1))
+    apply = jax.jit(_argmax_fn(apply_fn))
     return map_batches(lambda xb: apply(params, xb), x, batch_size)
 
 
