@@ -343,13 +343,16 @@ class ExampleChunks:
     `chunks()` starts a pass over the examples: each chunk is a dict from feature name to the
     values of its k examples stacked ([k, *shape], the feature's dtype; a chunk's arrays may be
     reused by the next one). `num_examples` in all. `finish()` runs once the split is written,
-    whichever way it was (metadata a full pass computes, e.g. the SHA-256 of the source files).
-    Iterating the object gives TFDS's (key, example) pairs one example at a time (`ordered_key`).
+    whichever way it was (metadata a full pass computes, e.g. the SHA-256 of the source files);
+    `close()` once writing ends, written or failed (what the chunks read from, e.g. temporary
+    files, released). Iterating the object gives TFDS's (key, example) pairs one example at a
+    time (`ordered_key`).
     """
 
     num_examples: int
     chunks: Callable[[], Iterator[dict[str, np.ndarray]]]
     finish: Callable[[], None] = lambda: None
+    close: Callable[[], None] = lambda: None
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         index = 0
@@ -708,6 +711,18 @@ class ChunkedSplitWriter:
 
     def _generate_splits(self, dl_manager, download_config):
         splits = self._split_generators(dl_manager)
+        chunked = [s for s in splits.values() if isinstance(s, ExampleChunks)] if isinstance(splits, dict) else []
+        try:
+            infos = self._write_splits(splits, dl_manager, download_config)
+            for split in chunked:
+                split.finish()
+            return infos
+        finally:
+            for split in chunked:
+                split.close()
+
+    def _write_splits(self, splits, dl_manager, download_config) -> list:
+        """The splits written, in bulk where possible (else by TFDS's writer); their infos."""
         examples = splits.get("train") if isinstance(splits, dict) and list(splits) == ["train"] else None
         reason = self._bulk_unavailable(examples, download_config)
         if reason is None:
@@ -730,9 +745,6 @@ class ChunkedSplitWriter:
                 infos = super()._generate_splits(dl_manager, download_config)
             finally:
                 del self._split_generators
-        for split in splits.values() if isinstance(splits, dict) else ():
-            if isinstance(split, ExampleChunks):
-                split.finish()
         return infos
 
     def _bulk_unavailable(self, examples: ExampleChunks | None, download_config) -> str | None:

@@ -920,7 +920,7 @@ class Source:
         or not the same at every step is -1 at every step of the window (`window_chunks`)."""
         for chunk in self.window_chunks(WINDOWS_PER_CHUNK):
             for imu, label, index in zip(chunk["imu"], chunk["label"], chunk["recording"]):
-                yield imu, np.ascontiguousarray(label), int(index)
+                yield imu, label, int(index)
 
     def window_chunks(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         """The windows of `windows` in chunks of about `size` (at least `size`, but the last):

@@ -77,24 +77,17 @@ class Builder(common.UserFolderBuilder):
             metadata=common.imu_metadata(config, 6),
         )
 
-    def _generate_splits(self, dl_manager, download_config):
-        try:
-            return super()._generate_splits(dl_manager, download_config)
-        finally:
-            for source in self.__dict__.pop("_sources", []):
-                source.close()
-
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
         # The resampled recordings past memory wait in the build's own folder (TFDS's temporary
         # one, deleted if the build fails) until their windows are written.
         source = reader.read_source(config.source_dir, config.sampling_rate, config.seq_len, **dict(config.options),
                                     spill_dir=self.data_dir)
-        self.__dict__.setdefault("_sources", []).append(source)
         self.info.metadata.update(common.imu_metadata(config, source.num_features))
         # The fingerprint taken before the files were read, checked again after (read_source).
         self.info.metadata.update(source.metadata(), source_fingerprint=source.fingerprint)
         return {"train": self._examples(source)}
 
     def _examples(self, source: reader.Source) -> common.ExampleChunks:
-        return common.ExampleChunks(source.num_windows, lambda: source.window_chunks(common.CHUNK_WINDOWS))
+        return common.ExampleChunks(source.num_windows, lambda: source.window_chunks(common.CHUNK_WINDOWS),
+                                    close=source.close)
